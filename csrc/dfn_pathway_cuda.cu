@@ -1,0 +1,135 @@
+// CUDA kernels of the DFN cell's element-wise chain (see dfn_pathway.h for the maths).
+#include "cuda_check.cuh"
+#include "dfn_pathway.h"
+
+namespace mf2 {
+namespace {
+
+template <typename T>
+__device__ __forceinline__ T sigmoid(T x) {
+  return T(1) / (T(1) + exp(-x));
+}
+
+template <typename T>
+__global__ void cell_forward_kernel(DfnCellParams p, const T* __restrict__ s_prev,
+                                    const T* __restrict__ u, const T* __restrict__ b_up,
+                                    const T* __restrict__ h, const T* __restrict__ alpha,
+                                    T* __restrict__ s) {
+  const T g = sigmoid(alpha[0]), lam = static_cast<T>(p.lambda);
+  const int64_t n = p.B * p.D;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    s[i] = g * (s_prev[i] + lam * u[i] + b_up[i % p.D]) + (T(1) - g) * h[i];
+}
+
+// One thread per column d walks the rows in order: per-column sums without atomics.
+template <typename T>
+__global__ void cell_backward_kernel(DfnCellParams p, const T* __restrict__ grad_out,
+                                     const T* __restrict__ carry, const T* __restrict__ s_prev,
+                                     const T* __restrict__ u, const T* __restrict__ b_up,
+                                     const T* __restrict__ h, const T* __restrict__ alpha,
+                                     T* __restrict__ grad_u, T* __restrict__ grad_s_prev,
+                                     T* __restrict__ grad_h, T* __restrict__ grad_b_up,
+                                     T* __restrict__ workspace) {
+  const int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (d >= p.D) return;
+  const T g = sigmoid(alpha[0]), lam = static_cast<T>(p.lambda);
+  T col_grad = T(0), col_alpha = T(0);
+  for (int64_t b = 0; b < p.B; ++b) {
+    const int64_t i = b * p.D + d;
+    const T gs = carry ? grad_out[i] + carry[i] : grad_out[i];
+    const T m = s_prev[i] + lam * u[i] + b_up[d];
+    grad_s_prev[i] = g * gs;
+    grad_u[i] = g * lam * gs;
+    if (grad_h) grad_h[i] = (T(1) - g) * gs;
+    col_grad += gs;
+    col_alpha += gs * (m - h[i]);
+  }
+  grad_b_up[d] = g * col_grad;
+  workspace[d] = col_alpha;
+}
+
+// One block sums the per-column alpha terms in a fixed order.
+template <typename T>
+__global__ void alpha_reduce_kernel(int64_t D, const T* __restrict__ alpha,
+                                    const T* __restrict__ workspace, T* __restrict__ grad_alpha) {
+  __shared__ double partial[256];
+  double acc = 0.0;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) acc += static_cast<double>(workspace[d]);
+  partial[threadIdx.x] = acc;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const double g = 1.0 / (1.0 + exp(-static_cast<double>(alpha[0])));
+    grad_alpha[0] = static_cast<T>(g * (1.0 - g) * partial[0]);
+  }
+}
+
+template <typename T>
+__global__ void relu_backward_kernel(int64_t B, int64_t R, T* __restrict__ grad,
+                                     const T* __restrict__ a, T* __restrict__ grad_b_down) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= R) return;
+  T acc = T(0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t i = b * R + j;
+    const T v = a[i] > T(0) ? grad[i] : T(0);
+    grad[i] = v;
+    acc += v;
+  }
+  grad_b_down[j] = acc;
+}
+
+constexpr int kThreads = 256;
+
+}  // namespace
+
+template <typename T>
+void dfn_cell_forward_cuda(const DfnCellParams& p, const T* s_prev, const T* u, const T* b_up,
+                           const T* h, const T* alpha, T* s, void* stream) {
+  const int64_t n = p.B * p.D;
+  const unsigned int blocks = blocks_for(n, kThreads);
+  cell_forward_kernel<T><<<blocks < 65535u ? blocks : 65535u, kThreads, 0,
+                           static_cast<cudaStream_t>(stream)>>>(p, s_prev, u, b_up, h, alpha, s);
+  check_launch("dfn_cell_forward");
+}
+
+template <typename T>
+void dfn_cell_backward_cuda(const DfnCellParams& p, const T* grad_out, const T* carry,
+                            const T* s_prev, const T* u, const T* b_up, const T* h, const T* alpha,
+                            T* grad_u, T* grad_s_prev, T* grad_h, T* grad_b_up, T* grad_alpha,
+                            T* workspace, void* stream) {
+  if (p.D == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  cell_backward_kernel<T><<<blocks_for(p.D, kThreads), kThreads, 0, s>>>(
+      p, grad_out, carry, s_prev, u, b_up, h, alpha, grad_u, grad_s_prev, grad_h, grad_b_up,
+      workspace);
+  check_launch("dfn_cell_backward");
+  alpha_reduce_kernel<T><<<1, 256, 0, s>>>(p.D, alpha, workspace, grad_alpha);
+  check_launch("dfn_cell_backward (alpha)");
+}
+
+template <typename T>
+void dfn_relu_backward_cuda(int64_t B, int64_t R, T* grad, const T* a, T* grad_b_down,
+                            void* stream) {
+  if (R == 0) return;
+  relu_backward_kernel<T><<<blocks_for(R, kThreads), kThreads, 0,
+                            static_cast<cudaStream_t>(stream)>>>(B, R, grad, a, grad_b_down);
+  check_launch("dfn_relu_backward");
+}
+
+#define MF2_INSTANTIATE(T)                                                                       \
+  template void dfn_cell_forward_cuda<T>(const DfnCellParams&, const T*, const T*, const T*,     \
+                                         const T*, const T*, T*, void*);                         \
+  template void dfn_cell_backward_cuda<T>(const DfnCellParams&, const T*, const T*, const T*,    \
+                                          const T*, const T*, const T*, const T*, T*, T*, T*, T*, \
+                                          T*, T*, void*);                                        \
+  template void dfn_relu_backward_cuda<T>(int64_t, int64_t, T*, const T*, T*, void*);
+MF2_INSTANTIATE(float)
+MF2_INSTANTIATE(double)
+#undef MF2_INSTANTIATE
+
+}  // namespace mf2
