@@ -57,12 +57,13 @@ def _prepare(feature_map, centres, window, R, padding, layout):
     window = torch.as_tensor(window, dtype=feature_map.dtype, device=feature_map.device)
     if window.requires_grad and torch.is_grad_enabled():
         raise ValueError("window: gradients w.r.t. the window are not supported; pass window.detach()")
+    given = tuple(window.shape)
     try:
         if window.dim() == 1:  # one window per image
             window = window[:, None]
         window = window.expand(B, K)
     except RuntimeError:
-        raise ValueError(f"window: expected a number, [B] or [B, K] = [{B}, {K}], got {tuple(window.shape)}") from None
+        raise ValueError(f"window: expected a number, [B] or [B, K] = [{B}, {K}], got {given}") from None
     centres = centres.detach().to(feature_map.dtype).contiguous()
     return feature_map, centres, window.detach().contiguous()
 

@@ -1,0 +1,46 @@
+"""The ``mf2`` command: ``mf2 info`` reports the native build, and the package still works on
+the reference path when the extension is switched off."""
+
+import json
+import os
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from mf2.cli.main import main
+from mf2.ops import _native
+
+
+def test_info_reports_the_native_build():
+    result = CliRunner().invoke(main, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    env = json.loads(result.output)
+    assert env["native_extension"]["built"] == _native.available()
+    assert env["cuda"]["compiled"] == _native.cuda_compiled()
+    if env["cuda"]["compiled"]:
+        assert env["cuda"]["architectures"] == ["sm_80", "sm_90"]
+    text = CliRunner().invoke(main, ["info"]).output
+    assert "native_extension:" in text and "active_path:" in text
+
+
+def test_help_lists_the_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "info" in result.output
+
+
+def test_reference_path_when_native_is_disabled(tmp_path):
+    """MF2_DISABLE_NATIVE=1: the ops run on the PyTorch reference and `mf2 info` says so."""
+    code = (
+        "import json, torch; from mf2.ops import au_region_pool, dfn_pathway, backend;"
+        "out = au_region_pool(torch.randn(1, 2, 3, 3), torch.rand(1, 4, 2), 0.1);"
+        "print(json.dumps({'shape': list(out.shape), 'active': backend()['active']}))"
+    )
+    env = {**os.environ, "MF2_DISABLE_NATIVE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"shape": [1, 4, 9, 2], "active": "reference"}
+    proc = subprocess.run([sys.executable, "-m", "mf2.cli.main", "info"], env=env, capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "active_path: reference (PyTorch)" in proc.stdout and "disabled by MF2_DISABLE_NATIVE" in proc.stdout
