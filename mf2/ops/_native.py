@@ -7,6 +7,7 @@ runtime torch already loaded (one thread pool, not two fighting over the cores).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -70,6 +71,11 @@ def require(t: torch.Tensor, op: str) -> None:
 def dl(t: torch.Tensor):
     """A DLPack capsule of ``t`` (detached: the capsule carries no autograd state)."""
     return to_dlpack(t.detach())
+
+
+def on_device(t: torch.Tensor):
+    """Make ``t``'s GPU current while the kernels launch (they run on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def stream(t: torch.Tensor) -> int:

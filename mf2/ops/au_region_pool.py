@@ -102,10 +102,11 @@ class _AURegionPoolFunction(torch.autograd.Function):
     def forward(ctx, feature_map, centres, window, R, zeros):
         B, C, H, W = feature_map.shape
         out = feature_map.new_empty(B, centres.shape[1], R * R, C)
-        _native.lib().au_region_pool_forward(
-            _native.dl(feature_map), _native.dl(centres), _native.dl(window), _native.dl(out),
-            R, zeros, _native.stream(feature_map),
-        )
+        with _native.on_device(feature_map):
+            _native.lib().au_region_pool_forward(
+                _native.dl(feature_map), _native.dl(centres), _native.dl(window), _native.dl(out),
+                R, zeros, _native.stream(feature_map),
+            )
         ctx.save_for_backward(centres, window)
         ctx.map_shape, ctx.R, ctx.zeros = (B, C, H, W), R, zeros
         return out
@@ -117,10 +118,11 @@ class _AURegionPoolFunction(torch.autograd.Function):
         # Channels-last gradient: the kernels' scatter writes contiguous channel runs.
         grad_map = torch.empty(ctx.map_shape, dtype=grad_out.dtype, device=grad_out.device,
                                memory_format=torch.channels_last)
-        _native.lib().au_region_pool_backward(
-            _native.dl(grad_out.contiguous()), _native.dl(centres), _native.dl(window),
-            _native.dl(grad_map), ctx.R, ctx.zeros, _native.stream(grad_out),
-        )
+        with _native.on_device(grad_out):
+            _native.lib().au_region_pool_backward(
+                _native.dl(grad_out.contiguous()), _native.dl(centres), _native.dl(window),
+                _native.dl(grad_map), ctx.R, ctx.zeros, _native.stream(grad_out),
+            )
         return grad_map, None, None, None, None
 
 

@@ -66,6 +66,11 @@ def dfn_pathway_reference(s0, h, w_down, b_down, w_up, b_up, alpha, lam: float =
 class _DFNPathwayFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s0, h, w_down, b_down, w_up, b_up, alpha, lam):
+        with _native.on_device(s0):
+            return _DFNPathwayFunction._forward(ctx, s0, h, w_down, b_down, w_up, b_up, alpha, lam)
+
+    @staticmethod
+    def _forward(ctx, s0, h, w_down, b_down, w_up, b_up, alpha, lam):
         C, dl = _native.lib(), _native.dl
         stream = _native.stream(s0)
         h, w_down, b_down, w_up, b_up = (t.detach().contiguous() for t in (h, w_down, b_down, w_up, b_up))
@@ -89,6 +94,11 @@ class _DFNPathwayFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_states):
+        with _native.on_device(grad_states):
+            return _DFNPathwayFunction._backward(ctx, grad_states)
+
+    @staticmethod
+    def _backward(ctx, grad_states):
         C, dl = _native.lib(), _native.dl
         states, acts, ups, h, w_down, w_up, b_up, alpha = ctx.saved_tensors
         need_s0, need_h, need_wd, need_bd, need_wu, need_bu, need_alpha, _ = ctx.needs_input_grad
