@@ -1,0 +1,56 @@
+"""68-point (iBUG) landmarks and the AU centres derived from them (DATA.md).
+
+0-based indices: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, outer lips 48-59, inner lips
+60-67. ``ruler`` is the distance between the inner eye corners 39 and 42. Each AU has two
+centres; image y grows downward, so "up" subtracts. (Adapted from JAA-Net's 49-point table.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mf2.data.labels import AUS
+
+# AU -> (landmark a, landmark b, vertical shift in rulers; negative = up)
+AU_CENTRE_RULES = {
+    "AU1": (21, 22, -1 / 2),
+    "AU2": (18, 25, -1 / 3),
+    "AU4": (19, 24, 1 / 3),
+    "AU6": (41, 46, 1.0),
+    "AU7": (38, 43, 0.0),
+    "AU10": (61, 63, 0.0),
+    "AU12": (48, 54, 0.0),
+    "AU15": (48, 54, 0.0),
+    "AU23": (51, 57, 0.0),
+    "AU24": (51, 57, 0.0),
+    "AU25": (51, 57, 0.0),
+    "AU26": (56, 58, 1 / 2),
+}
+
+REGIONS = {
+    "jaw": range(0, 17), "right_brow": range(17, 22), "left_brow": range(22, 27),
+    "nose": range(27, 36), "right_eye": range(36, 42), "left_eye": range(42, 48),
+    "outer_lips": range(48, 60), "inner_lips": range(60, 68),
+}
+
+
+def ruler(landmarks: np.ndarray) -> np.ndarray:
+    """Inner-eye-corner distance of [..., 68, 2] landmarks -> [...]."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    return np.linalg.norm(landmarks[..., 39, :] - landmarks[..., 42, :], axis=-1)
+
+
+def au_centres(landmarks: np.ndarray) -> np.ndarray:
+    """AU centres of [..., 68, 2] landmarks -> [..., 12, 2, 2] (AU, centre a/b, x/y), in the
+    landmarks' units, AUs in the order of ``AUS``."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    if landmarks.shape[-2:] != (68, 2):
+        raise ValueError(f"landmarks: expected [..., 68, 2], got {landmarks.shape}")
+    r = ruler(landmarks)[..., None]
+    out = np.empty(landmarks.shape[:-2] + (len(AUS), 2, 2))
+    for i, au in enumerate(AUS):
+        a, b, shift = AU_CENTRE_RULES[au]
+        for j, index in enumerate((a, b)):
+            out[..., i, j, 0] = landmarks[..., index, 0]
+            out[..., i, j, 1] = landmarks[..., index, 1] + shift * r[..., 0]
+    return out

@@ -1,0 +1,206 @@
+"""Manifests: the one internal dataset format (SPEC §3.1), JSONL or CSV.
+
+One row per face image: ``id``, ``image`` (path relative to the manifest), ``video`` (group for
+splitting; defaults to the id), ``split`` (train/val/test, optional), ``emotion`` (name or index,
+-1 = missing), the 12 AU columns (1/0, -1 = missing), optional ``landmarks`` (68 x 2 image
+pixels) and optional captions ``caption_au``, ``caption_emotion``, ``caption_key_au`` plus
+``au_sentences`` (12 per-AU sentences for AU-VL).
+
+Rows are validated on load. A bad row is a one-line ``ManifestError`` naming file, line and
+column; with ``skip_bad=True`` it becomes a recorded, counted skip instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mf2.data.labels import AUS, EMOTIONS, MISSING, parse_au_value, parse_emotion
+
+CAPTION_COLUMNS = ("caption_au", "caption_emotion", "caption_key_au")
+SPLITS = ("train", "val", "test")
+_AU_COLUMN = re.compile(r"^AU\d+$")
+
+
+class ManifestError(ValueError):
+    """A manifest problem, as one line: ``file:line N: column: what is wrong``."""
+
+
+@dataclass
+class Manifest:
+    rows: list[dict]
+    root: Path  # folder the image paths are relative to
+    path: Path | None = None
+    skipped: list[dict] = field(default_factory=list)  # {"line": N, "reason": "..."}
+
+    def __len__(self):
+        return len(self.rows)
+
+    def image_path(self, row: dict) -> Path:
+        return self.root / row["image"]
+
+
+def _load_rows(path: Path):
+    """(line number, raw dict) pairs from a JSONL or CSV file."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, exc
+                    continue
+                yield number, row if isinstance(row, dict) else ValueError("row is not a JSON object")
+    elif suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            for number, row in enumerate(reader, 2):  # line 1 is the header
+                yield number, row
+    else:
+        raise ManifestError(f"{path}: unsupported manifest type {suffix!r} (use .jsonl or .csv)")
+
+
+def _parse_landmarks(value):
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    shape_ok = isinstance(value, list) and len(value) == 68 and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(c, (int, float)) for c in p) for p in value)
+    if not shape_ok:
+        got = f"{len(value)} entries" if isinstance(value, list) else type(value).__name__
+        raise ValueError(f"expected 68 x 2 numbers, got {got}")
+    return [[float(x), float(y)] for x, y in value]
+
+
+def _parse_au_sentences(value):
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not (isinstance(value, list) and len(value) == len(AUS) and all(isinstance(s, str) for s in value)):
+        raise ValueError(f"expected a list of {len(AUS)} sentences")
+    return value
+
+
+def normalise_row(raw: dict) -> dict:
+    """Validate one raw row and return it in canonical form; raises ValueError("column: ...")."""
+    def err(column, message):
+        return ValueError(f"{column}: {message}")
+
+    for key in raw:
+        if _AU_COLUMN.match(str(key)) and key not in AUS:
+            raise err(key, f"AU outside the set ({', '.join(AUS)})")
+    image = raw.get("image")
+    if not image or not isinstance(image, str):
+        raise err("image", "missing image path")
+    row_id = raw.get("id") or os.path.splitext(image)[0]
+    row = {"id": str(row_id), "image": image, "video": str(raw.get("video") or row_id)}
+    split = raw.get("split") or ""
+    if split and split not in SPLITS:
+        raise err("split", f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    row["split"] = split
+    try:
+        row["emotion"] = parse_emotion(raw.get("emotion"))
+    except ValueError as exc:
+        raise err("emotion", str(exc)) from None
+    for au in AUS:
+        try:
+            row[au] = parse_au_value(raw.get(au))
+        except ValueError as exc:
+            raise err(au, str(exc)) from None
+    for column, parse in (("landmarks", _parse_landmarks), ("au_sentences", _parse_au_sentences)):
+        try:
+            value = parse(raw.get(column))
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise err(column, str(exc)) from None
+        if value is not None:
+            row[column] = value
+    for column in CAPTION_COLUMNS:
+        if raw.get(column):
+            row[column] = str(raw[column])
+    return row
+
+
+def read_manifest(path, *, skip_bad: bool = False, check_images: bool = True) -> Manifest:
+    """Read and validate a manifest. Errors name file, line and column; ``skip_bad`` records
+    them in ``Manifest.skipped`` instead of raising."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    root = path.parent
+    rows, skipped, seen = [], [], {}
+    for number, raw in _load_rows(path):
+        try:
+            if isinstance(raw, Exception):
+                raise ValueError(f"not valid JSON ({raw})" if isinstance(raw, json.JSONDecodeError) else str(raw))
+            row = normalise_row(raw)
+            if row["id"] in seen:
+                raise ValueError(f"id: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+            if check_images and not (root / row["image"]).is_file():
+                raise ValueError(f"image: missing image file {row['image']!r}")
+        except ValueError as exc:
+            if not skip_bad:
+                raise ManifestError(f"{path}:line {number}: {exc}") from None
+            skipped.append({"line": number, "reason": str(exc)})
+            continue
+        seen[row["id"]] = number
+        rows.append(row)
+    if not rows:
+        detail = f" ({len(skipped)} bad rows skipped)" if skipped else ""
+        raise ManifestError(f"{path}: manifest has no usable rows{detail}")
+    return Manifest(rows=rows, root=root, path=path, skipped=skipped)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_manifest(rows: list[dict], path) -> Path:
+    """Write rows as JSONL or CSV (by suffix), atomically. Emotions are written as names."""
+    path = Path(path)
+    out_rows = []
+    for row in rows:
+        out = dict(row)
+        if isinstance(out.get("emotion"), int):
+            out["emotion"] = EMOTIONS[out["emotion"]] if out["emotion"] != MISSING else MISSING
+        out_rows.append(out)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
+    elif suffix == ".csv":
+        import io
+
+        columns = ["id", "image", "video", "split", "emotion", *AUS]
+        extra = sorted({k for r in out_rows for k in r} - set(columns))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns + extra, lineterminator="\n")
+        writer.writeheader()
+        for r in out_rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
+        text = buf.getvalue()
+    else:
+        raise ManifestError(f"{path}: unsupported manifest type {suffix!r} (use .jsonl or .csv)")
+    atomic_write_text(path, text)
+    return path
