@@ -4,7 +4,10 @@ import click
 
 from mf2 import __version__
 
+from .build_dataset import build_dataset
+from .caption import caption
 from .info import info
+from .synth import synth
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,7 +16,8 @@ def main():
     """mf2: facial Action Units and emotions with the MF² vision-language model."""
 
 
-main.add_command(info)
+for command in (synth, build_dataset, caption, info):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,50 @@
+"""``mf2 build-dataset``: an MFA-style dataset from Aff-Wild2/ABAW or any labelled manifest."""
+
+from pathlib import Path
+
+import click
+
+from ._common import one_line_errors
+
+
+@click.command("build-dataset")
+@click.option("--affwild2", "root", type=click.Path(path_type=Path), help="Aff-Wild2 root (annotations + cropped_aligned).")
+@click.option("--manifest", type=click.Path(path_type=Path), help="Any labelled manifest (.jsonl or .csv) instead.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--per-class", type=click.IntRange(min=1), default=None,
+              help="Target images per emotion class (default: the smallest class).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of images and videos in the validation split.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--annotations", type=click.Path(path_type=Path), help="Annotation folder, when ROOT holds several editions.")
+@click.option("--frames", type=click.Path(path_type=Path), help="cropped_aligned folder, when not under ROOT.")
+@click.option("--keep-splits", is_flag=True, help="Keep the manifest's own split column instead of re-splitting.")
+@click.option("--skip-bad", is_flag=True, help="Skip (and count) bad manifest rows instead of stopping.")
+@one_line_errors
+def build_dataset(root, manifest, out, per_class, val_fraction, seed, annotations, frames, keep_splits, skip_bad):
+    """Filter, balance the 8 emotions, split by video, write manifest.jsonl and stats.json."""
+    from mf2.data.affwild2 import read_affwild2
+    from mf2.data.manifest import read_manifest
+    from mf2.data.mfa import PAPER, build_mfa, summary_line
+
+    if bool(root) == bool(manifest):
+        raise click.UsageError("give exactly one of --affwild2 ROOT or --manifest M")
+    if root:
+        rows, report, source = read_affwild2(root, annotations, frames)
+        dropped = {k: v for k, v in report.frames.items() if k not in ("annotated", "kept")}
+        source = {"type": "affwild2", **source, **report.as_dict()}
+    else:
+        m = read_manifest(manifest, skip_bad=skip_bad)
+        rows = [{**r, "image": str(m.image_path(r))} for r in m.rows]
+        dropped = {"bad_rows": len(m.skipped)} if m.skipped else {}
+        source = {"type": "manifest", "path": str(manifest), "skipped_rows": m.skipped}
+    stats = build_mfa(rows, out, per_class=per_class, val_fraction=val_fraction, seed=seed, keep_splits=keep_splits,
+                      source=source, dropped=dropped)
+    click.echo(stats["summary"])
+    click.echo(f"paper (MFA): {summary_line({**PAPER, 'splits': {k: PAPER[k] for k in ('train', 'val')}})}")
+    if stats["dropped"]:
+        click.echo("dropped: " + ", ".join(f"{k} {v:,}" for k, v in stats["dropped"].items()))
+    for split, short in stats["per_class_shortfall"].items():
+        click.echo(f"{split}: fewer than {stats['per_class_target'][split]} images for " +
+                   ", ".join(f"{k} (short {v})" for k, v in short.items()))
+    click.echo(f"wrote {out / 'manifest.jsonl'} and {out / 'stats.json'}")

@@ -1,0 +1,64 @@
+"""``mf2 caption``: AU, emotion and key-AU captions for every image of a manifest."""
+
+import json
+from pathlib import Path
+
+import click
+
+from ._common import one_line_errors, progress_bar
+
+
+def _caps(values):
+    caps = {}
+    for value in values:
+        name, _, number = value.partition("=")
+        if name not in ("au", "emotion", "key_au") or not number.isdigit():
+            raise click.BadParameter(f"expected TYPE=N with TYPE in au, emotion, key_au; got {value!r}")
+        caps[name] = int(number)
+    return caps
+
+
+@click.command()
+@click.option("--manifest", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Output manifest (default: rewrite --manifest).")
+@click.option("--types", default="au,emotion,key_au", show_default=True, help="Comma-separated caption types.")
+@click.option("--backend", type=click.Choice(["template", "openai"]), default="template", show_default=True)
+@click.option("--model", default="gpt-4o", show_default=True, help="openai: model name.")
+@click.option("--base-url", default=None, help="openai: endpoint, e.g. http://localhost:8000/v1 (default: OpenAI).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="openai: requests in flight.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--backoff", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="First retry delay in seconds (doubles each attempt).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
+@click.option("--max-tokens", "caps", multiple=True, help="Token cap override, e.g. au=169 (repeatable).")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
+              help="openai: answer cache (default: .caption_cache beside the output manifest).")
+@click.option("--overwrite", is_flag=True, help="Re-caption rows that already have captions.")
+@click.option("--skip-bad", is_flag=True, help="Skip (and count) bad manifest rows instead of stopping.")
+@one_line_errors
+def caption(manifest, out, types, backend, model, base_url, concurrency, max_attempts, backoff, timeout, caps,
+            cache_dir, overwrite, skip_bad):
+    """Write the three caption types (and the 12 per-AU sentences) into the manifest."""
+    from mf2.captions.api import make_captioner
+    from mf2.captions.run import caption_manifest
+    from mf2.data.manifest import atomic_write_text, read_manifest, write_manifest
+
+    out = out or manifest
+    m = read_manifest(manifest, skip_bad=skip_bad)
+    if out.resolve().parent != m.root.resolve():
+        raise click.UsageError("--out must be in the same folder as --manifest (image paths are relative to it)")
+    wanted = [t.strip() for t in types.split(",") if t.strip()]
+    captioner = make_captioner(backend, model=model, base_url=base_url, timeout=timeout, caps=_caps(caps))
+    cache_dir = cache_dir or out.parent / ".caption_cache"
+    with progress_bar(len(m.rows) * len(wanted), f"caption ({captioner.name})") as bar:
+        rows, report = caption_manifest(m, captioner, wanted, cache_dir=cache_dir, concurrency=concurrency,
+                                        max_attempts=max_attempts, backoff=backoff, overwrite=overwrite,
+                                        progress=bar.update)
+    write_manifest(rows, out)
+    info = {**report.as_dict(), "skipped_rows": m.skipped}
+    report_path = out.with_name(out.stem + ".caption_report.json")
+    atomic_write_text(report_path, json.dumps(info, indent=2) + "\n")
+    click.echo(f"{captioner.name}: {report.generated} generated, {report.from_cache} from cache, "
+               f"{report.kept} kept, {len(report.failed)} failed, {report.retries} retries -> {out}")
+    if report.failed:
+        click.echo(f"failures are listed in {report_path}", err=True)

@@ -1,0 +1,138 @@
+"""The offline captioner: deterministic captions built from FACS knowledge and the labels,
+with wording varied per image (a stable hash of the image id picks among phrasings)."""
+
+from __future__ import annotations
+
+import re
+
+from mf2.captions.facs import (ADJECTIVE, CUE, EMOTION_READING, WHY, active_sentence, au_label, key_aus, pick,
+                               rest_sentence)
+from mf2.data.labels import AU_NAMES, AUS, EMOTIONS, MISSING
+
+
+def _active(row: dict) -> list[str]:
+    return [au for au in AUS if row.get(au) == 1]
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def au_caption(row: dict) -> str:
+    """A numbered list, one line per active AU (FACS name + what it looks like), like the
+    paper's AU captions; long lists use the short cue so the caption stays under 169 tokens."""
+    key, active = row["id"], _active(row)
+    if not active:
+        return pick(["No facial action unit is active: the face is relaxed and every muscle is at rest.",
+                     "The face is at rest; none of the twelve action units is active.",
+                     "All facial muscles are relaxed and no action unit is visible."], key, "none")
+    intro = pick(["The face shows these facial action units:", "Active facial action units in this image:",
+                  "The following FACS action units are visible:"], key, "intro")
+    if len(active) <= 6:
+        lines = [f"{i}. {active_sentence(au, key)}" for i, au in enumerate(active, 1)]
+    else:
+        lines = [f"{i}. {au_label(au)}: {CUE[au]}." for i, au in enumerate(active, 1)]
+    outro = pick(["All other facial muscles are at rest.", "The remaining action units are inactive.",
+                  "No other action unit is active."], key, "outro")
+    return "\n".join([intro, *lines, outro])
+
+
+def emotion_caption(row: dict) -> str:
+    """Two sentences: the emotion, then the visible cues that show it (under 61 tokens)."""
+    key, emotion = row["id"], row["emotion"]
+    if emotion == MISSING:
+        raise ValueError("emotion caption needs an emotion label")
+    name, active = EMOTIONS[emotion], _active(row)
+    decisive = key_aus(emotion, active)
+    cues = [CUE[au] for au in (decisive + [a for a in active if a not in decisive])][:3]
+    opening = pick([f"The person in the image appears {ADJECTIVE[name]}.", f"This face looks {ADJECTIVE[name]}.",
+                    f"The expression conveys {EMOTION_READING[name]}."], key, "open")
+    if name == "Neutral":
+        rest = (f"Only slight signs such as {_join(cues)} show, too little for a clear emotion." if cues else
+                pick(["The face is relaxed, with no visible muscle movement.",
+                      "The brows, eyes and mouth are at rest."], key, "neutral"))
+    elif name == "Other":
+        rest = (f"The {_join(cues)} do not add up to a basic emotion." if cues else
+                "The face shows no pattern of a basic emotion.")
+    elif cues:
+        rest = pick([f"The {_join(cues)} point to {EMOTION_READING[name]}.",
+                     f"This is shown by {_join(cues)}.",
+                     f"Cues such as {_join(cues)} suggest {EMOTION_READING[name]}."], key, "cues")
+    else:
+        rest = f"The overall look of the face suggests {EMOTION_READING[name]}, though no single muscle stands out."
+    return f"{opening} {rest}"
+
+
+def key_au_caption(row: dict) -> str:
+    """Which active AUs decide the emotion, and why."""
+    key, emotion = row["id"], row["emotion"]
+    if emotion == MISSING:
+        raise ValueError("key-AU caption needs an emotion label")
+    name, active = EMOTIONS[emotion], _active(row)
+    decisive = key_aus(emotion, active)
+    opening = pick([f"The person in the image appears {ADJECTIVE[name]}.",
+                    f"The person appears to be experiencing {EMOTION_READING[name]}."], key, "key-open")
+    listed = _join([au_label(au) for au in active]) if active else ""
+    if name == "Neutral":
+        tail = ("No action unit is decisively active, which is what marks the expression as neutral." if not active else
+                f"Only {listed} is faintly present; it is too weak to signal an emotion.")
+    elif name == "Other":
+        tail = (f"The active units {listed} do not form the pattern of any basic emotion, so the expression is classed as other."
+                if active else "No action unit pattern of a basic emotion is present.")
+    elif len(decisive) == 1:
+        tail = f"The action unit that decides this is {au_label(decisive[0])}, part of {WHY[name]}."
+    elif decisive:
+        tail = f"The action units that decide this are {_join([au_label(au) for au in decisive])}: together they form {WHY[name]}."
+    elif active:
+        tail = (f"None of the active units ({listed}) belongs to the typical pattern of {EMOTION_READING[name]}, "
+                "so the judgment rests on the overall look of the face.")
+    else:
+        tail = "No single action unit is decisive; the judgment rests on the overall look of the face."
+    return f"{opening} {tail}"
+
+
+_NUMBERING = re.compile(r"^\s*(?:\d+[.)]\s*)?")
+_AU_REF = re.compile(r"\bAU\s?(\d+)\b")
+
+
+def parse_au_lines(caption: str) -> dict[str, str]:
+    """AU -> its own line in an AU caption (numbering and markdown emphasis removed)."""
+    out = {}
+    for line in caption.splitlines():
+        match = _AU_REF.search(line)
+        if not match:
+            continue
+        au = f"AU{int(match.group(1))}"
+        if au in AU_NAMES and au not in out:
+            out[au] = _NUMBERING.sub("", line.replace("**", "")).strip()
+    return out
+
+
+def au_sentences(row: dict, caption_au: str | None = None) -> list[str]:
+    """The 12 per-AU sentences AU-VL aligns each AU's local features with: an active AU's own
+    line of the AU caption (or the template's), a sentence saying the muscle is at rest for an
+    inactive one, and 'not annotated' for a missing label. The labels decide which applies."""
+    key = row["id"]
+    parsed = parse_au_lines(caption_au) if caption_au else {}
+    out = []
+    for au in AUS:
+        if row.get(au) == 1:
+            out.append(parsed.get(au) or active_sentence(au, key))
+        elif row.get(au) == 0:
+            out.append(rest_sentence(au, key))
+        else:
+            out.append(f"{au_label(au)}: not annotated.")
+    return out
+
+
+TEMPLATES = {"au": au_caption, "emotion": emotion_caption, "key_au": key_au_caption}
+
+
+class TemplateCaptioner:
+    """Offline, deterministic; needs only the labels."""
+
+    name = "template"
+    cacheable = False
+
+    def caption(self, caption_type: str, row: dict, image_path=None) -> str:
+        return TEMPLATES[caption_type](row)

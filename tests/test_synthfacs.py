@@ -1,0 +1,125 @@
+"""SynthFACS: deterministic files, landmarks on the drawn features, AU evidence at each AU's
+own region, balanced classes, a pixel baseline in stats.json, resume after a partial run."""
+
+import filecmp
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mf2.data import synthfacs as sf
+from mf2.data.labels import AUS, EMOTIONS
+from mf2.data.landmarks import au_centres, ruler
+from mf2.data.manifest import read_manifest
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    sf.write_synthfacs(tmp_path / "a", 24, 112, seed=7, workers=1, baseline=False)
+    sf.write_synthfacs(tmp_path / "b", 24, 112, seed=7, workers=2, baseline=False)
+    sf.write_synthfacs(tmp_path / "c", 24, 112, seed=8, workers=1, baseline=False)
+    names = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(names) == 26  # 24 images, manifest, stats
+    for name in names:
+        assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
+    assert not filecmp.cmp(tmp_path / "a" / "images/synth000000.png", tmp_path / "c" / "images/synth000000.png",
+                           shallow=False)
+
+
+def test_resume_renders_only_missing_images(tmp_path):
+    sf.write_synthfacs(tmp_path / "a", 12, 112, seed=1, workers=1, baseline=False)
+    reference = {p.name: p.read_bytes() for p in (tmp_path / "a/images").iterdir()}
+    for name in ("synth000003.png", "synth000010.png"):
+        (tmp_path / "a/images" / name).unlink()
+    stats = sf.write_synthfacs(tmp_path / "a", 12, 112, seed=1, workers=1, baseline=False)
+    assert stats["synthfacs"]["rendered"] == 2 and stats["synthfacs"]["reused"] == 10
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a/images").iterdir()} == reference
+
+
+def _mask(size, draw):
+    m = Image.new("L", (size, size), 0)
+    draw(ImageDraw.Draw(m))
+    return np.asarray(m) > 0
+
+
+def _dist(pixels, colour):
+    return float(np.linalg.norm(pixels.mean(0) - np.asarray(colour, float)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_landmarks_sit_on_the_rendered_features(seed, tmp_path):
+    """Drawn landmark overlays: the lips polygon has the lip colour and the brow polylines the
+    hair colour, each far more than a band of skin just outside them; the overlay itself is a
+    valid image with every landmark inside the frame."""
+    spec = sf.sample_specs(8, seed)[seed % 8]
+    spec.lighting = sf.Lighting(noise=0.0, background=spec.lighting.background)  # flat light, no noise
+    image, lm = sf.render_spec(spec, 224)
+    assert np.allclose(lm, sf.landmarks_of(spec, 224))
+    pts = [tuple(p) for p in lm]
+    lips = _mask(224, lambda d: d.polygon(pts[48:60], fill=1)) & ~_mask(224, lambda d: d.polygon(pts[60:68], fill=1))
+    grown = _mask(224, lambda d: (d.polygon(pts[48:60], fill=1), d.line(pts[48:60] + [pts[48]], fill=1, width=14)))
+    ring = grown & ~_mask(224, lambda d: (d.polygon(pts[48:60], fill=1), d.line(pts[48:60] + [pts[48]], fill=1, width=6)))
+    px = image.reshape(-1, 3).astype(float)
+    lips_colour, skin, hair = spec.identity.lips, spec.identity.skin, spec.identity.hair
+    assert _dist(px[lips.ravel()], lips_colour) < 0.6 * _dist(px[ring.ravel()], lips_colour)
+    thick = max(2, int(spec.identity.brow_thick * spec.pose.scale * 224 * 0.6))
+    brows = _mask(224, lambda d: (d.line(pts[17:22], fill=1, width=thick), d.line(pts[22:27], fill=1, width=thick)))
+    above = _mask(224, lambda d: (d.line([(x, y - 4 * thick) for x, y in pts[18:21]], fill=1, width=thick),
+                                  d.line([(x, y - 4 * thick) for x, y in pts[23:26]], fill=1, width=thick)))
+    assert _dist(px[brows.ravel()], hair) < 0.6 * _dist(px[above.ravel()], hair)
+    overlay = Image.fromarray(image)
+    d = ImageDraw.Draw(overlay)
+    for x, y in pts:
+        assert 0 <= x < 224 and 0 <= y < 224
+        d.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=(255, 0, 0))
+    overlay.save(tmp_path / "overlay.png")
+    assert Image.open(tmp_path / "overlay.png").size == (224, 224)
+
+
+@pytest.mark.parametrize("au", AUS)
+def test_each_au_changes_the_face_at_its_own_region(au):
+    """Switching one AU on changes pixels mostly inside that AU's two windows (side 1.6 x
+    ruler around the AU centres of DATA.md): mean change inside > 3x mean change outside."""
+    spec = sf.sample_specs(1, 3)[0]
+    pose, light = sf.Pose(scale=0.34), sf.Lighting(noise=0.0, background=((128, 128, 128), (128, 128, 128)))
+    rest = {a: 0.0 for a in AUS}
+    off, lm_off = sf.render(spec.identity, rest, pose, light, 224, np.random.default_rng(0))
+    on, lm_on = sf.render(spec.identity, {**rest, au: 1.0}, pose, light, 224, np.random.default_rng(0))
+    diff = np.abs(on.astype(float) - off.astype(float)).sum(-1)
+    centres = np.concatenate([au_centres(lm_off)[AUS.index(au)], au_centres(lm_on)[AUS.index(au)]])
+    half = 0.8 * ruler(lm_off)
+    yy, xx = np.mgrid[0:224, 0:224]
+    inside = np.zeros((224, 224), bool)
+    for cx, cy in centres:
+        inside |= (np.abs(xx - cx) <= half) & (np.abs(yy - cy) <= half)
+    assert diff[inside].mean() > 3 * diff[~inside].mean(), (diff[inside].mean(), diff[~inside].mean())
+
+
+def test_expressions_follow_emfacs_and_classes_balance():
+    specs = sf.sample_specs(800, 0)
+    counts = np.bincount([s.expression.emotion for s in specs], minlength=8)
+    assert np.all(np.abs(counts - 100) <= 5)
+    by = {e: [s.expression for s in specs if s.expression.emotion == i] for i, e in enumerate(EMOTIONS)}
+    rate = lambda e, au: np.mean([x.intensities[au] >= 0.35 for x in by[e]])  # noqa: E731
+    assert rate("Happiness", "AU12") > 0.75 and rate("Happiness", "AU6") > 0.75
+    assert rate("Surprise", "AU26") > 0.75 and rate("Sadness", "AU15") > 0.75
+    assert rate("Anger", "AU4") > 0.75 and rate("Disgust", "AU10") > 0.75
+    assert np.mean([sum(v >= 0.35 for v in x.intensities.values()) for x in by["Neutral"]]) == 0
+    noisy = np.mean([x.labels[au] != (x.intensities[au] >= 0.35) for s in specs for x in [s.expression] for au in AUS])
+    assert 0.005 < noisy < 0.05  # label noise near the default 2%
+
+
+def test_written_dataset_has_splits_by_video_and_a_baseline(tmp_path):
+    stats = sf.write_synthfacs(tmp_path, 480, 112, seed=0, images_per_video=8)
+    m = read_manifest(tmp_path / "manifest.jsonl")
+    assert len(m) == 480 and all(len(r["landmarks"]) == 68 for r in m.rows)
+    videos = {}
+    for r in m.rows:
+        videos.setdefault(r["video"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in videos.values())
+    assert stats["splits"]["val"]["images"] == pytest.approx(96, abs=16)
+    base = json.loads(Path(tmp_path / "stats.json").read_text())["pixel_logistic_baseline"]
+    assert set(base["emotion"]["per_class_accuracy"]) == set(EMOTIONS)
+    assert base["emotion"]["mean_accuracy"] > 0.2  # chance is 0.125
+    assert set(base["au"]["per_au"]) == set(AUS)
