@@ -30,8 +30,10 @@ def au_caption(row: dict) -> str:
                   "The following FACS action units are visible:"], key, "intro")
     if len(active) <= 6:
         lines = [f"{i}. {active_sentence(au, key)}" for i, au in enumerate(active, 1)]
-    else:
-        lines = [f"{i}. {au_label(au)}: {CUE[au]}." for i, au in enumerate(active, 1)]
+    else:  # long lists: the AU and its cue only
+        lines = [f"{i}. {au}: {CUE[au]}." for i, au in enumerate(active, 1)]
+    if len(active) == len(AUS):
+        return "\n".join([intro, *lines])
     outro = pick(["All other facial muscles are at rest.", "The remaining action units are inactive.",
                   "No other action unit is active."], key, "outro")
     return "\n".join([intro, *lines, outro])
