@@ -12,12 +12,16 @@ def one_line_errors(fn):
     from mf2.captions.openai_backend import CaptionError
     from mf2.data.affwild2 import AffWild2Error
     from mf2.data.manifest import ManifestError
+    from mf2.features.backbones import BackboneError
+    from mf2.features.faces import ImageError
+    from mf2.features.store import StoreError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ManifestError, AffWild2Error, CaptionError, ValueError, FileNotFoundError) as exc:
+        except (ManifestError, AffWild2Error, CaptionError, BackboneError, ImageError, StoreError, ValueError,
+                FileNotFoundError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise click.ClickException(message) from None
 

@@ -6,6 +6,7 @@ from mf2 import __version__
 
 from .build_dataset import build_dataset
 from .caption import caption
+from .extract_features import extract_features
 from .info import info
 from .synth import synth
 
@@ -16,7 +17,7 @@ def main():
     """mf2: facial Action Units and emotions with the MF² vision-language model."""
 
 
-for command in (synth, build_dataset, caption, info):
+for command in (synth, build_dataset, caption, extract_features, info):
     main.add_command(command)
 
 if __name__ == "__main__":

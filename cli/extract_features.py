@@ -1,0 +1,53 @@
+"""``mf2 extract-features``: frozen vision and text features of a manifest into a Zarr store."""
+
+from pathlib import Path
+
+import click
+
+from ._common import one_line_errors, progress_bar
+
+
+@click.command("extract-features")
+@click.option("--manifest", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write (resumed if present).")
+@click.option("--vision", default="auto", show_default=True,
+              help="timm model name; auto = vit_base_patch16_224 when its weights are on disk, else efficientnet_lite0.")
+@click.option("--vision-weights", type=click.Path(path_type=Path), help="Weights file for --vision (.safetensors/.pth).")
+@click.option("--text", default="auto", show_default=True,
+              help="transformers name or folder; auto = bert-base-uncased when cached, else the packaged MiniLM.")
+@click.option("--face", type=click.Choice(["aligned", "detect"]), default="aligned", show_default=True,
+              help="aligned: inputs are face crops; detect: dlib finds the largest face and aligns it.")
+@click.option("--landmarks", type=click.Choice(["auto", "dlib", "manifest", "canonical"]), default="auto",
+              show_default=True, help="auto: the manifest's when every row has them, else dlib.")
+@click.option("--image-size", type=click.IntRange(min=32), default=224, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--au-samples", type=click.IntRange(min=1), default=3, show_default=True, help="R: R x R samples per AU centre.")
+@click.option("--au-window", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Sampling grid side, in rulers (inner-eye-corner distance).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: autocast the frozen backbones (faster on CPUs with AVX512-BF16 and on GPUs).")
+@click.option("--allow-download", is_flag=True, help="Let timm/transformers download weights that are not on disk.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing store and start again.")
+@click.option("--skip-bad", is_flag=True, help="Skip (and count) bad manifest rows instead of stopping.")
+@one_line_errors
+def extract_features(manifest, out, vision, vision_weights, text, face, landmarks, image_size, batch_size, device,
+                     au_samples, au_window, precision, allow_download, overwrite, skip_bad):
+    """Faces -> landmarks -> frozen vision backbone -> AU-region pooling -> frozen text encoder -> Zarr."""
+    from mf2.data.manifest import read_manifest
+    from mf2.features.extract import ExtractSettings, extract_features as run
+
+    m = read_manifest(manifest, skip_bad=skip_bad)
+    settings = ExtractSettings(vision=vision, vision_weights=str(vision_weights) if vision_weights else None, text=text,
+                               face=face, landmarks=landmarks, image_size=image_size, batch_size=batch_size,
+                               device=device, au_samples=au_samples, au_window=au_window, precision=precision,
+                               allow_download=allow_download)
+    with progress_bar(len(m), "extract") as bar:
+        summary = run(m, out, settings, overwrite=overwrite, progress=bar.update, log=click.echo)
+    skipped = sum(summary["skipped"].values())
+    click.echo(f"{summary['rows']} rows -> {out}: {summary['extracted_this_run']} extracted this run "
+               f"({summary['images_per_second']} images/s), {summary['faces_not_found']} faces not found, "
+               f"{skipped} images skipped" + (f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped'].items())})"
+                                              if skipped else ""))
+    if m.skipped:
+        click.echo(f"{len(m.skipped)} bad manifest rows skipped", err=True)

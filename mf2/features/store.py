@@ -1,0 +1,122 @@
+"""The feature cache on disk: a Zarr group with a fixed layout (SPEC §4).
+
+    meta/{ids, video, split, image}            [N] str
+    meta/{emotion [N] i8, aus [N,12] i8, face_found [N] bool, valid [N] bool, error [N] str}
+    vision/{tokens [N,T,C] f16, au_tokens [N,12,2R²,C] f16, landmarks [N,68,2] f32}
+    text/<type>/{ids [N,L] i32, mask [N,L] bool, hidden [N,L,D] f16}   type in au, emotion, key_au
+    text/au_sentences/{ids [N,12,L] i32, mask [N,12,L] bool, hidden [N,12,L,D] f16}
+
+Arrays are chunked along the sample axis only (about 2 MB a chunk) with a fast codec. Rows
+are written in blocks; after each block the ``count`` attribute (the index a reader trusts)
+moves forward, so a killed run resumes at the last complete block. The ``signature``
+attribute is written at creation and ``complete`` when the last block is in: a store whose
+signature differs from the run's is refused, naming the field.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+CHUNK_BYTES = 2 << 20
+_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
+
+
+class StoreError(ValueError):
+    """A store that cannot be used for this run, as one line."""
+
+
+def _first_difference(a, b, path=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            diff = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if diff:
+                return diff
+        return None
+    if a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+        return path, a, b
+    return None
+
+
+class FeatureStore:
+    def __init__(self, group: zarr.Group):
+        self.group = group
+
+    @property
+    def count(self) -> int:
+        return int(self.group.attrs.get("count", 0))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.group.attrs.get("complete", False))
+
+    @property
+    def signature(self) -> dict:
+        return dict(self.group.attrs["signature"])
+
+    def __len__(self):
+        return self.group["meta/ids"].shape[0]
+
+    def __getitem__(self, name):
+        return self.group[name]
+
+    @classmethod
+    def open(cls, path) -> "FeatureStore":
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"{path}: no feature store here (run mf2 extract-features first)")
+        try:
+            group = zarr.open_group(str(path), mode="r")
+        except Exception as exc:  # not a zarr group
+            raise StoreError(f"{path}: not a feature store ({type(exc).__name__})") from None
+        if "signature" not in group.attrs:
+            raise StoreError(f"{path}: not an mf2 feature store (no signature)")
+        return cls(group)
+
+    @classmethod
+    def create_or_resume(cls, path, signature: dict, meta: dict, layout: dict, overwrite: bool = False) -> "FeatureStore":
+        """Open ``path`` to continue the run described by ``signature``, or create it.
+
+        meta: name -> full array (written at creation); layout: name -> (per-sample shape, dtype)."""
+        path = Path(path)
+        if path.exists() and overwrite:
+            shutil.rmtree(path)
+        if path.exists():
+            store = cls.open(path)
+            diff = _first_difference(store.signature, signature)
+            if diff:
+                field, old, new = diff
+                raise StoreError(f"{path} was written with a different {field} (stored {old!r}, now {new!r}); "
+                                 "use --overwrite to start again or another --out")
+            return cls(zarr.open_group(str(path), mode="r+"))
+        group = zarr.open_group(str(path), mode="w")
+        n = len(next(iter(meta.values())))
+        for name, values in meta.items():
+            values = np.asarray(values)
+            arr = group.create_array(name, shape=values.shape, dtype=str if values.dtype.kind in "UO" else values.dtype,
+                                     chunks=(max(1, min(n, 65536)),) + values.shape[1:])
+            arr[:] = values
+        for name, (shape, dtype) in layout.items():
+            per_sample = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            rows = max(1, min(n, CHUNK_BYTES // max(per_sample, 1)))
+            group.create_array(name, shape=(n, *shape), dtype=dtype, chunks=(rows, *shape), compressors=_CODEC,
+                               fill_value=0)
+        group.attrs.update({"signature": signature, "count": 0, "complete": False})
+        return cls(group)
+
+    def write_block(self, start: int, arrays: dict) -> None:
+        """Write rows [start, start + b) of every array, then move ``count`` (last)."""
+        if start != self.count:
+            raise StoreError(f"block starts at {start} but the store holds {self.count} rows")
+        b = None
+        for name, values in arrays.items():
+            b = len(values)
+            self.group[name][start:start + b] = values
+        self.group.attrs["count"] = start + b
+
+    def finish(self, summary: dict) -> None:
+        self.group.attrs.update({"summary": summary, "complete": True})
