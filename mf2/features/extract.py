@@ -3,7 +3,7 @@
 Per block of rows: decode -> face crop + 68 landmarks -> frozen vision backbone (global tokens
 and spatial map) -> AU centres -> ``au_region_pool`` (native op) at both centres of each AU ->
 frozen text encoder on every caption type and every AU's own sentence -> store. Identical
-texts are encoded once (an LRU of encoded texts; template captions repeat). Bad images are
+texts in a block are encoded once (template captions and per-AU sentences repeat). Bad images are
 recorded (``meta/valid`` false, ``meta/error``) and counted; faces not found keep a fallback
 crop and the canonical landmarks (``meta/face_found`` false) and are counted too.
 """
@@ -52,11 +52,19 @@ class ExtractSettings:
 
 class TextCache:
     """Encoded texts by content (bounded LRU), so repeated texts are encoded once. New texts
-    are encoded in batches of similar length (less padding)."""
+    are encoded in batches of similar length (less padding).
+
+    The extractor clears it at every block: a text's float values depend (in the last bits) on
+    the batch it was encoded in, so a cache carried across blocks would make a resumed run
+    differ from an uninterrupted one. Per block, every output is a function of that block's
+    rows alone."""
 
     def __init__(self, encoder, precision: str = "fp32", max_items: int = 8192):
         self.encoder, self.precision, self.max_items, self.items = encoder, precision, max_items, OrderedDict()
         self.hits = self.misses = 0
+
+    def clear(self) -> None:
+        self.items.clear()
 
     def encode(self, texts: list[str], max_length: int):
         missing = sorted(dict.fromkeys(t for t in texts if (t, max_length) not in self.items), key=len)
@@ -152,6 +160,7 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     for start in range(start0, n, s.batch_size):
         block = rows[start:start + s.batch_size]
         b = len(block)
+        texts.clear()
         crops = np.zeros((b, size, size, 3), np.uint8)
         lms = np.repeat(canon[None], b, 0).astype(np.float64)
         found, valid, errors = np.zeros(b, bool), np.ones(b, bool), [""] * b
@@ -181,10 +190,11 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
         au_tokens = pooled.reshape(b, len(AUS), RR2, C)
         t2 = time.perf_counter()
         timing["pooling"] += t2 - t1
+        tokens_np = tokens.cpu().numpy().astype(np.float16)
+        au_np = au_tokens.cpu().numpy().astype(np.float16)
+        tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
         arrays = {"meta/face_found": found, "meta/valid": valid, "meta/error": np.array(errors, dtype=object),
-                  "vision/tokens": tokens.cpu().numpy().astype(np.float16),
-                  "vision/au_tokens": au_tokens.cpu().numpy().astype(np.float16),
-                  "vision/landmarks": lms.astype(np.float32)}
+                  "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
         for t in types:
             arrays.update(_encode_texts(texts, [r.get(COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
         if has_sentences:
