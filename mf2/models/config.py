@@ -1,0 +1,44 @@
+"""MF² configuration: architecture presets and loss switches (kept apart from training settings)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# The paper's Q-Former is BERT-base sized (Table VI; 186.7M trainable parameters per branch).
+PRESETS = {
+    "paper": dict(hidden=768, layers=12, heads=12, ffn=3072, queries=32, au_queries=32),
+    "small": dict(hidden=128, layers=2, heads=4, ffn=512, queries=8, au_queries=4),
+}
+PAPER_PARAMS = {"emo_vl": 186.7e6, "au_vl": 186.7e6, "mf2": 373.4e6}
+
+
+@dataclass
+class MF2Config:
+    preset: str = "small"
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    ffn: int = 512
+    queries: int = 8  # Emo-VL learned queries (paper: 32)
+    au_queries: int = 4  # AU-VL learned queries per AU sequence (paper: 32)
+    embed_dim: int = 256  # ITC projection (BLIP-2: 256)
+    dropout: float = 0.1
+    temperature: float = 0.07  # learnable, Table VI
+    label_smoothing: float = 0.1  # ITG (BLIP-2)
+    vision_dim: int = 0  # from the cache
+    text_dim: int = 0  # from the cache
+    vocab: list = field(default_factory=list)  # ITG sub-vocabulary: original token ids, index 0 = PAD, 1 = BOS
+    max_text_len: int = 169
+    emo_vl: bool = True
+    au_vl: bool = True
+    emo_text: str = "emotion"  # which caption Emo-VL aligns with
+    loss_weights: dict = field(default_factory=lambda: {"itc": 1.0, "itm": 1.0, "itg": 1.0, "cls": 1.0})
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> "MF2Config":
+        if preset not in PRESETS:
+            raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
+        return cls(preset=preset, **{**PRESETS[preset], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
