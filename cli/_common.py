@@ -15,12 +15,13 @@ def one_line_errors(fn):
     from mf2.features.backbones import BackboneError
     from mf2.features.faces import ImageError
     from mf2.features.store import StoreError
+    from mf2.training.pretrain import RunError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ManifestError, AffWild2Error, CaptionError, BackboneError, ImageError, StoreError, ValueError,
+        except (ManifestError, AffWild2Error, CaptionError, BackboneError, ImageError, StoreError, RunError, ValueError,
                 FileNotFoundError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise click.ClickException(message) from None

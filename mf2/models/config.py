@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 # The paper's Q-Former is BERT-base sized (Table VI; 186.7M trainable parameters per branch).
 PRESETS = {
-    "paper": dict(hidden=768, layers=12, heads=12, ffn=3072, queries=32, au_queries=32),
-    "small": dict(hidden=128, layers=2, heads=4, ffn=512, queries=8, au_queries=4),
+    "paper": dict(hidden=768, layers=12, heads=12, ffn=3072, queries=32, au_queries=32, au_align_per_image=12),
+    "small": dict(hidden=128, layers=2, heads=4, ffn=512, queries=8, au_queries=4, au_align_per_image=3),
 }
 PAPER_PARAMS = {"emo_vl": 186.7e6, "au_vl": 186.7e6, "mf2": 373.4e6}
 
@@ -21,6 +21,10 @@ class MF2Config:
     ffn: int = 512
     queries: int = 8  # Emo-VL learned queries (paper: 32)
     au_queries: int = 4  # AU-VL learned queries per AU sequence (paper: 32)
+    # AU sequences per image that take part in ITC/ITM/ITG (active AUs first, then at random);
+    # all 12 always train the AU classifier. 12 = the paper; fewer trades alignment signal for
+    # speed (the AU-VL alignment passes cost ~12x an Emo-VL one).
+    au_align_per_image: int = 3
     embed_dim: int = 256  # ITC projection (BLIP-2: 256)
     dropout: float = 0.1
     temperature: float = 0.07  # learnable, Table VI

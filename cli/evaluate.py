@@ -1,0 +1,28 @@
+"""``mf2 evaluate``: per-AU F1 and per-class emotion accuracy of a run, like the paper's tables."""
+
+from pathlib import Path
+
+import click
+
+from ._common import one_line_errors
+
+
+@click.command()
+@click.option("--checkpoint", "run", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--cache", type=click.Path(path_type=Path), required=True)
+@click.option("--split", default="val", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--probe", is_flag=True, help="Also fit linear probes on the cache's pooled features (a floor to beat).")
+@one_line_errors
+def evaluate(run, cache, split, device, probe):
+    """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/."""
+    from mf2.evaluation.evaluate import evaluate as run_eval
+
+    result = run_eval(run, cache, split, device, probe=probe)
+    click.echo((Path(result["folder"]) / "tables.md").read_text())
+    click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
+               f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")
+    if probe:
+        p = result["probe"]
+        click.echo(f"linear probe on pooled features: AU mean F1 {p['au']['mean']:.4f}; "
+                   f"emotion mean accuracy {p['emotion']['mean_accuracy']:.4f}")

@@ -1,0 +1,68 @@
+"""``mf2 pretrain``: train MF² (Emo-VL + AU-VL) on a feature cache."""
+
+import json
+from pathlib import Path
+
+import click
+
+from ._common import one_line_errors, progress_bar
+
+
+def report_parameters(params: dict) -> str:
+    from mf2.models.config import PAPER_PARAMS
+
+    return "trainable parameters: " + ", ".join(
+        f"{label} {params[key] / 1e6:.1f}M (paper {PAPER_PARAMS[key] / 1e6:.1f}M)"
+        for key, label in (("emo_vl", "Emo-VL"), ("au_vl", "AU-VL"), ("mf2", "MF²")))
+
+
+@click.command()
+@click.option("--cache", type=click.Path(path_type=Path), help="Feature store from mf2 extract-features.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder.")
+@click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=56, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--tasks", type=click.Choice(["both", "au", "emotion"]), default="both", show_default=True)
+@click.option("--no-emo-vl", is_flag=True, help="Ablation: without the Emo-VL branch.")
+@click.option("--no-au-vl", is_flag=True, help="Ablation: without the AU-VL branch.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--deterministic", is_flag=True, help="Deterministic algorithms only (repeatable runs).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
+@click.option("--params-only", is_flag=True, help="Build the model, report trainable parameters, do not train.")
+@one_line_errors
+def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_steps, tasks, no_emo_vl, no_au_vl, seed,
+             deterministic, device, resume, overwrite, params_only):
+    """Train MF² on a feature cache (Table VI defaults: AdamW, wd 0.05, 2000 warm-up steps, lr 1e-4, batch 56)."""
+    from mf2.models.config import MF2Config
+    from mf2.models.mf2 import MF2, count_parameters
+    from mf2.training.pretrain import TrainConfig, pretrain as run
+
+    model_cfg = MF2Config.from_preset(preset, emo_vl=not no_emo_vl, au_vl=not no_au_vl)
+    if params_only:
+        if cache:
+            from mf2.training.data import CacheReader
+
+            reader = CacheReader(cache, None, model_cfg.emo_text)
+            model_cfg.vision_dim, model_cfg.text_dim, model_cfg.vocab = reader.vision_dim, reader.text_dim, reader.vocabulary()
+        else:  # the paper's encoders: ViT-B/16 (768) and BERT-base (768, 30,522 tokens)
+            model_cfg.vision_dim, model_cfg.text_dim, model_cfg.vocab = 768, 768, [0, -1, -2] + list(range(1, 30522))
+        click.echo(f"preset {preset}: " + report_parameters(count_parameters(MF2(model_cfg))))
+        return
+    if not cache or not out:
+        raise click.UsageError("--cache and --out are required to train")
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                      seed=seed, deterministic=deterministic, tasks=tasks, device=device)
+    with progress_bar(None, "pretrain") as bar:
+        last = run(cache, out, model_cfg, cfg, resume=resume, overwrite=overwrite, progress=bar.update, log=click.echo)
+    if last is None or last["rank"] != 0:  # other ranks: rank 0 reports
+        return
+    params = json.loads((Path(out) / "params.json").read_text())["ours"]
+    click.echo(report_parameters(params))
+    if last:
+        click.echo(f"epoch {last['epoch']}: val AU mean F1 {last['val_au_f1']:.4f}, "
+                   f"val emotion mean accuracy {last['val_emotion_mean_acc']:.4f} -> {out}")

@@ -1,0 +1,146 @@
+"""``mf2 evaluate``: a trained run on a cache split -> Table II/III-style results.
+
+Writes ``<run>/eval_<split>/`` with ``metrics.json``, ``tables.md`` (our row beside the paper's
+rows), ``au_f1.png`` (per-AU F1 bars), ``confusion.png`` (emotion confusion matrix) and
+``curves.png`` (training loss and validation metrics per epoch). Images only are used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mf2.data.labels import AUS, EMOTIONS
+from mf2.data.manifest import atomic_write_text
+from mf2.evaluation.metrics import au_f1, emotion_scores
+from mf2.evaluation.paper import TABLE_II, TABLE_III
+
+
+def load_run(run, device: str = "cpu"):
+    """The model of a run folder (its latest checkpoint) and its saved config."""
+    from mf2.models.config import MF2Config
+    from mf2.models.mf2 import MF2
+    from mf2.training.checkpoint import latest_checkpoint, load_model_state
+
+    run = Path(run)
+    if not (run / "config.json").is_file():
+        raise ValueError(f"{run}: not a run folder (no config.json)")
+    config = json.loads((run / "config.json").read_text())
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise ValueError(f"{run}: no checkpoint yet")
+    model = MF2(MF2Config(**config["model"]))
+    state = load_model_state(ckpt)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("dfn.")]:
+        raise ValueError(f"{ckpt}: checkpoint does not match the model ({len(missing)} missing, {len(unexpected)} unexpected)")
+    return model.to(device).eval(), config, ckpt
+
+
+def _row(name, values):
+    return "| " + name + " | " + " | ".join(f"{v:.2f}" if v == v else "–" for v in values) + " |"
+
+
+def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None) -> str:
+    au_vals = [100 * au["per_au"][a] for a in AUS] + [100 * au["mean"]]
+    emo_vals = [100 * emo["per_class_accuracy"][e] for e in EMOTIONS] + [100 * emo["mean_accuracy"]]
+    lines = ["### AU recognition, F1 (%) (cf. paper Table II)", "",
+             "| Model | " + " | ".join(list(AUS) + ["Avg."]) + " |", "|" + "---|" * (len(AUS) + 2)]
+    lines += [_row(f"paper: {k}", v) for k, v in TABLE_II.items()] + [_row(f"**ours: {name}**", au_vals)]
+    if probe:
+        lines.append(_row("ours: linear probe, pooled features", [100 * probe["au"]["per_au"][a] for a in AUS] +
+                          [100 * probe["au"]["mean"]]))
+    lines += ["", "### Emotion recognition, per-class accuracy (%) (cf. paper Table III)", "",
+              "| Model | " + " | ".join(list(EMOTIONS) + ["Avg."]) + " |", "|" + "---|" * (len(EMOTIONS) + 2)]
+    lines += [_row(f"paper: {k}", v) for k, v in TABLE_III.items()] + [_row(f"**ours: {name}**", emo_vals)]
+    if probe:
+        lines.append(_row("ours: linear probe, pooled features",
+                          [100 * probe["emotion"]["per_class_accuracy"][e] for e in EMOTIONS] +
+                          [100 * probe["emotion"]["mean_accuracy"]]))
+    lines += ["", f"Ours: overall emotion accuracy {100 * emo['overall_accuracy']:.2f}%, macro-F1 "
+              f"{100 * emo['macro_f1']:.2f}%. The paper's rows are on MFA (Aff-Wild2); ours on the evaluated cache."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(folder: Path, au: dict, emo: dict, log_path: Path | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.bar(AUS, [100 * au["per_au"][a] if au["per_au"][a] == au["per_au"][a] else 0 for a in AUS], color="#4477aa")
+    ax.axhline(100 * au["mean"], color="k", lw=1, ls="--", label=f"mean {100 * au['mean']:.1f}")
+    ax.set_ylabel("F1 (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title("Per-AU F1")
+    fig.tight_layout()
+    fig.savefig(folder / "au_f1.png", dpi=110)
+    plt.close(fig)
+    written.append("au_f1.png")
+    cm = np.array(emo["confusion"], dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(8), [e[:4] for e in EMOTIONS], rotation=45)
+    ax.set_yticks(range(8), EMOTIONS)
+    for i in range(8):
+        for j in range(8):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "k")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Emotion confusion")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion.png", dpi=110)
+    plt.close(fig)
+    written.append("confusion.png")
+    if log_path and log_path.is_file():
+        rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        if rows:
+            fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+            epochs = [r["epoch"] for r in rows]
+            a1.plot(epochs, [r.get("train_loss") for r in rows], marker="o")
+            a1.set_xlabel("epoch")
+            a1.set_ylabel("training loss")
+            for key, label in (("val_au_f1", "AU mean F1"), ("val_emotion_mean_acc", "emotion mean acc.")):
+                a2.plot(epochs, [r.get(key) for r in rows], marker="o", label=label)
+            a2.set_xlabel("epoch")
+            a2.set_ylim(0, 1)
+            a2.legend()
+            fig.tight_layout()
+            fig.savefig(folder / "curves.png", dpi=110)
+            plt.close(fig)
+            written.append("curves.png")
+    return written
+
+
+def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False) -> dict:
+    from mf2.training.data import CacheReader
+    from mf2.training.pretrain import predict_split
+
+    model, config, ckpt = load_run(run, device)
+    reader = CacheReader(cache, split, model.cfg.emo_text)
+    if reader.vision_dim != model.cfg.vision_dim:
+        raise ValueError(f"{cache}: visual features are {reader.vision_dim}-d but {run} was trained on "
+                         f"{model.cfg.vision_dim}-d features (another backbone)")
+    emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device))
+    au, emo = au_f1(au_p, y_au), emotion_scores(emo_p, y_emo)
+    folder = Path(run) / f"eval_{split}"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = name or Path(run).name
+    result = {"run": str(run), "checkpoint": str(ckpt), "cache": str(cache), "split": split, "images": len(y_emo),
+              "au": au, "emotion": emo}
+    if probe:
+        from mf2.evaluation.probe import pooled_feature_probe
+
+        result["probe"] = pooled_feature_probe(cache, split)
+    atomic_write_text(folder / "metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe")))
+    result["plots"] = plots(folder, au, emo, Path(run) / "log.jsonl")
+    result["folder"] = str(folder)
+    return result

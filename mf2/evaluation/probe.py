@@ -1,0 +1,36 @@
+"""Linear probes on a cache's frozen pooled features: the floor a trained MF² must beat.
+
+Multinomial logistic regression (emotion) and 12 binary ones (AUs) on the pooled global token
+(``vision/tokens[:, 0]``: the mean-pooled map of a CNN, the CLS token of a ViT), fitted on the
+train split and scored on the evaluated split with the Table II/III metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mf2.data.baseline import logistic_baseline
+from mf2.data.labels import AUS
+from mf2.features.store import FeatureStore
+
+
+def _rows(store: FeatureStore, split: str):
+    g = store.group
+    keep = np.flatnonzero(g["meta/valid"][:] & (g["meta/split"][:] == split))
+    tokens = g["vision/tokens"]
+    feats = np.concatenate([tokens[a:a + 1024, 0].astype(np.float32)[keep[(keep >= a) & (keep < a + 1024)] - a]
+                            for a in range(0, tokens.shape[0], 1024)])
+    emotion, aus = g["meta/emotion"][:][keep], g["meta/aus"][:][keep]
+    rows = [{"emotion": int(e), **{au: int(v) for au, v in zip(AUS, a)}} for e, a in zip(emotion, aus)]
+    return feats, rows
+
+
+def pooled_feature_probe(cache, split: str = "val") -> dict:
+    store = FeatureStore.open(cache)
+    train_x, train_rows = _rows(store, "train")
+    x, rows = _rows(store, split)
+    if not len(train_rows) or not len(rows):
+        raise ValueError(f"{cache}: the probe needs rows in both the train and {split} splits")
+    result = logistic_baseline(train_x, train_rows, x, rows)
+    result["features"] = "pooled global token (vision/tokens[:, 0])"
+    return result

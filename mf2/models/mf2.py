@@ -1,0 +1,126 @@
+"""MF²: Emo-VL (global tokens + emotion captions) and AU-VL (each AU's local tokens + that AU's
+sentence; the 12 AUs as a batch of B x 12 sequences through one Q-Former), and the task heads.
+
+Task heads read whichever branches exist, so each ablation row still predicts both tasks:
+emotion from Emo-VL's pooled queries (else AU-VL's, averaged over the AUs); each AU from its
+own AU-VL sequence (else from Emo-VL's pooled queries). Missing labels (-1) are masked out.
+Prediction uses images only (Appendix G).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mf2.data.labels import AUS, EMOTIONS
+from mf2.models.config import MF2Config
+from mf2.models.qformer import UNK, VLBranch
+
+N_AU, N_EMO = len(AUS), len(EMOTIONS)
+
+
+class MF2(nn.Module):
+    def __init__(self, cfg: MF2Config):
+        super().__init__()
+        if not (cfg.emo_vl or cfg.au_vl):
+            raise ValueError("at least one branch (Emo-VL or AU-VL) is needed")
+        if not cfg.vocab:
+            raise ValueError("cfg.vocab (the ITG sub-vocabulary) is empty: build it from the cache")
+        self.cfg = cfg
+        self.emo_vl = VLBranch(cfg, cfg.queries) if cfg.emo_vl else None
+        self.au_vl = VLBranch(cfg, cfg.au_queries) if cfg.au_vl else None
+        self.emotion_head = nn.Linear(cfg.hidden, N_EMO)
+        self.au_head = nn.Linear(cfg.hidden, N_AU)
+        # cfg.vocab[i] is the original token id of sub-vocabulary index i; negative = special
+        # (index 0 PAD keeps id 0, 1 = BOS, 2 = UNK for ids never seen in training)
+        ids = torch.tensor(cfg.vocab)
+        lookup = torch.full((int(ids.max()) + 1,), UNK, dtype=torch.long)
+        lookup[ids[ids >= 0]] = torch.arange(len(ids))[ids >= 0]
+        self.register_buffer("vocab_lookup", lookup, persistent=False)
+
+    def sub_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Original token ids -> ITG sub-vocabulary indices."""
+        return self.vocab_lookup[ids.long().clamp(0, len(self.vocab_lookup) - 1)]
+
+    def image_features(self, tokens: torch.Tensor | None, au_tokens: torch.Tensor | None) -> dict:
+        """The image-only passes: Emo-VL queries [B, Q, H], AU-VL queries [B, 12, Q, H], and the
+        projected visual tokens the alignment losses reuse."""
+        out = {}
+        if self.emo_vl is not None:
+            out["emo_vision"], out["emo"] = self.emo_vl.image(tokens)
+        if self.au_vl is not None:
+            B = au_tokens.shape[0]
+            vision, q = self.au_vl.image(au_tokens.flatten(0, 1))
+            out["au_vision"], out["au"] = vision, q.view(B, N_AU, *q.shape[1:])
+        return out
+
+    def heads(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(emotion logits [B, 8], AU logits [B, 12]) from the image features."""
+        emo_src = feats["emo"].mean(1) if "emo" in feats else feats["au"].mean((1, 2))
+        emotion = self.emotion_head(emo_src)
+        if "au" in feats:
+            per_seq = self.au_head(feats["au"].mean(2))  # [B, 12 sequences, 12 outputs]
+            au = per_seq.diagonal(dim1=1, dim2=2)  # AU k from its own sequence
+        else:
+            au = self.au_head(feats["emo"].mean(1))
+        return emotion, au
+
+    def _align_subset(self, aus: torch.Tensor, generator=None) -> torch.Tensor:
+        """[B, 12] mask of the AU sequences that join the alignment losses this step."""
+        k = self.cfg.au_align_per_image
+        if k >= N_AU:
+            return torch.ones_like(aus, dtype=torch.bool)
+        score = torch.rand(aus.shape, generator=generator, device=aus.device) + (aus == 1).float()
+        chosen = score.topk(k, dim=1).indices
+        return torch.zeros_like(aus, dtype=torch.bool).scatter_(1, chosen, True)
+
+    @torch.no_grad()
+    def predict(self, tokens, au_tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities from images only: emotion softmax [B, 8], AU sigmoid [B, 12]."""
+        emotion, au = self.heads(self.image_features(tokens, au_tokens))
+        return emotion.softmax(-1), au.sigmoid()
+
+    def forward(self, batch: dict, tasks: str = "both", generator=None) -> dict:
+        """Losses of one batch (see ``mf2.training.data`` for the batch layout)."""
+        feats = self.image_features(batch.get("tokens"), batch.get("au_tokens"))
+        emotion, au = self.heads(feats)
+        w = self.cfg.loss_weights
+        losses, info = {}, {}
+        if tasks in ("emotion", "both"):
+            y = batch["emotion"]
+            keep = y >= 0
+            losses["emo_cls"] = F.cross_entropy(emotion[keep], y[keep]) if keep.any() else emotion.sum() * 0
+        if tasks in ("au", "both"):
+            y = batch["aus"].float()
+            keep = y >= 0
+            bce = F.binary_cross_entropy_with_logits(au, y.clamp(min=0), reduction="none")
+            losses["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
+        if self.emo_vl is not None and "emo_text" in batch:
+            ids, mask, states, has = batch["emo_text"]
+            if has.sum() >= 2:
+                part, n = self.emo_vl.losses(feats["emo_vision"][has], feats["emo"][has], states[has], mask[has],
+                                             self.sub_ids(ids[has]), generator)
+                losses.update({f"emo_{k}": v for k, v in part.items()})
+                info["emo_itc_candidates"] = torch.tensor(float(n))
+        if self.au_vl is not None and "au_text" in batch:
+            ids, mask, states, has = batch["au_text"]  # [B, 12, L], ..., has [B, 12]
+            has = has & self._align_subset(batch["aus"], generator)
+            flat = lambda t: t.flatten(0, 1)[has.flatten()]  # noqa: E731
+            if has.sum() >= 2:
+                part, n = self.au_vl.losses(feats["au_vision"][has.flatten()], flat(feats["au"]), flat(states),
+                                            flat(mask), self.sub_ids(flat(ids)), generator)
+                losses.update({f"au_{k}": v for k, v in part.items()})
+                info["au_itc_candidates"] = torch.tensor(float(n))
+        total = sum(v * w.get(k.split("_", 1)[1] if k.endswith(("itc", "itm", "itg")) else "cls", 1.0)
+                    for k, v in losses.items())
+        return {"loss": total, **{k: v.detach() for k, v in losses.items()}, **info,
+                "emotion_logits": emotion.detach(), "au_logits": au.detach()}
+
+
+def count_parameters(model: MF2) -> dict:
+    """Trainable parameters per branch and in all (task heads counted in 'mf2')."""
+    def n(m):
+        return sum(p.numel() for p in m.parameters() if p.requires_grad) if m is not None else 0
+
+    return {"emo_vl": n(model.emo_vl), "au_vl": n(model.au_vl), "mf2": n(model)}

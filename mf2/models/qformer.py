@@ -1,0 +1,262 @@
+"""The Q-Former of both MF² branches (BLIP-2 mechanics; SPEC §5), bottom-up: attention ->
+layer -> Q-Former -> a vision-language branch with its alignment heads and losses.
+
+Sequences are [learned queries | text]. Self-attention and FFN are shared by query and text
+positions; cross-attention to the visual tokens exists for the query positions only. Modes:
+
+* ``image``: queries alone (and cross-attention): image features, also used for prediction.
+* ``text``: text alone, from the frozen encoder's token states (projected): the ITC text CLS.
+* ``joint``: queries and text attend to each other (bidirectional): ITM.
+* ``decode``: queries see queries; text tokens see every query and earlier text (causal). The
+  text here is *embedded from token ids* -- never the frozen encoder's contextual states, which
+  would leak later tokens: ITG.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mf2.models.config import MF2Config
+
+PAD, BOS, UNK = 0, 1, 2  # ITG sub-vocabulary indices
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not a multiple of heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(kv_dim or hidden, hidden)
+        self.v = nn.Linear(kv_dim or hidden, hidden)
+        self.o = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, Lq, H], kv [B, Lk, Dkv], mask bool [B, 1, Lq, Lk] (True = may attend)."""
+        B, Lq, H = x.shape
+        split = lambda t: t.view(B, t.shape[1], self.heads, H // self.heads).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(kv)), split(self.v(kv)), attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.o(out.transpose(1, 2).reshape(B, Lq, H))
+
+
+class QFormerLayer(nn.Module):
+    """Post-LN block: shared self-attention, cross-attention for queries, shared FFN."""
+
+    def __init__(self, cfg: MF2Config):
+        super().__init__()
+        H = cfg.hidden
+        self.self_attn = Attention(H, cfg.heads, dropout=cfg.dropout)
+        self.cross_attn = Attention(H, cfg.heads, dropout=cfg.dropout)  # keys/values: projected visual tokens
+        self.ffn = nn.Sequential(nn.Linear(H, cfg.ffn), nn.GELU(), nn.Linear(cfg.ffn, H))
+        self.ln_self, self.ln_cross, self.ln_ffn = nn.LayerNorm(H), nn.LayerNorm(H), nn.LayerNorm(H)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, n_query: int, mask, vision):
+        x = self.ln_self(x + self.drop(self.self_attn(x, x, mask)))
+        if n_query and vision is not None:
+            q = x[:, :n_query]
+            q = self.ln_cross(q + self.drop(self.cross_attn(q, vision)))
+            x = torch.cat([q, x[:, n_query:]], 1)
+        return self.ln_ffn(x + self.drop(self.ffn(x)))
+
+
+class QFormer(nn.Module):
+    def __init__(self, cfg: MF2Config, n_queries: int):
+        super().__init__()
+        H = cfg.hidden
+        self.n_queries = n_queries
+        self.query_tokens = nn.Parameter(torch.randn(1, n_queries, H) * 0.02)
+        self.text_in = nn.Linear(cfg.text_dim, H)  # frozen encoder states -> hidden
+        self.tok_embed = nn.Embedding(max(len(cfg.vocab), 2), H)  # ITG: ids -> hidden
+        self.pos_embed = nn.Embedding(cfg.max_text_len, H)
+        self.ln_text = nn.LayerNorm(H)
+        self.layers = nn.ModuleList(QFormerLayer(cfg) for _ in range(cfg.layers))
+
+    def _run(self, x, n_query, mask, vision):
+        for layer in self.layers:
+            x = layer(x, n_query, mask, vision)
+        return x
+
+    def image(self, vision: torch.Tensor) -> torch.Tensor:
+        """vision [B, T, C] -> query outputs [B, Q, H]."""
+        return self._run(self.query_tokens.expand(vision.shape[0], -1, -1), self.n_queries, None, vision)
+
+    def text(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Frozen encoder states [B, L, D] + mask [B, L] -> text outputs [B, L, H]."""
+        keys = mask[:, None, None, :]
+        return self._run(self.ln_text(self.text_in(states)), 0, keys, None)
+
+    def joint(self, vision, states, mask) -> torch.Tensor:
+        """Bidirectional queries + text; returns the query outputs [B, Q, H]."""
+        B, Q = vision.shape[0], self.n_queries
+        x = torch.cat([self.query_tokens.expand(B, -1, -1), self.ln_text(self.text_in(states))], 1)
+        keys = torch.cat([mask.new_ones(B, Q), mask], 1)[:, None, None, :]
+        return self._run(x, Q, keys, vision)[:, :Q]
+
+    def decode(self, vision, ids, mask) -> torch.Tensor:
+        """Queries as prefix, causal text from token ids [B, L] (sub-vocabulary) -> text outputs [B, L, H]."""
+        B, L = ids.shape
+        Q = self.n_queries
+        pos = torch.arange(L, device=ids.device)
+        x = torch.cat([self.query_tokens.expand(B, -1, -1), self.ln_text(self.tok_embed(ids) + self.pos_embed(pos))], 1)
+        allow = torch.zeros(B, Q + L, Q + L, dtype=torch.bool, device=ids.device)
+        allow[:, :Q, :Q] = True  # queries see queries only
+        allow[:, Q:, :Q] = True  # text sees every query
+        allow[:, Q:, Q:] = torch.tril(torch.ones(L, L, dtype=torch.bool, device=ids.device)) & mask[:, None, :]
+        allow[:, Q:, Q:] |= torch.eye(L, dtype=torch.bool, device=ids.device)  # padded rows keep one key
+        return self._run(x, Q, allow[:, None], vision)[:, Q:]
+
+
+def _smoothed_ce(logits, targets, allowed, eps: float):
+    """Cross-entropy with label smoothing spread over the allowed candidates only (masked-out
+    duplicates have probability 0 and must receive no target mass)."""
+    logp = F.log_softmax(logits, 1)
+    nll = -logp.gather(1, targets[:, None]).squeeze(1)
+    smooth = -(logp * allowed).sum(1) / allowed.sum(1).clamp(min=1)
+    return ((1 - eps) * nll + eps * smooth).mean()
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0 (ranks may hold different row counts);
+    gradients flow back to the local part. A single process returns ``x`` itself."""
+    if _world() == 1:
+        return x
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(_world())]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    sizes = [int(s) for s in sizes]
+    padded = F.pad(x, [0, 0] * (x.dim() - 1) + [0, max(sizes) - x.shape[0]]) if x.shape[0] < max(sizes) else x
+    parts = all_gather(padded) if x.dtype.is_floating_point else _all_gather_nograd(padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)], 0)
+
+
+def _all_gather_nograd(x: torch.Tensor) -> list:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(_world())]
+    dist.all_gather(parts, x.contiguous())
+    return parts
+
+
+def _rank_offset(n: int) -> int:
+    """Where this rank's rows start in a gathered batch."""
+    if _world() == 1:
+        return 0
+    import torch.distributed as dist
+
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(_world())]
+    dist.all_gather(sizes, torch.tensor([n]))
+    return int(sum(int(s) for s in sizes[:dist.get_rank()]))
+
+
+def _common_length(length: int, device) -> int:
+    """The longest text length over all ranks (texts are padded to it before gathering)."""
+    if _world() == 1:
+        return length
+    import torch.distributed as dist
+
+    t = torch.tensor([length], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+class VLBranch(nn.Module):
+    """One Q-Former with the BLIP-2 heads: ITC projections and temperature, ITM head, LM head."""
+
+    def __init__(self, cfg: MF2Config, n_queries: int):
+        super().__init__()
+        self.cfg = cfg
+        # Visual tokens are projected to the Q-Former width once per forward: every layer of
+        # every pass (image, 3x ITM, ITG) then reads H-wide keys/values instead of C-wide ones.
+        self.vision_in = nn.Sequential(nn.LayerNorm(cfg.vision_dim), nn.Linear(cfg.vision_dim, cfg.hidden))
+        self.qformer = QFormer(cfg, n_queries)
+        self.vision_proj = nn.Linear(cfg.hidden, cfg.embed_dim)
+        self.text_proj = nn.Linear(cfg.hidden, cfg.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(float(cfg.temperature)))
+        self.itm_head = nn.Linear(cfg.hidden, 2)
+        self.lm_head = nn.Linear(cfg.hidden, max(len(cfg.vocab), 2))
+
+    def itc_similarity(self, query_out, text_out):
+        """[B, B_all] image->text similarities: max over queries of cosine / temperature."""
+        img = F.normalize(self.vision_proj(query_out), dim=-1)  # [B, Q, E]
+        txt = F.normalize(self.text_proj(text_out[:, 0]), dim=-1)  # [B, E] (CLS)
+        img_all, txt_all = _gather(img), _gather(txt)
+        temp = self.temp.clamp(0.001, 0.5)
+        sim_i2t = torch.einsum("bqe,ne->bqn", img, txt_all).amax(1) / temp
+        sim_t2i = torch.einsum("be,nqe->bnq", txt, img_all).amax(2) / temp
+        return sim_i2t, sim_t2i
+
+    def image(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visual tokens [B, T, C] -> (projected tokens [B, T, H], query outputs [B, Q, H])."""
+        vision = self.vision_in(tokens)
+        return vision, self.qformer.image(vision)
+
+    def losses(self, vision, query_out, states, mask, ids, generator=None) -> tuple[dict, int]:
+        """ITC, ITM and ITG for a batch whose rows all carry text, and the number of ITC
+        candidates each row was contrasted with (the batch gathered from every rank).
+
+        vision [B, T, H] (projected, from ``image``); query_out [B, Q, H] (the image pass);
+        states [B, L, D] and mask [B, L] (frozen text); ids [B, L] (sub-vocabulary, 0 = CLS)."""
+        B = vision.shape[0]
+        L = _common_length(ids.shape[1], ids.device)
+        if L > ids.shape[1]:  # same text length on every rank, so the batches can be gathered
+            pad = L - ids.shape[1]
+            ids, mask, states = F.pad(ids, [0, pad]), F.pad(mask, [0, pad]), F.pad(states, [0, 0, 0, pad])
+        text_out = self.qformer.text(states, mask)
+        sim_i2t, sim_t2i = self.itc_similarity(query_out, text_out)
+        ids_all = _gather(ids)
+        offset = _rank_offset(B)
+        targets = torch.arange(B, device=ids.device) + offset
+        # identical texts (e.g. two 'at rest' sentences) are not negatives of each other
+        _, text_key = torch.unique(ids_all, dim=0, return_inverse=True)
+        same = text_key[offset:offset + B, None] == text_key[None, :]
+        same[torch.arange(B), targets] = False
+        neg_inf = torch.finfo(sim_i2t.dtype).min
+        sim_i2t = sim_i2t.masked_fill(same, neg_inf)
+        sim_t2i = sim_t2i.masked_fill(same, neg_inf)
+        itc = (_smoothed_ce(sim_i2t, targets, ~same, 0.1) + _smoothed_ce(sim_t2i, targets, ~same, 0.1)) / 2
+
+        # ITM: one hard negative text per image and one hard negative image per text
+        with torch.no_grad():
+            blocked = same.clone()
+            blocked[torch.arange(B), targets] = True
+            w_i2t = F.softmax(sim_i2t.float(), 1).masked_fill(blocked, 0)
+            w_t2i = F.softmax(sim_t2i.float(), 1).masked_fill(blocked, 0)
+            for w in (w_i2t, w_t2i):
+                empty = w.sum(1) <= 0
+                if empty.any():  # nothing but duplicates: any other row
+                    w[empty] = (~torch.eye(w.shape[1], dtype=torch.bool, device=w.device)[targets[empty]]).float()
+            if w_i2t.shape[1] == 1:
+                neg_text = neg_image = targets
+            else:
+                neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
+                neg_image = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
+        vision_all = _gather(vision)
+        states_all, mask_all = _gather(states), _gather(mask)
+        v = torch.cat([vision, vision_all[neg_image], vision])
+        s = torch.cat([states, states, states_all[neg_text]])
+        m = torch.cat([mask, mask, mask_all[neg_text]])
+        itm_logits = self.itm_head(self.qformer.joint(v, s, m)).mean(1)
+        itm_labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(ids.device)
+        itm = F.cross_entropy(itm_logits, itm_labels)
+
+        # ITG: BOS replaces CLS; predict each next token from the queries and earlier tokens
+        dec_ids = ids.clone()
+        dec_ids[:, 0] = BOS
+        labels = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+        logits = self.lm_head(self.qformer.decode(vision, dec_ids, mask))[:, :-1]
+        itg = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                              label_smoothing=self.cfg.label_smoothing)
+        return {"itc": itc, "itm": itm, "itg": itg}, sim_i2t.shape[1]

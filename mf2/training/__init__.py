@@ -1,0 +1,1 @@
+"""Training: reading the feature cache, checkpoints, MF² pretraining."""

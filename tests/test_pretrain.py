@@ -1,0 +1,175 @@
+"""MF² pretraining: ITG causality, ITC by hand, masked labels, resume == straight run,
+2-process torchrun with gathered negatives, checkpoints without pickle, and learning."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from mf2.cli.main import main
+from mf2.data.labels import AUS
+from mf2.evaluation.metrics import au_f1, emotion_scores
+from mf2.models.config import MF2Config
+from mf2.models.mf2 import MF2
+from mf2.models.qformer import BOS
+from mf2.training.pretrain import TrainConfig, pretrain
+
+
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    cfg = MF2Config.from_preset("small", vision_dim=24, text_dim=16, vocab=[0, -1, -2] + list(range(3, 60)),
+                                dropout=0.0, **kw)
+    return MF2(cfg).eval()
+
+
+def test_itg_is_causal():
+    """Changing a later token never changes the logits at earlier positions."""
+    branch = tiny_model().emo_vl
+    vision = torch.randn(2, 5, 128)
+    ids = torch.randint(3, 60, (2, 9))
+    ids[:, 0] = BOS
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    base = branch.lm_head(branch.qformer.decode(vision, ids, mask))
+    for t in range(1, 9):
+        changed = ids.clone()
+        changed[:, t] = (changed[:, t] + 7) % 57 + 3
+        out = branch.lm_head(branch.qformer.decode(vision, changed, mask))
+        torch.testing.assert_close(out[:, :t], base[:, :t])
+        assert not torch.allclose(out[:, t:], base[:, t:])
+
+
+def test_itc_equals_a_direct_computation():
+    model = tiny_model()
+    branch = model.emo_vl
+    B = 4
+    tokens = torch.randn(B, 6, 24)
+    states, mask = torch.randn(B, 7, 16), torch.ones(B, 7, dtype=torch.bool)
+    ids = torch.stack([torch.arange(3, 10) + 5 * i for i in range(B)])  # four different texts
+    vision, q = branch.image(tokens)
+    losses, n = branch.losses(vision, q, states, mask, ids)
+    img = F.normalize(branch.vision_proj(q), dim=-1)
+    txt = F.normalize(branch.text_proj(branch.qformer.text(states, mask)[:, 0]), dim=-1)
+    sim = torch.stack([torch.stack([(img[i] @ txt[j]).max() for j in range(B)]) for i in range(B)]) / branch.temp
+    eps, target = 0.1, torch.arange(B)
+
+    def smoothed(logits):
+        logp = logits.log_softmax(1)
+        return ((1 - eps) * -logp[target, target] + eps * -logp.mean(1)).mean()
+
+    torch.testing.assert_close(losses["itc"], (smoothed(sim) + smoothed(sim.T)) / 2)
+    assert n == B
+
+
+def test_missing_labels_do_not_count():
+    model = tiny_model()
+    batch = {"tokens": torch.randn(3, 6, 24), "au_tokens": torch.randn(3, 12, 8, 24),
+             "emotion": torch.tensor([2, -1, 5]), "aus": torch.randint(0, 2, (3, 12))}
+    batch["aus"][1, 4] = -1
+    out = model(batch)
+    emo_logits, au_logits = out["emotion_logits"], out["au_logits"]
+    expected_emo = F.cross_entropy(emo_logits[[0, 2]], torch.tensor([2, 5]))
+    keep = batch["aus"] >= 0
+    expected_au = F.binary_cross_entropy_with_logits(au_logits[keep], batch["aus"][keep].float())
+    torch.testing.assert_close(out["emo_cls"], expected_emo)
+    torch.testing.assert_close(out["au_cls"], expected_au)
+    # metrics: a -1 row or entry is the same as leaving it out
+    y = np.array([[1, 0, -1] + [0] * 9, [1, 1, 1] + [0] * 9, [0, 1, 0] + [1] * 9])
+    p = np.array([[1, 0, 1] + [0] * 9, [1, 0, 1] + [0] * 9, [0, 1, 1] + [1] * 9])
+    assert au_f1(p, y)["per_au"]["AU4"] == au_f1(p[1:], y[1:])["per_au"]["AU4"]
+    e = emotion_scores(np.array([0, 3, 3, 1]), np.array([0, -1, 3, 2]))
+    assert json.dumps(e) == json.dumps(emotion_scores(np.array([0, 3, 1]), np.array([0, 3, 2])))  # NaN-safe
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    runner = CliRunner()
+    for args in (["synth", "--n", "96", "--out", str(root / "d"), "--images-per-video", "4", "--no-baseline"],
+                 ["caption", "--manifest", str(root / "d/manifest.jsonl")],
+                 ["extract-features", "--manifest", str(root / "d/manifest.jsonl"), "--out", str(root / "f.zarr")]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    return root / "f.zarr"
+
+
+def _run(cache, out, **kw):
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=5e-4, warmup_steps=5, deterministic=True)
+    return pretrain(cache, out, MF2Config.from_preset("small"), cfg, log=lambda *_: None, **kw)
+
+
+def test_two_epochs_equal_one_plus_resume(cache, tmp_path):
+    straight = _run(cache, tmp_path / "a")
+    first = _run(cache, tmp_path / "b", max_epochs_this_run=1)
+    assert first["epoch"] == 1
+    resumed = _run(cache, tmp_path / "b", resume=True)
+    for key in ("epoch", "step", "train_loss", "val_au_f1", "val_emotion_mean_acc"):
+        assert straight[key] == resumed[key], key
+    a = load_file(str(tmp_path / "a/checkpoints/epoch_0001/model.safetensors"))
+    b = load_file(str(tmp_path / "b/checkpoints/epoch_0001/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logged = [json.loads(line) for line in (tmp_path / "b/log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1, 2]
+    assert (tmp_path / "a/log.csv").read_text().splitlines()[0].startswith("epoch,")
+
+
+def test_run_folder_rules_and_paper_preset(cache, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["pretrain", "--cache", str(cache), "--out", str(tmp_path / "r"), "--epochs", "1",
+                                  "--batch-size", "8", "--warmup-steps", "5"])
+    assert result.exit_code == 0, result.output
+    assert "trainable parameters: Emo-VL" in result.output and "(paper 186.7M)" in result.output
+    again = runner.invoke(main, ["pretrain", "--cache", str(cache), "--out", str(tmp_path / "r")])
+    assert again.exit_code == 1 and "holds an earlier run; pass --resume" in again.output
+    config = json.loads((tmp_path / "r/config.json").read_text())
+    assert config["train"]["weight_decay"] == 0.05 and config["model"]["temperature"] == 0.07
+    ckpt = tmp_path / "r/checkpoints/epoch_0000"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "optim.safetensors", "state.json"]
+    paper = runner.invoke(main, ["pretrain", "--preset", "paper", "--params-only"])
+    assert paper.exit_code == 0 and "Emo-VL 162.1M (paper 186.7M)" in paper.output
+    ev = runner.invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "r"), "--cache", str(cache)])
+    assert ev.exit_code == 0, ev.output
+    assert "| paper: MF2 (Pre-Train) | 50.17" in ev.output and "**ours: r**" in ev.output
+    folder = tmp_path / "r/eval_val"
+    assert {"metrics.json", "tables.md", "au_f1.png", "confusion.png", "curves.png"} <= {p.name for p in folder.iterdir()}
+
+
+def test_ablation_switches_keep_both_tasks(cache, tmp_path):
+    for flag, present in (("--no-emo-vl", "au_vl"), ("--no-au-vl", "emo_vl")):
+        out = tmp_path / flag
+        result = CliRunner().invoke(main, ["pretrain", "--cache", str(cache), "--out", str(out), "--epochs", "1",
+                                           "--batch-size", "8", flag])
+        assert result.exit_code == 0, result.output
+        params = json.loads((out / "params.json").read_text())["ours"]
+        assert params[present] > 0 and params[{"au_vl": "emo_vl", "emo_vl": "au_vl"}[present]] == 0
+        row = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+        assert "val_au_f1" in row and "val_emotion_mean_acc" in row
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not installed")
+def test_torchrun_two_processes_gather_negatives(cache, tmp_path):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    mf2_cmd = os.path.join(os.path.dirname(sys.executable), "mf2")
+    env = {**os.environ, "MF2_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", mf2_cmd, "pretrain",
+                             "--cache", str(cache), "--out", str(tmp_path / "ddp"), "--epochs", "1", "--batch-size", "8",
+                             "--warmup-steps", "5"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads((tmp_path / "ddp/log.jsonl").read_text().splitlines()[-1])
+    assert row["train_emo_itc_candidates"] == 16  # 8 per rank, gathered from both
+    assert row["train_au_itc_candidates"] > 8 * 3  # AU sequences of both ranks
+    assert json.loads((tmp_path / "ddp/config.json").read_text())["world_size"] == 2
+
+
+def test_training_beats_chance_on_held_out_synthfacs(cache, tmp_path):
+    cfg = TrainConfig(epochs=6, batch_size=8, lr=1e-3, warmup_steps=10)
+    row = pretrain(cache, tmp_path / "learn", MF2Config.from_preset("small"), cfg, log=lambda *_: None)
+    assert row["val_emotion_mean_acc"] > 0.25  # chance: 0.125
