@@ -8,6 +8,7 @@ from .build_dataset import build_dataset
 from .caption import caption
 from .evaluate import evaluate
 from .extract_features import extract_features
+from .finetune import finetune
 from .info import info
 from .pretrain import pretrain
 from .synth import synth
@@ -19,7 +20,7 @@ def main():
     """mf2: facial Action Units and emotions with the MF² vision-language model."""
 
 
-for command in (synth, build_dataset, caption, extract_features, pretrain, evaluate, info):
+for command in (synth, build_dataset, caption, extract_features, pretrain, finetune, evaluate, info):
     main.add_command(command)
 
 if __name__ == "__main__":

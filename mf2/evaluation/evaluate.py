@@ -32,6 +32,14 @@ def load_run(run, device: str = "cpu"):
     ckpt = latest_checkpoint(run)
     if ckpt is None:
         raise ValueError(f"{run}: no checkpoint yet")
+    if config.get("kind") == "dfn":  # a frozen MF² (its own run) with this run's DFN
+        from mf2.models.dfn import DFN, DFNConfig
+        from mf2.training.finetune import DFNModel
+
+        mf2, _, _ = load_run(config["base_run"], device)
+        dfn = DFN(mf2.cfg, DFNConfig(**config["dfn"]))
+        dfn.load_state_dict(load_model_state(ckpt))
+        return DFNModel(mf2, dfn.to(device)).eval(), config, ckpt
     model = MF2(MF2Config(**config["model"]))
     state = load_model_state(ckpt)
     missing, unexpected = model.load_state_dict(state, strict=False)

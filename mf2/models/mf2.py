@@ -81,8 +81,9 @@ class MF2(nn.Module):
         emotion, au = self.heads(self.image_features(tokens, au_tokens))
         return emotion.softmax(-1), au.sigmoid()
 
-    def forward(self, batch: dict, tasks: str = "both", generator=None) -> dict:
-        """Losses of one batch (see ``mf2.training.data`` for the batch layout)."""
+    def forward(self, batch: dict, tasks: str = "both", generator=None, align: bool = True) -> dict:
+        """Losses of one batch (see ``mf2.training.data`` for the batch layout); ``align=False``
+        keeps the task losses only (full fine-tuning, the "w/o DFN" row)."""
         feats = self.image_features(batch.get("tokens"), batch.get("au_tokens"))
         emotion, au = self.heads(feats)
         w = self.cfg.loss_weights
@@ -96,14 +97,14 @@ class MF2(nn.Module):
             keep = y >= 0
             bce = F.binary_cross_entropy_with_logits(au, y.clamp(min=0), reduction="none")
             losses["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
-        if self.emo_vl is not None and "emo_text" in batch:
+        if align and self.emo_vl is not None and "emo_text" in batch:
             ids, mask, states, has = batch["emo_text"]
             if has.sum() >= 2:
                 part, n = self.emo_vl.losses(feats["emo_vision"][has], feats["emo"][has], states[has], mask[has],
                                              self.sub_ids(ids[has]), generator)
                 losses.update({f"emo_{k}": v for k, v in part.items()})
                 info["emo_itc_candidates"] = torch.tensor(float(n))
-        if self.au_vl is not None and "au_text" in batch:
+        if align and self.au_vl is not None and "au_text" in batch:
             ids, mask, states, has = batch["au_text"]  # [B, 12, L], ..., has [B, 12]
             has = has & self._align_subset(batch["aus"], generator)
             flat = lambda t: t.flatten(0, 1)[has.flatten()]  # noqa: E731

@@ -76,19 +76,22 @@ class QFormer(nn.Module):
         self.ln_text = nn.LayerNorm(H)
         self.layers = nn.ModuleList(QFormerLayer(cfg) for _ in range(cfg.layers))
 
-    def _run(self, x, n_query, mask, vision):
+    def _run(self, x, n_query, mask, vision, all_layers: bool = False):
+        outs = []
         for layer in self.layers:
             x = layer(x, n_query, mask, vision)
-        return x
+            if all_layers:
+                outs.append(x)
+        return torch.stack(outs) if all_layers else x
 
-    def image(self, vision: torch.Tensor) -> torch.Tensor:
-        """vision [B, T, C] -> query outputs [B, Q, H]."""
-        return self._run(self.query_tokens.expand(vision.shape[0], -1, -1), self.n_queries, None, vision)
+    def image(self, vision: torch.Tensor, all_layers: bool = False) -> torch.Tensor:
+        """vision [B, T, H] (projected) -> query outputs [B, Q, H] (every block's: [N, B, Q, H])."""
+        return self._run(self.query_tokens.expand(vision.shape[0], -1, -1), self.n_queries, None, vision, all_layers)
 
-    def text(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Frozen encoder states [B, L, D] + mask [B, L] -> text outputs [B, L, H]."""
+    def text(self, states: torch.Tensor, mask: torch.Tensor, all_layers: bool = False) -> torch.Tensor:
+        """Frozen encoder states [B, L, D] + mask [B, L] -> text outputs [B, L, H] ([N, B, L, H])."""
         keys = mask[:, None, None, :]
-        return self._run(self.ln_text(self.text_in(states)), 0, keys, None)
+        return self._run(self.ln_text(self.text_in(states)), 0, keys, None, all_layers)
 
     def joint(self, vision, states, mask) -> torch.Tensor:
         """Bidirectional queries + text; returns the query outputs [B, Q, H]."""

@@ -117,8 +117,11 @@ def build_model(cache, model_cfg: MF2Config, reader: CacheReader) -> MF2:
 
 
 def pretrain(cache, out, model_cfg: MF2Config, cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
-             progress=None, log=print, max_epochs_this_run: int | None = None) -> dict:
-    """Train MF² on ``cache`` into the run folder ``out``; returns the last epoch's log row."""
+             progress=None, log=print, max_epochs_this_run: int | None = None, init_from=None, align: bool = True) -> dict:
+    """Train MF² on ``cache`` into the run folder ``out``; returns the last epoch's log row.
+
+    ``init_from`` (a run folder) starts from that run's weights; ``align=False`` trains the task
+    losses only -- together they are full fine-tuning (``mf2 finetune --full``)."""
     out = Path(out)
     if cfg.tasks not in ("au", "emotion", "both"):
         raise RunError(f"tasks: expected au, emotion or both, got {cfg.tasks!r}")
@@ -134,11 +137,19 @@ def pretrain(cache, out, model_cfg: MF2Config, cfg: TrainConfig, resume: bool = 
         saved = json.loads((out / "config.json").read_text())
         model_cfg = MF2Config(**saved["model"])
         cfg = TrainConfig(**{**saved["train"], "device": cfg.device})
+        align = saved.get("align", True)
+    if init_from is not None and not resume:
+        from mf2.evaluation.evaluate import load_run
+
+        base, _, _ = load_run(init_from)
+        model_cfg = base.cfg
     seed_everything(cfg.seed + rank, cfg.deterministic)
     device = torch.device(cfg.device)
     train = CacheReader(cache, "train", model_cfg.emo_text, cfg.window)
     val = CacheReader(cache, "val", model_cfg.emo_text, cfg.window)
     model = build_model(cache, model_cfg, train).to(device)
+    if init_from is not None and not resume:
+        model.load_state_dict(base.state_dict())
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
     start_epoch, step = 0, 0
@@ -154,7 +165,8 @@ def pretrain(cache, out, model_cfg: MF2Config, cfg: TrainConfig, resume: bool = 
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps({"model": model_cfg.to_dict(), "train": asdict(cfg),
-                                                           "cache": str(cache), "world_size": world}, indent=2))
+                                                           "cache": str(cache), "world_size": world, "align": align,
+                                                           "init_from": str(init_from) if init_from else None}, indent=2))
     params = count_parameters(model)
     if rank == 0 and not resume:
         atomic_write_text(out / "params.json", json.dumps({"ours": params, "paper": PAPER_PARAMS}, indent=2))
@@ -174,7 +186,7 @@ def pretrain(cache, out, model_cfg: MF2Config, cfg: TrainConfig, resume: bool = 
             batch = to_device(batch, device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
-            out_ = net(batch, cfg.tasks, generator)
+            out_ = net(batch, cfg.tasks, generator, align)
             optimizer.zero_grad(set_to_none=True)
             out_["loss"].backward()
             optimizer.step()

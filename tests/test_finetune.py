@@ -1,0 +1,98 @@
+"""DFN fine-tuning: MF² stays bit-identical, the cached block outputs are the live frozen forward,
+gate and λ behave as specified, --full trains everything, and evaluate reads DFN runs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from mf2.cli.main import main
+from mf2.evaluation.evaluate import load_run
+from mf2.models.dfn import DFN, DFNConfig, Pathway
+from mf2.training.data import CacheReader, to_device
+from mf2.training.finetune import vision_block_outputs
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    runner = CliRunner()
+    for args in (["synth", "--n", "64", "--out", str(root / "d"), "--images-per-video", "4", "--no-baseline"],
+                 ["caption", "--manifest", str(root / "d/manifest.jsonl")],
+                 ["extract-features", "--manifest", str(root / "d/manifest.jsonl"), "--out", str(root / "f.zarr")],
+                 ["pretrain", "--cache", str(root / "f.zarr"), "--out", str(root / "run"), "--epochs", "1",
+                  "--batch-size", "8", "--warmup-steps", "5"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def _finetune(root, out, *extra):
+    result = CliRunner().invoke(main, ["finetune", "--from", str(root / "run"), "--cache", str(root / "f.zarr"),
+                                       "--out", str(out), "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
+                                       "--warmup-steps", "5", *extra])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_dfn_leaves_every_mf2_weight_bit_identical(pretrained, tmp_path):
+    before = {k: v.clone() for k, v in load_file(str(pretrained / "run/checkpoints/epoch_0000/model.safetensors")).items()}
+    output = _finetune(pretrained, tmp_path / "dfn", "--dfn")
+    assert "trainable parameters: DFN" in output and "(paper 52.88M)" in output
+    after = load_file(str(pretrained / "run/checkpoints/epoch_0000/model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    model, config, _ = load_run(tmp_path / "dfn")  # the DFN run's own model holds the same frozen MF²
+    assert all(torch.equal(model.mf2.state_dict()[k], before[k]) for k in before)
+    dfn_state = load_file(str(next((tmp_path / "dfn/checkpoints").glob("epoch_*")) / "model.safetensors"))
+    # a DFN checkpoint holds the pathways and heads only, never MF²'s Q-Former
+    assert any(k.startswith("emo_vision.w_down") for k in dfn_state) and not any("qformer" in k for k in dfn_state)
+    assert config["kind"] == "dfn"
+    ev = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "dfn"), "--cache", str(pretrained / "f.zarr")])
+    assert ev.exit_code == 0, ev.output
+
+
+def test_cached_block_outputs_equal_the_live_frozen_forward(pretrained, tmp_path):
+    _finetune(pretrained, tmp_path / "dfn", "--dfn")
+    cache = zarr.open_group(str(tmp_path / "dfn/dfn_cache.zarr"), mode="r")
+    mf2, _, _ = load_run(pretrained / "run")
+    reader = CacheReader(pretrained / "f.zarr", "val")
+    batch = next(reader.batches(1000, shuffle=False, drop_last=False))
+    live = vision_block_outputs(mf2, batch["tokens"], batch["au_tokens"])
+    for key in ("emo_v_start", "emo_v_h", "au_v_start", "au_v_h"):
+        np.testing.assert_allclose(cache[f"val/{key}"][:], live[key].numpy(), rtol=1e-5, atol=1e-5, err_msg=key)
+    assert cache["val/emo_v_h"].shape[1] == mf2.cfg.layers  # one pooled output per MF² block
+
+
+def test_gate_and_lambda_semantics():
+    """λ = 0 and g = 0 reduce a pathway to the frozen outputs; g = 1 keeps the side state."""
+    torch.manual_seed(0)
+    p = Pathway(5, 8, 3, DFNConfig(lam=0.0))
+    start, h = torch.randn(4, 5), torch.randn(3, 4, 8)
+    with torch.no_grad():
+        p.alpha.fill_(-float("inf"))
+        assert torch.equal(p(start, h), h[-1])
+        p.alpha.fill_(float("inf"))
+        p.b_up.zero_()
+        torch.testing.assert_close(p(start, h), p.start(start))
+
+
+def test_block_selection_reading_of_the_papers_seven_layers():
+    assert DFNConfig(blocks="all").block_indices(12) == list(range(12))
+    assert DFNConfig(blocks=7).block_indices(12) == [0, 2, 4, 6, 7, 9, 11]
+    assert DFNConfig(blocks=1).block_indices(12) == [11]
+    with pytest.raises(ValueError, match="blocks: expected 'all' or 1..12"):
+        DFNConfig(blocks=13).block_indices(12)
+
+
+def test_full_finetuning_trains_every_weight(pretrained, tmp_path):
+    output = _finetune(pretrained, tmp_path / "full", "--full")
+    assert "trainable parameters: all of MF²" in output and "(paper w/o DFN: 373.4M)" in output
+    before = load_file(str(pretrained / "run/checkpoints/epoch_0000/model.safetensors"))
+    after = load_file(str(tmp_path / "full/checkpoints/epoch_0001/model.safetensors"))
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("qformer.layers" in k for k in changed) and any("head" in k for k in changed)
+    assert json.loads((tmp_path / "full/config.json").read_text())["align"] is False
