@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from helpers import DEVICES, require_native, skip_without_cuda_kernels
+from helpers import DEVICES, skip_without_cuda_kernels
 from mf2.ops import _native, au_region_pool, au_region_pool_reference
 
 TOL32 = dict(rtol=1e-5, atol=1e-5)

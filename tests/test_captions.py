@@ -18,7 +18,7 @@ from mf2.captions import TOKEN_CAPS
 from mf2.captions.openai_backend import OpenAICaptioner
 from mf2.captions.prompts import STAGES, load_prompt
 from mf2.captions.run import caption_manifest
-from mf2.captions.template import TemplateCaptioner, au_caption, au_sentences, emotion_caption, key_au_caption
+from mf2.captions.template import au_caption, au_sentences, emotion_caption, key_au_caption
 from mf2.cli.main import main
 from mf2.data import synthfacs as sf
 from mf2.data.labels import AUS, EMOTIONS

@@ -2,12 +2,10 @@
 a SIGKILLed-and-resumed store equal to an uninterrupted one, and bad or faceless images."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from mf2.cli.main import main
 from mf2.evaluation.evaluate import load_run
-from mf2.models.dfn import DFN, DFNConfig, Pathway
-from mf2.training.data import CacheReader, to_device
+from mf2.models.dfn import DFNConfig, Pathway
+from mf2.training.data import CacheReader
 from mf2.training.finetune import vision_block_outputs
 
 

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from mf2.cli.main import main
-from mf2.data.labels import AUS
 from mf2.evaluation.metrics import au_f1, emotion_scores
 from mf2.models.config import MF2Config
 from mf2.models.mf2 import MF2

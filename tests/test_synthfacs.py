@@ -61,7 +61,7 @@ def test_landmarks_sit_on_the_rendered_features(seed, tmp_path):
     grown = _mask(224, lambda d: (d.polygon(pts[48:60], fill=1), d.line(pts[48:60] + [pts[48]], fill=1, width=14)))
     ring = grown & ~_mask(224, lambda d: (d.polygon(pts[48:60], fill=1), d.line(pts[48:60] + [pts[48]], fill=1, width=6)))
     px = image.reshape(-1, 3).astype(float)
-    lips_colour, skin, hair = spec.identity.lips, spec.identity.skin, spec.identity.hair
+    lips_colour, hair = spec.identity.lips, spec.identity.hair
     assert _dist(px[lips.ravel()], lips_colour) < 0.6 * _dist(px[ring.ravel()], lips_colour)
     thick = max(2, int(spec.identity.brow_thick * spec.pose.scale * 224 * 0.6))
     brows = _mask(224, lambda d: (d.line(pts[17:22], fill=1, width=thick), d.line(pts[22:27], fill=1, width=thick)))

@@ -26,7 +26,7 @@ from mf2.models.dfn import DFN, PAPER_DFN_PARAMS, DFNConfig
 from mf2.models.mf2 import MF2
 from mf2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mf2.training.data import CacheReader, to_device
-from mf2.training.pretrain import RunError, TrainConfig, _append_log, lr_at, make_optimizer, seed_everything
+from mf2.training.pretrain import RunError, TrainConfig, _append_log, make_optimizer, seed_everything, train_epoch
 
 N_AU = len(AUS)
 
@@ -224,24 +224,11 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
     row = None
     for epoch in range(start_epoch, end_epoch):
         dfn.train()
-        sums, n_batches, n_samples, t0 = {}, 0, 0, time.perf_counter()
-        for x in _batches(group["train"], cfg.batch_size, epoch, cfg.seed):
-            x = {k: v.to(device) for k, v in x.items()}
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, total, cfg)
-            losses = _losses(dfn, x, cfg.tasks)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            optimizer.step()
-            step += 1
-            n_batches += 1
-            n_samples += len(x["emotion"])
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "rank": 0, "step": step, "seconds": round(seconds, 3),
-               "samples_per_s": round(n_samples / seconds, 2) if seconds else None,
-               **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}, **_validate(dfn, group["val"])}
+        batches = ({k: v.to(device) for k, v in x.items()} for x in _batches(group["train"], cfg.batch_size, epoch, cfg.seed))
+        step, stats = train_epoch(batches, lambda x: _losses(dfn, x, cfg.tasks), optimizer, step, total, cfg)
+        row = {"epoch": epoch + 1, "rank": 0, "step": step, "seconds": stats["seconds"],
+               "samples_per_s": round(stats["samples"] / stats["seconds"], 2) if stats["seconds"] else None,
+               **stats["train"], **_validate(dfn, group["val"])}
         _append_log(out, row)
         save_checkpoint(out, epoch, dfn, optimizer, {"step": step}, {"torch": torch.get_rng_state()})
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()

@@ -67,6 +67,30 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def train_epoch(batches, losses_of, optimizer, step: int, total_steps: int, cfg: TrainConfig, progress=None):
+    """One pass over ``batches``: scheduled lr, forward (``losses_of(batch)`` -> dict with
+    'loss'), backward, step. Returns the new step count and the epoch's mean losses and timing."""
+    sums, n_batches, n_samples, t0 = {}, 0, 0, time.perf_counter()
+    for batch in batches:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_steps, cfg)
+        out = losses_of(batch)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        step += 1
+        n_batches += 1
+        n_samples += len(batch["emotion"])
+        for k, v in out.items():
+            if v.dim() == 0:
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if progress:
+            progress(len(batch["emotion"]))
+    seconds = round(time.perf_counter() - t0, 3)
+    return step, {"seconds": seconds, "samples": n_samples,
+                  "train": {f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
@@ -181,27 +205,13 @@ def pretrain(cache, out, model_cfg: MF2Config, cfg: TrainConfig, resume: bool = 
     end_epoch = cfg.epochs if max_epochs_this_run is None else min(cfg.epochs, start_epoch + max_epochs_this_run)
     for epoch in range(start_epoch, end_epoch):
         model.train()
-        sums, n_batches, n_samples, t0 = {}, 0, 0, time.perf_counter()
-        for batch in train.batches(cfg.batch_size, epoch, cfg.seed, rank=rank, world=world):
-            batch = to_device(batch, device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, cfg)
-            out_ = net(batch, cfg.tasks, generator, align)
-            optimizer.zero_grad(set_to_none=True)
-            out_["loss"].backward()
-            optimizer.step()
-            step += 1
-            n_batches += 1
-            n_samples += len(batch["emotion"])
-            for k, v in out_.items():
-                if v.dim() == 0:
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if progress:
-                progress(len(batch["emotion"]))
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "rank": rank, "step": step, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-               "samples_per_s": round(n_samples * world / seconds, 2) if seconds else None,
-               **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
+        batches = (to_device(b, device) for b in train.batches(cfg.batch_size, epoch, cfg.seed, rank=rank, world=world))
+        step, stats = train_epoch(batches, lambda b: net(b, cfg.tasks, generator, align), optimizer, step,
+                                  total_steps, cfg, progress)
+        row = {"epoch": epoch + 1, "rank": rank, "step": step, "lr": optimizer.param_groups[0]["lr"],
+               "seconds": stats["seconds"],
+               "samples_per_s": round(stats["samples"] * world / stats["seconds"], 2) if stats["seconds"] else None,
+               **stats["train"]}
         if rank == 0:
             row.update(validation_metrics(model, val, device))
             _append_log(out, row)

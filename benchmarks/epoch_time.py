@@ -1,0 +1,187 @@
+"""Table IV measured here: training time per epoch (TT), inference time per epoch (IT) and
+trainable parameters (TP) for MF² (Fine-Tuning, DFN), w/o DFN, w/o Emo-VL and w/o AU-VL.
+
+    python benchmarks/epoch_time.py [--preset small|paper] [--samples N] [--epochs E] [--device cpu]
+
+Readings (see README):
+* MF² (Fine-Tuning, DFN): a DFN step on cached frozen block outputs (what ``mf2 finetune --dfn``
+  trains on); its IT is the live images-only path (frozen MF² + pathways + heads).
+* w/o DFN: all of MF² fine-tuned on the task losses (``mf2 finetune --full``).
+* w/o Emo-VL / w/o AU-VL: single-branch MF², fine-tuned in full (TP = one branch, as in the
+  paper's 186.7M rows).
+* Cached vs uncached: the MF² pretraining step on cached features vs the same step with the
+  frozen offline backbones (EfficientNet-Lite0 + MiniLM) run on its images and texts.
+Inputs are random tensors of each preset's feature shapes (timing does not depend on values):
+small = EfficientNet-Lite0 (50 tokens x 1280) + MiniLM (384); paper = ViT-B/16 (197 x 768) +
+BERT-base (768). Per-sample times (median of ``--steps`` steps after a warm-up) are
+extrapolated to the paper's 31,320 training and 3,376 validation images; all ratios come from
+this one run. Writes benchmarks/results/epoch_time-<preset>-<device>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import machine, median_ms, table  # noqa: E402
+
+from mf2.evaluation.paper import TABLE_IV  # noqa: E402
+from mf2.models.config import MF2Config  # noqa: E402
+from mf2.models.dfn import DFN, DFNConfig  # noqa: E402
+from mf2.models.mf2 import MF2, count_parameters  # noqa: E402
+from mf2.training.finetune import _losses, trainable, vision_block_outputs  # noqa: E402
+from mf2.training.pretrain import TrainConfig, make_optimizer  # noqa: E402
+
+TRAIN_IMAGES, VAL_IMAGES = 31320, 3376
+SHAPES = {"small": dict(T=50, C=1280, D=384, S=18), "paper": dict(T=197, C=768, D=768, S=18)}
+EMO_LEN, AU_LEN = 30, 24  # typical caption / AU-sentence lengths (tokens)
+
+
+def model(preset, **kw):
+    s = SHAPES[preset]
+    cfg = MF2Config.from_preset(preset, vision_dim=s["C"], text_dim=s["D"], vocab=[0, -1, -2] + list(range(3, 2000)), **kw)
+    return MF2(cfg)
+
+
+def batch(preset, B, device):
+    s = SHAPES[preset]
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
+    ids = lambda *shape: torch.randint(3, 2000, shape, generator=g).to(device)  # noqa: E731
+    ones = lambda *shape: torch.ones(*shape, dtype=torch.bool, device=device)  # noqa: E731
+    return {"tokens": r(B, s["T"], s["C"]), "au_tokens": r(B, 12, 2 * 9, s["C"]),
+            "emotion": torch.randint(0, 8, (B,), generator=g).to(device),
+            "aus": torch.randint(0, 2, (B, 12), generator=g).to(device),
+            "emo_text": (ids(B, EMO_LEN), ones(B, EMO_LEN), r(B, EMO_LEN, s["D"]), ones(B)),
+            "au_text": (ids(B, 12, AU_LEN), ones(B, 12, AU_LEN), r(B, 12, AU_LEN, s["D"]), ones(B, 12))}
+
+
+def train_step_ms(net, b, device, steps, align, tasks="both"):
+    opt = make_optimizer(net, TrainConfig())
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        out = net(b, tasks, gen, align)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+
+    return median_ms(step, device, steps, warmup=1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=["small", "paper"], default="small")
+    p.add_argument("--samples", type=int, default=None,
+                   help="Batch size of the full fine-tuning steps (default 56 small, 4 paper: 236M-parameter steps on a CPU).")
+    p.add_argument("--dfn-samples", type=int, default=56, help="Batch size of the DFN steps (Table VI: 56).")
+    p.add_argument("--epochs", type=int, default=1, help="Report time for this many epochs (extrapolated).")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    B = a.samples or (56 if a.preset == "small" else 4)
+    b = batch(a.preset, B, device)
+    per_epoch = lambda ms, n, bs: ms / bs * n * a.epochs / 60000  # noqa: E731 -- minutes
+    rows, extra = [], {}
+    full_batch, B = b, a.dfn_samples
+    b = batch(a.preset, B, device)
+
+    # MF² (Fine-Tuning, DFN): a step on cached block outputs; IT through the live frozen path
+    mf2 = model(a.preset).to(device).eval().requires_grad_(False)
+    dfn = DFN(mf2.cfg, DFNConfig()).to(device)
+    with torch.no_grad():
+        cached = {**vision_block_outputs(mf2, b["tokens"], b["au_tokens"]), "emotion": b["emotion"], "aus": b["aus"]}
+        from mf2.training.finetune import text_block_outputs
+
+        cached.update(text_block_outputs(mf2, b))
+    opt = make_optimizer(dfn, TrainConfig())
+
+    def dfn_step():
+        out = _losses(dfn, cached, "both")
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+
+    def dfn_infer():
+        with torch.no_grad():
+            dfn.heads(vision_block_outputs(mf2, b["tokens"], b["au_tokens"]))
+
+    tt, it = median_ms(dfn_step, device, a.steps * 5), median_ms(dfn_infer, device, a.steps)
+    rows.append({"model": "MF2 (Fine-Tuning, DFN)", "batch": B, "tt_ms_step": tt, "it_ms_step": it, "tp": trainable(dfn)})
+    B, b = full_batch["emotion"].shape[0], full_batch
+
+    # w/o DFN and the single-branch rows: full fine-tuning on the task losses
+    for name, kw in (("w/o DFN", {}), ("w/o Emo-VL", {"emo_vl": False}), ("w/o AU-VL", {"au_vl": False})):
+        net = model(a.preset, **kw).to(device).train()
+        tt = train_step_ms(net, b, device, a.steps, align=False)
+        net.eval()
+        it = median_ms(lambda: net.predict(b["tokens"], b["au_tokens"]), device, a.steps)
+        rows.append({"model": name, "batch": B, "tt_ms_step": tt, "it_ms_step": it, "tp": count_parameters(net)["mf2"]})
+    for r in rows:
+        paper = TABLE_IV[r["model"].replace("MF2 (Fine-Tuning, DFN)", "MF2 (Fine-Tuning, DFN)")]
+        r.update({"tt_min_epoch": per_epoch(r["tt_ms_step"], TRAIN_IMAGES, r["batch"]),
+                  "it_min_epoch": per_epoch(r["it_ms_step"], VAL_IMAGES, r["batch"]),
+                  "tp_M": r["tp"] / 1e6, "paper_tt_min": paper["tt_min"], "paper_it_min": paper["it_min"],
+                  "paper_tp_M": paper["params"] / 1e6})
+    extra["dfn_over_full_time"] = rows[0]["tt_min_epoch"] / rows[1]["tt_min_epoch"]
+    extra["paper_dfn_over_full_time"] = TABLE_IV["MF2 (Fine-Tuning, DFN)"]["tt_min"] / TABLE_IV["w/o DFN"]["tt_min"]
+
+    # cached vs uncached pretraining step (frozen offline backbones on images and texts every step)
+    if a.preset == "small":
+        from mf2.features.backbones import load_text, load_vision
+
+        B, b = a.dfn_samples, batch("small", a.dfn_samples, device)
+        from mf2.ops import au_region_pool
+
+        vision, text = load_vision(device=a.device), load_text(device=a.device)
+        images = torch.rand(B, 3, 224, 224, device=device)
+        captions = ["the person appears to feel happy, judging by raised cheeks and lip corners pulled up"] * B
+        sentences = [f"AU{k} (muscle) is at rest: the muscle number {k} shows no movement in this face." for k in range(12)] * B
+        centres = torch.rand(B, 24, 2, device=device) * 0.6 + 0.2
+        net = model("small").to(device).train()
+        opt = make_optimizer(net, TrainConfig())
+        gen = torch.Generator(device=device).manual_seed(0)
+
+        def step(with_backbones):
+            if with_backbones:
+                with torch.no_grad():
+                    tokens, fmap, layout = vision(images)
+                    au_region_pool(fmap, centres, 0.1, 3, layout=layout)
+                    text.encode(captions, EMO_LEN)
+                    text.encode(sentences, AU_LEN)
+            out = net(b, "both", gen, True)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+
+        cached_ms = median_ms(lambda: step(False), device, a.steps)
+        uncached_ms = median_ms(lambda: step(True), device, a.steps)
+        extra.update({"pretrain_step_cached_ms": cached_ms, "pretrain_step_uncached_ms": uncached_ms,
+                      "uncached_over_cached": uncached_ms / cached_ms})
+    result = {"machine": machine(device), "preset": a.preset, "epochs": a.epochs, "rows": rows, **extra}
+    cols = ["model", "batch", "tt_min_epoch", "paper_tt_min", "it_min_epoch", "paper_it_min", "tp_M", "paper_tp_M"]
+    md = [f"# Table IV measured here ({a.preset} preset, {device}; minutes per epoch extrapolated from per-sample step times to "
+          f"{TRAIN_IMAGES:,} train / {VAL_IMAGES:,} val images; the paper's figures are on an RTX A6000)", "",
+          table(rows, cols), "",
+          f"DFN / w/o DFN training time: {extra['dfn_over_full_time']:.4f} (1/{1 / extra['dfn_over_full_time']:.1f}); "
+          f"paper: {extra['paper_dfn_over_full_time']:.3f} (1/{1 / extra['paper_dfn_over_full_time']:.1f})"]
+    if "uncached_over_cached" in extra:
+        md.append(f"Pretraining step with the frozen backbones run every step vs on cached features: "
+                  f"{extra['pretrain_step_uncached_ms']:.0f} ms vs {extra['pretrain_step_cached_ms']:.0f} ms "
+                  f"= {extra['uncached_over_cached']:.1f}x")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / f"epoch_time-{a.preset}-{device.type}.json").write_text(json.dumps(result, indent=2))
+    (a.out / f"epoch_time-{a.preset}-{device.type}.md").write_text("\n".join(md) + "\n")
+    print(json.dumps(result, indent=2))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
