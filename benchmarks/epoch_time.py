@@ -34,7 +34,7 @@ from mf2.evaluation.paper import TABLE_IV  # noqa: E402
 from mf2.models.config import MF2Config  # noqa: E402
 from mf2.models.dfn import DFN, DFNConfig  # noqa: E402
 from mf2.models.mf2 import MF2, count_parameters  # noqa: E402
-from mf2.training.finetune import _losses, trainable, vision_block_outputs  # noqa: E402
+from mf2.training.finetune import trainable, vision_block_outputs  # noqa: E402
 from mf2.training.pretrain import TrainConfig, make_optimizer  # noqa: E402
 
 TRAIN_IMAGES, VAL_IMAGES = 31320, 3376
@@ -104,7 +104,7 @@ def main():
     opt = make_optimizer(dfn, TrainConfig())
 
     def dfn_step():
-        out = _losses(dfn, cached, "both")
+        out = dfn(cached, "both")
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()

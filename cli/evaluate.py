@@ -13,12 +13,15 @@ from ._common import one_line_errors
 @click.option("--split", default="val", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--probe", is_flag=True, help="Also fit linear probes on the cache's pooled features (a floor to beat).")
+@click.option("--beside", "beside", multiple=True, type=click.Path(path_type=Path),
+              help="Other run folders to report in the same tables (e.g. the direct emotion model beside an "
+                   "AU-pretrained, emotion-fine-tuned one: Table V).")
 @one_line_errors
-def evaluate(run, cache, split, device, probe):
+def evaluate(run, cache, split, device, probe, beside):
     """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/."""
     from mf2.evaluation.evaluate import evaluate as run_eval
 
-    result = run_eval(run, cache, split, device, probe=probe)
+    result = run_eval(run, cache, split, device, probe=probe, beside=beside)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")

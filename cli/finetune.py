@@ -41,12 +41,16 @@ def finetune(from_run, cache, out, use_dfn, tasks, epochs, batch_size, lr, warmu
         blocks = adapter_blocks if adapter_blocks == "all" else int(adapter_blocks)
         last = finetune_dfn(from_run, cache, out, DFNConfig(blocks=blocks, bottleneck=bottleneck, lam=lam), cfg,
                             resume=resume, overwrite=overwrite, log=click.echo)
+        if last is None or last["rank"] != 0:  # other ranks: rank 0 reports
+            return
         params = json.loads((Path(out) / "params.json").read_text())
         click.echo(f"trainable parameters: DFN {params['dfn'] / 1e6:.2f}M (paper 52.88M); MF² frozen "
                    f"({params['frozen_mf2'] / 1e6:.1f}M)")
     else:
         last = pretrain(cache, out, None, cfg, resume=resume, overwrite=overwrite, log=click.echo, init_from=from_run,
                         align=False)
+        if last is None or last["rank"] != 0:
+            return
         params = json.loads((Path(out) / "params.json").read_text())["ours"]
         click.echo(f"trainable parameters: all of MF² {params['mf2'] / 1e6:.1f}M (paper w/o DFN: 373.4M)")
     if last:

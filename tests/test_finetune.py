@@ -96,3 +96,49 @@ def test_full_finetuning_trains_every_weight(pretrained, tmp_path):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any("qformer.layers" in k for k in changed) and any("head" in k for k in changed)
     assert json.loads((tmp_path / "full/config.json").read_text())["align"] is False
+
+
+def test_dfn_resume_equals_a_straight_run(pretrained, tmp_path):
+    from mf2.models.dfn import DFNConfig
+    from mf2.training.finetune import finetune_dfn
+    from mf2.training.pretrain import TrainConfig
+
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, warmup_steps=5)
+    quiet = lambda *_: None  # noqa: E731
+    straight = finetune_dfn(pretrained / "run", pretrained / "f.zarr", tmp_path / "a", DFNConfig(), cfg, log=quiet)
+    finetune_dfn(pretrained / "run", pretrained / "f.zarr", tmp_path / "b", DFNConfig(), cfg, log=quiet,
+                 max_epochs_this_run=1)
+    resumed = finetune_dfn(pretrained / "run", pretrained / "f.zarr", tmp_path / "b", DFNConfig(), cfg, log=quiet,
+                           resume=True)
+    for key in ("epoch", "step", "train_loss", "val_au_f1", "val_emotion_mean_acc"):
+        assert straight[key] == resumed[key], key
+
+
+def test_dfn_under_torchrun(pretrained, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun not installed")
+    mf2_cmd = os.path.join(os.path.dirname(sys.executable), "mf2")
+    env = {**os.environ, "MF2_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", mf2_cmd, "finetune",
+                             "--dfn", "--from", str(pretrained / "run"), "--cache", str(pretrained / "f.zarr"), "--out",
+                             str(tmp_path / "ddp"), "--epochs", "1", "--batch-size", "4", "--warmup-steps", "5"],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "ddp/log.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["rank"] == 0 and "val_au_f1" in rows[0]
+    assert result.stdout.count("trainable parameters: DFN") == 1  # rank 0 alone reports
+
+
+def test_evaluate_beside_another_run_gives_table_v(pretrained, tmp_path):
+    _finetune(pretrained, tmp_path / "dfn", "--dfn", "--tasks", "emotion")
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "dfn"), "--cache",
+                                       str(pretrained / "f.zarr"), "--beside", str(pretrained / "run")])
+    assert result.exit_code == 0, result.output
+    assert "(cf. paper Table V)" in result.output and "| paper: MF2 (Intern-VL) | 80.07 |" in result.output
+    assert "| **ours: dfn** |" in result.output and "| ours: run |" in result.output

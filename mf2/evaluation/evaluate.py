@@ -16,7 +16,7 @@ import torch
 from mf2.data.labels import AUS, EMOTIONS
 from mf2.data.manifest import atomic_write_text
 from mf2.evaluation.metrics import au_f1, emotion_scores
-from mf2.evaluation.paper import TABLE_II, TABLE_III
+from mf2.evaluation.paper import TABLE_II, TABLE_III, TABLE_V
 
 
 def load_run(run, device: str = "cpu"):
@@ -52,22 +52,34 @@ def _row(name, values):
     return "| " + name + " | " + " | ".join(f"{v:.2f}" if v == v else "–" for v in values) + " |"
 
 
-def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None) -> str:
+def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None, beside: dict | None = None) -> str:
+    """Tables II and III with our row(s) under the paper's; ``beside`` maps other runs' names
+    to their (au, emo) results, which also fill a Table V (emotion Avg.) section."""
     au_vals = [100 * au["per_au"][a] for a in AUS] + [100 * au["mean"]]
     emo_vals = [100 * emo["per_class_accuracy"][e] for e in EMOTIONS] + [100 * emo["mean_accuracy"]]
+    beside = beside or {}
     lines = ["### AU recognition, F1 (%) (cf. paper Table II)", "",
              "| Model | " + " | ".join(list(AUS) + ["Avg."]) + " |", "|" + "---|" * (len(AUS) + 2)]
     lines += [_row(f"paper: {k}", v) for k, v in TABLE_II.items()] + [_row(f"**ours: {name}**", au_vals)]
+    lines += [_row(f"ours: {n}", [100 * a["per_au"][x] for x in AUS] + [100 * a["mean"]]) for n, (a, _) in beside.items()]
     if probe:
         lines.append(_row("ours: linear probe, pooled features", [100 * probe["au"]["per_au"][a] for a in AUS] +
                           [100 * probe["au"]["mean"]]))
     lines += ["", "### Emotion recognition, per-class accuracy (%) (cf. paper Table III)", "",
               "| Model | " + " | ".join(list(EMOTIONS) + ["Avg."]) + " |", "|" + "---|" * (len(EMOTIONS) + 2)]
     lines += [_row(f"paper: {k}", v) for k, v in TABLE_III.items()] + [_row(f"**ours: {name}**", emo_vals)]
+    lines += [_row(f"ours: {n}", [100 * e["per_class_accuracy"][x] for x in EMOTIONS] + [100 * e["mean_accuracy"]])
+              for n, (_, e) in beside.items()]
     if probe:
         lines.append(_row("ours: linear probe, pooled features",
                           [100 * probe["emotion"]["per_class_accuracy"][e] for e in EMOTIONS] +
                           [100 * probe["emotion"]["mean_accuracy"]]))
+    if beside:
+        lines += ["", "### AU pretraining -> emotion fine-tuning, emotion Avg. (%) (cf. paper Table V)", "",
+                  "| Model | Avg. |", "|---|---|"]
+        lines += [f"| paper: {k} | {v:.2f} |" for k, v in TABLE_V.items()]
+        lines += [f"| **ours: {name}** | {100 * emo['mean_accuracy']:.2f} |"]
+        lines += [f"| ours: {n} | {100 * e['mean_accuracy']:.2f} |" for n, (_, e) in beside.items()]
     lines += ["", f"Ours: overall emotion accuracy {100 * emo['overall_accuracy']:.2f}%, macro-F1 "
               f"{100 * emo['macro_f1']:.2f}%. The paper's rows are on MFA (Aff-Wild2); ours on the evaluated cache."]
     return "\n".join(lines) + "\n"
@@ -127,7 +139,7 @@ def plots(folder: Path, au: dict, emo: dict, log_path: Path | None) -> list[str]
     return written
 
 
-def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False) -> dict:
+def _scores(run, cache, split, device):
     from mf2.training.data import CacheReader
     from mf2.training.pretrain import predict_split
 
@@ -137,18 +149,24 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
         raise ValueError(f"{cache}: visual features are {reader.vision_dim}-d but {run} was trained on "
                          f"{model.cfg.vision_dim}-d features (another backbone)")
     emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device))
-    au, emo = au_f1(au_p, y_au), emotion_scores(emo_p, y_emo)
+    return au_f1(au_p, y_au), emotion_scores(emo_p, y_emo), ckpt, len(y_emo)
+
+
+def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False,
+             beside=()) -> dict:
+    au, emo, ckpt, n_images = _scores(run, cache, split, device)
+    others = {Path(r).name: _scores(r, cache, split, device)[:2] for r in beside}
     folder = Path(run) / f"eval_{split}"
     folder.mkdir(parents=True, exist_ok=True)
     name = name or Path(run).name
-    result = {"run": str(run), "checkpoint": str(ckpt), "cache": str(cache), "split": split, "images": len(y_emo),
-              "au": au, "emotion": emo}
+    result = {"run": str(run), "checkpoint": str(ckpt), "cache": str(cache), "split": split, "images": n_images,
+              "au": au, "emotion": emo, "beside": {n: {"au": a, "emotion": e} for n, (a, e) in others.items()}}
     if probe:
         from mf2.evaluation.probe import pooled_feature_probe
 
         result["probe"] = pooled_feature_probe(cache, split)
     atomic_write_text(folder / "metrics.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe")))
+    atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe"), others))
     result["plots"] = plots(folder, au, emo, Path(run) / "log.jsonl")
     result["folder"] = str(folder)
     return result

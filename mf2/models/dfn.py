@@ -116,6 +116,25 @@ class DFN(nn.Module):
         au = self.au_head(out["au"]).diagonal(dim1=1, dim2=2) if "au" in out else self.au_head(out["emo"])
         return emotion, au, out
 
+    def forward(self, x: dict, tasks: str = "both") -> dict:
+        """Losses of one batch of cached vectors: the task losses (``-1`` labels masked) and,
+        weighted by ``align_weight``, the vision/text pathway alignment."""
+        emotion, au, finals = self.heads(x)
+        out = {}
+        if tasks in ("emotion", "both"):
+            y = x["emotion"].long()
+            keep = y >= 0
+            out["emo_cls"] = F.cross_entropy(emotion[keep], y[keep]) if keep.any() else emotion.sum() * 0
+        if tasks in ("au", "both"):
+            y = x["aus"].float()
+            keep = y >= 0
+            bce = F.binary_cross_entropy_with_logits(au, y.clamp(min=0), reduction="none")
+            out["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
+        if self.cfg.align_weight:
+            out["align"] = self.cfg.align_weight * self.align_loss(x, finals)
+        out["loss"] = sum(out.values())
+        return out
+
     def align_loss(self, x: dict, finals: dict) -> torch.Tensor:
         """InfoNCE between each vision pathway's final state and its text pathway's."""
         losses = []

@@ -26,7 +26,8 @@ from mf2.models.dfn import DFN, PAPER_DFN_PARAMS, DFNConfig
 from mf2.models.mf2 import MF2
 from mf2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mf2.training.data import CacheReader, to_device
-from mf2.training.pretrain import RunError, TrainConfig, _append_log, make_optimizer, seed_everything, train_epoch
+from mf2.training.pretrain import (RunError, TrainConfig, _append_log, _dist, make_optimizer, seed_everything,
+                                   train_epoch)
 
 N_AU = len(AUS)
 
@@ -110,22 +111,33 @@ def build_dfn_cache(mf2: MF2, cache, path: Path, signature: dict, device, batch_
     return group
 
 
-def _batches(split: zarr.Group, batch_size: int, epoch: int | None, seed: int, window: int = 2048):
-    """Shuffled (epoch given) or ordered batches of the cached vectors, read by windows."""
+def _batches(split: zarr.Group, batch_size: int, epoch: int | None, seed: int, window: int = 2048,
+             rank: int = 0, world: int = 1):
+    """Shuffled (epoch given) or ordered batches of the cached vectors, read by windows. Under
+    DDP rank r takes batches r, r + world, ... and every rank takes the same number."""
     n = split["emotion"].shape[0]
     starts = list(range(0, n, window))
     rng = np.random.default_rng([seed, epoch]) if epoch is not None else None
     if rng is not None:
         starts = [starts[i] for i in rng.permutation(len(starts))]
+    sizes = [min(window, n - a) for a in starts]
+    per_window = [m // batch_size if rng is not None else -(-m // batch_size) for m in sizes]
+    limit = sum(per_window) // world if world > 1 else None
     names = list(split.array_keys())
-    for a in starts:
-        data = {k: split[k][a:a + window] for k in names}
-        m = len(data["emotion"])
+    index, taken = 0, 0
+    for a, m, count in zip(starts, sizes, per_window):
         order = rng.permutation(m) if rng is not None else np.arange(m)
-        stop = m - m % batch_size if rng is not None and m >= batch_size else m
-        for i in range(0, stop, batch_size):
-            idx = order[i:i + batch_size]
-            yield {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
+        if not any((index + i) % world == rank for i in range(count)):
+            index += count
+            continue
+        data = {k: split[k][a:a + window] for k in names}
+        for i in range(count):
+            mine = (index + i) % world == rank
+            if mine and (limit is None or taken < limit):
+                idx = order[i * batch_size:(i + 1) * batch_size]
+                taken += 1
+                yield {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
+        index += count
 
 
 class DFNModel(torch.nn.Module):
@@ -139,24 +151,6 @@ class DFNModel(torch.nn.Module):
     def predict(self, tokens, au_tokens):
         emotion, au, _ = self.dfn.heads(vision_block_outputs(self.mf2, tokens, au_tokens))
         return emotion.softmax(-1), au.sigmoid()
-
-
-def _losses(dfn: DFN, x: dict, tasks: str) -> dict:
-    emotion, au, finals = dfn.heads(x)
-    out = {}
-    if tasks in ("emotion", "both"):
-        y = x["emotion"].long()
-        keep = y >= 0
-        out["emo_cls"] = torch.nn.functional.cross_entropy(emotion[keep], y[keep]) if keep.any() else emotion.sum() * 0
-    if tasks in ("au", "both"):
-        y = x["aus"].float()
-        keep = y >= 0
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(au, y.clamp(min=0), reduction="none")
-        out["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
-    if dfn.cfg.align_weight:
-        out["align"] = dfn.cfg.align_weight * dfn.align_loss(x, finals)
-    out["loss"] = sum(out.values())
-    return out
 
 
 @torch.no_grad()
@@ -193,7 +187,8 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
         saved = json.loads((out / "config.json").read_text())
         from_run, dfn_cfg = saved["base_run"], DFNConfig(**saved["dfn"])
         cfg = TrainConfig(**{**saved["train"], "device": cfg.device})
-    seed_everything(cfg.seed, cfg.deterministic)
+    rank, world = _dist()
+    seed_everything(cfg.seed + rank, cfg.deterministic)
     device = torch.device(cfg.device)
     mf2, base_config, base_ckpt = load_run(from_run, cfg.device)
     mf2.requires_grad_(False)
@@ -201,34 +196,54 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
     dfn.init_heads_from(mf2)
     dfn = dfn.to(device)
     optimizer = make_optimizer(dfn, cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     signature = {"base": str(Path(from_run).resolve()), "base_model": _digest(base_ckpt / "model.safetensors"),
                  "cache": str(Path(cache).resolve()), "cache_signature": json.dumps(
                      dict(zarr.open_group(str(cache), mode="r").attrs["signature"]), sort_keys=True)}
-    group = build_dfn_cache(mf2, cache, out / "dfn_cache.zarr", signature, device, log=log)
+    if rank == 0:
+        group = build_dfn_cache(mf2, cache, out / "dfn_cache.zarr", signature, device, log=log)
+    if world > 1:  # the other ranks read the cache rank 0 wrote
+        import torch.distributed as dist
+
+        dist.barrier()
+        group = zarr.open_group(str(out / "dfn_cache.zarr"), mode="r")
+    net = dfn
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(dfn, find_unused_parameters=True)
     start_epoch, step = 0, 0
     if resume:
         ckpt = latest_checkpoint(out)
         state, rng = load_checkpoint(ckpt, dfn, optimizer)
         start_epoch, step = state["epoch"] + 1, state["step"]
         torch.set_rng_state(rng["torch"])
-    else:
+    elif rank == 0:
         params = {"dfn": trainable(dfn), "paper_dfn": PAPER_DFN_PARAMS, "frozen_mf2": sum(p.numel() for p in mf2.parameters())}
         atomic_write_text(out / "config.json", json.dumps({"kind": "dfn", "base_run": str(from_run), "dfn": dfn_cfg.to_dict(),
                                                            "train": {**cfg.__dict__}, "cache": str(cache),
                                                            "model": mf2.cfg.to_dict()}, indent=2))
         atomic_write_text(out / "params.json", json.dumps(params, indent=2))
     n_train = group["train/emotion"].shape[0]
-    total = max(1, n_train // cfg.batch_size * cfg.epochs)
+    total = max(1, n_train // cfg.batch_size // world * cfg.epochs)
     end_epoch = cfg.epochs if max_epochs_this_run is None else min(cfg.epochs, start_epoch + max_epochs_this_run)
     row = None
     for epoch in range(start_epoch, end_epoch):
         dfn.train()
-        batches = ({k: v.to(device) for k, v in x.items()} for x in _batches(group["train"], cfg.batch_size, epoch, cfg.seed))
-        step, stats = train_epoch(batches, lambda x: _losses(dfn, x, cfg.tasks), optimizer, step, total, cfg)
-        row = {"epoch": epoch + 1, "rank": 0, "step": step, "seconds": stats["seconds"],
-               "samples_per_s": round(stats["samples"] / stats["seconds"], 2) if stats["seconds"] else None,
-               **stats["train"], **_validate(dfn, group["val"])}
+        batches = ({k: v.to(device) for k, v in x.items()}
+                   for x in _batches(group["train"], cfg.batch_size, epoch, cfg.seed, rank=rank, world=world))
+        step, stats = train_epoch(batches, lambda x: net(x, cfg.tasks), optimizer, step, total, cfg)
+        row = {"epoch": epoch + 1, "rank": rank, "step": step, "seconds": stats["seconds"],
+               "samples_per_s": round(stats["samples"] * world / stats["seconds"], 2) if stats["seconds"] else None,
+               **stats["train"]}
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if rank != 0:
+            continue
+        row.update(_validate(dfn, group["val"]))
         _append_log(out, row)
         save_checkpoint(out, epoch, dfn, optimizer, {"step": step}, {"torch": torch.get_rng_state()})
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
