@@ -13,6 +13,7 @@ column; with ``skip_bad=True`` it becomes a recorded, counted skip instead.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -190,8 +191,6 @@ def write_manifest(rows: list[dict], path) -> Path:
     if suffix in (".jsonl", ".ndjson"):
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
     elif suffix == ".csv":
-        import io
-
         columns = ["id", "image", "video", "split", "emotion", *AUS]
         extra = sorted({k for r in out_rows for k in r} - set(columns))
         buf = io.StringIO()

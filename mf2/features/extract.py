@@ -144,7 +144,7 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
         layout_spec.update({"text/au_sentences/ids": ((len(AUS), L), np.int32),
                             "text/au_sentences/mask": ((len(AUS), L), bool),
                             "text/au_sentences/hidden": ((len(AUS), L, text.dim), np.float16)})
-    store = _create(out, signature, meta, layout_spec, overwrite)
+    store = FeatureStore.create_or_resume(out, signature, meta, layout_spec, overwrite)
     start0 = store.count
     if store.complete:
         log(f"{out}: already complete ({n} rows)")
@@ -224,10 +224,6 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     }
     store.finish(summary)
     return summary
-
-
-def _create(out, signature, meta, layout_spec, overwrite):
-    return FeatureStore.create_or_resume(out, signature, meta, layout_spec, overwrite)
 
 
 def _face(image, row, face_mode, landmark_source, finder, size, canon, counts):

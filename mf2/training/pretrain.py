@@ -199,7 +199,7 @@ def pretrain(cache, out, model_cfg: MF2Config, cfg: TrainConfig, resume: bool = 
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, find_unused_parameters=True)
-    steps_per_epoch = sum(1 for _ in range(len(train) // cfg.batch_size // world))
+    steps_per_epoch = len(train) // cfg.batch_size // world
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     last = None
     end_epoch = cfg.epochs if max_epochs_this_run is None else min(cfg.epochs, start_epoch + max_epochs_this_run)
