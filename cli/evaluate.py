@@ -16,12 +16,14 @@ from ._common import one_line_errors
 @click.option("--beside", "beside", multiple=True, type=click.Path(path_type=Path),
               help="Other run folders to report in the same tables (e.g. the direct emotion model beside an "
                    "AU-pretrained, emotion-fine-tuned one: Table V).")
+@click.option("--transition", is_flag=True,
+              help="RUN is AU-pretrained then emotion-fine-tuned: add the Table V section (with --beside the direct model).")
 @one_line_errors
-def evaluate(run, cache, split, device, probe, beside):
+def evaluate(run, cache, split, device, probe, beside, transition):
     """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/."""
     from mf2.evaluation.evaluate import evaluate as run_eval
 
-    result = run_eval(run, cache, split, device, probe=probe, beside=beside)
+    result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")

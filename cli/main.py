@@ -11,6 +11,7 @@ from .extract_features import extract_features
 from .finetune import finetune
 from .info import info
 from .pretrain import pretrain
+from .quickstart import quickstart
 from .synth import synth
 
 
@@ -20,7 +21,7 @@ def main():
     """mf2: facial Action Units and emotions with the MF² vision-language model."""
 
 
-for command in (synth, build_dataset, caption, extract_features, pretrain, finetune, evaluate, info):
+for command in (quickstart, synth, build_dataset, caption, extract_features, pretrain, finetune, evaluate, info):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -44,3 +44,15 @@ def test_reference_path_when_native_is_disabled(tmp_path):
                           text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "active_path: reference (PyTorch)" in proc.stdout and "disabled by MF2_DISABLE_NATIVE" in proc.stdout
+
+
+def test_quickstart_runs_the_whole_pipeline(tmp_path):
+    result = CliRunner().invoke(main, ["quickstart", "--out", str(tmp_path / "qs"), "--n", "96", "--epochs", "1",
+                                       "--dfn-epochs", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "qs/summary.json").read_text())
+    assert set(summary["seconds"]) == {"synth", "caption", "extract-features", "pretrain", "finetune", "evaluate"}
+    report = tmp_path / "qs/mf2-dfn/eval_val"
+    assert {"tables.md", "metrics.json", "au_f1.png", "confusion.png", "curves.png"} <= {p.name for p in report.iterdir()}
+    assert (tmp_path / "qs/commands.sh").read_text().startswith("mf2 synth --n 96")
+    assert "quickstart done in" in result.output

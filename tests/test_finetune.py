@@ -138,7 +138,7 @@ def test_dfn_under_torchrun(pretrained, tmp_path):
 def test_evaluate_beside_another_run_gives_table_v(pretrained, tmp_path):
     _finetune(pretrained, tmp_path / "dfn", "--dfn", "--tasks", "emotion")
     result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "dfn"), "--cache",
-                                       str(pretrained / "f.zarr"), "--beside", str(pretrained / "run")])
+                                       str(pretrained / "f.zarr"), "--beside", str(pretrained / "run"), "--transition"])
     assert result.exit_code == 0, result.output
     assert "(cf. paper Table V)" in result.output and "| paper: MF2 (Intern-VL) | 80.07 |" in result.output
     assert "| **ours: dfn** |" in result.output and "| ours: run |" in result.output

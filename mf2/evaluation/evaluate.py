@@ -52,9 +52,11 @@ def _row(name, values):
     return "| " + name + " | " + " | ".join(f"{v:.2f}" if v == v else "–" for v in values) + " |"
 
 
-def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None, beside: dict | None = None) -> str:
+def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None, beside: dict | None = None,
+                    transition: bool = False) -> str:
     """Tables II and III with our row(s) under the paper's; ``beside`` maps other runs' names
-    to their (au, emo) results, which also fill a Table V (emotion Avg.) section."""
+    to their (au, emo) results; ``transition`` (this run is AU-pretrained, emotion-fine-tuned)
+    adds a Table V (emotion Avg.) section."""
     au_vals = [100 * au["per_au"][a] for a in AUS] + [100 * au["mean"]]
     emo_vals = [100 * emo["per_class_accuracy"][e] for e in EMOTIONS] + [100 * emo["mean_accuracy"]]
     beside = beside or {}
@@ -74,7 +76,7 @@ def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None, b
         lines.append(_row("ours: linear probe, pooled features",
                           [100 * probe["emotion"]["per_class_accuracy"][e] for e in EMOTIONS] +
                           [100 * probe["emotion"]["mean_accuracy"]]))
-    if beside:
+    if transition:
         lines += ["", "### AU pretraining -> emotion fine-tuning, emotion Avg. (%) (cf. paper Table V)", "",
                   "| Model | Avg. |", "|---|---|"]
         lines += [f"| paper: {k} | {v:.2f} |" for k, v in TABLE_V.items()]
@@ -153,7 +155,7 @@ def _scores(run, cache, split, device):
 
 
 def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False,
-             beside=()) -> dict:
+             beside=(), transition: bool = False) -> dict:
     au, emo, ckpt, n_images = _scores(run, cache, split, device)
     others = {Path(r).name: _scores(r, cache, split, device)[:2] for r in beside}
     folder = Path(run) / f"eval_{split}"
@@ -166,7 +168,7 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
 
         result["probe"] = pooled_feature_probe(cache, split)
     atomic_write_text(folder / "metrics.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe"), others))
+    atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe"), others, transition))
     result["plots"] = plots(folder, au, emo, Path(run) / "log.jsonl")
     result["folder"] = str(folder)
     return result
