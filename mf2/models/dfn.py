@@ -30,6 +30,7 @@ from torch import nn
 
 from mf2.data.labels import AUS, EMOTIONS
 from mf2.models.config import MF2Config
+from mf2.models.mf2 import task_losses
 from mf2.ops import dfn_pathway
 
 PAPER_DFN_PARAMS = 52.88e6
@@ -120,16 +121,7 @@ class DFN(nn.Module):
         """Losses of one batch of cached vectors: the task losses (``-1`` labels masked) and,
         weighted by ``align_weight``, the vision/text pathway alignment."""
         emotion, au, finals = self.heads(x)
-        out = {}
-        if tasks in ("emotion", "both"):
-            y = x["emotion"].long()
-            keep = y >= 0
-            out["emo_cls"] = F.cross_entropy(emotion[keep], y[keep]) if keep.any() else emotion.sum() * 0
-        if tasks in ("au", "both"):
-            y = x["aus"].float()
-            keep = y >= 0
-            bce = F.binary_cross_entropy_with_logits(au, y.clamp(min=0), reduction="none")
-            out["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
+        out = task_losses(emotion, au, x["emotion"], x["aus"], tasks)
         if self.cfg.align_weight:
             out["align"] = self.cfg.align_weight * self.align_loss(x, finals)
         out["loss"] = sum(out.values())

@@ -87,16 +87,7 @@ class MF2(nn.Module):
         feats = self.image_features(batch.get("tokens"), batch.get("au_tokens"))
         emotion, au = self.heads(feats)
         w = self.cfg.loss_weights
-        losses, info = {}, {}
-        if tasks in ("emotion", "both"):
-            y = batch["emotion"]
-            keep = y >= 0
-            losses["emo_cls"] = F.cross_entropy(emotion[keep], y[keep]) if keep.any() else emotion.sum() * 0
-        if tasks in ("au", "both"):
-            y = batch["aus"].float()
-            keep = y >= 0
-            bce = F.binary_cross_entropy_with_logits(au, y.clamp(min=0), reduction="none")
-            losses["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
+        losses, info = task_losses(emotion, au, batch["emotion"], batch["aus"], tasks), {}
         if align and self.emo_vl is not None and "emo_text" in batch:
             ids, mask, states, has = batch["emo_text"]
             if has.sum() >= 2:
@@ -117,6 +108,23 @@ class MF2(nn.Module):
                     for k, v in losses.items())
         return {"loss": total, **{k: v.detach() for k, v in losses.items()}, **info,
                 "emotion_logits": emotion.detach(), "au_logits": au.detach()}
+
+
+def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor, y_aus: torch.Tensor,
+                tasks: str = "both") -> dict:
+    """The classification losses of ``tasks``: cross-entropy over the 8 emotions and BCE per AU,
+    with missing labels (-1) masked out (never read as 0)."""
+    out = {}
+    if tasks in ("emotion", "both"):
+        y = y_emotion.long()
+        keep = y >= 0
+        out["emo_cls"] = F.cross_entropy(emotion[keep], y[keep]) if keep.any() else emotion.sum() * 0
+    if tasks in ("au", "both"):
+        y = y_aus.float()
+        keep = y >= 0
+        bce = F.binary_cross_entropy_with_logits(au, y.clamp(min=0), reduction="none")
+        out["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
+    return out
 
 
 def count_parameters(model: MF2) -> dict:

@@ -21,13 +21,12 @@ import zarr
 
 from mf2.data.labels import AUS
 from mf2.data.manifest import atomic_write_text
-from mf2.evaluation.metrics import au_f1, emotion_scores
 from mf2.models.dfn import DFN, PAPER_DFN_PARAMS, DFNConfig
 from mf2.models.mf2 import MF2
 from mf2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mf2.training.data import CacheReader, to_device
 from mf2.training.pretrain import (RunError, TrainConfig, _append_log, _dist, make_optimizer, seed_everything,
-                                   train_epoch)
+                                   train_epoch, validation_row)
 
 N_AU = len(AUS)
 
@@ -164,10 +163,7 @@ def _validate(dfn: DFN, split: zarr.Group) -> dict:
         y_emo.append(x["emotion"])
         y_au.append(x["aus"])
     dfn.train()
-    e = emotion_scores(torch.cat(emo).numpy(), torch.cat(y_emo).numpy())
-    a = au_f1(torch.cat(au).numpy(), torch.cat(y_au).numpy())
-    return {"val_au_f1": a["mean"], "val_emotion_mean_acc": e["mean_accuracy"], "val_emotion_acc": e["overall_accuracy"],
-            "val_emotion_macro_f1": e["macro_f1"]}
+    return validation_row(*(torch.cat(t).numpy() for t in (emo, au, y_emo, y_au)))
 
 
 def trainable(module: torch.nn.Module) -> int:

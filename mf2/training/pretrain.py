@@ -126,13 +126,17 @@ def predict_split(model: MF2, reader: CacheReader, device, batch_size: int = 128
 
 
 def validation_metrics(model, reader, device) -> dict:
-    emo, au, y_emo, y_au = predict_split(model, reader, device)
+    return validation_row(*predict_split(model, reader, device))
+
+
+def validation_row(emo, au, y_emo, y_au) -> dict:
+    """The per-epoch log's validation columns from probabilities and labels."""
     e, a = emotion_scores(emo, y_emo), au_f1(au, y_au)
     return {"val_au_f1": a["mean"], "val_emotion_mean_acc": e["mean_accuracy"], "val_emotion_acc": e["overall_accuracy"],
             "val_emotion_macro_f1": e["macro_f1"]}
 
 
-def build_model(cache, model_cfg: MF2Config, reader: CacheReader) -> MF2:
+def build_model(model_cfg: MF2Config, reader: CacheReader) -> MF2:
     model_cfg.vision_dim = reader.vision_dim
     model_cfg.text_dim = reader.text_dim
     if not model_cfg.vocab:
@@ -171,7 +175,7 @@ def pretrain(cache, out, model_cfg: MF2Config, cfg: TrainConfig, resume: bool = 
     device = torch.device(cfg.device)
     train = CacheReader(cache, "train", model_cfg.emo_text, cfg.window)
     val = CacheReader(cache, "val", model_cfg.emo_text, cfg.window)
-    model = build_model(cache, model_cfg, train).to(device)
+    model = build_model(model_cfg, train).to(device)
     if init_from is not None and not resume:
         model.load_state_dict(base.state_dict())
     optimizer = make_optimizer(model, cfg)
