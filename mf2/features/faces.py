@@ -106,6 +106,7 @@ def apply(m: np.ndarray, points: np.ndarray) -> np.ndarray:
 class Face:
     box: tuple  # (x0, y0, x1, y1) in image pixels
     landmarks: np.ndarray  # [68, 2] in image pixels
+    score: float = 0.0  # dlib's detection score (its own threshold is 0)
 
 
 class FaceFinder:
@@ -127,18 +128,22 @@ class FaceFinder:
         shape = self.predictor(image, rect)
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """Every face, largest first. Small images are searched upsampled once."""
+    def detect(self, image: np.ndarray, min_score: float = 0.0) -> list[Face]:
+        """Every face scoring at least ``min_score``, largest first. Small images are searched
+        upsampled once."""
         upsample = 1 if max(image.shape[:2]) < 200 else 0
-        rects = sorted(self.detector(image, upsample), key=lambda r: r.area(), reverse=True)
+        rects, scores, _ = self.detector.run(image, upsample, min(0.0, min_score))
+        found = sorted(((r, s) for r, s in zip(rects, scores) if s >= min_score), key=lambda x: x[0].area(),
+                       reverse=True)
         faces = []
-        for r in rects:
+        for r, s in found:
             box = (r.left(), r.top(), r.right(), r.bottom())
-            faces.append(Face(box, self.landmarks(image, box)))
+            faces.append(Face(box, self.landmarks(image, box), float(s)))
         return faces
 
 
-def align(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Aligned size x size crop of the face with these landmarks, and its landmarks in the crop."""
+def align(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aligned size x size crop of the face with these landmarks, its landmarks in the crop, and
+    the 2x3 transform (image -> crop)."""
     m = similarity(landmarks[_ALIGN_POINTS], canonical_landmarks()[_ALIGN_POINTS] * size)
-    return warp(image, m, size), apply(m, landmarks)
+    return warp(image, m, size), apply(m, landmarks), m

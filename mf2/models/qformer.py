@@ -263,3 +263,45 @@ class VLBranch(nn.Module):
         itg = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
                               label_smoothing=self.cfg.label_smoothing)
         return {"itc": itc, "itm": itm, "itg": itg}, sim_i2t.shape[1]
+
+    @torch.no_grad()
+    def generate(self, vision: torch.Tensor, end: int, max_tokens: int, beams: int = 1,
+                 prefix: list[int] = ()) -> list[list[int]]:
+        """ITG decoding: the text each image's queries describe, as sub-vocabulary indices
+        (without BOS and ``end``; starting with ``prefix``, a prompt the text continues).
+        vision [B, T, H] is projected (from ``image``). Greedy when ``beams`` is 1, else beam
+        search ranked by mean log-probability per generated token. PAD, BOS and UNK are never
+        produced, and ``end`` not as the first token."""
+        B, V = vision.shape[0], self.lm_head.out_features
+        K = max(1, min(beams, V - 4))
+        max_tokens = min(max_tokens, self.cfg.max_text_len - 1 - len(prefix))
+        vis = vision.repeat_interleave(K, 0)
+        ids = torch.tensor([BOS, *prefix], dtype=torch.long, device=vision.device).repeat(B * K, 1)
+        score = torch.zeros(B, K, device=vision.device)
+        score[:, 1:] = float("-inf")  # the first step expands one beam
+        done = torch.zeros(B * K, dtype=torch.bool, device=vision.device)
+        length = torch.zeros(B * K, device=vision.device)
+        for step in range(max_tokens):
+            hidden = self.qformer.decode(vis, ids, torch.ones_like(ids, dtype=torch.bool))[:, -1]
+            logp = self.lm_head(hidden).float().log_softmax(-1)
+            logp[:, [PAD, BOS, UNK]] = float("-inf")
+            if step == 0 and not prefix and 0 <= end < V:
+                logp[:, end] = float("-inf")
+            logp[done] = float("-inf")
+            logp[done, PAD] = 0.0  # a finished text stays as it is
+            top, index = (score.view(-1, 1) + logp).view(B, K * V).topk(K, dim=1)
+            source = (torch.arange(B, device=vision.device)[:, None] * K + index // V).view(-1)
+            token = (index % V).view(-1)
+            length = length[source] + (~done[source]).float()
+            done = done[source] | (token == end)
+            ids = torch.cat([ids[source], token[:, None]], 1)
+            score = top
+            if done.all():
+                break
+        best = (score / length.view(B, K).clamp(min=1)).argmax(1)
+        out = []
+        for i, k in enumerate(best.tolist()):
+            seq = ids[i * K + k, 1 + len(prefix):].tolist()
+            stop = next((j for j, t in enumerate(seq) if t in (end, PAD)), len(seq))
+            out.append(list(prefix) + seq[:stop])
+        return out

@@ -193,7 +193,7 @@ def pretrain(cache, out, model_cfg: MF2Config, cfg: TrainConfig, resume: bool = 
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps({"model": model_cfg.to_dict(), "train": asdict(cfg),
-                                                           "cache": str(cache), "world_size": world, "align": align,
+                                                           "cache": str(cache), "features": train.store.signature, "world_size": world, "align": align,
                                                            "init_from": str(init_from) if init_from else None}, indent=2))
     params = count_parameters(model)
     if rank == 0 and not resume:
