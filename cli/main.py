@@ -10,6 +10,7 @@ from .evaluate import evaluate
 from .extract_features import extract_features
 from .finetune import finetune
 from .info import info
+from .predict import predict
 from .pretrain import pretrain
 from .quickstart import quickstart
 from .synth import synth
@@ -21,7 +22,8 @@ def main():
     """mf2: facial Action Units and emotions with the MF² vision-language model."""
 
 
-for command in (quickstart, synth, build_dataset, caption, extract_features, pretrain, finetune, evaluate, info):
+for command in (quickstart, synth, build_dataset, caption, extract_features, pretrain, finetune, evaluate, predict,
+                info):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 import os
 
 import pytest
+from click.testing import CliRunner
 
 import mf2
 from helpers import require_native
+from mf2.cli.main import main
 from mf2.ops import _native
 
 
@@ -15,3 +17,19 @@ def pytest_report_header(config):
 @pytest.fixture
 def native_required():
     require_native()
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """A tiny trained MF² run: 64 SynthFACS images -> template captions -> features -> 1 epoch.
+    Read-only for the tests that share it (root/d: data, root/f.zarr: cache, root/run: run)."""
+    root = tmp_path_factory.mktemp("pretrained")
+    runner = CliRunner()
+    for args in (["synth", "--n", "64", "--out", str(root / "d"), "--images-per-video", "4", "--no-baseline"],
+                 ["caption", "--manifest", str(root / "d/manifest.jsonl")],
+                 ["extract-features", "--manifest", str(root / "d/manifest.jsonl"), "--out", str(root / "f.zarr")],
+                 ["pretrain", "--cache", str(root / "f.zarr"), "--out", str(root / "run"), "--epochs", "1",
+                  "--batch-size", "8", "--warmup-steps", "5"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    return root

@@ -1,5 +1,6 @@
 """DFN fine-tuning: MF² stays bit-identical, the cached block outputs are the live frozen forward,
-gate and λ behave as specified, --full trains everything, and evaluate reads DFN runs."""
+gate and λ behave as specified, --full trains everything, and evaluate reads DFN runs. The
+``pretrained`` fixture (a small synth -> caption -> extract -> pretrain run) is in conftest."""
 
 import json
 
@@ -15,20 +16,6 @@ from mf2.evaluation.evaluate import load_run
 from mf2.models.dfn import DFNConfig, Pathway
 from mf2.training.data import CacheReader
 from mf2.training.finetune import vision_block_outputs
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
-    runner = CliRunner()
-    for args in (["synth", "--n", "64", "--out", str(root / "d"), "--images-per-video", "4", "--no-baseline"],
-                 ["caption", "--manifest", str(root / "d/manifest.jsonl")],
-                 ["extract-features", "--manifest", str(root / "d/manifest.jsonl"), "--out", str(root / "f.zarr")],
-                 ["pretrain", "--cache", str(root / "f.zarr"), "--out", str(root / "run"), "--epochs", "1",
-                  "--batch-size", "8", "--warmup-steps", "5"]):
-        result = runner.invoke(main, args)
-        assert result.exit_code == 0, result.output
-    return root
 
 
 def _finetune(root, out, *extra):
