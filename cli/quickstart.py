@@ -15,7 +15,7 @@ from ._common import one_line_errors
 @click.option("--seed", type=int, default=0, show_default=True)
 @one_line_errors
 def quickstart(out, n, epochs, dfn_epochs, seed):
-    """synth -> caption -> extract-features -> pretrain -> finetune --dfn -> evaluate, with a report."""
+    """synth -> caption -> extract-features -> pretrain -> finetune --dfn -> evaluate -> predict, with a report."""
     from mf2.quickstart import quickstart as run
 
     summary = run(out, n=n, epochs=epochs, dfn_epochs=dfn_epochs, seed=seed, log=click.echo)
@@ -23,3 +23,6 @@ def quickstart(out, n, epochs, dfn_epochs, seed):
     click.echo(f"quickstart done in {sum(summary['seconds'].values()):.0f} s: MF² AU mean F1 {p['au_mean_f1']:.3f}, "
                f"emotion mean accuracy {p['emotion_mean_accuracy']:.3f}; with DFN {d['au_mean_f1']:.3f} / "
                f"{d['emotion_mean_accuracy']:.3f}. Report: {summary['report']} (commands: {out / 'commands.sh'})")
+    for face in summary["astronaut"]:
+        if face["status"] == "ok":
+            click.echo(f"astronaut.png: a face at {face['box']}, {face['emotion']}: {face['explanation']}")

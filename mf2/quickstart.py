@@ -1,18 +1,22 @@
 """``mf2 quickstart``: the whole pipeline on built-in SynthFACS data, offline, on a CPU.
 
-synth -> caption (template) -> extract-features -> pretrain -> finetune --dfn -> evaluate, into
-one folder, with a report: the Table II/III-style tables of the pretrained and the DFN model
-beside the paper's rows, the plots, and the equivalent commands (``commands.sh``).
+synth -> caption (template) -> extract-features -> pretrain -> finetune --dfn -> evaluate ->
+predict (a few SynthFACS val images, and ``skimage.data.astronaut()``), into one folder, with a
+``report/`` folder: the Table II/III-style tables of the pretrained and the DFN model beside the
+paper's rows, the plots, the predictions with their explanations, annotated images, and the
+equivalent commands (``commands.sh``).
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import time
 from pathlib import Path
 
 from mf2.data.manifest import atomic_write_text
+from mf2.data.synthfacs import sample_specs
 
 
 def quickstart(out, n: int = 1600, epochs: int = 6, dfn_epochs: int = 4, batch_size: int = 32, seed: int = 0,
@@ -24,6 +28,11 @@ def quickstart(out, n: int = 1600, epochs: int = 6, dfn_epochs: int = 4, batch_s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data, cache, run, dfn = out / "synthfacs", out / "synthfacs/features.zarr", out / "mf2", out / "mf2-dfn"
+    report = out / "report"
+    photo = out / "astronaut.png"
+    _write_astronaut(photo)
+    # the first val images of the data set the synth step is about to write (its defaults, this seed)
+    val_images = [str(data / f"images/{spec.id}.png") for spec in sample_specs(n, seed) if spec.split == "val"][:4]
     steps = [
         ["synth", "--n", str(n), "--size", "112", "--seed", str(seed), "--out", str(data)],
         ["caption", "--manifest", str(data / "manifest.jsonl")],
@@ -33,8 +42,14 @@ def quickstart(out, n: int = 1600, epochs: int = 6, dfn_epochs: int = 4, batch_s
         ["finetune", "--dfn", "--from", str(run), "--cache", str(cache), "--out", str(dfn), "--epochs", str(dfn_epochs),
          "--batch-size", str(batch_size), "--lr", "1e-3", "--warmup-steps", "50", "--overwrite"],
         ["evaluate", "--checkpoint", str(dfn), "--cache", str(cache), "--beside", str(run), "--probe"],
+        ["predict", "--checkpoint", str(dfn), *val_images, "--face", "aligned", "--explain", "--annotate",
+         str(report / "annotated"), "--out", str(report / "predictions-synthfacs.csv")],
+        ["predict", "--checkpoint", str(dfn), str(photo), "--explain", "--annotate", str(report / "annotated"),
+         "--out", str(report / "predictions-astronaut.json")],
     ]
-    atomic_write_text(out / "commands.sh", "".join("mf2 " + shlex.join(s) + "\n" for s in steps))
+    make_photo = ("python -c " + shlex.quote("from PIL import Image; from skimage.data import astronaut; "
+                                             f"Image.fromarray(astronaut()).save({str(photo)!r})"))
+    atomic_write_text(out / "commands.sh", make_photo + "\n" + "".join("mf2 " + shlex.join(s) + "\n" for s in steps))
     timings = {}
     runner = CliRunner()
     for step in steps:
@@ -44,12 +59,27 @@ def quickstart(out, n: int = 1600, epochs: int = 6, dfn_epochs: int = 4, batch_s
         log(result.output.rstrip())
         if result.exit_code != 0:
             raise RuntimeError(f"quickstart: 'mf2 {step[0]}' failed: {result.output.strip().splitlines()[-1]}")
-        timings[step[0]] = round(time.perf_counter() - t0, 1)
+        timings[step[0]] = timings.get(step[0], 0) + round(time.perf_counter() - t0, 1)
+    for name in ("tables.md", "metrics.json", "au_f1.png", "confusion.png", "curves.png"):
+        if (dfn / "eval_val" / name).is_file():
+            shutil.copy(dfn / "eval_val" / name, report / name)
+    shutil.copy(out / "commands.sh", report / "commands.sh")
     metrics = json.loads((dfn / "eval_val/metrics.json").read_text())
+    astronaut = json.loads((report / "predictions-astronaut.json").read_text())["rows"]
     summary = {"folder": str(out), "seconds": timings, "dfn": {"au_mean_f1": metrics["au"]["mean"],
                "emotion_mean_accuracy": metrics["emotion"]["mean_accuracy"]},
                "pretrained": {"au_mean_f1": metrics["beside"][run.name]["au"]["mean"],
                               "emotion_mean_accuracy": metrics["beside"][run.name]["emotion"]["mean_accuracy"]},
-               "report": str(dfn / "eval_val")}
+               "astronaut": [{k: r.get(k) for k in ("status", "box", "emotion", "explanation")} for r in astronaut],
+               "report": str(report)}
+    atomic_write_text(report / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _write_astronaut(path: Path) -> None:
+    """The test photo every mf2 install has (scikit-image's ``data.astronaut()``, public domain, NASA)."""
+    from PIL import Image
+    from skimage.data import astronaut
+
+    Image.fromarray(astronaut()).save(path)

@@ -26,7 +26,10 @@ def test_info_reports_the_native_build():
 
 def test_help_lists_the_commands():
     result = CliRunner().invoke(main, ["--help"])
-    assert result.exit_code == 0 and "info" in result.output
+    assert result.exit_code == 0
+    listed = {line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()}
+    assert listed == {"quickstart", "synth", "build-dataset", "caption", "extract-features", "pretrain", "finetune",
+                      "evaluate", "predict", "info"}  # SPEC §2
 
 
 def test_reference_path_when_native_is_disabled(tmp_path):
@@ -51,8 +54,14 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
                                        "--dfn-epochs", "1"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "qs/summary.json").read_text())
-    assert set(summary["seconds"]) == {"synth", "caption", "extract-features", "pretrain", "finetune", "evaluate"}
-    report = tmp_path / "qs/mf2-dfn/eval_val"
-    assert {"tables.md", "metrics.json", "au_f1.png", "confusion.png", "curves.png"} <= {p.name for p in report.iterdir()}
-    assert (tmp_path / "qs/commands.sh").read_text().startswith("mf2 synth --n 96")
+    assert set(summary["seconds"]) == {"synth", "caption", "extract-features", "pretrain", "finetune", "evaluate",
+                                       "predict"}
+    report = tmp_path / "qs/report"
+    assert {"tables.md", "metrics.json", "au_f1.png", "confusion.png", "curves.png", "commands.sh", "summary.json",
+            "predictions-synthfacs.csv", "predictions-astronaut.json"} <= {p.name for p in report.iterdir()}
+    assert len((report / "predictions-synthfacs.csv").read_text().splitlines()) == 5  # header + 4 images
+    assert [f["status"] for f in summary["astronaut"]] == ["ok"] and summary["astronaut"][0]["explanation"]
+    assert len(list((report / "annotated").iterdir())) == 5
+    commands = (tmp_path / "qs/commands.sh").read_text().splitlines()
+    assert commands[0].startswith("python -c ") and commands[1].startswith("mf2 synth --n 96")
     assert "quickstart done in" in result.output
