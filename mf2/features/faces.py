@@ -80,8 +80,7 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def warp(image: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     """Apply the 2x3 transform ``m`` (image -> crop pixels) to get a size x size crop."""
-    full = np.vstack([m, [0, 0, 1]])
-    inv = np.linalg.inv(full)[:2].ravel()
+    inv = invert(m).ravel()
     return np.asarray(Image.fromarray(image).transform((size, size), Image.Transform.AFFINE, tuple(inv),
                                                        resample=Image.Resampling.BILINEAR))
 
@@ -100,6 +99,11 @@ def resize_square(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]
 
 def apply(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ m[:, :2].T + m[:, 2]
+
+
+def invert(m: np.ndarray) -> np.ndarray:
+    """The inverse of a 2x3 transform (crop -> image for an image -> crop one)."""
+    return np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
 
 
 @dataclass

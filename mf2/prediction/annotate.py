@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mf2.data.labels import AUS
 from mf2.data.landmarks import au_centres, ruler
+from mf2.features.faces import apply, invert
 
 BOX, ACTIVE, REGION, TEXT_BG = (60, 220, 90), (255, 140, 0), (150, 190, 255), (0, 0, 0)
 
@@ -51,10 +52,10 @@ class Annotator:
         for face in faces:
             x0, y0, x1, y1 = face.box
             draw.rectangle((x0, y0, x1, y1), outline=BOX, width=2 * w)
-            inverse = np.linalg.inv(np.vstack([face.transform, [0, 0, 1]]))[:2]
+            inverse = invert(face.transform)
             scale = float(np.sqrt(abs(np.linalg.det(inverse[:, :2]))))  # crop px -> image px
             half = 0.5 * self.au_window * float(ruler(face.crop_landmarks)) * scale
-            centres = au_centres(face.crop_landmarks) @ inverse[:, :2].T + inverse[:, 2]  # [12, 2, 2] image px
+            centres = apply(inverse, au_centres(face.crop_landmarks))  # [12, 2, 2] image px
             aus = face.result.get("aus", {})
             active = [a for a in AUS if aus.get(a, 0.0) >= self.threshold]
             for k, au in enumerate(AUS):

@@ -29,7 +29,7 @@ import torch
 from mf2.data.labels import AU_NAMES, AUS, EMOTIONS
 from mf2.features.backbones import BackboneError, load_tokenizer, load_vision
 from mf2.features.extract import visual_features
-from mf2.features.faces import FaceFinder, align, apply, resize_square
+from mf2.features.faces import FaceFinder, align, apply, invert, resize_square
 from mf2.models.qformer import UNK
 from mf2.prediction.sources import expand, frames
 
@@ -108,7 +108,7 @@ class Predictor:
         if self.settings.face == "aligned":
             crop, m = resize_square(image, S)
             lm_crop = self.finder.landmarks(crop, (0, 0, S - 1, S - 1))
-            inverse = _invert(m)
+            inverse = invert(m)
             corners = apply(inverse, np.array([[0.0, 0.0], [S, S]]))
             return [Face(tuple(float(c) for c in corners.ravel()), apply(inverse, lm_crop), crop, lm_crop, m)]
         out = []
@@ -186,10 +186,6 @@ def tidy(text: str) -> str:
     names = {name.lower(): name for name in AU_NAMES.values()}
     text = re.sub(r"\(([a-z ]+)\)", lambda m: f"({names.get(m.group(1), m.group(1))})", text)
     return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
-
-
-def _invert(m: np.ndarray) -> np.ndarray:
-    return np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
 
 
 CSV_COLUMNS = ["source", "frame", "time", "face", "status", "face_score", "x0", "y0", "x1", "y1", *AUS, *EMOTIONS, "emotion",
