@@ -172,3 +172,17 @@ def test_training_beats_chance_on_held_out_synthfacs(cache, tmp_path):
     cfg = TrainConfig(epochs=6, batch_size=8, lr=1e-3, warmup_steps=10)
     row = pretrain(cache, tmp_path / "learn", MF2Config.from_preset("small"), cfg, log=lambda *_: None)
     assert row["val_emotion_mean_acc"] > 0.25  # chance: 0.125
+
+
+def test_same_seed_same_machine_same_run(cache, tmp_path):
+    """Two separate processes, default settings: bit-identical weights and equal metrics (SPEC §10)."""
+    for name in ("a", "b"):
+        proc = subprocess.run([shutil.which("mf2") or "mf2", "pretrain", "--cache", str(cache), "--out", name,
+                               "--epochs", "1", "--batch-size", "32", "--warmup-steps", "5"],
+                              cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    a = load_file(str(tmp_path / "a/checkpoints/epoch_0000/model.safetensors"))
+    b = load_file(str(tmp_path / "b/checkpoints/epoch_0000/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads((tmp_path / n / "log.jsonl").read_text()) for n in ("a", "b")]
+    assert rows[0]["val_au_f1"] == rows[1]["val_au_f1"] and rows[0]["train_loss"] == rows[1]["train_loss"]

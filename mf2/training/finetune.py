@@ -184,7 +184,7 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
         from_run, dfn_cfg = saved["base_run"], DFNConfig(**saved["dfn"])
         cfg = TrainConfig(**{**saved["train"], "device": cfg.device})
     rank, world = _dist()
-    seed_everything(cfg.seed + rank, cfg.deterministic)
+    seed_everything(cfg.seed + rank, cfg.deterministic, cfg.device)
     device = torch.device(cfg.device)
     mf2, base_config, base_ckpt = load_run(from_run, cfg.device)
     mf2.requires_grad_(False)
