@@ -39,13 +39,17 @@ def au_caption(row: dict) -> str:
     return "\n".join([intro, *lines, outro])
 
 
+def _emotion_facts(row: dict, caption: str) -> tuple:
+    """(wording key, emotion name, active AUs, decisive AUs) of a row that has an emotion."""
+    if row["emotion"] == MISSING:
+        raise ValueError(f"{caption} caption needs an emotion label")
+    active = _active(row)
+    return row["id"], EMOTIONS[row["emotion"]], active, key_aus(row["emotion"], active)
+
+
 def emotion_caption(row: dict) -> str:
     """Two sentences: the emotion, then the visible cues that show it (under 61 tokens)."""
-    key, emotion = row["id"], row["emotion"]
-    if emotion == MISSING:
-        raise ValueError("emotion caption needs an emotion label")
-    name, active = EMOTIONS[emotion], _active(row)
-    decisive = key_aus(emotion, active)
+    key, name, active, decisive = _emotion_facts(row, "emotion")
     cues = [CUE[au] for au in (decisive + [a for a in active if a not in decisive])][:3]
     opening = pick([f"The person in the image appears {ADJECTIVE[name]}.", f"This face looks {ADJECTIVE[name]}.",
                     f"The expression conveys {EMOTION_READING[name]}."], key, "open")
@@ -67,11 +71,7 @@ def emotion_caption(row: dict) -> str:
 
 def key_au_caption(row: dict) -> str:
     """Which active AUs decide the emotion, and why."""
-    key, emotion = row["id"], row["emotion"]
-    if emotion == MISSING:
-        raise ValueError("key-AU caption needs an emotion label")
-    name, active = EMOTIONS[emotion], _active(row)
-    decisive = key_aus(emotion, active)
+    key, name, active, decisive = _emotion_facts(row, "key-AU")
     opening = pick([f"The person in the image appears {ADJECTIVE[name]}.",
                     f"The person appears to be experiencing {EMOTION_READING[name]}."], key, "key-open")
     listed = _join([au_label(au) for au in active]) if active else ""

@@ -395,16 +395,14 @@ def render(ident: Identity, expr_intensity: dict, pose: Pose, light: Lighting, s
         eye = lm[base:base + 6]
         poly = P(_smooth(eye), 0.12)
         d.polygon(poly, fill=(236, 234, 228))
-        mask = Image.new("L", (S, S), 0)
-        ImageDraw.Draw(mask).polygon(poly, fill=255)
-        layer = img.copy()
-        ld = ImageDraw.Draw(layer)
         centre = eye.mean(axis=0)
         r = ident.lid_h * 1.05
-        ld.ellipse(_bbox(P([centre - r, centre + r], 0.15)), fill=_c(ident.iris))
-        ld.ellipse(_bbox(P([centre - r * 0.45, centre + r * 0.45], 0.15)), fill=(15, 12, 12))
-        img.paste(layer, (0, 0), mask)
-        d = ImageDraw.Draw(img)
+
+        def iris(ld, centre=centre, r=r):
+            ld.ellipse(_bbox(P([centre - r, centre + r], 0.15)), fill=_c(ident.iris))
+            ld.ellipse(_bbox(P([centre - r * 0.45, centre + r * 0.45], 0.15)), fill=(15, 12, 12))
+
+        _paint_inside(img, poly, iris)
         d.line(P(_smooth(eye[[0, 1, 2, 3]], False), 0.12), fill=(35, 25, 22), width=line_w + 1)
         d.line(P(_smooth(eye[[3, 4, 5, 0]], False), 0.12),
                fill=_blend(skin, (60, 40, 35), 0.45 + 0.5 * g("AU7")), width=line_w + int(g("AU7") > 0.4))
@@ -426,14 +424,9 @@ def render(ident: Identity, expr_intensity: dict, pose: Pose, light: Lighting, s
     if open_gap > 0.01:
         inner_poly = P(_smooth(inner), 0.3)
         d.polygon(inner_poly, fill=(60, 20, 25))
-        mask = Image.new("L", (S, S), 0)
-        ImageDraw.Draw(mask).polygon(inner_poly, fill=255)
-        layer = img.copy()
-        ld = ImageDraw.Draw(layer)
         top_y = inner[[1, 2, 3], 1].min()
-        ld.rectangle(_bbox(P([[inner[0, 0], top_y - 0.05], [inner[4, 0], top_y + 0.045]], 0.3)), fill=(238, 236, 226))
-        img.paste(layer, (0, 0), mask)
-        d = ImageDraw.Draw(img)
+        _paint_inside(img, inner_poly, lambda ld: ld.rectangle(
+            _bbox(P([[inner[0, 0], top_y - 0.05], [inner[4, 0], top_y + 0.045]], 0.3)), fill=(238, 236, 226)))
     else:
         d.line(P(_smooth(inner[[0, 1, 2, 3, 4]], False), 0.3), fill=_c(ident.lips, 0.55), width=line_w)
 
@@ -447,6 +440,16 @@ def render(ident: Identity, expr_intensity: dict, pose: Pose, light: Lighting, s
     arr = np.asarray(img, dtype=np.float32) + rng.normal(0, light.noise, (size, size, 3)).astype(np.float32)
     landmarks = project(lm, _DEPTH, pose, size)
     return np.clip(arr, 0, 255).round().astype(np.uint8), landmarks
+
+
+def _paint_inside(img: Image.Image, polygon, paint) -> None:
+    """``paint(draw)`` on ``img``, kept only inside ``polygon`` (the iris inside the lids, the
+    teeth inside the lips)."""
+    mask = Image.new("L", img.size, 0)
+    ImageDraw.Draw(mask).polygon(polygon, fill=255)
+    layer = img.copy()
+    paint(ImageDraw.Draw(layer))
+    img.paste(layer, (0, 0), mask)
 
 
 def _bbox(points):
