@@ -8,6 +8,7 @@ written as ``<video>_f<frame>.jpg``. Names never overwrite each other within a r
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,13 @@ from PIL import Image, ImageDraw, ImageFont
 from mf2.data.labels import AUS
 from mf2.data.landmarks import au_centres, ruler
 from mf2.features.faces import apply, invert
+
+
+@lru_cache(maxsize=8)
+def _font(size: int):
+    """Pillow's built-in font at ``size`` px, loaded once per size (not once per video frame)."""
+    return ImageFont.load_default(size=size)
+
 
 BOX, ACTIVE, REGION, TEXT_BG = (60, 220, 90), (255, 140, 0), (150, 190, 255), (0, 0, 0)
 
@@ -46,7 +54,7 @@ class Annotator:
         im = Image.fromarray(image).convert("RGB")
         draw = ImageDraw.Draw(im)
         w = max(1, round(min(im.size) / 300))
-        font = ImageFont.load_default(size=max(10, round(min(im.size) / 40)))
+        font = _font(max(10, round(min(im.size) / 40)))
         if not faces:
             draw.text((4 * w, 4 * w), "no face", fill=ACTIVE, font=font, stroke_width=w, stroke_fill=TEXT_BG)
         for face in faces:
@@ -68,7 +76,8 @@ class Annotator:
                     draw.text((cx, cy), au, fill=ACTIVE, font=font, anchor="mm", stroke_width=w, stroke_fill=TEXT_BG)
             if face.result:
                 label = f"{face.result['emotion']} {face.result['emotions'][face.result['emotion']]:.2f}"
-                draw.text((x0, y0 - 2 * w), label, fill=BOX, font=font, anchor="lb", stroke_width=w, stroke_fill=TEXT_BG)
+                draw.text((x0, y0 - 2 * w), label, fill=BOX, font=font, anchor="lb", stroke_width=w,
+                          stroke_fill=TEXT_BG)
                 draw.text((x0, y1 + 2 * w), " ".join(active) or "no active AU", fill=ACTIVE, font=font, anchor="lt",
                           stroke_width=w, stroke_fill=TEXT_BG)
         return im

@@ -49,7 +49,9 @@ class PredictSettings:
 
 
 @dataclass
-class Face:
+class AlignedFace:
+    """A face found in a frame, its aligned crop, and (after ``Predictor.predict``) its result."""
+
     box: tuple  # (x0, y0, x1, y1) in image pixels
     landmarks: np.ndarray  # [68, 2] in image pixels
     crop: np.ndarray  # aligned RGB crop [S, S, 3]
@@ -102,7 +104,7 @@ class Predictor:
         self.finder = FaceFinder()
         self.tokenizer = load_tokenizer(sig["text"]["name"], s.allow_download) if s.explain else None
 
-    def faces(self, image: np.ndarray) -> list[Face]:
+    def faces(self, image: np.ndarray) -> list[AlignedFace]:
         """Every face of an image, aligned as in extraction (largest first)."""
         S = self.size
         if self.settings.face == "aligned":
@@ -110,15 +112,15 @@ class Predictor:
             lm_crop = self.finder.landmarks(crop, (0, 0, S - 1, S - 1))
             inverse = invert(m)
             corners = apply(inverse, np.array([[0.0, 0.0], [S, S]]))
-            return [Face(tuple(float(c) for c in corners.ravel()), apply(inverse, lm_crop), crop, lm_crop, m)]
+            return [AlignedFace(tuple(float(c) for c in corners.ravel()), apply(inverse, lm_crop), crop, lm_crop, m)]
         out = []
         for f in self.finder.detect(image, self.settings.min_face_score):
             crop, lm_crop, m = align(image, f.landmarks, S)
-            out.append(Face(tuple(float(c) for c in f.box), f.landmarks, crop, lm_crop, m, round(f.score, 3)))
+            out.append(AlignedFace(tuple(float(c) for c in f.box), f.landmarks, crop, lm_crop, m, round(f.score, 3)))
         return out
 
     @torch.no_grad()
-    def predict(self, faces: list[Face]) -> None:
+    def predict(self, faces: list[AlignedFace]) -> None:
         """Fill each face's ``result``: AU and emotion probabilities (and the explanation)."""
         if not faces:
             return
@@ -188,8 +190,8 @@ def tidy(text: str) -> str:
     return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
 
-CSV_COLUMNS = ["source", "frame", "time", "face", "status", "face_score", "x0", "y0", "x1", "y1", *AUS, *EMOTIONS, "emotion",
-               "explanation", "landmarks"]
+CSV_COLUMNS = ["source", "frame", "time", "face", "status", "face_score", "x0", "y0", "x1", "y1", *AUS, *EMOTIONS,
+               "emotion", "explanation", "landmarks"]
 
 
 class RowWriter:
@@ -217,7 +219,8 @@ class RowWriter:
         else:
             flat = {k: row.get(k) for k in ("source", "frame", "time", "face", "status")}
             if row.get("box"):
-                flat.update(zip(("x0", "y0", "x1", "y1"), (round(v, 1) for v in row["box"])), face_score=row["face_score"])
+                flat.update(zip(("x0", "y0", "x1", "y1"), (round(v, 1) for v in row["box"])),
+                            face_score=row["face_score"])
                 flat.update({k: round(v, 6) for k, v in {**row["aus"], **row["emotions"]}.items()})
                 flat.update(emotion=row["emotion"], explanation=row.get("explanation"),
                             landmarks=json.dumps(row["landmarks"]))
@@ -236,9 +239,10 @@ class RowWriter:
             self.file.flush()
 
 
-def face_row(frame, index: int, face: Face) -> dict:
+def face_row(frame, index: int, face: AlignedFace) -> dict:
     return {"source": frame.source, "frame": frame.frame, "time": frame.time, "face": index, "status": "ok",
-            "face_score": face.score, "box": [round(v, 1) for v in face.box], "landmarks": np.round(face.landmarks, 1).tolist(), **face.result}
+            "face_score": face.score, "box": [round(v, 1) for v in face.box],
+            "landmarks": np.round(face.landmarks, 1).tolist(), **face.result}
 
 
 def predict(run, inputs, out=None, annotate=None, fps: float | None = 1.0, settings: PredictSettings | None = None,

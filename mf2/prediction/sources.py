@@ -82,9 +82,8 @@ def video_frames(path: str, fps: float | None):
                 t = float(frame.time) if frame.time is not None else index / rate
                 if t + 1e-6 < next_time:
                     continue
-                next_time = (next_time + step) if step else t
-                if step and next_time <= t:  # a gap in the video: keep to its own clock
-                    next_time = t + step
+                # the next sample time; after a gap in the video (or with step 0), from this frame
+                next_time = next_time + step if next_time + step > t else t + step
                 yield Frame(path, index, round(t, 4), frame.to_ndarray(format="rgb24"))
         except av.error.FFmpegError as exc:
             yield Frame(path, index + 1, error=f"video decoding stopped ({str(exc).splitlines()[0]})")
