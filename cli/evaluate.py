@@ -18,12 +18,17 @@ from ._common import one_line_errors
                    "AU-pretrained, emotion-fine-tuned one: Table V).")
 @click.option("--transition", is_flag=True,
               help="RUN is AU-pretrained then emotion-fine-tuned: add the Table V section (with --beside the direct model).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Resamples (of the split's videos) for the 95% interval of RUN minus each --beside run; 0 = none.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Results folder (default: RUN/eval_<split>; name another for another cache).")
 @one_line_errors
-def evaluate(run, cache, split, device, probe, beside, transition):
-    """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/."""
+def evaluate(run, cache, split, device, probe, beside, transition, bootstrap, out):
+    """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/ (or --out)."""
     from mf2.evaluation.evaluate import evaluate as run_eval
 
-    result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition)
+    result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition,
+                      bootstrap=bootstrap, folder=out)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")

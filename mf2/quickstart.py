@@ -70,6 +70,7 @@ def quickstart(out, n: int = 1600, epochs: int = 6, dfn_epochs: int = 4, batch_s
                "emotion_mean_accuracy": metrics["emotion"]["mean_accuracy"]},
                "pretrained": {"au_mean_f1": metrics["beside"][run.name]["au"]["mean"],
                               "emotion_mean_accuracy": metrics["beside"][run.name]["emotion"]["mean_accuracy"]},
+               "dfn_minus_pretrained": metrics["beside"][run.name]["paired"],
                "astronaut": [{k: r.get(k) for k in ("status", "box", "emotion", "explanation")} for r in astronaut],
                "report": str(report)}
     atomic_write_text(report / "summary.json", json.dumps(summary, indent=2) + "\n")

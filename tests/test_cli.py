@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from mf2.cli.main import main
@@ -65,3 +66,6 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     commands = (tmp_path / "qs/commands.sh").read_text().splitlines()
     assert commands[0].startswith("python -c ") and commands[1].startswith("mf2 synth --n 96")
     assert "quickstart done in" in result.output
+    diff = summary["dfn_minus_pretrained"]["au_mean_f1"]
+    assert diff["diff"] == pytest.approx(summary["dfn"]["au_mean_f1"] - summary["pretrained"]["au_mean_f1"])
+    assert "DFN − MF² on the same val images (95% interval over" in result.output

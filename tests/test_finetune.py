@@ -42,6 +42,25 @@ def test_dfn_leaves_every_mf2_weight_bit_identical(pretrained, tmp_path):
     assert ev.exit_code == 0, ev.output
 
 
+def test_a_dfn_run_finds_its_base_run_after_the_folders_move(pretrained, tmp_path):
+    import shutil
+
+    _finetune(pretrained, tmp_path / "dfn", "--dfn", "--epochs", "1")
+    assert json.loads((tmp_path / "dfn/config.json").read_text())["base_run"] == str((pretrained / "run").resolve())
+    shutil.copytree(pretrained / "run", tmp_path / "moved/run")
+    shutil.copytree(tmp_path / "dfn", tmp_path / "moved/dfn")
+    config_path = tmp_path / "moved/dfn/config.json"
+    config = json.loads(config_path.read_text())
+    expected = load_run(tmp_path / "dfn")[0].mf2.state_dict()
+    for saved in ("/gone/elsewhere/run", "run"):  # moved absolute path; an older run's relative one
+        config_path.write_text(json.dumps({**config, "base_run": saved}))
+        model = load_run(tmp_path / "moved/dfn")[0]
+        assert all(torch.equal(model.mf2.state_dict()[k], v) for k, v in expected.items())
+    shutil.rmtree(tmp_path / "moved/run")
+    with pytest.raises(ValueError, match="base MF² run run is not there"):
+        load_run(tmp_path / "moved/dfn")
+
+
 def test_cached_block_outputs_equal_the_live_frozen_forward(pretrained, tmp_path):
     _finetune(pretrained, tmp_path / "dfn", "--dfn")
     cache = zarr.open_group(str(tmp_path / "dfn/dfn_cache.zarr"), mode="r")
@@ -129,3 +148,13 @@ def test_evaluate_beside_another_run_gives_table_v(pretrained, tmp_path):
     assert result.exit_code == 0, result.output
     assert "(cf. paper Table V)" in result.output and "| paper: MF2 (Intern-VL) | 80.07 |" in result.output
     assert "| **ours: dfn** |" in result.output and "| ours: run |" in result.output
+    # the paired difference dfn − run on the same images, with its interval over the val videos
+    metrics = json.loads((tmp_path / "dfn/eval_val/metrics.json").read_text())
+    paired, ours, theirs = metrics["beside"]["run"]["paired"], metrics["emotion"], metrics["beside"]["run"]["emotion"]
+    assert paired["emotion_mean_accuracy"]["diff"] == pytest.approx(ours["mean_accuracy"] - theirs["mean_accuracy"])
+    assert paired["groups"] < paired["images"] and paired["resamples"] == 1000
+    row = next(line for line in result.output.splitlines() if line.startswith("| run | "))
+    assert row.endswith(f"| 1000 x {paired['groups']} videos |")
+    quiet = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "dfn"), "--cache", str(pretrained / "f.zarr"),
+                                      "--beside", str(pretrained / "run"), "--bootstrap", "0"])
+    assert quiet.exit_code == 0 and "bootstrap interval" not in quiet.output

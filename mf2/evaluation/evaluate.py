@@ -15,8 +15,19 @@ import torch
 
 from mf2.data.labels import AUS, EMOTIONS
 from mf2.data.manifest import atomic_write_text
-from mf2.evaluation.metrics import au_f1, emotion_scores
+from mf2.evaluation.metrics import au_f1, emotion_scores, paired_bootstrap
 from mf2.evaluation.paper import TABLE_II, TABLE_III, TABLE_V
+
+
+def base_run(run, config: dict) -> Path:
+    """The pretrained MF² folder a DFN run was trained on top of. It is saved as an absolute
+    path; when that folder has moved (or an older run saved a path relative to where it was
+    trained), a folder of that name beside the DFN run is used."""
+    saved = Path(config["base_run"])
+    for candidate in (saved, Path(run).parent / saved, Path(run).parent / saved.name):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ValueError(f"{run}: its base MF² run {saved} is not there (nor beside the DFN run)")
 
 
 def load_run(run, device: str = "cpu"):
@@ -36,7 +47,7 @@ def load_run(run, device: str = "cpu"):
         from mf2.models.dfn import DFN, DFNConfig
         from mf2.training.finetune import DFNModel
 
-        mf2, _, _ = load_run(config["base_run"], device)
+        mf2, _, _ = load_run(base_run(run, config), device)
         dfn = DFN(mf2.cfg, DFNConfig(**config["dfn"]))
         dfn.load_state_dict(load_model_state(ckpt))
         return DFNModel(mf2, dfn.to(device)).eval(), config, ckpt
@@ -63,7 +74,7 @@ def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None, b
     lines = ["### AU recognition, F1 (%) (cf. paper Table II)", "",
              "| Model | " + " | ".join(list(AUS) + ["Avg."]) + " |", "|" + "---|" * (len(AUS) + 2)]
     lines += [_row(f"paper: {k}", v) for k, v in TABLE_II.items()] + [_row(f"**ours: {name}**", au_vals)]
-    lines += [_row(f"ours: {n}", [100 * a["per_au"][x] for x in AUS] + [100 * a["mean"]]) for n, (a, _) in beside.items()]
+    lines += [_row(f"ours: {n}", [100 * a["per_au"][x] for x in AUS] + [100 * a["mean"]]) for n, (a, _, _) in beside.items()]
     if probe:
         lines.append(_row("ours: linear probe, pooled features", [100 * probe["au"]["per_au"][a] for a in AUS] +
                           [100 * probe["au"]["mean"]]))
@@ -71,7 +82,7 @@ def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None, b
               "| Model | " + " | ".join(list(EMOTIONS) + ["Avg."]) + " |", "|" + "---|" * (len(EMOTIONS) + 2)]
     lines += [_row(f"paper: {k}", v) for k, v in TABLE_III.items()] + [_row(f"**ours: {name}**", emo_vals)]
     lines += [_row(f"ours: {n}", [100 * e["per_class_accuracy"][x] for x in EMOTIONS] + [100 * e["mean_accuracy"]])
-              for n, (_, e) in beside.items()]
+              for n, (_, e, _) in beside.items()]
     if probe:
         lines.append(_row("ours: linear probe, pooled features",
                           [100 * probe["emotion"]["per_class_accuracy"][e] for e in EMOTIONS] +
@@ -81,7 +92,17 @@ def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None, b
                   "| Model | Avg. |", "|---|---|"]
         lines += [f"| paper: {k} | {v:.2f} |" for k, v in TABLE_V.items()]
         lines += [f"| **ours: {name}** | {100 * emo['mean_accuracy']:.2f} |"]
-        lines += [f"| ours: {n} | {100 * e['mean_accuracy']:.2f} |" for n, (_, e) in beside.items()]
+        lines += [f"| ours: {n} | {100 * e['mean_accuracy']:.2f} |" for n, (_, e, _) in beside.items()]
+    paired = {n: p for n, (_, _, p) in beside.items() if p}
+    if paired:
+        lines += ["", f"### {name} − each run beside it, on the same images (points; 95% bootstrap interval)", "",
+                  "| Run beside | AU mean F1 | Emotion mean acc. | Resampled |", "|---|---|---|---|"]
+        for n, p in paired.items():
+            unit = f"{p['groups']} videos" if p["groups"] < p["images"] else f"{p['images']} images"
+            cells = [f"{100 * p[k]['diff']:+.2f} [{100 * p[k]['low']:+.2f}, {100 * p[k]['high']:+.2f}]"
+                     for k in ("au_mean_f1", "emotion_mean_accuracy")]
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {p['resamples']} x {unit} |")
+        lines += ["", "An interval that contains 0 means the difference is not resolved by these images."]
     lines += ["", f"Ours: overall emotion accuracy {100 * emo['overall_accuracy']:.2f}%, macro-F1 "
               f"{100 * emo['macro_f1']:.2f}%. The paper's rows are on MFA (Aff-Wild2); ours on the evaluated cache."]
     return "\n".join(lines) + "\n"
@@ -141,7 +162,8 @@ def plots(folder: Path, au: dict, emo: dict, log_path: Path | None) -> list[str]
     return written
 
 
-def _scores(run, cache, split, device):
+def _predictions(run, cache, split, device) -> dict:
+    """A run's probabilities on a cache split, its labels, each image's video, and its scores."""
     from mf2.training.data import CacheReader
     from mf2.training.pretrain import predict_split
 
@@ -151,18 +173,36 @@ def _scores(run, cache, split, device):
         raise ValueError(f"{cache}: visual features are {reader.vision_dim}-d but {run} was trained on "
                          f"{model.cfg.vision_dim}-d features (another backbone)")
     emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device))
-    return au_f1(au_p, y_au), emotion_scores(emo_p, y_emo), ckpt, len(y_emo)
+    return {"emotion": emo_p, "aus": au_p, "y_emotion": y_emo, "y_aus": y_au, "checkpoint": ckpt,
+            "videos": reader.store.group["meta/video"][:][reader.rows],
+            "au": au_f1(au_p, y_au), "emo": emotion_scores(emo_p, y_emo)}
+
+
+def _paired(this: dict, other: dict, resamples: int) -> dict:
+    """This run − the other on the same images, resampling videos (one video's frames are not independent)."""
+    videos = [str(v) for v in this["videos"].tolist()]
+    groups = None if "" in videos else np.array(videos, dtype=object)
+    return paired_bootstrap((this["emotion"], this["aus"]), (other["emotion"], other["aus"]),
+                            (this["y_emotion"], this["y_aus"]), groups, resamples)
 
 
 def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False,
-             beside=(), transition: bool = False) -> dict:
-    au, emo, ckpt, n_images = _scores(run, cache, split, device)
-    others = {Path(r).name: _scores(r, cache, split, device)[:2] for r in beside}
-    folder = Path(run) / f"eval_{split}"
+             beside=(), transition: bool = False, bootstrap: int = 1000, folder=None) -> dict:
+    """Scores of ``run`` (and of the ``beside`` runs, with paired bootstrap intervals of run − each
+    over ``bootstrap`` resamples of the split's videos; 0 = none) written to ``folder``
+    (default ``<run>/eval_<split>/``)."""
+    this = _predictions(run, cache, split, device)
+    au, emo = this["au"], this["emo"]
+    others = {}
+    for r in beside:
+        other = _predictions(r, cache, split, device)
+        others[Path(r).name] = (other["au"], other["emo"], _paired(this, other, bootstrap) if bootstrap else None)
+    folder = Path(folder) if folder else Path(run) / f"eval_{split}"
     folder.mkdir(parents=True, exist_ok=True)
     name = name or Path(run).name
-    result = {"run": str(run), "checkpoint": str(ckpt), "cache": str(cache), "split": split, "images": n_images,
-              "au": au, "emotion": emo, "beside": {n: {"au": a, "emotion": e} for n, (a, e) in others.items()}}
+    result = {"run": str(run), "checkpoint": str(this["checkpoint"]), "cache": str(cache), "split": split,
+              "images": len(this["y_emotion"]), "au": au, "emotion": emo,
+              "beside": {n: {"au": a, "emotion": e, "paired": p} for n, (a, e, p) in others.items()}}
     if probe:
         from mf2.evaluation.probe import pooled_feature_probe
 

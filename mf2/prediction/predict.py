@@ -69,7 +69,9 @@ def run_features(run) -> dict:
         raise ValueError(f"{run}: not a run folder (no config.json)")
     config = json.loads(config_path.read_text())
     if config.get("kind") == "dfn":
-        return run_features(config["base_run"])
+        from mf2.evaluation.evaluate import base_run
+
+        return run_features(base_run(run, config))
     if "features" in config:
         return config["features"]
     from mf2.features.store import FeatureStore  # runs from before the signature was saved

@@ -172,7 +172,7 @@ def trainable(module: torch.nn.Module) -> int:
 
 def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, resume: bool = False,
                  overwrite: bool = False, log=print, max_epochs_this_run: int | None = None) -> dict:
-    from mf2.evaluation.evaluate import load_run
+    from mf2.evaluation.evaluate import base_run, load_run
 
     out = Path(out)
     if out.exists() and (out / "config.json").exists() and not resume:
@@ -181,7 +181,7 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
         shutil.rmtree(out)
     if resume:
         saved = json.loads((out / "config.json").read_text())
-        from_run, dfn_cfg = saved["base_run"], DFNConfig(**saved["dfn"])
+        from_run, dfn_cfg = base_run(out, saved), DFNConfig(**saved["dfn"])
         cfg = TrainConfig(**{**saved["train"], "device": cfg.device})
     rank, world = _dist()
     seed_everything(cfg.seed + rank, cfg.deterministic, cfg.device)
@@ -217,7 +217,7 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
         torch.set_rng_state(rng["torch"])
     elif rank == 0:
         params = {"dfn": trainable(dfn), "paper_dfn": PAPER_DFN_PARAMS, "frozen_mf2": sum(p.numel() for p in mf2.parameters())}
-        atomic_write_text(out / "config.json", json.dumps({"kind": "dfn", "base_run": str(from_run), "dfn": dfn_cfg.to_dict(),
+        atomic_write_text(out / "config.json", json.dumps({"kind": "dfn", "base_run": str(Path(from_run).resolve()), "dfn": dfn_cfg.to_dict(),
                                                            "train": {**cfg.__dict__}, "cache": str(cache),
                                                            "model": mf2.cfg.to_dict()}, indent=2))
         atomic_write_text(out / "params.json", json.dumps(params, indent=2))
