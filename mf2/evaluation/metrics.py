@@ -9,6 +9,8 @@ positives) is NaN and left out of the means.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from mf2.data.labels import AUS, EMOTIONS, MISSING
@@ -117,14 +119,21 @@ def paired_bootstrap(a: tuple, b: tuple, labels: tuple, groups=None, resamples: 
         return out
 
     stats = {"au_mean_f1": (_au_counts, _au_mean_f1, y_au, 1), "emotion_mean_accuracy": (_emotion_counts, _emotion_mean_accuracy, y_emo, 0)}
+    counts = {name: (per_group(counts_of(np.asarray(a[k]), y)), per_group(counts_of(np.asarray(b[k]), y)))
+              for name, (counts_of, _, y, k) in stats.items()}
+    diffs = {name: [] for name in stats}
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(keys), np.full(len(keys), 1 / len(keys)), size=resamples)  # [R, G]
+    with warnings.catch_warnings():  # a resample without any labelled example of a class/AU scores NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for start in range(0, resamples, 100):  # [100, G] resample weights at a time: bounded memory
+            weights = rng.multinomial(len(keys), np.full(len(keys), 1 / len(keys)), size=min(100, resamples - start))
+            for name, (ga, gb) in counts.items():
+                score = stats[name][1]
+                diffs[name].append(score(np.tensordot(weights, ga, axes=(1, 0))) - score(np.tensordot(weights, gb, axes=(1, 0))))
     result = {"groups": int(len(keys)), "images": int(n), "resamples": int(resamples)}
-    for name, (counts_of, score, y, k) in stats.items():
-        ga, gb = per_group(counts_of(np.asarray(a[k]), y)), per_group(counts_of(np.asarray(b[k]), y))
+    for name, (ga, gb) in counts.items():
+        score = stats[name][1]
         sa, sb = score(ga.sum(0)), score(gb.sum(0))
-        flat = lambda g: np.tensordot(weights, g, axes=(1, 0))  # noqa: E731 -- [R, ...] resampled counts
-        diffs = score(flat(ga)) - score(flat(gb))
-        low, high = np.nanpercentile(diffs, [2.5, 97.5])
+        low, high = np.nanpercentile(np.concatenate(diffs[name]), [2.5, 97.5])
         result[name] = {"a": float(sa), "b": float(sb), "diff": float(sa - sb), "low": float(low), "high": float(high)}
     return result
