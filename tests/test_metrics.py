@@ -51,3 +51,5 @@ def test_mismatched_inputs_are_one_line_errors():
     a, b, labels = _models(n=50)
     with pytest.raises(ValueError, match="same images"):
         paired_bootstrap(a, (b[0][:40], b[1][:40]), labels)
+    with pytest.raises(ValueError, match="resamples must be at least 1"):
+        paired_bootstrap(a, b, labels, resamples=0)

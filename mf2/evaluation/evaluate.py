@@ -173,17 +173,16 @@ def _predictions(run, cache, split, device) -> dict:
         raise ValueError(f"{cache}: visual features are {reader.vision_dim}-d but {run} was trained on "
                          f"{model.cfg.vision_dim}-d features (another backbone)")
     emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device))
+    videos = [str(v) for v in reader.store.group["meta/video"][:][reader.rows].tolist()]
     return {"emotion": emo_p, "aus": au_p, "y_emotion": y_emo, "y_aus": y_au, "checkpoint": ckpt,
-            "videos": reader.store.group["meta/video"][:][reader.rows],
+            "videos": None if "" in videos else np.array(videos, dtype=object),  # no ids: resample images
             "au": au_f1(au_p, y_au), "emo": emotion_scores(emo_p, y_emo)}
 
 
 def _paired(this: dict, other: dict, resamples: int) -> dict:
     """This run − the other on the same images, resampling videos (one video's frames are not independent)."""
-    videos = [str(v) for v in this["videos"].tolist()]
-    groups = None if "" in videos else np.array(videos, dtype=object)
     return paired_bootstrap((this["emotion"], this["aus"]), (other["emotion"], other["aus"]),
-                            (this["y_emotion"], this["y_aus"]), groups, resamples)
+                            (this["y_emotion"], this["y_aus"]), this["videos"], resamples)
 
 
 def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False,

@@ -21,54 +21,9 @@ def _mean(values) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
-def au_f1(pred: np.ndarray, labels: np.ndarray) -> dict:
-    """pred [N, 12] in {0, 1} (or probabilities, thresholded at 0.5), labels [N, 12] in {0, 1, -1}."""
-    pred, labels = np.asarray(pred), np.asarray(labels)
-    if pred.shape != labels.shape or pred.ndim != 2 or pred.shape[1] != len(AUS):
-        raise ValueError(f"pred and labels: expected matching [N, {len(AUS)}] arrays, got {pred.shape} and {labels.shape}")
-    if pred.dtype.kind == "f":
-        pred = pred >= 0.5
-    valid = labels != MISSING
-    pos, hit = (labels == 1) & valid, pred.astype(bool) & valid
-    tp = (pos & hit).sum(0)
-    fp = (~pos & hit & valid).sum(0)
-    fn = (pos & ~hit).sum(0)
-    denom = 2 * tp + fp + fn
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
-    return {"per_au": {au: float(v) for au, v in zip(AUS, f1)}, "mean": _mean(f1),
-            "support": {au: int(v) for au, v in zip(AUS, valid.sum(0))}}
-
-
-def emotion_scores(pred: np.ndarray, labels: np.ndarray) -> dict:
-    """pred [N] class indices (or [N, 8] scores), labels [N] in 0..7 or -1."""
-    pred, labels = np.asarray(pred), np.asarray(labels)
-    if pred.ndim == 2:
-        pred = pred.argmax(1)
-    if pred.shape != labels.shape or pred.ndim != 1:
-        raise ValueError(f"pred and labels: expected matching [N] arrays, got {pred.shape} and {labels.shape}")
-    valid = labels != MISSING
-    pred, labels = pred[valid], labels[valid]
-    k = len(EMOTIONS)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
-    support = confusion.sum(1)
-    recall = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
-    predicted = confusion.sum(0)
-    precision = np.where(predicted > 0, np.diag(confusion) / np.maximum(predicted, 1), 0.0)
-    f1 = np.where(support > 0, 2 * precision * np.nan_to_num(recall) /
-                  np.maximum(precision + np.nan_to_num(recall), 1e-12), np.nan)
-    return {
-        "per_class_accuracy": {e: float(v) for e, v in zip(EMOTIONS, recall)},
-        "mean_accuracy": _mean(recall),
-        "overall_accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
-        "macro_f1": _mean(f1),
-        "confusion": confusion.tolist(),
-        "support": {e: int(v) for e, v in zip(EMOTIONS, support)},
-    }
-
-
 def _au_counts(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-row [N, 3, 12] true positives, false positives, false negatives (missing labels count nowhere)."""
+    """Per-row [N, 3, 12] true positives, false positives, false negatives (missing labels count
+    nowhere); probabilities are thresholded at 0.5."""
     pred = (pred >= 0.5) if pred.dtype.kind == "f" else pred.astype(bool)
     valid = labels != MISSING
     pos = (labels == 1) & valid
@@ -84,18 +39,55 @@ def _emotion_counts(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.stack([onehot * (pred == labels)[:, None], onehot], 1)
 
 
-def _au_mean_f1(c: np.ndarray) -> np.ndarray:
-    """[..., 3, 12] counts -> [...] mean F1 over the AUs with anything to score."""
-    tp, fp, fn = c[..., 0, :], c[..., 1, :], c[..., 2, :]
+def _f1(counts: np.ndarray) -> np.ndarray:
+    """[..., 3, k] (tp, fp, fn) -> [..., k] F1, NaN where there is nothing to score."""
+    tp, fp, fn = counts[..., 0, :], counts[..., 1, :], counts[..., 2, :]
     denom = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nanmean(np.where(denom > 0, 2 * tp / denom, np.nan), -1)
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
 
 
-def _emotion_mean_accuracy(c: np.ndarray) -> np.ndarray:
-    """[..., 2, 8] counts -> [...] mean per-class accuracy over the classes present."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nanmean(np.where(c[..., 1, :] > 0, c[..., 0, :] / c[..., 1, :], np.nan), -1)
+def _recall(counts: np.ndarray) -> np.ndarray:
+    """[..., 2, k] (correct, labelled) -> [..., k] per-class accuracy, NaN for an absent class."""
+    correct, labelled = counts[..., 0, :], counts[..., 1, :]
+    return np.where(labelled > 0, correct / np.maximum(labelled, 1), np.nan)
+
+
+def au_f1(pred: np.ndarray, labels: np.ndarray) -> dict:
+    """pred [N, 12] in {0, 1} (or probabilities, thresholded at 0.5), labels [N, 12] in {0, 1, -1}."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if pred.shape != labels.shape or pred.ndim != 2 or pred.shape[1] != len(AUS):
+        raise ValueError(f"pred and labels: expected matching [N, {len(AUS)}] arrays, got {pred.shape} and {labels.shape}")
+    f1 = _f1(_au_counts(pred, labels).sum(0))
+    return {"per_au": {au: float(v) for au, v in zip(AUS, f1)}, "mean": _mean(f1),
+            "support": {au: int(v) for au, v in zip(AUS, (labels != MISSING).sum(0))}}
+
+
+def emotion_scores(pred: np.ndarray, labels: np.ndarray) -> dict:
+    """pred [N] class indices (or [N, 8] scores), labels [N] in 0..7 or -1."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if pred.ndim == 2:
+        pred = pred.argmax(1)
+    if pred.shape != labels.shape or pred.ndim != 1:
+        raise ValueError(f"pred and labels: expected matching [N] arrays, got {pred.shape} and {labels.shape}")
+    valid = labels != MISSING
+    pred, labels = pred[valid], labels[valid]
+    k = len(EMOTIONS)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, pred), 1)
+    support = confusion.sum(1)
+    recall = _recall(np.stack([np.diag(confusion), support]))
+    predicted = confusion.sum(0)
+    precision = np.where(predicted > 0, np.diag(confusion) / np.maximum(predicted, 1), 0.0)
+    f1 = np.where(support > 0, 2 * precision * np.nan_to_num(recall) /
+                  np.maximum(precision + np.nan_to_num(recall), 1e-12), np.nan)
+    return {
+        "per_class_accuracy": {e: float(v) for e, v in zip(EMOTIONS, recall)},
+        "mean_accuracy": _mean(recall),
+        "overall_accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+        "macro_f1": _mean(f1),
+        "confusion": confusion.tolist(),
+        "support": {e: int(v) for e, v in zip(EMOTIONS, support)},
+    }
 
 
 def paired_bootstrap(a: tuple, b: tuple, labels: tuple, groups=None, resamples: int = 1000, seed: int = 0) -> dict:
@@ -109,6 +101,8 @@ def paired_bootstrap(a: tuple, b: tuple, labels: tuple, groups=None, resamples: 
     y_emo, y_au = (np.asarray(x) for x in labels)
     n = len(y_emo)
     groups = np.arange(n) if groups is None else np.asarray(groups)
+    if resamples < 1:
+        raise ValueError(f"paired_bootstrap: resamples must be at least 1, got {resamples}")
     if len(groups) != n or any(len(x) != n for m in (a, b) for x in m):
         raise ValueError("paired_bootstrap: both models' predictions, the labels and the groups must cover the same images")
     keys, index = np.unique(groups, return_inverse=True)
@@ -118,22 +112,25 @@ def paired_bootstrap(a: tuple, b: tuple, labels: tuple, groups=None, resamples: 
         np.add.at(out, index, counts)
         return out
 
-    stats = {"au_mean_f1": (_au_counts, _au_mean_f1, y_au, 1), "emotion_mean_accuracy": (_emotion_counts, _emotion_mean_accuracy, y_emo, 0)}
-    counts = {name: (per_group(counts_of(np.asarray(a[k]), y)), per_group(counts_of(np.asarray(b[k]), y)))
-              for name, (counts_of, _, y, k) in stats.items()}
-    diffs = {name: [] for name in stats}
+    # name -> (score of [..., counts] summed over the images, A's and B's per-video counts)
+    metrics = {"au_mean_f1": (_f1, _au_counts, 1, y_au), "emotion_mean_accuracy": (_recall, _emotion_counts, 0, y_emo)}
+    counts = {name: (per_score, per_group(counts_of(np.asarray(a[k]), y)), per_group(counts_of(np.asarray(b[k]), y)))
+              for name, (per_score, counts_of, k, y) in metrics.items()}
+    def score(per_score, c):  # [..., counts] -> [...] mean over the AUs / classes with anything to score
+        return np.nanmean(per_score(c), -1)
+
+    diffs = {name: [] for name in counts}
     rng = np.random.default_rng(seed)
     with warnings.catch_warnings():  # a resample without any labelled example of a class/AU scores NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        for start in range(0, resamples, 100):  # [100, G] resample weights at a time: bounded memory
-            weights = rng.multinomial(len(keys), np.full(len(keys), 1 / len(keys)), size=min(100, resamples - start))
-            for name, (ga, gb) in counts.items():
-                score = stats[name][1]
-                diffs[name].append(score(np.tensordot(weights, ga, axes=(1, 0))) - score(np.tensordot(weights, gb, axes=(1, 0))))
-    result = {"groups": int(len(keys)), "images": int(n), "resamples": int(resamples)}
-    for name, (ga, gb) in counts.items():
-        score = stats[name][1]
-        sa, sb = score(ga.sum(0)), score(gb.sum(0))
-        low, high = np.nanpercentile(np.concatenate(diffs[name]), [2.5, 97.5])
-        result[name] = {"a": float(sa), "b": float(sb), "diff": float(sa - sb), "low": float(low), "high": float(high)}
+        for start in range(0, resamples, 100):  # [<=100, G] resample weights at a time: bounded memory
+            w = rng.multinomial(len(keys), np.full(len(keys), 1 / len(keys)), size=min(100, resamples - start))
+            for name, (per_score, ga, gb) in counts.items():
+                diffs[name].append(score(per_score, np.tensordot(w, ga, axes=(1, 0))) -
+                                   score(per_score, np.tensordot(w, gb, axes=(1, 0))))
+        result = {"groups": int(len(keys)), "images": int(n), "resamples": int(resamples)}
+        for name, (per_score, ga, gb) in counts.items():
+            sa, sb = float(score(per_score, ga.sum(0))), float(score(per_score, gb.sum(0)))
+            low, high = np.nanpercentile(np.concatenate(diffs[name]), [2.5, 97.5])
+            result[name] = {"a": sa, "b": sb, "diff": sa - sb, "low": float(low), "high": float(high)}
     return result
