@@ -63,7 +63,8 @@ def batch(preset, B, device):
             "au_text": (ids(B, 12, AU_LEN), ones(B, 12, AU_LEN), r(B, 12, AU_LEN, s["D"]), ones(B, 12))}
 
 
-def train_step_ms(net, b, device, steps, align, tasks="both"):
+def train_step(net, b, device, align, tasks="both"):
+    """One full training step of MF² ``net`` on batch ``b`` (its own optimizer), as a callable."""
     opt = make_optimizer(net, TrainConfig())
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -73,7 +74,14 @@ def train_step_ms(net, b, device, steps, align, tasks="both"):
         out["loss"].backward()
         opt.step()
 
-    return median_ms(step, device, steps, warmup=1)
+    return step
+
+
+@torch.no_grad()
+def block_outputs(mf2, b) -> dict:
+    """What a DFN step reads: the frozen MF²'s block outputs of batch ``b``, and its labels."""
+    return {**vision_block_outputs(mf2, b["tokens"], b["au_tokens"]), **text_block_outputs(mf2, b),
+            "emotion": b["emotion"], "aus": b["aus"]}
 
 
 def main():
@@ -88,44 +96,41 @@ def main():
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     a = p.parse_args()
     device = torch.device(a.device)
-    B = a.samples or (56 if a.preset == "small" else 4)
-    b = batch(a.preset, B, device)
+    full_batch = batch(a.preset, a.samples or (56 if a.preset == "small" else 4), device)
+    dfn_batch = batch(a.preset, a.dfn_samples, device)
     per_epoch = lambda ms, n, bs: ms / bs * n * a.epochs / 60000  # noqa: E731 -- minutes
     rows, extra = [], {}
-    full_batch, B = b, a.dfn_samples
-    b = batch(a.preset, B, device)
 
     # MF² (Fine-Tuning, DFN): a step on cached block outputs; IT through the live frozen path
     mf2 = model(a.preset).to(device).eval().requires_grad_(False)
     dfn = DFN(mf2.cfg, DFNConfig()).to(device)
-    with torch.no_grad():
-        cached = {**vision_block_outputs(mf2, b["tokens"], b["au_tokens"]), "emotion": b["emotion"], "aus": b["aus"]}
-        cached.update(text_block_outputs(mf2, b))
+    cached = block_outputs(mf2, dfn_batch)
     opt = make_optimizer(dfn, TrainConfig())
 
-    def dfn_step():
-        out = dfn(cached, "both")
+    def dfn_step(x=cached):
+        out = dfn(x, "both")
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
 
     def dfn_infer():
         with torch.no_grad():
-            dfn.heads(vision_block_outputs(mf2, b["tokens"], b["au_tokens"]))
+            dfn.heads(vision_block_outputs(mf2, dfn_batch["tokens"], dfn_batch["au_tokens"]))
 
     tt, it = median_ms(dfn_step, device, a.steps * 5), median_ms(dfn_infer, device, a.steps)
-    rows.append({"model": "MF2 (Fine-Tuning, DFN)", "batch": B, "tt_ms_step": tt, "it_ms_step": it, "tp": trainable(dfn)})
+    rows.append({"model": "MF2 (Fine-Tuning, DFN)", "batch": a.dfn_samples, "tt_ms_step": tt, "it_ms_step": it,
+                 "tp": trainable(dfn)})
     B, b = full_batch["emotion"].shape[0], full_batch
 
     # w/o DFN and the single-branch rows: full fine-tuning on the task losses
     for name, kw in (("w/o DFN", {}), ("w/o Emo-VL", {"emo_vl": False}), ("w/o AU-VL", {"au_vl": False})):
         net = model(a.preset, **kw).to(device).train()
-        tt = train_step_ms(net, b, device, a.steps, align=False)
+        tt = median_ms(train_step(net, b, device, align=False), device, a.steps, warmup=1)
         net.eval()
         it = median_ms(lambda: net.predict(b["tokens"], b["au_tokens"]), device, a.steps)
         rows.append({"model": name, "batch": B, "tt_ms_step": tt, "it_ms_step": it, "tp": count_parameters(net)["mf2"]})
     for r in rows:
-        paper = TABLE_IV[r["model"].replace("MF2 (Fine-Tuning, DFN)", "MF2 (Fine-Tuning, DFN)")]
+        paper = TABLE_IV[r["model"]]
         r.update({"tt_min_epoch": per_epoch(r["tt_ms_step"], TRAIN_IMAGES, r["batch"]),
                   "it_min_epoch": per_epoch(r["it_ms_step"], VAL_IMAGES, r["batch"]),
                   "tp_M": r["tp"] / 1e6, "paper_tt_min": paper["tt_min"], "paper_it_min": paper["it_min"],
@@ -139,7 +144,7 @@ def main():
         from mf2.features.backbones import load_text, load_vision
         from mf2.ops import au_region_pool
 
-        B, b = a.dfn_samples, batch("small", a.dfn_samples, device)
+        B, b = a.dfn_samples, dfn_batch
         vision, text = load_vision(device=a.device), load_text(device=a.device)
         images = torch.rand(B, 3, 224, 224, device=device)
         captions = ["the person appears to feel happy, judging by raised cheeks and lip corners pulled up"] * B
@@ -155,41 +160,13 @@ def main():
                 text.encode(sentences, AU_LEN)
 
         net = model("small").to(device).train()
-        opt = make_optimizer(net, TrainConfig())
-        gen = torch.Generator(device=device).manual_seed(0)
-
-        def mf2_step(align):
-            out = net(b, "both", gen, align)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-
-        frozen = model("small").to(device).eval().requires_grad_(False)
-        small_dfn = DFN(frozen.cfg, DFNConfig()).to(device)
-        dfn_opt = make_optimizer(small_dfn, TrainConfig())
-        with torch.no_grad():
-            blocks = {**vision_block_outputs(frozen, b["tokens"], b["au_tokens"]), **text_block_outputs(frozen, b),
-                      "emotion": b["emotion"], "aus": b["aus"]}
-
-        def dfn_small_step(live):
-            x = blocks
-            if live:  # the frozen MF² forward a DFN step would need without its block-output cache
-                with torch.no_grad():
-                    x = {**vision_block_outputs(frozen, b["tokens"], b["au_tokens"]), **text_block_outputs(frozen, b),
-                         "emotion": b["emotion"], "aus": b["aus"]}
-            out = small_dfn(x, "both")
-            dfn_opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            dfn_opt.step()
-
+        pretrain_step, full_step = train_step(net, b, device, align=True), train_step(net, b, device, align=False)
         # (name, cached step, uncached step): pretraining reads images and texts; full fine-tuning
         # (task losses) images only; DFN also runs the frozen MF² when its block outputs are not cached
-        cases = [("pretraining (ITC/ITM/ITG + classifiers)", lambda: mf2_step(True),
-                  lambda: (backbones(True), mf2_step(True))),
-                 ("full fine-tuning (w/o DFN, task losses)", lambda: mf2_step(False),
-                  lambda: (backbones(False), mf2_step(False))),
-                 ("DFN (block outputs cached)", lambda: dfn_small_step(False),
-                  lambda: (backbones(True), dfn_small_step(True)))]
+        cases = [("pretraining (ITC/ITM/ITG + classifiers)", pretrain_step, lambda: (backbones(True), pretrain_step())),
+                 ("full fine-tuning (w/o DFN, task losses)", full_step, lambda: (backbones(False), full_step())),
+                 ("DFN (block outputs cached)", dfn_step,
+                  lambda: (backbones(True), dfn_step(block_outputs(mf2, b))))]
         extra["cached_vs_uncached"] = []
         for name, cached_fn, uncached_fn in cases:
             cached_ms = median_ms(cached_fn, device, a.steps)
