@@ -20,7 +20,7 @@ from ._common import one_line_errors
               help="RUN is AU-pretrained then emotion-fine-tuned: add the Table V section (with --beside the direct model).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Resamples (of the split's videos) for the 95% interval of RUN minus each --beside run; 0 = none.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder (default: RUN/eval_<split>; name another for another cache).")
 @one_line_errors
 def evaluate(run, cache, split, device, probe, beside, transition, bootstrap, out):

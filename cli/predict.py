@@ -11,8 +11,10 @@ from ._common import one_line_errors, progress_bar
 @click.option("--checkpoint", "run", type=click.Path(path_type=Path), required=True,
               help="Run folder (mf2 pretrain or mf2 finetune).")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(path_type=Path), help="results.csv or results.json (default: CSV on stdout).")
-@click.option("--annotate", type=click.Path(path_type=Path), help="Write annotated images into this folder.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="results.csv or results.json (default: CSV on stdout).")
+@click.option("--annotate", type=click.Path(file_okay=False, path_type=Path),
+              help="Write annotated images into this folder.")
 @click.option("--explain", is_flag=True, help="Generate a description per face (ITG decoding).")
 @click.option("--decoding", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True,
               help="How --explain decodes.")

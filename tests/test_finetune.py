@@ -158,3 +158,7 @@ def test_evaluate_beside_another_run_gives_table_v(pretrained, tmp_path):
     quiet = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "dfn"), "--cache", str(pretrained / "f.zarr"),
                                       "--beside", str(pretrained / "run"), "--bootstrap", "0"])
     assert quiet.exit_code == 0 and "bootstrap interval" not in quiet.output
+    (tmp_path / "a-file").write_text("")
+    refused = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "dfn"), "--cache",
+                                        str(pretrained / "f.zarr"), "--out", str(tmp_path / "a-file")])
+    assert refused.exit_code == 2 and "is a file" in refused.output
