@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/dispatch.h"
+
 namespace mf2 {
 namespace {
 
@@ -41,12 +43,6 @@ AuRegionPoolParams make_params(const TensorView& spatial, const std::string& spa
   return p;
 }
 
-[[noreturn]] void no_cuda() {
-  throw std::runtime_error(
-      "au_region_pool: this build of mf2 has no CUDA kernels (nvcc was not found at build time); "
-      "use the PyTorch reference or rebuild with nvcc on PATH");
-}
-
 }  // namespace
 
 void au_region_pool_forward(const TensorView& map, const TensorView& centres,
@@ -54,22 +50,18 @@ void au_region_pool_forward(const TensorView& map, const TensorView& centres,
                             uintptr_t stream) {
   const AuRegionPoolParams p = make_params(map, "feature_map", out, "out", centres, window, R, zeros);
   if (p.B * p.K == 0 || p.C == 0) return;
-  dispatch_float(map.dtype, [&](auto zero) {
-    using T = decltype(zero);
-    if (map.device == DeviceType::CPU) {
-      au_region_pool_forward_cpu<T>(p, ptr<const T>(map), ptr<const T>(centres),
-                                    ptr<const T>(window), ptr<T>(out));
-      return;
-    }
-#ifdef MF2_WITH_CUDA
-    au_region_pool_forward_cuda<T>(p, ptr<const T>(map), ptr<const T>(centres),
-                                   ptr<const T>(window), ptr<T>(out),
-                                   reinterpret_cast<void*>(stream));
-#else
-    (void)stream;
-    no_cuda();
-#endif
-  });
+  dispatch(
+      "au_region_pool", map, stream,
+      [&](auto zero) {
+        using T = decltype(zero);
+        au_region_pool_forward_cpu<T>(p, ptr<const T>(map), ptr<const T>(centres),
+                                      ptr<const T>(window), ptr<T>(out));
+      },
+      [&](auto zero, void* s) {
+        using T = decltype(zero);
+        au_region_pool_forward_cuda<T>(p, ptr<const T>(map), ptr<const T>(centres),
+                                       ptr<const T>(window), ptr<T>(out), s);
+      });
 }
 
 void au_region_pool_backward(const TensorView& grad_out, const TensorView& centres,
@@ -78,22 +70,18 @@ void au_region_pool_backward(const TensorView& grad_out, const TensorView& centr
   const AuRegionPoolParams p =
       make_params(grad_map, "grad_map", grad_out, "grad_out", centres, window, R, zeros);
   if (p.B == 0 || p.C == 0) return;
-  dispatch_float(grad_map.dtype, [&](auto zero) {
-    using T = decltype(zero);
-    if (grad_map.device == DeviceType::CPU) {
-      au_region_pool_backward_cpu<T>(p, ptr<const T>(grad_out), ptr<const T>(centres),
-                                     ptr<const T>(window), ptr<T>(grad_map));
-      return;
-    }
-#ifdef MF2_WITH_CUDA
-    au_region_pool_backward_cuda<T>(p, ptr<const T>(grad_out), ptr<const T>(centres),
-                                    ptr<const T>(window), ptr<T>(grad_map),
-                                    reinterpret_cast<void*>(stream));
-#else
-    (void)stream;
-    no_cuda();
-#endif
-  });
+  dispatch(
+      "au_region_pool", grad_map, stream,
+      [&](auto zero) {
+        using T = decltype(zero);
+        au_region_pool_backward_cpu<T>(p, ptr<const T>(grad_out), ptr<const T>(centres),
+                                       ptr<const T>(window), ptr<T>(grad_map));
+      },
+      [&](auto zero, void* s) {
+        using T = decltype(zero);
+        au_region_pool_backward_cuda<T>(p, ptr<const T>(grad_out), ptr<const T>(centres),
+                                        ptr<const T>(window), ptr<T>(grad_map), s);
+      });
 }
 
 }  // namespace mf2

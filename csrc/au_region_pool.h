@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "tensor_view.h"
+#include "common/tensor_view.h"
 
 namespace mf2 {
 
@@ -26,14 +26,13 @@ template <typename T>
 void au_region_pool_backward_cpu(const AuRegionPoolParams& p, const T* grad_out, const T* centres,
                                  const T* window, T* grad_map);
 
-#ifdef MF2_WITH_CUDA
+// CUDA launches: declared always, defined in CUDA builds only (see common/dispatch.h).
 template <typename T>
 void au_region_pool_forward_cuda(const AuRegionPoolParams& p, const T* map, const T* centres,
                                  const T* window, T* out, void* stream);
 template <typename T>
 void au_region_pool_backward_cuda(const AuRegionPoolParams& p, const T* grad_out, const T* centres,
                                   const T* window, T* grad_map, void* stream);
-#endif
 
 // Validation and dispatch (au_region_pool.cpp).
 void au_region_pool_forward(const TensorView& map, const TensorView& centres,

@@ -1,7 +1,7 @@
 // CUDA kernels of au_region_pool.
 #include "au_region_pool.h"
 #include "au_region_pool_math.h"
-#include "cuda_check.cuh"
+#include "common/cuda_check.cuh"
 
 namespace mf2 {
 namespace {

@@ -8,7 +8,7 @@
 
 #include "au_region_pool.h"
 #include "dfn_pathway.h"
-#include "dlpack_view.h"
+#include "common/dlpack_view.h"
 
 namespace py = pybind11;
 using mf2::TensorView;

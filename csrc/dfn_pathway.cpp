@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/dispatch.h"
+
 namespace mf2 {
 namespace {
 
@@ -35,15 +37,14 @@ DfnCellParams check_cell(const TensorView& s_prev, const TensorView& u, const Te
   return p;
 }
 
-[[noreturn]] void no_cuda() {
-  throw std::runtime_error(
-      "dfn_pathway: this build of mf2 has no CUDA kernels (nvcc was not found at build time); "
-      "use the PyTorch reference or rebuild with nvcc on PATH");
-}
-
 template <typename T>
 const T* opt(const TensorView* t) {
   return t ? static_cast<const T*>(t->data) : nullptr;
+}
+
+template <typename T>
+T* opt_out(const TensorView* t) {
+  return t ? static_cast<T*>(t->data) : nullptr;
 }
 
 }  // namespace
@@ -54,22 +55,18 @@ void dfn_cell_forward(const TensorView& s_prev, const TensorView& u, const Tenso
   const DfnCellParams p = check_cell(s_prev, u, b_up, h, alpha, lambda);
   check_arg(s, "s", s_prev, dims(p.B, p.D), {p.B, p.D});
   if (p.B * p.D == 0) return;
-  dispatch_float(s_prev.dtype, [&](auto zero) {
-    using T = decltype(zero);
-    if (s_prev.device == DeviceType::CPU) {
-      dfn_cell_forward_cpu<T>(p, ptr<const T>(s_prev), ptr<const T>(u), ptr<const T>(b_up),
-                              ptr<const T>(h), ptr<const T>(alpha), ptr<T>(s));
-      return;
-    }
-#ifdef MF2_WITH_CUDA
-    dfn_cell_forward_cuda<T>(p, ptr<const T>(s_prev), ptr<const T>(u), ptr<const T>(b_up),
-                             ptr<const T>(h), ptr<const T>(alpha), ptr<T>(s),
-                             reinterpret_cast<void*>(stream));
-#else
-    (void)stream;
-    no_cuda();
-#endif
-  });
+  dispatch(
+      "dfn_pathway", s_prev, stream,
+      [&](auto zero) {
+        using T = decltype(zero);
+        dfn_cell_forward_cpu<T>(p, ptr<const T>(s_prev), ptr<const T>(u), ptr<const T>(b_up),
+                                ptr<const T>(h), ptr<const T>(alpha), ptr<T>(s));
+      },
+      [&](auto zero, void* st) {
+        using T = decltype(zero);
+        dfn_cell_forward_cuda<T>(p, ptr<const T>(s_prev), ptr<const T>(u), ptr<const T>(b_up),
+                                 ptr<const T>(h), ptr<const T>(alpha), ptr<T>(s), st);
+      });
 }
 
 void dfn_cell_backward(const TensorView& grad_out, const TensorView* carry,
@@ -89,27 +86,24 @@ void dfn_cell_backward(const TensorView& grad_out, const TensorView* carry,
   check_arg(grad_b_up, "grad_b_up", s_prev, "[" + std::to_string(p.D) + "]", {p.D});
   check_arg(grad_alpha, "grad_alpha", s_prev, "[1]", {1});
   check_arg(workspace, "workspace", s_prev, "[" + std::to_string(2 * p.D) + "]", {2 * p.D});
-  dispatch_float(s_prev.dtype, [&](auto zero) {
-    using T = decltype(zero);
-    T* gh = grad_h ? ptr<T>(*grad_h) : nullptr;
-    if (s_prev.device == DeviceType::CPU) {
-      dfn_cell_backward_cpu<T>(p, ptr<const T>(grad_out), opt<T>(carry), ptr<const T>(s_prev),
-                               ptr<const T>(u), ptr<const T>(b_up), ptr<const T>(h),
-                               ptr<const T>(alpha), ptr<T>(grad_u), ptr<T>(grad_s_prev), gh,
-                               ptr<T>(grad_b_up), ptr<T>(grad_alpha), ptr<T>(workspace));
-      return;
-    }
-#ifdef MF2_WITH_CUDA
-    dfn_cell_backward_cuda<T>(p, ptr<const T>(grad_out), opt<T>(carry), ptr<const T>(s_prev),
-                              ptr<const T>(u), ptr<const T>(b_up), ptr<const T>(h),
-                              ptr<const T>(alpha), ptr<T>(grad_u), ptr<T>(grad_s_prev), gh,
-                              ptr<T>(grad_b_up), ptr<T>(grad_alpha), ptr<T>(workspace),
-                              reinterpret_cast<void*>(stream));
-#else
-    (void)stream;
-    no_cuda();
-#endif
-  });
+  dispatch(
+      "dfn_pathway", s_prev, stream,
+      [&](auto zero) {
+        using T = decltype(zero);
+        dfn_cell_backward_cpu<T>(p, ptr<const T>(grad_out), opt<T>(carry), ptr<const T>(s_prev),
+                                 ptr<const T>(u), ptr<const T>(b_up), ptr<const T>(h),
+                                 ptr<const T>(alpha), ptr<T>(grad_u), ptr<T>(grad_s_prev),
+                                 opt_out<T>(grad_h), ptr<T>(grad_b_up), ptr<T>(grad_alpha),
+                                 ptr<T>(workspace));
+      },
+      [&](auto zero, void* st) {
+        using T = decltype(zero);
+        dfn_cell_backward_cuda<T>(p, ptr<const T>(grad_out), opt<T>(carry), ptr<const T>(s_prev),
+                                  ptr<const T>(u), ptr<const T>(b_up), ptr<const T>(h),
+                                  ptr<const T>(alpha), ptr<T>(grad_u), ptr<T>(grad_s_prev),
+                                  opt_out<T>(grad_h), ptr<T>(grad_b_up), ptr<T>(grad_alpha),
+                                  ptr<T>(workspace), st);
+      });
 }
 
 void dfn_relu_backward(const TensorView& grad, const TensorView& a, const TensorView& grad_b_down,
@@ -124,20 +118,16 @@ void dfn_relu_backward(const TensorView& grad, const TensorView& a, const Tensor
   check_same_kind(grad_b_down, "grad_b_down", grad, "grad");
   check_shape(grad_b_down, "grad_b_down", "[" + std::to_string(R) + "]", {R});
   check_contiguous(grad_b_down, "grad_b_down");
-  dispatch_float(grad.dtype, [&](auto zero) {
-    using T = decltype(zero);
-    if (grad.device == DeviceType::CPU) {
-      dfn_relu_backward_cpu<T>(B, R, ptr<T>(grad), ptr<const T>(a), ptr<T>(grad_b_down));
-      return;
-    }
-#ifdef MF2_WITH_CUDA
-    dfn_relu_backward_cuda<T>(B, R, ptr<T>(grad), ptr<const T>(a), ptr<T>(grad_b_down),
-                              reinterpret_cast<void*>(stream));
-#else
-    (void)stream;
-    no_cuda();
-#endif
-  });
+  dispatch(
+      "dfn_pathway", grad, stream,
+      [&](auto zero) {
+        using T = decltype(zero);
+        dfn_relu_backward_cpu<T>(B, R, ptr<T>(grad), ptr<const T>(a), ptr<T>(grad_b_down));
+      },
+      [&](auto zero, void* st) {
+        using T = decltype(zero);
+        dfn_relu_backward_cuda<T>(B, R, ptr<T>(grad), ptr<const T>(a), ptr<T>(grad_b_down), st);
+      });
 }
 
 }  // namespace mf2

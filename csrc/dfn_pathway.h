@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "tensor_view.h"
+#include "common/tensor_view.h"
 
 namespace mf2 {
 
@@ -37,7 +37,7 @@ void dfn_cell_backward_cpu(const DfnCellParams& p, const T* grad_out, const T* c
 template <typename T>
 void dfn_relu_backward_cpu(int64_t B, int64_t R, T* grad, const T* a, T* grad_b_down);
 
-#ifdef MF2_WITH_CUDA
+// CUDA launches: declared always, defined in CUDA builds only (see common/dispatch.h).
 template <typename T>
 void dfn_cell_forward_cuda(const DfnCellParams& p, const T* s_prev, const T* u, const T* b_up,
                            const T* h, const T* alpha, T* s, void* stream);
@@ -49,7 +49,6 @@ void dfn_cell_backward_cuda(const DfnCellParams& p, const T* grad_out, const T* 
 template <typename T>
 void dfn_relu_backward_cuda(int64_t B, int64_t R, T* grad, const T* a, T* grad_b_down,
                             void* stream);
-#endif
 
 // Validation and dispatch (dfn_pathway.cpp). Optional tensors are passed as nullptr.
 void dfn_cell_forward(const TensorView& s_prev, const TensorView& u, const TensorView& b_up,

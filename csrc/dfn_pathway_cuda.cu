@@ -1,5 +1,5 @@
 // CUDA kernels of the DFN cell's element-wise chain (see dfn_pathway.h for the maths).
-#include "cuda_check.cuh"
+#include "common/cuda_check.cuh"
 #include "dfn_pathway.h"
 
 namespace mf2 {

@@ -1,0 +1,137 @@
+"""Batches from a feature store, read without loading the store into memory.
+
+Rows are grouped into windows of contiguous rows (whole chunks of every array). Each epoch
+shuffles the windows, and the rows inside each window, with a generator seeded by (seed,
+epoch): the same order on every run and on a resumed one. Under DDP each rank takes every
+world-th row of each window and all ranks stop at the same step count. Text arrays are cut to the longest
+text of the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mf2.features.store import FeatureStore
+
+SPECIAL = [0, -1, -2]  # sub-vocabulary indices 0..2: PAD (original id 0), BOS, UNK
+
+
+class CacheReader:
+    def __init__(self, path, split: str | None = "train", emo_text: str = "emotion", window: int = 512):
+        self.store = FeatureStore.open(path)
+        if not self.store.complete:
+            raise ValueError(f"{path}: the feature store is incomplete (rerun mf2 extract-features to finish it)")
+        g = self.store.group
+        valid = g["meta/valid"][:]
+        splits = g["meta/split"][:]
+        keep = valid & ((splits == split) if split else True)
+        self.rows = np.flatnonzero(keep)
+        if len(self.rows) == 0:
+            raise ValueError(f"{path}: no valid rows in split {split!r}")
+        self.window = window
+        self.emo_text = emo_text
+        self.has_emo_text = f"text/{emo_text}/ids" in g
+        self.has_au_text = "text/au_sentences/ids" in g
+        self.vision_dim = g["vision/tokens"].shape[-1]
+        self.text_dim = g[f"text/{emo_text}/hidden"].shape[-1] if self.has_emo_text else (
+            g["text/au_sentences/hidden"].shape[-1] if self.has_au_text else 1)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def vocabulary(self) -> list[int]:
+        """The ITG sub-vocabulary: special slots, then every token id of this split's texts."""
+        seen = set()
+        g = self.store.group
+        names = ([f"text/{self.emo_text}/ids"] if self.has_emo_text else []) + \
+                (["text/au_sentences/ids"] if self.has_au_text else [])
+        for name in names:
+            arr = g[name]
+            for start in range(0, arr.shape[0], 1024):
+                stop = min(arr.shape[0], start + 1024)
+                rows = self.rows[(self.rows >= start) & (self.rows < stop)] - start
+                if len(rows):
+                    seen.update(np.unique(arr[start:stop][rows]).tolist())
+        seen.discard(0)
+        return SPECIAL + sorted(seen)
+
+    def _windows(self) -> list[np.ndarray]:
+        edges = np.arange(0, self.store.count + self.window, self.window)
+        out = []
+        for a, b in zip(edges[:-1], edges[1:]):
+            rows = self.rows[(self.rows >= a) & (self.rows < b)]
+            if len(rows):
+                out.append(rows)
+        return out
+
+    def _read(self, rows: np.ndarray) -> dict:
+        """Arrays of the given (sorted) rows, read through their window's contiguous range."""
+        g = self.store.group
+        a, b = int(rows[0]), int(rows[-1]) + 1
+        local = rows - a
+        names = ["vision/tokens", "vision/au_tokens", "meta/emotion", "meta/aus"]
+        if self.has_emo_text:
+            names += [f"text/{self.emo_text}/{k}" for k in ("ids", "mask", "hidden")]
+        if self.has_au_text:
+            names += [f"text/au_sentences/{k}" for k in ("ids", "mask", "hidden")]
+        return {name: g[name][a:b][local] for name in names}
+
+    def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
+                rank: int = 0, world: int = 1):
+        windows = self._windows()
+        if shuffle:
+            rng = np.random.default_rng([seed, epoch])
+            windows = [windows[i] for i in rng.permutation(len(windows))]
+            windows = [w[rng.permutation(len(w))] for w in windows]
+        # each rank takes every world-th row of every window: balanced, and reads stay local
+        mine = [w[rank::world] for w in windows if len(w[rank::world])]
+        if world > 1:  # every rank stops after the same number of steps
+            limit = min(sum(len(w[r::world]) for w in windows) // batch_size for r in range(world))
+        else:
+            limit = None
+        carry, done = None, 0
+        for w in mine:
+            rows_sorted = np.sort(w)
+            data = self._read(rows_sorted)
+            order = np.searchsorted(rows_sorted, w)  # the window's shuffled order
+            data = {k: v[order] for k, v in data.items()}
+            if carry is not None:  # the previous window's remainder goes first
+                data = {k: np.concatenate([carry[k], v]) for k, v in data.items()}
+            n_full = len(data["meta/emotion"]) // batch_size
+            for i in range(n_full):
+                if limit is not None and done >= limit:
+                    return
+                yield self._batch({k: v[i * batch_size:(i + 1) * batch_size] for k, v in data.items()})
+                done += 1
+            carry = {k: v[n_full * batch_size:] for k, v in data.items()}
+        if carry is not None and len(carry["meta/emotion"]) and not drop_last and (limit is None or done < limit):
+            yield self._batch(carry)
+
+    def _batch(self, d: dict) -> dict:
+        batch = {"tokens": torch.from_numpy(d["vision/tokens"].astype(np.float32)),
+                 "au_tokens": torch.from_numpy(d["vision/au_tokens"].astype(np.float32)),
+                 "emotion": torch.from_numpy(d["meta/emotion"].astype(np.int64)),
+                 "aus": torch.from_numpy(d["meta/aus"].astype(np.int64))}
+        if self.has_emo_text:
+            p = f"text/{self.emo_text}"
+            batch["emo_text"] = _text(d[f"{p}/ids"], d[f"{p}/mask"], d[f"{p}/hidden"])
+        if self.has_au_text:
+            p = "text/au_sentences"
+            batch["au_text"] = _text(d[f"{p}/ids"], d[f"{p}/mask"], d[f"{p}/hidden"])
+        return batch
+
+
+def _text(ids, mask, hidden):
+    """(ids, mask, states, has_text) cut to the longest text in the batch."""
+    length = max(1, int(mask.any(axis=tuple(range(mask.ndim - 1))).nonzero()[0].max() + 1) if mask.any() else 1)
+    ids, mask, hidden = ids[..., :length], mask[..., :length], hidden[..., :length, :]
+    return (torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(bool)),
+            torch.from_numpy(hidden.astype(np.float32)), torch.from_numpy(mask[..., 0].astype(bool)))
+
+
+def to_device(batch: dict, device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        out[k] = tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device)
+    return out
