@@ -34,10 +34,10 @@ from _timing import machine, median_ms, table  # noqa: E402
 
 from mf2.evaluation.paper import TABLE_IV  # noqa: E402
 from mf2.models.config import MF2Config  # noqa: E402
-from mf2.models.dfn import DFN, DFNConfig  # noqa: E402
-from mf2.models.mf2 import MF2, count_parameters  # noqa: E402
-from mf2.training.finetune import text_block_outputs, trainable, vision_block_outputs  # noqa: E402
-from mf2.training.pretrain import TrainConfig, make_optimizer  # noqa: E402
+from mf2.models.config import DFNConfig  # noqa: E402
+from mf2.models.dfn import DFN, block_outputs, vision_block_outputs  # noqa: E402
+from mf2.models.mf2 import MF2, count_parameters, trainable  # noqa: E402
+from mf2.training.loop import TrainConfig, make_optimizer  # noqa: E402
 
 TRAIN_IMAGES, VAL_IMAGES = 31320, 3376
 SHAPES = {"small": dict(T=50, C=1280, D=384, S=18), "paper": dict(T=197, C=768, D=768, S=18)}
@@ -71,17 +71,10 @@ def train_step(net, b, device, align, tasks="both"):
     def step():
         out = net(b, tasks, gen, align)
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        out.loss.backward()
         opt.step()
 
     return step
-
-
-@torch.no_grad()
-def block_outputs(mf2, b) -> dict:
-    """What a DFN step reads: the frozen MF²'s block outputs of batch ``b``, and its labels."""
-    return {**vision_block_outputs(mf2, b["tokens"], b["au_tokens"]), **text_block_outputs(mf2, b),
-            "emotion": b["emotion"], "aus": b["aus"]}
 
 
 def main():
@@ -110,7 +103,7 @@ def main():
     def dfn_step(x=cached):
         out = dfn(x, "both")
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        out.loss.backward()
         opt.step()
 
     def dfn_infer():

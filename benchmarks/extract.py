@@ -40,7 +40,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             data = Path(tmp) / f"synth{size}"
-            write_synthfacs(data, args.n, size, seed=0, baseline=False)
+            write_synthfacs(data, args.n, size, seed=0)
             m = read_manifest(data / "manifest.jsonl")
             captioned, _ = caption_manifest(m, TemplateCaptioner())
             write_manifest(captioned, data / "manifest.jsonl")

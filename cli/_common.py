@@ -15,7 +15,7 @@ def one_line_errors(fn):
     from mf2.features.backbones import BackboneError
     from mf2.features.faces import ImageError
     from mf2.features.store import StoreError
-    from mf2.training.pretrain import RunError
+    from mf2.runs import RunError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

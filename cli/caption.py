@@ -41,7 +41,8 @@ def caption(manifest, out, types, backend, model, base_url, concurrency, max_att
     """Write the three caption types (and the 12 per-AU sentences) into the manifest."""
     from mf2.captions.api import make_captioner
     from mf2.captions.run import caption_manifest
-    from mf2.data.manifest import atomic_write_text, read_manifest, write_manifest
+    from mf2.data.manifest import read_manifest, write_manifest
+    from mf2.io import atomic_write_text
 
     out = out or manifest
     m = read_manifest(manifest, skip_bad=skip_bad)

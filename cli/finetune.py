@@ -1,6 +1,5 @@
 """``mf2 finetune``: DFN side adapters on a frozen MF² (--dfn), or all of MF² (--full)."""
 
-import json
 from pathlib import Path
 
 import click
@@ -31,9 +30,10 @@ from ._common import one_line_errors
 def finetune(from_run, cache, out, use_dfn, tasks, epochs, batch_size, lr, warmup_steps, adapter_blocks, bottleneck, lam,
              seed, device, resume, overwrite):
     """Fine-tune a pretrained MF²: DFN side adapters (MF² frozen) or the whole model."""
-    from mf2.models.dfn import DFNConfig
-    from mf2.training.finetune import finetune_dfn
-    from mf2.training.pretrain import TrainConfig, pretrain
+    from mf2.models.config import DFNConfig
+    from mf2.runs import RunFolder
+    from mf2.training.finetune import finetune_dfn, finetune_full
+    from mf2.training.loop import TrainConfig
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, seed=seed, tasks=tasks,
                       device=device)
@@ -43,15 +43,14 @@ def finetune(from_run, cache, out, use_dfn, tasks, epochs, batch_size, lr, warmu
                             resume=resume, overwrite=overwrite, log=click.echo)
         if last is None or last["rank"] != 0:  # other ranks: rank 0 reports
             return
-        params = json.loads((Path(out) / "params.json").read_text())
+        params = RunFolder(out).params()
         click.echo(f"trainable parameters: DFN {params['dfn'] / 1e6:.2f}M (paper 52.88M); MF² frozen "
                    f"({params['frozen_mf2'] / 1e6:.1f}M)")
     else:
-        last = pretrain(cache, out, None, cfg, resume=resume, overwrite=overwrite, log=click.echo, init_from=from_run,
-                        align=False)
+        last = finetune_full(from_run, cache, out, cfg, resume=resume, overwrite=overwrite, log=click.echo)
         if last is None or last["rank"] != 0:
             return
-        params = json.loads((Path(out) / "params.json").read_text())["ours"]
+        params = RunFolder(out).params()["ours"]
         click.echo(f"trainable parameters: all of MF² {params['mf2'] / 1e6:.1f}M (paper w/o DFN: 373.4M)")
     if last:
         click.echo(f"epoch {last['epoch']}: {last['seconds']:.1f} s/epoch, val AU mean F1 {last['val_au_f1']:.4f}, "

@@ -1,6 +1,5 @@
 """``mf2 pretrain``: train MF² (Emo-VL + AU-VL) on a feature cache."""
 
-import json
 from pathlib import Path
 
 import click
@@ -42,12 +41,14 @@ def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_st
     """Train MF² on a feature cache (Table VI defaults: AdamW, wd 0.05, 2000 warm-up steps, lr 1e-4, batch 56)."""
     from mf2.models.config import MF2Config
     from mf2.models.mf2 import MF2, count_parameters
-    from mf2.training.pretrain import TrainConfig, pretrain as run
+    from mf2.runs import RunFolder
+    from mf2.training.loop import TrainConfig
+    from mf2.training.pretrain import pretrain as run
 
     model_cfg = MF2Config.from_preset(preset, emo_vl=not no_emo_vl, au_vl=not no_au_vl)
     if params_only:
         if cache:
-            from mf2.training.data import CacheReader
+            from mf2.features.reader import CacheReader
 
             reader = CacheReader(cache, None, model_cfg.emo_text)
             model_cfg.vision_dim, model_cfg.text_dim, model_cfg.vocab = reader.vision_dim, reader.text_dim, reader.vocabulary()
@@ -63,7 +64,7 @@ def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_st
         last = run(cache, out, model_cfg, cfg, resume=resume, overwrite=overwrite, progress=bar.update, log=click.echo)
     if last is None or last["rank"] != 0:  # other ranks: rank 0 reports
         return
-    params = json.loads((Path(out) / "params.json").read_text())["ours"]
+    params = RunFolder(out).params()["ours"]
     click.echo(report_parameters(params))
     if last:
         click.echo(f"epoch {last['epoch']}: val AU mean F1 {last['val_au_f1']:.4f}, "

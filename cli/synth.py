@@ -25,11 +25,14 @@ def synth(n, size, seed, out, images_per_video, val_fraction, label_noise, worke
     """Write SynthFACS: images, 68-point landmarks, AU + emotion labels, manifest.jsonl, stats.json."""
     from mf2.data.mfa import summary_line
     from mf2.data.synthfacs import write_synthfacs
+    from mf2.evaluation.baselines import add_pixel_baseline
 
     start = time.perf_counter()
     with progress_bar(n, "synth") as bar:
         stats = write_synthfacs(out, n, int(size), seed, images_per_video, val_fraction, label_noise, workers,
-                                baseline=not no_baseline, progress=bar.update)
+                                progress=bar.update)
+    if not no_baseline:
+        stats = add_pixel_baseline(out)
     click.echo(f"SynthFACS ({size} px, seed {seed}): {summary_line(stats)} -> {out}")
     base = stats.get("pixel_logistic_baseline")
     if base:

@@ -14,14 +14,13 @@ import pytest
 from click.testing import CliRunner
 
 from fake_openai import FakeOpenAI
-from mf2.captions import TOKEN_CAPS
 from mf2.captions.openai_backend import OpenAICaptioner
 from mf2.captions.prompts import STAGES, load_prompt
 from mf2.captions.run import caption_manifest
 from mf2.captions.template import au_caption, au_sentences, emotion_caption, key_au_caption
 from mf2.cli.main import main
 from mf2.data import synthfacs as sf
-from mf2.data.labels import AUS, EMOTIONS
+from mf2.data.labels import AUS, EMOTIONS, TOKEN_CAPS
 from mf2.data.manifest import read_manifest
 
 
@@ -82,7 +81,7 @@ def test_prompts_have_three_stages_and_versions():
 
 @pytest.fixture
 def dataset(tmp_path):
-    sf.write_synthfacs(tmp_path / "d", 6, 112, seed=0, workers=1, baseline=False)
+    sf.write_synthfacs(tmp_path / "d", 6, 112, seed=0, workers=1)
     return tmp_path / "d" / "manifest.jsonl"
 
 

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from mf2.cli.main import main
-from mf2.evaluation.evaluate import load_run
-from mf2.models.dfn import DFNConfig, Pathway
-from mf2.training.data import CacheReader
-from mf2.training.finetune import vision_block_outputs
+from mf2.features.reader import CacheReader
+from mf2.models.config import DFNConfig
+from mf2.models.dfn import Pathway, vision_block_outputs
+from mf2.runs import load_model
 
 
 def _finetune(root, out, *extra):
@@ -32,7 +32,7 @@ def test_dfn_leaves_every_mf2_weight_bit_identical(pretrained, tmp_path):
     assert "trainable parameters: DFN" in output and "(paper 52.88M)" in output
     after = load_file(str(pretrained / "run/checkpoints/epoch_0000/model.safetensors"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    model, config, _ = load_run(tmp_path / "dfn")  # the DFN run's own model holds the same frozen MF²
+    model, config, _ = load_model(tmp_path / "dfn")  # the DFN run's own model holds the same frozen MF²
     assert all(torch.equal(model.mf2.state_dict()[k], before[k]) for k in before)
     dfn_state = load_file(str(next((tmp_path / "dfn/checkpoints").glob("epoch_*")) / "model.safetensors"))
     # a DFN checkpoint holds the pathways and heads only, never MF²'s Q-Former
@@ -51,25 +51,25 @@ def test_a_dfn_run_finds_its_base_run_after_the_folders_move(pretrained, tmp_pat
     shutil.copytree(tmp_path / "dfn", tmp_path / "moved/dfn")
     config_path = tmp_path / "moved/dfn/config.json"
     config = json.loads(config_path.read_text())
-    expected = load_run(tmp_path / "dfn")[0].mf2.state_dict()
+    expected = load_model(tmp_path / "dfn")[0].mf2.state_dict()
     for saved in ("/gone/elsewhere/run", "run"):  # moved absolute path; an older run's relative one
         config_path.write_text(json.dumps({**config, "base_run": saved}))
-        model = load_run(tmp_path / "moved/dfn")[0]
+        model = load_model(tmp_path / "moved/dfn")[0]
         assert all(torch.equal(model.mf2.state_dict()[k], v) for k, v in expected.items())
     shutil.rmtree(tmp_path / "moved/run")
     with pytest.raises(ValueError, match="base MF² run run is not there"):
-        load_run(tmp_path / "moved/dfn")
+        load_model(tmp_path / "moved/dfn")
 
 
 def test_cached_block_outputs_equal_the_live_frozen_forward(pretrained, tmp_path):
     _finetune(pretrained, tmp_path / "dfn", "--dfn")
     cache = zarr.open_group(str(tmp_path / "dfn/dfn_cache.zarr"), mode="r")
-    mf2, _, _ = load_run(pretrained / "run")
+    mf2, _, _ = load_model(pretrained / "run")
     reader = CacheReader(pretrained / "f.zarr", "val")
     batch = next(reader.batches(1000, shuffle=False, drop_last=False))
     live = vision_block_outputs(mf2, batch["tokens"], batch["au_tokens"])
     for key in ("emo_v_start", "emo_v_h", "au_v_start", "au_v_h"):
-        np.testing.assert_allclose(cache[f"val/{key}"][:], live[key].numpy(), rtol=1e-5, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(cache[f"val/{key}"][:], getattr(live, key).numpy(), rtol=1e-5, atol=1e-5, err_msg=key)
     assert cache["val/emo_v_h"].shape[1] == mf2.cfg.layers  # one pooled output per MF² block
 
 
@@ -105,9 +105,9 @@ def test_full_finetuning_trains_every_weight(pretrained, tmp_path):
 
 
 def test_dfn_resume_equals_a_straight_run(pretrained, tmp_path):
-    from mf2.models.dfn import DFNConfig
+    from mf2.models.config import DFNConfig
     from mf2.training.finetune import finetune_dfn
-    from mf2.training.pretrain import TrainConfig
+    from mf2.training.loop import TrainConfig
 
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, warmup_steps=5)
     quiet = lambda *_: None  # noqa: E731

@@ -14,14 +14,14 @@ from PIL import Image
 
 from mf2.cli.main import main
 from mf2.data.labels import AUS, EMOTIONS
-from mf2.evaluation.evaluate import load_run
+from mf2.evaluation.predict import predict_split
 from mf2.features.backbones import load_tokenizer
+from mf2.features.reader import CacheReader
 from mf2.models.config import MF2Config
 from mf2.models.mf2 import MF2
 from mf2.models.qformer import BOS, PAD, UNK
-from mf2.prediction.predict import tidy
-from mf2.training.data import CacheReader
-from mf2.training.pretrain import predict_split
+from mf2.prediction.explain import tidy
+from mf2.runs import load_model
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_astronaut_one_face_valid_probabilities_and_explanation(pretrained, astr
     assert 150 < (x0 + x1) / 2 < 300 and 60 < (y0 + y1) / 2 < 200  # her face, not the flag or the shuttle
     text = row["explanation"]
     assert text.strip()
-    model, _, _ = load_run(pretrained / "run")
+    model, _, _ = load_model(pretrained / "run")
     tokenizer = load_tokenizer(json.loads((pretrained / "run/config.json").read_text())["features"]["text"]["name"])
     pieces = {t.removeprefix("##") for t in tokenizer.convert_ids_to_tokens([i for i in model.cfg.vocab if i > 0])}
     assert all(_made_of(word.lower(), pieces) for word in text.split()), text  # made of the ITG vocabulary
@@ -175,7 +175,7 @@ def test_predict_uses_the_extraction_feature_path(pretrained, tmp_path):
     result = _predict("--checkpoint", pretrained / "run", *images, "--face", "aligned", "--out", out)
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
-    model, _, _ = load_run(pretrained / "run")
+    model, _, _ = load_model(pretrained / "run")
     emo, au, _, _ = predict_split(model, CacheReader(cache, None), torch.device("cpu"))
     np.testing.assert_allclose([list(r["emotions"].values()) for r in rows], emo, atol=1e-4)
     np.testing.assert_allclose([list(r["aus"].values()) for r in rows], au, atol=1e-4)

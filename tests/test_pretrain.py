@@ -19,7 +19,8 @@ from mf2.evaluation.metrics import au_f1, emotion_scores
 from mf2.models.config import MF2Config
 from mf2.models.mf2 import MF2
 from mf2.models.qformer import BOS
-from mf2.training.pretrain import TrainConfig, pretrain
+from mf2.training.loop import TrainConfig
+from mf2.training.pretrain import pretrain
 
 
 def tiny_model(**kw):
@@ -73,12 +74,12 @@ def test_missing_labels_do_not_count():
              "emotion": torch.tensor([2, -1, 5]), "aus": torch.randint(0, 2, (3, 12))}
     batch["aus"][1, 4] = -1
     out = model(batch)
-    emo_logits, au_logits = out["emotion_logits"], out["au_logits"]
+    emo_logits, au_logits = out.emotion_logits, out.au_logits
     expected_emo = F.cross_entropy(emo_logits[[0, 2]], torch.tensor([2, 5]))
     keep = batch["aus"] >= 0
     expected_au = F.binary_cross_entropy_with_logits(au_logits[keep], batch["aus"][keep].float())
-    torch.testing.assert_close(out["emo_cls"], expected_emo)
-    torch.testing.assert_close(out["au_cls"], expected_au)
+    torch.testing.assert_close(out.logs["emo_cls"], expected_emo)
+    torch.testing.assert_close(out.logs["au_cls"], expected_au)
     # metrics: a -1 row or entry is the same as leaving it out
     y = np.array([[1, 0, -1] + [0] * 9, [1, 1, 1] + [0] * 9, [0, 1, 0] + [1] * 9])
     p = np.array([[1, 0, 1] + [0] * 9, [1, 0, 1] + [0] * 9, [0, 1, 1] + [1] * 9])

@@ -13,12 +13,13 @@ from mf2.data import synthfacs as sf
 from mf2.data.labels import AUS, EMOTIONS
 from mf2.data.landmarks import au_centres, ruler
 from mf2.data.manifest import read_manifest
+from mf2.evaluation.baselines import add_pixel_baseline
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
-    sf.write_synthfacs(tmp_path / "a", 24, 112, seed=7, workers=1, baseline=False)
-    sf.write_synthfacs(tmp_path / "b", 24, 112, seed=7, workers=2, baseline=False)
-    sf.write_synthfacs(tmp_path / "c", 24, 112, seed=8, workers=1, baseline=False)
+    sf.write_synthfacs(tmp_path / "a", 24, 112, seed=7, workers=1)
+    sf.write_synthfacs(tmp_path / "b", 24, 112, seed=7, workers=2)
+    sf.write_synthfacs(tmp_path / "c", 24, 112, seed=8, workers=1)
     names = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(names) == 26  # 24 images, manifest, stats
     for name in names:
@@ -28,11 +29,11 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 
 def test_resume_renders_only_missing_images(tmp_path):
-    sf.write_synthfacs(tmp_path / "a", 12, 112, seed=1, workers=1, baseline=False)
+    sf.write_synthfacs(tmp_path / "a", 12, 112, seed=1, workers=1)
     reference = {p.name: p.read_bytes() for p in (tmp_path / "a/images").iterdir()}
     for name in ("synth000003.png", "synth000010.png"):
         (tmp_path / "a/images" / name).unlink()
-    stats = sf.write_synthfacs(tmp_path / "a", 12, 112, seed=1, workers=1, baseline=False)
+    stats = sf.write_synthfacs(tmp_path / "a", 12, 112, seed=1, workers=1)
     assert stats["synthfacs"]["rendered"] == 2 and stats["synthfacs"]["reused"] == 10
     assert {p.name: p.read_bytes() for p in (tmp_path / "a/images").iterdir()} == reference
 
@@ -112,6 +113,7 @@ def test_expressions_follow_emfacs_and_classes_balance():
 
 def test_written_dataset_has_splits_by_video_and_a_baseline(tmp_path):
     stats = sf.write_synthfacs(tmp_path, 480, 112, seed=0, images_per_video=8)
+    add_pixel_baseline(tmp_path)
     m = read_manifest(tmp_path / "manifest.jsonl")
     assert len(m) == 480 and all(len(r["landmarks"]) == 68 for r in m.rows)
     videos = {}

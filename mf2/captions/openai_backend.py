@@ -12,8 +12,8 @@ import base64
 import mimetypes
 from pathlib import Path
 
-from mf2.captions import TOKEN_CAPS
 from mf2.captions.prompts import DEFAULT_VERSION, load_prompt
+from mf2.data.labels import TOKEN_CAPS
 
 
 class CaptionError(RuntimeError):

@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mf2.captions import CAPTION_TYPES, COLUMN
 from mf2.captions.openai_backend import CaptionError, MalformedOutput, TransientError
 from mf2.captions.template import au_sentences
-from mf2.data.labels import AUS, MISSING
-from mf2.data.manifest import Manifest, atomic_write_text
+from mf2.data.labels import AUS, CAPTION_COLUMN, CAPTION_TYPES, MISSING
+from mf2.data.manifest import Manifest
+from mf2.io import atomic_write_text, file_digest
 
 _REFUSAL = re.compile(r"\b(i'?m sorry|i cannot|i can'?t|unable to (help|assist|comply)|as an ai)\b", re.I)
 
@@ -89,14 +89,6 @@ class CaptionCache:
         atomic_write_text(self._path(key), json.dumps({"caption": caption, **meta}, ensure_ascii=False))
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_key(image_sha: str, caption_type: str, row: dict, identity: dict) -> str:
     payload = {"image": image_sha, "type": caption_type, "emotion": row["emotion"],
                "aus": [row[a] for a in AUS], **identity}
@@ -116,7 +108,7 @@ def caption_manifest(manifest: Manifest, captioner, types=CAPTION_TYPES, *, cach
     jobs = []
     for i, row in enumerate(rows):
         for t in types:
-            if row.get(COLUMN[t]) and not overwrite:
+            if row.get(CAPTION_COLUMN[t]) and not overwrite:
                 report.kept += 1
             elif t in needs_emotion and row["emotion"] == MISSING:
                 report.failed.append({"id": row["id"], "type": t, "reason": "no emotion label"})
@@ -136,7 +128,7 @@ def caption_manifest(manifest: Manifest, captioner, types=CAPTION_TYPES, *, cach
         try:
             if cache is not None:
                 if i not in hashes:
-                    hashes[i] = _file_sha256(image)
+                    hashes[i] = file_digest(image, None)
                 key = cache_key(hashes[i], t, row, captioner.cache_identity(t))
                 cached = cache.get(key)
                 if cached is not None:
@@ -169,7 +161,7 @@ def caption_manifest(manifest: Manifest, captioner, types=CAPTION_TYPES, *, cach
         if text is None:
             report.failed.append({"id": rows[i]["id"], "type": t, "reason": reason})
         else:
-            rows[i][COLUMN[t]] = text
+            rows[i][CAPTION_COLUMN[t]] = text
             if how == "cache":
                 report.from_cache += 1
             else:

@@ -1,10 +1,12 @@
-"""The label vocabulary: the 12 Aff-Wild2 AUs, the 8 emotions, and EMFACS prototypes."""
+"""The label vocabulary: the 12 Aff-Wild2 AUs, the 8 emotions, EMFACS prototypes, and the
+caption vocabulary (the three caption types, their manifest columns and Table VI's token caps)."""
 
 from __future__ import annotations
 
 # Aff-Wild2 order; every array of AU labels or features in mf2 follows it.
 AUS = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
 AU_INDEX = {au: i for i, au in enumerate(AUS)}
+N_AU = len(AUS)
 
 AU_NAMES = {
     "AU1": "Inner Brow Raiser",
@@ -24,7 +26,18 @@ AU_NAMES = {
 # Index order of the emotion labels (ABAW EXPR).
 EMOTIONS = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
 EMOTION_INDEX = {name.lower(): i for i, name in enumerate(EMOTIONS)}
+N_EMOTIONS = len(EMOTIONS)
 MISSING = -1
+
+# Captions (paper §II-A, Appendix A-C): three types per face, each in its manifest column, and
+# the 12 per-AU sentences AU-VL aligns each AU's local features with.
+CAPTION_TYPES = ("au", "emotion", "key_au")
+CAPTION_COLUMN = {"au": "caption_au", "emotion": "caption_emotion", "key_au": "caption_key_au"}
+CAPTION_COLUMNS = tuple(CAPTION_COLUMN.values())
+# Token caps: Table VI gives AU 169 and emotion 61; the paper gives none for key-AU captions
+# (169, like the AU caption) nor for the per-AU sentences (32: one sentence).
+TOKEN_CAPS = {"au": 169, "emotion": 61, "key_au": 169}
+TEXT_CAPS = {**TOKEN_CAPS, "au_sentences": 32}
 
 # EMFACS prototypes restricted to the 12 AUs (AU5, AU9, AU17, AU20 are not in the set).
 # Optional AUs often accompany the prototype but do not define it.

@@ -17,13 +17,12 @@ import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mf2.data.labels import AUS, EMOTIONS, MISSING, parse_au_value, parse_emotion
+from mf2.data.labels import AUS, CAPTION_COLUMNS, EMOTIONS, MISSING, parse_au_value, parse_emotion
+from mf2.io import atomic_write_text
 
-CAPTION_COLUMNS = ("caption_au", "caption_emotion", "caption_key_au")
 SPLITS = ("train", "val", "test")
 _AU_COLUMN = re.compile(r"^AU\d+$")
 
@@ -159,23 +158,6 @@ def read_manifest(path, *, skip_bad: bool = False, check_images: bool = True) ->
         detail = f" ({len(skipped)} bad rows skipped)" if skipped else ""
         raise ManifestError(f"{path}: manifest has no usable rows{detail}")
     return Manifest(rows=rows, root=root, path=path, skipped=skipped)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_manifest(rows: list[dict], path) -> Path:

@@ -20,7 +20,9 @@ import numpy as np
 
 from mf2.data.affwild2 import recording
 from mf2.data.labels import AUS, EMOTIONS, MISSING
-from mf2.data.manifest import atomic_write_text, write_manifest
+from mf2.data.manifest import write_manifest
+from mf2.data.stats import dataset_stats
+from mf2.io import atomic_write_text
 
 PAPER = {"images": 34696, "videos": 151, "train": {"images": 31320, "videos": 134}, "val": {"images": 3376, "videos": 17}}
 
@@ -108,8 +110,6 @@ def build_mfa(rows: list[dict], out, *, per_class: int | None = None, val_fracti
               keep_splits: bool = False, source: dict | None = None, dropped: dict | None = None) -> dict:
     """Filter, split, balance and write the MFA manifest and stats. ``rows`` carry absolute
     (or cwd-relative) image paths; the manifest stores them relative to ``out``."""
-    from mf2.data.synthfacs import dataset_stats
-
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
     out = Path(out)

@@ -90,6 +90,13 @@ def emotion_scores(pred: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def validation_row(emo: np.ndarray, au: np.ndarray, y_emo: np.ndarray, y_au: np.ndarray) -> dict:
+    """The per-epoch log's validation columns from probabilities and labels."""
+    e, a = emotion_scores(emo, y_emo), au_f1(au, y_au)
+    return {"val_au_f1": a["mean"], "val_emotion_mean_acc": e["mean_accuracy"], "val_emotion_acc": e["overall_accuracy"],
+            "val_emotion_macro_f1": e["macro_f1"]}
+
+
 def paired_bootstrap(a: tuple, b: tuple, labels: tuple, groups=None, resamples: int = 1000, seed: int = 0) -> dict:
     """A − B on the same images, with a 95% percentile interval from resampling ``groups``
     (e.g. videos: frames of one video are not independent) with replacement.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mf2.data.baseline import logistic_baseline
 from mf2.data.labels import AUS
+from mf2.evaluation.baselines import logistic_baseline
 from mf2.features.store import FeatureStore
 
 

@@ -9,7 +9,6 @@ paper's ViT-B/16 and BERT-base once downloaded); the hub only with ``allow_downl
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from mf2._compat import import_timm, import_transformers
+from mf2.io import file_digest
 
 PAPER_VISION, OFFLINE_VISION = "vit_base_patch16_224", "efficientnet_lite0"
 PAPER_TEXT, OFFLINE_TEXT = "bert-base-uncased", "minilm"
@@ -25,14 +25,6 @@ _VIT_HUB = ("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", "model.safetensor
 
 class BackboneError(ValueError):
     """A backbone that cannot be loaded as asked, as one line."""
-
-
-def file_digest(path, n: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
 
 
 def _hub_cached(repo: str, filename: str) -> str | None:

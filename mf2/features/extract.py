@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 import mf2
-from mf2.captions import COLUMN
-from mf2.data.labels import AUS
+from mf2.data.labels import AUS, CAPTION_COLUMN, CAPTION_TYPES, TEXT_CAPS
 from mf2.data.landmarks import au_centres, ruler
 from mf2.data.manifest import Manifest
 from mf2.features.backbones import load_text, load_vision
@@ -29,7 +28,6 @@ from mf2.features.store import FeatureStore
 from mf2.ops import au_region_pool
 
 STAGES = ("decode", "face", "vision", "pooling", "text", "write")
-TEXT_TYPES = ("au", "emotion", "key_au")
 
 
 @dataclass
@@ -45,7 +43,7 @@ class ExtractSettings:
     au_samples: int = 3  # R: R x R samples around each of an AU's two centres
     au_window: float = 1.0  # side of the sampling grid, in rulers (inner-eye-corner distances)
     padding: str = "border"
-    caps: dict = field(default_factory=lambda: {"au": 169, "emotion": 61, "key_au": 169, "au_sentences": 32})
+    caps: dict = field(default_factory=lambda: dict(TEXT_CAPS))
     precision: str = "fp32"  # 'bf16': autocast both backbones (~1.8x faster text on CPUs with AVX512-BF16)
     allow_download: bool = False
 
@@ -113,7 +111,7 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     log(f"vision: {vision.name} ({vision.source}); text: {text.name} ({text.source})")
     rows = manifest.rows
     n = len(rows)
-    types = [t for t in TEXT_TYPES if any(r.get(COLUMN[t]) for r in rows)]
+    types = [t for t in CAPTION_TYPES if any(r.get(CAPTION_COLUMN[t]) for r in rows)]
     has_sentences = any(r.get("au_sentences") for r in rows)
     size = s.image_size
     with torch.no_grad():  # probe the backbone's token and map shapes
@@ -184,7 +182,7 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
         arrays = {"meta/face_found": found, "meta/valid": valid, "meta/error": np.array(errors, dtype=object),
                   "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
         for t in types:
-            arrays.update(_encode_texts(texts, [r.get(COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
+            arrays.update(_encode_texts(texts, [r.get(CAPTION_COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
         if has_sentences:
             flat = [sent for r in block for sent in (r.get("au_sentences") or [None] * len(AUS))]
             enc = _encode_texts(texts, flat, s.caps["au_sentences"], "text/au_sentences")

@@ -48,12 +48,9 @@ def canonical_landmarks() -> np.ndarray:
     """[68, 2] template in unit crop coordinates (x right, y down): the SynthFACS face of mean
     proportions, frontal, scaled so the outer eye corners span 0.46 of the crop with the eye
     line at y = 0.40 -- where common aligners (and Aff-Wild2's cropped_aligned) put them."""
-    from mf2.data.synthfacs import Identity, face_landmarks
+    from mf2.data.synthfacs.face import MEAN_IDENTITY, face_landmarks
 
-    mean = Identity(face_w=0.93, chin_y=1.02, eye_y=-0.3, eye_x=0.38, eye_w=0.15, lid_h=0.067, brow_gap=0.24,
-                    brow_thick=0.05, nose_y=0.14, nose_w=0.17, mouth_y=0.47, mouth_w=0.28, lip=1.0,
-                    skin=(0, 0, 0), lips=(0, 0, 0), hair=(0, 0, 0), iris=(0, 0, 0), hairline=-0.9)
-    lm = face_landmarks(mean, {})
+    lm = face_landmarks(MEAN_IDENTITY, {})
     span = lm[45, 0] - lm[36, 0]
     out = (lm - np.array([0.0, lm[[36, 45], 1].mean()])) * (0.46 / span)
     return out + np.array([0.5, 0.40])

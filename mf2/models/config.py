@@ -1,8 +1,11 @@
-"""MF² configuration: architecture presets and loss switches (kept apart from training settings)."""
+"""Model configurations: MF² (architecture presets and loss switches) and DFN (its side
+pathways); kept apart from training settings (``mf2.training.loop.TrainConfig``)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 # The paper's Q-Former is BERT-base sized (Table VI; 186.7M trainable parameters per branch).
 PRESETS = {
@@ -10,6 +13,7 @@ PRESETS = {
     "small": dict(hidden=128, layers=2, heads=4, ffn=512, queries=8, au_queries=4, au_align_per_image=3),
 }
 PAPER_PARAMS = {"emo_vl": 186.7e6, "au_vl": 186.7e6, "mf2": 373.4e6}
+PAPER_DFN_PARAMS = 52.88e6
 
 
 @dataclass
@@ -46,3 +50,29 @@ class MF2Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class DFNConfig:
+    """DFN's side pathways (paper §III-B, Table VI). Readings of the paper chosen: ``blocks`` =
+    "all" reads every MF² block (4N cells, §III-B); an integer k reads k evenly spaced blocks
+    ending with the last (Table VI's "Number of Adapter Layers: 7" -> ``blocks=7``).
+    ``bottleneck`` = 0 uses the Q-Former width (Table VI's input and output dimension 768 with
+    no bottleneck named)."""
+
+    blocks: str | int = "all"
+    bottleneck: int = 0
+    lam: float = 0.1
+    alpha_init: float = -3.0  # g = 0.05 at the start: the pathway begins close to the frozen outputs
+    align_weight: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def block_indices(self, n_blocks: int) -> list[int]:
+        if self.blocks == "all":
+            return list(range(n_blocks))
+        k = int(self.blocks)
+        if not 1 <= k <= n_blocks:
+            raise ValueError(f"blocks: expected 'all' or 1..{n_blocks}, got {self.blocks!r}")
+        return sorted({int(round(x)) for x in np.linspace(n_blocks - 1, 0, k)[::-1]})

@@ -10,50 +10,27 @@ pooled output h_l:
     s_l = g_l (s_{l-1} + lam W_up ReLU(W_down s_{l-1} + b_down) + b_up) + (1 - g_l) h_l,  g_l = sigmoid(alpha_l)
 
 run by the fused native pathway op. Only the cells, the start projections and the task heads
-train; the heads start from the pretrained MF²'s. The vision pathways feed the task heads (prediction uses images only); the text pathways
-join through an alignment loss (vision vs text pathway, InfoNCE) so they learn too.
+train; the heads start from the pretrained MF²'s. The vision pathways feed the task heads
+(prediction uses images only); the text pathways join through an alignment loss (vision vs
+text pathway, InfoNCE) so they learn too. The readings of the paper chosen are ``DFNConfig``'s
+fields (``mf2.models.config``).
 
-Readings of the paper chosen (config fields): ``blocks`` = "all" reads every block (4N cells,
-§III-B); an integer k reads k evenly spaced blocks ending with the last (Table VI's "Number of
-Adapter Layers: 7" -> ``blocks=7``). ``bottleneck`` = 0 uses the Q-Former width (Table VI's
-input and output dimension 768 with no bottleneck named).
+MF² is frozen, so its block outputs (``vision_block_outputs``, ``text_block_outputs``) are the
+same in every epoch: training reads them from a cache; ``DFNModel`` (a frozen MF² with its DFN)
+computes them live for prediction.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mf2.data.labels import AUS, EMOTIONS
-from mf2.models.config import MF2Config
-from mf2.models.mf2 import task_losses
+from mf2.data.labels import N_AU, N_EMOTIONS
+from mf2.models.config import DFNConfig, MF2Config
+from mf2.models.mf2 import MF2, task_losses
+from mf2.models.outputs import BlockOutputs, StepOutput
 from mf2.ops import dfn_pathway
-
-PAPER_DFN_PARAMS = 52.88e6
-
-
-@dataclass
-class DFNConfig:
-    blocks: str | int = "all"
-    bottleneck: int = 0
-    lam: float = 0.1
-    alpha_init: float = -3.0  # g = 0.05 at the start: the pathway begins close to the frozen outputs
-    align_weight: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def block_indices(self, n_blocks: int) -> list[int]:
-        if self.blocks == "all":
-            return list(range(n_blocks))
-        k = int(self.blocks)
-        if not 1 <= k <= n_blocks:
-            raise ValueError(f"blocks: expected 'all' or 1..{n_blocks}, got {self.blocks!r}")
-        return sorted({int(round(x)) for x in np.linspace(n_blocks - 1, 0, k)[::-1]})
 
 
 class Pathway(nn.Module):
@@ -89,8 +66,8 @@ class DFN(nn.Module):
         self.emo_text = Pathway(mf2_cfg.text_dim, H, n, cfg) if mf2_cfg.emo_vl else None
         self.au_vision = Pathway(mf2_cfg.vision_dim, H, n, cfg) if mf2_cfg.au_vl else None
         self.au_text = Pathway(mf2_cfg.text_dim, H, n, cfg) if mf2_cfg.au_vl else None
-        self.emotion_head = nn.Linear(H, len(EMOTIONS))
-        self.au_head = nn.Linear(H, len(AUS))
+        self.emotion_head = nn.Linear(H, N_EMOTIONS)
+        self.au_head = nn.Linear(H, N_AU)
         self.temp = nn.Parameter(torch.tensor(0.07))
 
     def init_heads_from(self, mf2) -> None:
@@ -104,38 +81,38 @@ class DFN(nn.Module):
         """[B, N, H] cached block outputs -> [n, B, H] of the blocks the pathways read."""
         return h[:, self.blocks].transpose(0, 1)
 
-    def heads(self, x: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def heads(self, x: BlockOutputs) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Task logits from the vision pathways, and their final states (for alignment)."""
         out = {}
         if self.emo_vision is not None:
-            out["emo"] = self.emo_vision(x["emo_v_start"], self._h(x["emo_v_h"]))
+            out["emo"] = self.emo_vision(x.emo_v_start, self._h(x.emo_v_h))
         if self.au_vision is not None:
-            B = x["au_v_start"].shape[0]
-            flat = self.au_vision(x["au_v_start"].flatten(0, 1), self._h(x["au_v_h"].flatten(0, 1)))
-            out["au"] = flat.view(B, len(AUS), -1)
+            B = x.au_v_start.shape[0]
+            flat = self.au_vision(x.au_v_start.flatten(0, 1), self._h(x.au_v_h.flatten(0, 1)))
+            out["au"] = flat.view(B, N_AU, -1)
         emotion = self.emotion_head(out["emo"] if "emo" in out else out["au"].mean(1))
         au = self.au_head(out["au"]).diagonal(dim1=1, dim2=2) if "au" in out else self.au_head(out["emo"])
         return emotion, au, out
 
-    def forward(self, x: dict, tasks: str = "both") -> dict:
-        """Losses of one batch of cached vectors: the task losses (``-1`` labels masked) and,
-        weighted by ``align_weight``, the vision/text pathway alignment."""
+    def forward(self, x: BlockOutputs, tasks: str = "both") -> StepOutput:
+        """Losses of one batch of cached block outputs: the task losses (``-1`` labels masked)
+        and, weighted by ``align_weight``, the vision/text pathway alignment."""
         emotion, au, finals = self.heads(x)
-        out = task_losses(emotion, au, x["emotion"], x["aus"], tasks)
+        losses = task_losses(emotion, au, x.emotion, x.aus, tasks)
         if self.cfg.align_weight:
-            out["align"] = self.cfg.align_weight * self.align_loss(x, finals)
-        out["loss"] = sum(out.values())
-        return out
+            losses["align"] = self.cfg.align_weight * self.align_loss(x, finals)
+        return StepOutput(sum(losses.values()), {k: v.detach() for k, v in losses.items()}, emotion.detach(),
+                          au.detach())
 
-    def align_loss(self, x: dict, finals: dict) -> torch.Tensor:
+    def align_loss(self, x: BlockOutputs, finals: dict) -> torch.Tensor:
         """InfoNCE between each vision pathway's final state and its text pathway's."""
         losses = []
         temp = self.temp.clamp(0.001, 0.5)
         for key, text_pathway in (("emo", self.emo_text), ("au", self.au_text)):
-            if text_pathway is None or f"{key}_t_start" not in x:
+            start, h, has = getattr(x, f"{key}_t_start"), getattr(x, f"{key}_t_h"), getattr(x, f"{key}_t_has")
+            if text_pathway is None or start is None:
                 continue
             v = finals[key].flatten(0, -2) if key == "au" else finals[key]
-            start, h, has = x[f"{key}_t_start"], x[f"{key}_t_h"], x[f"{key}_t_has"]
             if key == "au":
                 start, h, has = start.flatten(0, 1), h.flatten(0, 1), has.flatten()
             if has.sum() < 2:
@@ -145,3 +122,60 @@ class DFN(nn.Module):
             target = torch.arange(sim.shape[0], device=sim.device)
             losses.append((F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2)
         return sum(losses) if losses else torch.zeros((), device=self.temp.device)
+
+
+@torch.no_grad()
+def vision_block_outputs(mf2: MF2, tokens: torch.Tensor, au_tokens: torch.Tensor) -> BlockOutputs:
+    """The frozen MF²'s per-block pooled image outputs and the pathways' vision start vectors
+    (the ``*_v_*`` fields of ``BlockOutputs``) from global tokens [B, T, C] and AU tokens
+    [B, 12, T', C]."""
+    out = BlockOutputs()
+    if mf2.emo_vl is not None:
+        b = mf2.emo_vl
+        layers = b.qformer.image(b.vision_in(tokens), all_layers=True)  # [N, B, Q, H]
+        out.emo_v_start, out.emo_v_h = tokens[:, 0], layers.mean(2).transpose(0, 1)
+    if mf2.au_vl is not None:
+        b = mf2.au_vl
+        B = au_tokens.shape[0]
+        layers = b.qformer.image(b.vision_in(au_tokens.flatten(0, 1)), all_layers=True)  # [N, B*12, Q, H]
+        out.au_v_start = au_tokens.mean(2)
+        out.au_v_h = layers.mean(2).transpose(0, 1).reshape(B, N_AU, layers.shape[0], -1)
+    return out
+
+
+@torch.no_grad()
+def text_block_outputs(mf2: MF2, batch: dict) -> BlockOutputs:
+    """Per-block text CLS outputs and text start vectors (the ``*_t_*`` fields of
+    ``BlockOutputs``; rows without text hold zeros) of a cache batch."""
+    out = BlockOutputs()
+    if mf2.emo_vl is not None and "emo_text" in batch:
+        ids, mask, states, has = batch["emo_text"]
+        layers = mf2.emo_vl.qformer.text(states, mask | ~has[:, None], all_layers=True)[:, :, 0]  # [N, B, H]
+        out.emo_t_start, out.emo_t_h, out.emo_t_has = states[:, 0], layers.transpose(0, 1) * has[:, None, None], has
+    if mf2.au_vl is not None and "au_text" in batch:
+        ids, mask, states, has = batch["au_text"]
+        B = states.shape[0]
+        flat_mask = (mask | ~has[..., None]).flatten(0, 1)
+        layers = mf2.au_vl.qformer.text(states.flatten(0, 1), flat_mask, all_layers=True)[:, :, 0]
+        h = layers.transpose(0, 1).reshape(B, N_AU, layers.shape[0], -1) * has[..., None, None]
+        out.au_t_start, out.au_t_h, out.au_t_has = states[:, :, 0], h, has
+    return out
+
+
+def block_outputs(mf2: MF2, batch: dict) -> BlockOutputs:
+    """Everything a DFN step reads of a cache batch: vision and text block outputs and the labels."""
+    v, t = vision_block_outputs(mf2, batch["tokens"], batch["au_tokens"]), text_block_outputs(mf2, batch)
+    return BlockOutputs(**{**t.arrays(), **v.arrays(), "emotion": batch["emotion"], "aus": batch["aus"]})
+
+
+class DFNModel(nn.Module):
+    """A frozen MF² with its DFN: predicts from images, computing the block outputs live."""
+
+    def __init__(self, mf2: MF2, dfn: DFN):
+        super().__init__()
+        self.mf2, self.dfn, self.cfg = mf2, dfn, mf2.cfg
+
+    @torch.no_grad()
+    def predict(self, tokens, au_tokens):
+        emotion, au, _ = self.dfn.heads(vision_block_outputs(self.mf2, tokens, au_tokens))
+        return emotion.softmax(-1), au.sigmoid()

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mf2.data.labels import AUS, EMOTIONS
+from mf2.data.labels import N_AU, N_EMOTIONS
 from mf2.models.config import MF2Config
+from mf2.models.outputs import ImageFeatures, StepOutput
 from mf2.models.qformer import UNK, VLBranch
-
-N_AU, N_EMO = len(AUS), len(EMOTIONS)
 
 
 class MF2(nn.Module):
@@ -30,7 +29,7 @@ class MF2(nn.Module):
         self.cfg = cfg
         self.emo_vl = VLBranch(cfg, cfg.queries) if cfg.emo_vl else None
         self.au_vl = VLBranch(cfg, cfg.au_queries) if cfg.au_vl else None
-        self.emotion_head = nn.Linear(cfg.hidden, N_EMO)
+        self.emotion_head = nn.Linear(cfg.hidden, N_EMOTIONS)
         self.au_head = nn.Linear(cfg.hidden, N_AU)
         # cfg.vocab[i] is the original token id of sub-vocabulary index i; negative = special
         # (index 0 PAD keeps id 0, 1 = BOS, 2 = UNK for ids never seen in training)
@@ -43,27 +42,27 @@ class MF2(nn.Module):
         """Original token ids -> ITG sub-vocabulary indices."""
         return self.vocab_lookup[ids.long().clamp(0, len(self.vocab_lookup) - 1)]
 
-    def image_features(self, tokens: torch.Tensor | None, au_tokens: torch.Tensor | None) -> dict:
-        """The image-only passes: Emo-VL queries [B, Q, H], AU-VL queries [B, 12, Q, H], and the
-        projected visual tokens the alignment losses reuse."""
-        out = {}
+    def image_features(self, tokens: torch.Tensor | None, au_tokens: torch.Tensor | None) -> ImageFeatures:
+        """The image-only passes of both branches: global tokens [B, T, C] and AU tokens
+        [B, 12, T', C] -> query outputs and the projected visual tokens the losses reuse."""
+        out = ImageFeatures()
         if self.emo_vl is not None:
-            out["emo_vision"], out["emo"] = self.emo_vl.image(tokens)
+            out.emo_vision, out.emo = self.emo_vl.image(tokens)
         if self.au_vl is not None:
             B = au_tokens.shape[0]
             vision, q = self.au_vl.image(au_tokens.flatten(0, 1))
-            out["au_vision"], out["au"] = vision, q.view(B, N_AU, *q.shape[1:])
+            out.au_vision, out.au = vision, q.view(B, N_AU, *q.shape[1:])
         return out
 
-    def heads(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def heads(self, feats: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(emotion logits [B, 8], AU logits [B, 12]) from the image features."""
-        emo_src = feats["emo"].mean(1) if "emo" in feats else feats["au"].mean((1, 2))
+        emo_src = feats.emo.mean(1) if feats.emo is not None else feats.au.mean((1, 2))
         emotion = self.emotion_head(emo_src)
-        if "au" in feats:
-            per_seq = self.au_head(feats["au"].mean(2))  # [B, 12 sequences, 12 outputs]
+        if feats.au is not None:
+            per_seq = self.au_head(feats.au.mean(2))  # [B, 12 sequences, 12 outputs]
             au = per_seq.diagonal(dim1=1, dim2=2)  # AU k from its own sequence
         else:
-            au = self.au_head(feats["emo"].mean(1))
+            au = self.au_head(feats.emo.mean(1))
         return emotion, au
 
     def _align_subset(self, aus: torch.Tensor, generator=None) -> torch.Tensor:
@@ -81,8 +80,8 @@ class MF2(nn.Module):
         emotion, au = self.heads(self.image_features(tokens, au_tokens))
         return emotion.softmax(-1), au.sigmoid()
 
-    def forward(self, batch: dict, tasks: str = "both", generator=None, align: bool = True) -> dict:
-        """Losses of one batch (see ``mf2.training.data`` for the batch layout); ``align=False``
+    def forward(self, batch: dict, tasks: str = "both", generator=None, align: bool = True) -> StepOutput:
+        """Losses of one batch (see ``mf2.features.reader`` for the batch layout); ``align=False``
         keeps the task losses only (full fine-tuning, the "w/o DFN" row)."""
         feats = self.image_features(batch.get("tokens"), batch.get("au_tokens"))
         emotion, au = self.heads(feats)
@@ -91,7 +90,7 @@ class MF2(nn.Module):
         if align and self.emo_vl is not None and "emo_text" in batch:
             ids, mask, states, has = batch["emo_text"]
             if has.sum() >= 2:
-                part, n = self.emo_vl.losses(feats["emo_vision"][has], feats["emo"][has], states[has], mask[has],
+                part, n = self.emo_vl.losses(feats.emo_vision[has], feats.emo[has], states[has], mask[has],
                                              self.sub_ids(ids[has]), generator)
                 losses.update({f"emo_{k}": v for k, v in part.items()})
                 info["emo_itc_candidates"] = torch.tensor(float(n))
@@ -100,14 +99,13 @@ class MF2(nn.Module):
             has = has & self._align_subset(batch["aus"], generator)
             flat = lambda t: t.flatten(0, 1)[has.flatten()]  # noqa: E731
             if has.sum() >= 2:
-                part, n = self.au_vl.losses(feats["au_vision"][has.flatten()], flat(feats["au"]), flat(states),
+                part, n = self.au_vl.losses(feats.au_vision[has.flatten()], flat(feats.au), flat(states),
                                             flat(mask), self.sub_ids(flat(ids)), generator)
                 losses.update({f"au_{k}": v for k, v in part.items()})
                 info["au_itc_candidates"] = torch.tensor(float(n))
         total = sum(v * w.get(k.split("_", 1)[1] if k.endswith(("itc", "itm", "itg")) else "cls", 1.0)
                     for k, v in losses.items())
-        return {"loss": total, **{k: v.detach() for k, v in losses.items()}, **info,
-                "emotion_logits": emotion.detach(), "au_logits": au.detach()}
+        return StepOutput(total, {**{k: v.detach() for k, v in losses.items()}, **info}, emotion.detach(), au.detach())
 
 
 def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor, y_aus: torch.Tensor,
@@ -127,9 +125,11 @@ def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor
     return out
 
 
+def trainable(module: nn.Module | None) -> int:
+    """Trainable parameters of a module (0 for None)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad) if module is not None else 0
+
+
 def count_parameters(model: MF2) -> dict:
     """Trainable parameters per branch and in all (task heads counted in 'mf2')."""
-    def n(m):
-        return sum(p.numel() for p in m.parameters() if p.requires_grad) if m is not None else 0
-
-    return {"emo_vl": n(model.emo_vl), "au_vl": n(model.au_vl), "mf2": n(model)}
+    return {"emo_vl": trainable(model.emo_vl), "au_vl": trainable(model.au_vl), "mf2": trainable(model)}

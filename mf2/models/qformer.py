@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mf2 import distributed
 from mf2.models.config import MF2Config
 
 PAD, BOS, UNK = 0, 1, 2  # ITG sub-vocabulary indices
@@ -123,58 +124,6 @@ def _smoothed_ce(logits, targets, allowed, eps: float):
     return ((1 - eps) * nll + eps * smooth).mean()
 
 
-def _world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (ranks may hold different row counts);
-    gradients flow back to the local part. A single process returns ``x`` itself."""
-    if _world() == 1:
-        return x
-    import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather
-
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(_world())]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-    sizes = [int(s) for s in sizes]
-    padded = F.pad(x, [0, 0] * (x.dim() - 1) + [0, max(sizes) - x.shape[0]]) if x.shape[0] < max(sizes) else x
-    parts = all_gather(padded) if x.dtype.is_floating_point else _all_gather_nograd(padded)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)], 0)
-
-
-def _all_gather_nograd(x: torch.Tensor) -> list:
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(x) for _ in range(_world())]
-    dist.all_gather(parts, x.contiguous())
-    return parts
-
-
-def _rank_offset(n: int) -> int:
-    """Where this rank's rows start in a gathered batch."""
-    if _world() == 1:
-        return 0
-    import torch.distributed as dist
-
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(_world())]
-    dist.all_gather(sizes, torch.tensor([n]))
-    return int(sum(int(s) for s in sizes[:dist.get_rank()]))
-
-
-def _common_length(length: int, device) -> int:
-    """The longest text length over all ranks (texts are padded to it before gathering)."""
-    if _world() == 1:
-        return length
-    import torch.distributed as dist
-
-    t = torch.tensor([length], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t)
-
-
 class VLBranch(nn.Module):
     """One Q-Former with the BLIP-2 heads: ITC projections and temperature, ITM head, LM head."""
 
@@ -195,7 +144,7 @@ class VLBranch(nn.Module):
         """[B, B_all] image->text similarities: max over queries of cosine / temperature."""
         img = F.normalize(self.vision_proj(query_out), dim=-1)  # [B, Q, E]
         txt = F.normalize(self.text_proj(text_out[:, 0]), dim=-1)  # [B, E] (CLS)
-        img_all, txt_all = _gather(img), _gather(txt)
+        img_all, txt_all = distributed.gather(img), distributed.gather(txt)
         temp = self.temp.clamp(0.001, 0.5)
         sim_i2t = torch.einsum("bqe,ne->bqn", img, txt_all).amax(1) / temp
         sim_t2i = torch.einsum("be,nqe->bnq", txt, img_all).amax(2) / temp
@@ -213,14 +162,14 @@ class VLBranch(nn.Module):
         vision [B, T, H] (projected, from ``image``); query_out [B, Q, H] (the image pass);
         states [B, L, D] and mask [B, L] (frozen text); ids [B, L] (sub-vocabulary, 0 = CLS)."""
         B = vision.shape[0]
-        L = _common_length(ids.shape[1], ids.device)
+        L = distributed.max_over_ranks(ids.shape[1], ids.device)
         if L > ids.shape[1]:  # same text length on every rank, so the batches can be gathered
             pad = L - ids.shape[1]
             ids, mask, states = F.pad(ids, [0, pad]), F.pad(mask, [0, pad]), F.pad(states, [0, 0, 0, pad])
         text_out = self.qformer.text(states, mask)
         sim_i2t, sim_t2i = self.itc_similarity(query_out, text_out)
-        ids_all = _gather(ids)
-        offset = _rank_offset(B)
+        ids_all = distributed.gather(ids)
+        offset = distributed.rank_offset(B, ids.device)
         targets = torch.arange(B, device=ids.device) + offset
         # identical texts (e.g. two 'at rest' sentences) are not negatives of each other
         _, text_key = torch.unique(ids_all, dim=0, return_inverse=True)
@@ -246,8 +195,8 @@ class VLBranch(nn.Module):
             else:
                 neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
                 neg_image = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
-        vision_all = _gather(vision)
-        states_all, mask_all = _gather(states), _gather(mask)
+        vision_all = distributed.gather(vision)
+        states_all, mask_all = distributed.gather(states), distributed.gather(mask)
         v = torch.cat([vision, vision_all[neg_image], vision])
         s = torch.cat([states, states, states_all[neg_text]])
         m = torch.cat([mask, mask, mask_all[neg_text]])

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mf2.data.labels import AUS
 from mf2.data.landmarks import au_centres, ruler
 from mf2.features.faces import apply, invert
+from mf2.io import save_image
 
 
 @lru_cache(maxsize=8)
@@ -85,6 +86,6 @@ class Annotator:
     def write(self, frame, faces) -> Path:
         path = self.folder / self._name(frame)
         image = self.draw(frame.image, faces)
-        image.save(path, **({"quality": 92} if path.suffix == ".jpg" else {}))
+        save_image(path, image, **({"quality": 92} if path.suffix == ".jpg" else {}))
         self.written += 1
         return path

@@ -1,0 +1,46 @@
+"""A model's predictions over a feature cache (images only, Appendix G): what every epoch's
+validation and ``mf2 evaluate`` score."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mf2.evaluation.metrics import au_f1, emotion_scores, validation_row
+from mf2.features.reader import CacheReader, to_device
+from mf2.runs import RunError, load_model
+
+
+@torch.no_grad()
+def predict_split(model, reader: CacheReader, device, batch_size: int = 128):
+    """(emotion probs [N, 8], AU probs [N, 12], emotion labels [N], AU labels [N, 12]) of the
+    reader's rows, from images only. ``model`` is an ``MF2`` or a ``DFNModel``."""
+    model.eval()
+    emo, au, y_emo, y_au = [], [], [], []
+    for batch in reader.batches(batch_size, shuffle=False, drop_last=False):
+        batch = to_device(batch, device)
+        e, a = model.predict(batch["tokens"], batch["au_tokens"])
+        emo.append(e.cpu())
+        au.append(a.cpu())
+        y_emo.append(batch["emotion"].cpu())
+        y_au.append(batch["aus"].cpu())
+    return (torch.cat(emo).numpy(), torch.cat(au).numpy(), torch.cat(y_emo).numpy(), torch.cat(y_au).numpy())
+
+
+def validation_metrics(model, reader: CacheReader, device) -> dict:
+    """The per-epoch log's validation columns of ``model`` on ``reader``'s rows."""
+    return validation_row(*predict_split(model, reader, device))
+
+
+def run_predictions(run, cache, split: str, device) -> dict:
+    """A run's probabilities on a cache split, its labels, each image's video, and its scores."""
+    model, config, ckpt = load_model(run, device)
+    reader = CacheReader(cache, split, model.cfg.emo_text)
+    if reader.vision_dim != model.cfg.vision_dim:
+        raise RunError(f"{cache}: visual features are {reader.vision_dim}-d but {run} was trained on "
+                       f"{model.cfg.vision_dim}-d features (another backbone)")
+    emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device))
+    videos = [str(v) for v in reader.store.group["meta/video"][:][reader.rows].tolist()]
+    return {"emotion": emo_p, "aus": au_p, "y_emotion": y_emo, "y_aus": y_au, "checkpoint": ckpt,
+            "videos": None if "" in videos else np.array(videos, dtype=object),  # no ids: resample images
+            "au": au_f1(au_p, y_au), "emo": emotion_scores(emo_p, y_emo)}

@@ -1,0 +1,116 @@
+"""File output that is never left half-written, and file digests: the one home of both.
+
+Every file mf2 writes goes through a temporary file beside its destination and an
+``os.replace``: a reader (or a resumed run) sees the old file or the new one, never a part.
+Folders (checkpoints) are written under a temporary name and renamed into place the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class AtomicFile:
+    """A file written under a temporary name beside ``path``; ``commit()`` renames it into place
+    (after an fsync), ``discard()`` removes it. Use as a context manager: an exception discards.
+
+        with AtomicFile(path, "w") as f:
+            f.write(...)
+    """
+
+    def __init__(self, path, mode: str = "w", **open_kwargs):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        if "b" not in mode:
+            open_kwargs = {"encoding": "utf-8", "newline": "", **open_kwargs}
+        self.file = os.fdopen(fd, mode, **open_kwargs)
+        self.done = False
+
+    def write(self, data) -> int:
+        return self.file.write(data)
+
+    def commit(self) -> Path:
+        """Flush, fsync and rename the temporary file into place."""
+        if not self.done:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+            self.done = True
+        return self.path
+
+    def discard(self) -> None:
+        if not self.done:
+            self.file.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+            self.done = True
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+        return False
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+    with AtomicFile(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    with AtomicFile(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def save_image(path, image, format: str | None = None, **save_kwargs) -> Path:
+    """An RGB array [H, W, 3] uint8 (or a PIL image) to ``path``, atomically; the format
+    follows the suffix unless given."""
+    from PIL import Image
+
+    path = Path(path)
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    fmt = format or Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with AtomicFile(path, "wb") as f:
+        pil.save(f, format=fmt, **save_kwargs)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an older
+    folder of that name is removed first), on an exception it is deleted."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def file_digest(path, n: int | None = 16) -> str:
+    """SHA-256 of a file's bytes, hex; the first ``n`` characters (None: all 64)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:n] if n else h.hexdigest()

@@ -1,0 +1,112 @@
+"""The predictor of ``mf2 predict``: a trained run applied to faces in memory (SPEC §9).
+
+Each frame goes through the extraction's own image path: dlib faces (every face; or, with
+``face='aligned'``, the whole image as one aligned crop) -> the alignment the cache used -> the
+frozen vision backbone -> ``au_region_pool`` at the AU centres -> the run's model (images only,
+Appendix G). The backbone, crop size and pooling settings are those the run's cache was
+extracted with (the feature signature saved with the run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mf2.data.labels import AUS, EMOTIONS
+from mf2.features.backbones import BackboneError, load_tokenizer, load_vision
+from mf2.features.extract import visual_features
+from mf2.features.faces import FaceFinder, align, apply, invert, resize_square
+from mf2.prediction.explain import Explainer
+from mf2.runs import RunFolder, load_model
+
+
+@dataclass
+class PredictSettings:
+    face: str = "detect"  # 'detect': every face dlib finds; 'aligned': each image is one aligned face crop
+    explain: str | None = None  # None | 'greedy' | 'beam'
+    beams: int = 3
+    batch_size: int = 32  # faces per forward pass
+    threshold: float = 0.5  # an AU is active (explained, drawn) at this probability
+    min_face_score: float = 0.25  # dlib detection score a face needs (dlib's own threshold, 0, admits
+    # textures such as badges and prints at scores near 0; clear faces score about 1 and above)
+    device: str = "cpu"
+    vision_weights: str | None = None  # when the run's cache used --vision-weights FILE
+    allow_download: bool = False
+
+
+@dataclass
+class AlignedFace:
+    """A face found in a frame, its aligned crop, and (after ``Predictor.predict``) its result."""
+
+    box: tuple  # (x0, y0, x1, y1) in image pixels
+    landmarks: np.ndarray  # [68, 2] in image pixels
+    crop: np.ndarray  # aligned RGB crop [S, S, 3]
+    crop_landmarks: np.ndarray  # [68, 2] in crop pixels
+    transform: np.ndarray  # 2x3, image -> crop
+    score: float | None = None  # detection score (None: --face aligned)
+    result: dict = field(default_factory=dict)
+
+
+class Predictor:
+    """A run's model with the frozen backbone and face finder of its cache."""
+
+    def __init__(self, run, settings: PredictSettings | None = None):
+        s = self.settings = settings or PredictSettings()
+        if s.face not in ("detect", "aligned"):
+            raise ValueError(f"face: expected 'detect' or 'aligned', got {s.face!r}")
+        if s.explain not in (None, "greedy", "beam"):
+            raise ValueError(f"explain: expected 'greedy' or 'beam', got {s.explain!r}")
+        self.signature = sig = RunFolder(run).features()
+        self.model, self.config, self.checkpoint = load_model(run, s.device)
+        v = sig["vision"]
+        self.vision = load_vision(v["name"], s.vision_weights, s.allow_download, s.device)
+        if self.vision.weights_id != v["weights"]:
+            raise BackboneError(f"{run} was trained on {v['name']} features from weights {v['weights']}, but "
+                                f"{self.vision.source} is {self.vision.weights_id}: pass --vision-weights FILE")
+        self.size = v["image_size"]
+        self.pooling = sig["pooling"]
+        self.precision = sig.get("precision", "fp32")
+        self.finder = FaceFinder()
+        self.explainer = None
+        if s.explain:  # a DFN run explains with its frozen MF²
+            self.explainer = Explainer(getattr(self.model, "mf2", self.model),
+                                       load_tokenizer(sig["text"]["name"], s.allow_download), sig["text"], s.explain,
+                                       s.beams, s.threshold)
+
+    def faces(self, image: np.ndarray) -> list[AlignedFace]:
+        """Every face of an image, aligned as in extraction (largest first)."""
+        S = self.size
+        if self.settings.face == "aligned":
+            crop, m = resize_square(image, S)
+            lm_crop = self.finder.landmarks(crop, (0, 0, S - 1, S - 1))
+            inverse = invert(m)
+            corners = apply(inverse, np.array([[0.0, 0.0], [S, S]]))
+            return [AlignedFace(tuple(float(c) for c in corners.ravel()), apply(inverse, lm_crop), crop, lm_crop, m)]
+        out = []
+        for f in self.finder.detect(image, self.settings.min_face_score):
+            crop, lm_crop, m = align(image, f.landmarks, S)
+            out.append(AlignedFace(tuple(float(c) for c in f.box), f.landmarks, crop, lm_crop, m, round(f.score, 3)))
+        return out
+
+    @torch.no_grad()
+    def predict(self, faces: list[AlignedFace]) -> None:
+        """Fill each face's ``result``: AU and emotion probabilities (and the explanation)."""
+        if not faces:
+            return
+        p = self.pooling
+        tokens, au_tokens = visual_features(self.vision, np.stack([f.crop for f in faces]),
+                                            np.stack([f.crop_landmarks for f in faces]), p["R"], p["window_rulers"],
+                                            p["padding"], self.precision)
+        device = self.settings.device
+        tokens = torch.from_numpy(tokens.astype(np.float32)).to(device)
+        au_tokens = torch.from_numpy(au_tokens.astype(np.float32)).to(device)
+        emo, au = (t.cpu().numpy() for t in self.model.predict(tokens, au_tokens))
+        texts = self.explainer.explain(tokens, au_tokens, au) if self.explainer else [None] * len(faces)
+        for i, f in enumerate(faces):
+            f.result = {"aus": {a: float(au[i, k]) for k, a in enumerate(AUS)},
+                        "emotions": {e: float(emo[i, k]) for k, e in enumerate(EMOTIONS)},
+                        "emotion": EMOTIONS[int(emo[i].argmax())]}
+            if texts[i] is not None:
+                f.result["explanation"] = texts[i]
