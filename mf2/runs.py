@@ -155,6 +155,11 @@ class RunFolder:
             raise RunError(f"{self.path}: its config has no feature settings and its cache {config['cache']} cannot be "
                            f"opened; prediction needs to know how the features were made") from None
 
+    @property
+    def dfn_cache(self) -> Path:
+        """Where a DFN run caches its frozen MF²'s block outputs."""
+        return self.path / "dfn_cache.zarr"
+
     def eval_folder(self, split: str = "val") -> Path:
         return self.path / f"eval_{split}"
 

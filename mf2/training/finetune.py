@@ -139,10 +139,10 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
                  "cache": str(Path(cache).resolve()), "cache_signature": json.dumps(
                      dict(zarr.open_group(str(cache), mode="r").attrs["signature"]), sort_keys=True)}
     if rank == 0:
-        group = build_dfn_cache(mf2, cache, run.path / "dfn_cache.zarr", signature, device, log=log)
+        group = build_dfn_cache(mf2, cache, run.dfn_cache, signature, device, log=log)
     distributed.barrier()
     if world > 1:  # the other ranks read the cache rank 0 wrote
-        group = zarr.open_group(str(run.path / "dfn_cache.zarr"), mode="r")
+        group = zarr.open_group(str(run.dfn_cache), mode="r")
     net = distributed.wrap(dfn)
     start_epoch, step = resume_latest(run, dfn, optimizer, log=log) if resume else (0, 0)
     if not resume and rank == 0:
