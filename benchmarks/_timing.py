@@ -39,7 +39,7 @@ def machine(device: torch.device) -> dict:
 def table(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of ``rows`` with the given columns."""
     def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        return f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]

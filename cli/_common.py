@@ -29,6 +29,21 @@ def one_line_errors(fn):
     return wrapper
 
 
+# Options several commands share, written once.
+precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+    help="bf16: autocast (float32 master weights and optimizer state); auto = bf16 on GPUs that support it, "
+         "fp32 on CPUs.")
+deterministic_option = click.option(
+    "--deterministic/--nondeterministic", default=None,
+    help="Deterministic algorithms: the same seed on the same machine gives the same run, bit for bit. "
+         "Default: on for CPUs (about 4% slower), off for GPUs (where it costs more; see README).")
+checkpointing_option = click.option(
+    "--activation-checkpointing", type=click.Choice(["none", "itm", "all"]), default="none", show_default=True,
+    help="Recompute Q-Former blocks in the backward to save memory: the ITM passes (most of it) or every "
+         "pass. Same losses and gradients; more compute.")
+
+
 def progress_bar(total: int, desc: str):
     """A tqdm bar (stderr), updated through the callback the library takes."""
     from tqdm import tqdm

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from ._common import one_line_errors
+from ._common import one_line_errors, precision_option
 
 
 @click.command()
@@ -12,6 +12,7 @@ from ._common import one_line_errors
 @click.option("--cache", type=click.Path(path_type=Path), required=True)
 @click.option("--split", default="val", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@precision_option
 @click.option("--probe", is_flag=True, help="Also fit linear probes on the cache's pooled features (a floor to beat).")
 @click.option("--beside", "beside", multiple=True, type=click.Path(path_type=Path),
               help="Other run folders to report in the same tables (e.g. the direct emotion model beside an "
@@ -23,12 +24,12 @@ from ._common import one_line_errors
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder (default: RUN/eval_<split>; name another for another cache).")
 @one_line_errors
-def evaluate(run, cache, split, device, probe, beside, transition, bootstrap, out):
+def evaluate(run, cache, split, device, precision, probe, beside, transition, bootstrap, out):
     """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/ (or --out)."""
     from mf2.evaluation.evaluate import evaluate as run_eval
 
     result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition,
-                      bootstrap=bootstrap, folder=out)
+                      bootstrap=bootstrap, folder=out, precision=precision)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from ._common import one_line_errors
+from ._common import checkpointing_option, deterministic_option, one_line_errors, precision_option
 
 
 @click.command()
@@ -23,12 +23,15 @@ from ._common import one_line_errors
 @click.option("--bottleneck", type=click.IntRange(min=0), default=0, show_default=True, help="Cell width r (0 = hidden).")
 @click.option("--gate-scale", "lam", type=float, default=0.1, show_default=True, help="λ, the gate scaling factor.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@deterministic_option
+@precision_option
+@checkpointing_option
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True)
 @click.option("--overwrite", is_flag=True)
 @one_line_errors
 def finetune(from_run, cache, out, use_dfn, tasks, epochs, batch_size, lr, warmup_steps, adapter_blocks, bottleneck, lam,
-             seed, device, resume, overwrite):
+             seed, deterministic, precision, activation_checkpointing, device, resume, overwrite):
     """Fine-tune a pretrained MF²: DFN side adapters (MF² frozen) or the whole model."""
     from mf2.models.config import DFNConfig
     from mf2.runs import RunFolder
@@ -36,7 +39,8 @@ def finetune(from_run, cache, out, use_dfn, tasks, epochs, batch_size, lr, warmu
     from mf2.training.loop import TrainConfig
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, seed=seed, tasks=tasks,
-                      device=device)
+                      device=device, deterministic=deterministic, precision=precision,
+                      activation_checkpointing=activation_checkpointing)
     if use_dfn:
         blocks = adapter_blocks if adapter_blocks == "all" else int(adapter_blocks)
         last = finetune_dfn(from_run, cache, out, DFNConfig(blocks=blocks, bottleneck=bottleneck, lam=lam), cfg,

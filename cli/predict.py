@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from ._common import one_line_errors, progress_bar
+from ._common import one_line_errors, precision_option, progress_bar
 
 
 @click.command()
@@ -29,11 +29,12 @@ from ._common import one_line_errors, progress_bar
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="AU probability at which an AU counts as active (explained and drawn).")
 @click.option("--device", default="cpu", show_default=True)
+@precision_option
 @click.option("--vision-weights", type=click.Path(dir_okay=False), help="The vision weights file the run's cache used.")
 @click.option("--allow-download", is_flag=True, help="Let missing backbone weights download (off by default).")
 @one_line_errors
 def predict(run, inputs, out, annotate, explain, decoding, beams, fps, face, min_face_score, batch_size, threshold, device,
-            vision_weights, allow_download):
+            precision, vision_weights, allow_download):
     """Predict every face in INPUTS: images, folders, globs (quoted) or video files.
 
     One row per face (source, frame, time, box, 68 landmarks, 12 AU probabilities, 8 emotion
@@ -43,7 +44,7 @@ def predict(run, inputs, out, annotate, explain, decoding, beams, fps, face, min
     from mf2.prediction.predict import predict as run_predict
 
     settings = PredictSettings(face=face, explain=decoding if explain else None, beams=beams, batch_size=batch_size,
-                               min_face_score=min_face_score, threshold=threshold, device=device, vision_weights=vision_weights,
+                               min_face_score=min_face_score, threshold=threshold, device=device, precision=precision, vision_weights=vision_weights,
                                allow_download=allow_download)
     bar = progress_bar(None, "predict")
     try:

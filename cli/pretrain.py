@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from ._common import one_line_errors, progress_bar
+from ._common import checkpointing_option, deterministic_option, one_line_errors, precision_option, progress_bar
 
 
 def report_parameters(params: dict) -> str:
@@ -28,16 +28,16 @@ def report_parameters(params: dict) -> str:
 @click.option("--no-emo-vl", is_flag=True, help="Ablation: without the Emo-VL branch.")
 @click.option("--no-au-vl", is_flag=True, help="Ablation: without the AU-VL branch.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--deterministic/--nondeterministic", default=True, show_default=True,
-              help="Deterministic algorithms: the same seed on the same machine gives the same run (about 4% "
-                   "slower on CPU).")
+@deterministic_option
+@precision_option
+@checkpointing_option
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
 @click.option("--params-only", is_flag=True, help="Build the model, report trainable parameters, do not train.")
 @one_line_errors
 def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_steps, tasks, no_emo_vl, no_au_vl, seed,
-             deterministic, device, resume, overwrite, params_only):
+             deterministic, precision, activation_checkpointing, device, resume, overwrite, params_only):
     """Train MF² on a feature cache (Table VI defaults: AdamW, wd 0.05, 2000 warm-up steps, lr 1e-4, batch 56)."""
     from mf2.models.config import MF2Config
     from mf2.models.mf2 import MF2, count_parameters
@@ -59,7 +59,8 @@ def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_st
     if not cache or not out:
         raise click.UsageError("--cache and --out are required to train")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                      seed=seed, deterministic=deterministic, tasks=tasks, device=device)
+                      seed=seed, deterministic=deterministic, tasks=tasks, device=device, precision=precision,
+                      activation_checkpointing=activation_checkpointing)
     with progress_bar(None, "pretrain") as bar:
         last = run(cache, out, model_cfg, cfg, resume=resume, overwrite=overwrite, progress=bar.update, log=click.echo)
     if last is None or last["rank"] != 0:  # other ranks: rank 0 reports

@@ -19,6 +19,12 @@ def native_required():
     require_native()
 
 
+def text_encoder_args() -> list[str]:
+    """``--text`` for the tests' caches: the packaged MiniLM unless MF2_TEST_TEXT names another
+    encoder folder (a machine without the MiniLM package, e.g. a GPU machine)."""
+    return ["--text", os.environ["MF2_TEST_TEXT"]] if os.environ.get("MF2_TEST_TEXT") else []
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory):
     """A tiny trained MF² run: 64 SynthFACS images -> template captions -> features -> 1 epoch.
@@ -27,7 +33,8 @@ def pretrained(tmp_path_factory):
     runner = CliRunner()
     for args in (["synth", "--n", "64", "--out", str(root / "d"), "--images-per-video", "4", "--no-baseline"],
                  ["caption", "--manifest", str(root / "d/manifest.jsonl")],
-                 ["extract-features", "--manifest", str(root / "d/manifest.jsonl"), "--out", str(root / "f.zarr")],
+                 ["extract-features", "--manifest", str(root / "d/manifest.jsonl"), "--out", str(root / "f.zarr"),
+                  *text_encoder_args()],
                  ["pretrain", "--cache", str(root / "f.zarr"), "--out", str(root / "run"), "--epochs", "1",
                   "--batch-size", "8", "--warmup-steps", "5"]):
         result = runner.invoke(main, args)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from helpers import DEVICES, skip_without_cuda_kernels
+from helpers import DEVICES, require_native, skip_without_cuda_kernels
 from mf2.ops import _native, au_region_pool, au_region_pool_reference
 
 TOL32 = dict(rtol=1e-5, atol=1e-5)
@@ -196,3 +196,25 @@ def test_auto_falls_back_to_the_reference_for_other_dtypes():
         if not _native.available():
             pytest.skip("native extension not available")
         au_region_pool(fmap.bfloat16(), centres.bfloat16(), window, 2, implementation="native")
+
+
+def test_the_dlpack_seam_never_crashes_on_bad_input():
+    """Whatever reaches the C++ seam is a one-line error or a valid call: objects that are not
+    capsules, capsules of another kind, and DLPack 1.x ("dltensor_versioned") capsules, which
+    newer torch versions hand out, read the same as 0.x ones."""
+    require_native()
+    import ctypes
+
+    C, dl = _native.lib(), _native.dl
+    fmap, centres = torch.randn(2, 3, 4, 4), torch.rand(2, 5, 2)
+    window, out = torch.full((2, 5), 0.1), torch.empty(2, 5, 9, 3)
+    for bad in (object(), None, 3, fmap):
+        with pytest.raises((ValueError, TypeError)):
+            C.au_region_pool_forward(bad, dl(centres), dl(window), dl(out), 3, False)
+    other = ctypes.pythonapi.PyCapsule_New
+    other.restype, other.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    with pytest.raises(ValueError, match="expected a DLPack capsule"):
+        C.au_region_pool_forward(other(1, b"not_a_tensor", None), dl(centres), dl(window), dl(out), 3, False)
+    versioned = [t.detach().__dlpack__(max_version=(1, 0)) for t in (fmap, centres, window, out)]
+    C.au_region_pool_forward(*versioned, 3, False)
+    torch.testing.assert_close(out, au_region_pool_reference(fmap, centres, window, 3))

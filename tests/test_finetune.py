@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from mf2.cli.main import main
-from mf2.features.reader import CacheReader
+from mf2.features.reader import CacheReader, to_device
 from mf2.models.config import DFNConfig
 from mf2.models.dfn import Pathway, vision_block_outputs
 from mf2.runs import load_model
@@ -66,7 +66,7 @@ def test_cached_block_outputs_equal_the_live_frozen_forward(pretrained, tmp_path
     cache = zarr.open_group(str(tmp_path / "dfn/dfn_cache.zarr"), mode="r")
     mf2, _, _ = load_model(pretrained / "run")
     reader = CacheReader(pretrained / "f.zarr", "val")
-    batch = next(reader.batches(1000, shuffle=False, drop_last=False))
+    batch = to_device(next(reader.batches(1000, shuffle=False, drop_last=False)), "cpu")  # float16 as stored -> float32
     live = vision_block_outputs(mf2, batch["tokens"], batch["au_tokens"])
     for key in ("emo_v_start", "emo_v_h", "au_v_start", "au_v_h"):
         np.testing.assert_allclose(cache[f"val/{key}"][:], getattr(live, key).numpy(), rtol=1e-5, atol=1e-5, err_msg=key)

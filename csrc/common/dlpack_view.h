@@ -1,12 +1,14 @@
-// Reading a DLPack capsule ("dltensor", the DLPack 0.8 ABI that torch.utils.dlpack.to_dlpack
-// produces) into a TensorView. The capsule is only read, never consumed: its owner frees it.
+// Reading a DLPack capsule into a TensorView: "dltensor" (DLPack 0.x, what
+// torch.utils.dlpack.to_dlpack produces) or "dltensor_versioned" (DLPack 1.x). The capsule is
+// only read, never consumed: its owner frees it. Every field is checked before it is used, so a
+// malformed or unexpected capsule is a one-line error, never a wild read.
 #pragma once
 
 #include <pybind11/pybind11.h>
 
 #include <string>
 
-#include "tensor_view.h"
+#include "common/tensor_view.h"
 
 namespace mf2 {
 
@@ -22,24 +24,61 @@ struct DLTensor {
   int64_t* strides;  // null = compact row-major
   uint64_t byte_offset;
 };
-struct DLManagedTensor {
+struct DLManagedTensor {  // DLPack 0.x
   DLTensor dl_tensor;
   void* manager_ctx;
   void (*deleter)(DLManagedTensor*);
 };
+struct DLPackVersion { uint32_t major; uint32_t minor; };
+struct DLManagedTensorVersioned {  // DLPack 1.x
+  DLPackVersion version;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensorVersioned*);
+  uint64_t flags;
+  DLTensor dl_tensor;
+};
 constexpr int32_t kDLCPU = 1, kDLCUDA = 2;
 constexpr uint8_t kDLFloat = 2;
+constexpr int kMaxDims = 8;
 }  // namespace dlpack
 
 inline TensorView view_from_dlpack(const pybind11::handle& obj, const char* arg) {
-  if (!PyCapsule_IsValid(obj.ptr(), "dltensor"))
-    throw std::invalid_argument(std::string(arg) + ": expected a DLPack capsule (torch.utils.dlpack.to_dlpack)");
-  auto* m = static_cast<dlpack::DLManagedTensor*>(PyCapsule_GetPointer(obj.ptr(), "dltensor"));
-  const dlpack::DLTensor& t = m->dl_tensor;
+  const std::string name(arg);
+  const dlpack::DLTensor* tensor = nullptr;
+  if (PyCapsule_IsValid(obj.ptr(), "dltensor")) {
+    auto* m = static_cast<dlpack::DLManagedTensor*>(PyCapsule_GetPointer(obj.ptr(), "dltensor"));
+    if (m) tensor = &m->dl_tensor;
+  } else if (PyCapsule_IsValid(obj.ptr(), "dltensor_versioned")) {
+    auto* m = static_cast<dlpack::DLManagedTensorVersioned*>(
+        PyCapsule_GetPointer(obj.ptr(), "dltensor_versioned"));
+    if (m && m->version.major != 1)
+      throw std::invalid_argument(name + ": DLPack version " + std::to_string(m->version.major) +
+                                  " is not supported (expected 1)");
+    if (m) tensor = &m->dl_tensor;
+  } else {
+    PyErr_Clear();  // PyCapsule_IsValid may leave nothing, but a non-capsule must not leave an error
+    throw std::invalid_argument(name + ": expected a DLPack capsule (torch.utils.dlpack.to_dlpack)");
+  }
+  if (tensor == nullptr) {
+    PyErr_Clear();
+    throw std::invalid_argument(name + ": an empty DLPack capsule");
+  }
+  const dlpack::DLTensor& t = *tensor;
+  if (t.ndim < 0 || t.ndim > dlpack::kMaxDims)
+    throw std::invalid_argument(name + ": expected at most " + std::to_string(dlpack::kMaxDims) +
+                                " dimensions, got " + std::to_string(t.ndim));
+  if (t.ndim > 0 && t.shape == nullptr)
+    throw std::invalid_argument(name + ": a DLPack tensor without a shape");
   TensorView v;
-  if (t.ndim > 8) throw std::invalid_argument(std::string(arg) + ": more than 8 dimensions");
-  v.data = static_cast<char*>(t.data) + t.byte_offset;
   v.ndim = t.ndim;
+  int64_t numel = 1;
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] < 0)
+      throw std::invalid_argument(name + ": a negative size in dimension " + std::to_string(i));
+    numel *= t.shape[i];
+  }
+  if (t.data == nullptr && numel > 0) throw std::invalid_argument(name + ": a DLPack tensor without data");
+  v.data = t.data ? static_cast<char*>(t.data) + t.byte_offset : nullptr;
   if (t.dtype.code == dlpack::kDLFloat && t.dtype.lanes == 1 && t.dtype.bits == 32)
     v.dtype = DType::Float32;
   else if (t.dtype.code == dlpack::kDLFloat && t.dtype.lanes == 1 && t.dtype.bits == 64)

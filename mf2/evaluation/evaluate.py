@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mf2.devices import resolve_precision
 from mf2.evaluation.metrics import paired_bootstrap
 from mf2.evaluation.predict import run_predictions
 from mf2.evaluation.probe import pooled_feature_probe
@@ -26,20 +27,22 @@ def _paired(this: dict, other: dict, resamples: int) -> dict:
 
 
 def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False,
-             beside=(), transition: bool = False, bootstrap: int = 1000, folder=None) -> dict:
+             beside=(), transition: bool = False, bootstrap: int = 1000, folder=None, precision: str = "auto") -> dict:
     """Scores of ``run`` (and of the ``beside`` runs, with paired bootstrap intervals of run − each
     over ``bootstrap`` resamples of the split's videos; 0 = none) written to ``folder``
     (default ``<run>/eval_<split>/``)."""
-    this = run_predictions(run, cache, split, device)
+    precision = resolve_precision(precision, device)
+    this = run_predictions(run, cache, split, device, precision)
     au, emo = this["au"], this["emo"]
     others = {}
     for r in beside:
-        other = run_predictions(r, cache, split, device)
+        other = run_predictions(r, cache, split, device, precision)
         others[Path(r).name] = (other["au"], other["emo"], _paired(this, other, bootstrap) if bootstrap else None)
     folder = Path(folder) if folder else RunFolder(run).eval_folder(split)
     folder.mkdir(parents=True, exist_ok=True)
     name = name or Path(run).name
     result = {"run": str(run), "checkpoint": str(this["checkpoint"]), "cache": str(cache), "split": split,
+              "precision": precision,
               "images": len(this["y_emotion"]), "au": au, "emotion": emo,
               "beside": {n: {"au": a, "emotion": e, "paired": p} for n, (a, e, p) in others.items()}}
     if probe:

@@ -6,20 +6,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mf2.devices import autocast
 from mf2.evaluation.metrics import au_f1, emotion_scores, validation_row
-from mf2.features.reader import CacheReader, to_device
+from mf2.features.reader import CacheReader, prefetch
 from mf2.runs import RunError, load_model
 
 
 @torch.no_grad()
-def predict_split(model, reader: CacheReader, device, batch_size: int = 128):
+def predict_split(model, reader: CacheReader, device, batch_size: int = 128, precision: str = "fp32"):
     """(emotion probs [N, 8], AU probs [N, 12], emotion labels [N], AU labels [N, 12]) of the
     reader's rows, from images only. ``model`` is an ``MF2`` or a ``DFNModel``."""
     model.eval()
     emo, au, y_emo, y_au = [], [], [], []
-    for batch in reader.batches(batch_size, shuffle=False, drop_last=False):
-        batch = to_device(batch, device)
-        e, a = model.predict(batch["tokens"], batch["au_tokens"])
+    for batch in prefetch(reader.batches(batch_size, shuffle=False, drop_last=False), device):
+        with autocast(precision, device):
+            e, a = model.predict(batch["tokens"], batch["au_tokens"])
         emo.append(e.cpu())
         au.append(a.cpu())
         y_emo.append(batch["emotion"].cpu())
@@ -27,19 +28,19 @@ def predict_split(model, reader: CacheReader, device, batch_size: int = 128):
     return (torch.cat(emo).numpy(), torch.cat(au).numpy(), torch.cat(y_emo).numpy(), torch.cat(y_au).numpy())
 
 
-def validation_metrics(model, reader: CacheReader, device) -> dict:
+def validation_metrics(model, reader: CacheReader, device, precision: str = "fp32") -> dict:
     """The per-epoch log's validation columns of ``model`` on ``reader``'s rows."""
-    return validation_row(*predict_split(model, reader, device))
+    return validation_row(*predict_split(model, reader, device, precision=precision))
 
 
-def run_predictions(run, cache, split: str, device) -> dict:
+def run_predictions(run, cache, split: str, device, precision: str = "fp32") -> dict:
     """A run's probabilities on a cache split, its labels, each image's video, and its scores."""
     model, config, ckpt = load_model(run, device)
     reader = CacheReader(cache, split, model.cfg.emo_text)
     if reader.vision_dim != model.cfg.vision_dim:
         raise RunError(f"{cache}: visual features are {reader.vision_dim}-d but {run} was trained on "
                        f"{model.cfg.vision_dim}-d features (another backbone)")
-    emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device))
+    emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device), precision=precision)
     videos = [str(v) for v in reader.store.group["meta/video"][:][reader.rows].tolist()]
     return {"emotion": emo_p, "aus": au_p, "y_emotion": y_emo, "y_aus": y_au, "checkpoint": ckpt,
             "videos": None if "" in videos else np.array(videos, dtype=object),  # no ids: resample images

@@ -9,6 +9,9 @@ text of the batch.
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import numpy as np
 import torch
 
@@ -109,8 +112,10 @@ class CacheReader:
             yield self._batch(carry)
 
     def _batch(self, d: dict) -> dict:
-        batch = {"tokens": torch.from_numpy(d["vision/tokens"].astype(np.float32)),
-                 "au_tokens": torch.from_numpy(d["vision/au_tokens"].astype(np.float32)),
+        """A batch as torch tensors, features still float16 as stored (``to_device`` converts
+        them where they will be used: half the bytes to copy to a GPU)."""
+        batch = {"tokens": torch.from_numpy(np.ascontiguousarray(d["vision/tokens"])),
+                 "au_tokens": torch.from_numpy(np.ascontiguousarray(d["vision/au_tokens"])),
                  "emotion": torch.from_numpy(d["meta/emotion"].astype(np.int64)),
                  "aus": torch.from_numpy(d["meta/aus"].astype(np.int64))}
         if self.has_emo_text:
@@ -127,11 +132,65 @@ def _text(ids, mask, hidden):
     length = max(1, int(mask.any(axis=tuple(range(mask.ndim - 1))).nonzero()[0].max() + 1) if mask.any() else 1)
     ids, mask, hidden = ids[..., :length], mask[..., :length], hidden[..., :length, :]
     return (torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(bool)),
-            torch.from_numpy(hidden.astype(np.float32)), torch.from_numpy(mask[..., 0].astype(bool)))
+            torch.from_numpy(np.ascontiguousarray(hidden)), torch.from_numpy(mask[..., 0].astype(bool)))
 
 
-def to_device(batch: dict, device) -> dict:
-    out = {}
-    for k, v in batch.items():
-        out[k] = tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device)
-    return out
+def _map(batch: dict, fn) -> dict:
+    return {k: tuple(fn(t) for t in v) if isinstance(v, tuple) else fn(v) for k, v in batch.items()}
+
+
+def to_device(batch: dict, device, non_blocking: bool = False) -> dict:
+    """Every tensor of a batch on ``device``; float16 features become float32 there (after the
+    copy, so half the bytes cross to a GPU)."""
+    def move(t):
+        t = t.to(device, non_blocking=non_blocking)
+        return t.float() if t.dtype == torch.float16 else t
+
+    return _map(batch, move)
+
+
+def pin(batch: dict) -> dict:
+    """The batch in page-locked memory, so that its copy to a GPU can overlap computation."""
+    return _map(batch, lambda t: t.pin_memory())
+
+
+def prefetch(batches, device, depth: int = 2):
+    """``batches`` read ``depth`` ahead in a background thread (Zarr reads and decompression
+    leave the training loop), pinned when the device is a GPU, and moved to ``device`` with
+    non-blocking copies. Yields the batches on the device, in order; an error in the reader
+    is raised here."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    end = object()
+
+    def reader():
+        try:
+            for batch in batches:
+                item = pin(batch) if cuda else batch
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(end)
+        except BaseException as exc:  # handed to the consumer
+            ready.put(exc)
+
+    thread = threading.Thread(target=reader, name="mf2-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield to_device(item, device, non_blocking=cuda)
+    finally:
+        stop.set()
+        thread.join()

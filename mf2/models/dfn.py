@@ -48,9 +48,11 @@ class Pathway(nn.Module):
         self.alpha = nn.Parameter(torch.full((n,), float(cfg.alpha_init)))
 
     def forward(self, start: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """start [B, in_dim], h [n, B, H] -> final state [B, H]."""
-        states = dfn_pathway(self.start(start), h.contiguous(), self.w_down, self.b_down, self.w_up, self.b_up,
-                             self.alpha, self.lam)
+        """start [B, in_dim], h [n, B, H] -> final state [B, H], in float32 (the fused pathway op
+        takes float32/float64; a pathway is cheap next to the frozen MF² it reads)."""
+        with torch.autocast(start.device.type, enabled=False):
+            states = dfn_pathway(self.start(start.float()), h.float().contiguous(), self.w_down, self.b_down,
+                                 self.w_up, self.b_up, self.alpha, self.lam)
         return states[-1]
 
 
@@ -178,4 +180,4 @@ class DFNModel(nn.Module):
     @torch.no_grad()
     def predict(self, tokens, au_tokens):
         emotion, au, _ = self.dfn.heads(vision_block_outputs(self.mf2, tokens, au_tokens))
-        return emotion.softmax(-1), au.sigmoid()
+        return emotion.float().softmax(-1), au.float().sigmoid()

@@ -16,7 +16,7 @@ from torch import nn
 from mf2.data.labels import N_AU, N_EMOTIONS
 from mf2.models.config import MF2Config
 from mf2.models.outputs import ImageFeatures, StepOutput
-from mf2.models.qformer import UNK, VLBranch
+from mf2.models.qformer import CHECKPOINTING, UNK, VLBranch
 
 
 class MF2(nn.Module):
@@ -38,20 +38,32 @@ class MF2(nn.Module):
         lookup[ids[ids >= 0]] = torch.arange(len(ids))[ids >= 0]
         self.register_buffer("vocab_lookup", lookup, persistent=False)
 
+    def set_activation_checkpointing(self, mode: str) -> None:
+        """Recompute, in the backward, the ITM passes ("itm"), every pass ("all") or nothing
+        ("none"); the losses and gradients are the same either way."""
+        if mode not in CHECKPOINTING:
+            raise ValueError(f"activation checkpointing: expected one of {', '.join(CHECKPOINTING)}, got {mode!r}")
+        for branch in (self.emo_vl, self.au_vl):
+            if branch is not None:
+                branch.qformer.checkpointing = mode
+
     def sub_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Original token ids -> ITG sub-vocabulary indices."""
         return self.vocab_lookup[ids.long().clamp(0, len(self.vocab_lookup) - 1)]
 
-    def image_features(self, tokens: torch.Tensor | None, au_tokens: torch.Tensor | None) -> ImageFeatures:
+    def image_features(self, tokens: torch.Tensor | None, au_tokens: torch.Tensor | None,
+                       keep_kv: bool = False) -> ImageFeatures:
         """The image-only passes of both branches: global tokens [B, T, C] and AU tokens
-        [B, 12, T', C] -> query outputs and the projected visual tokens the losses reuse."""
+        [B, 12, T', C] -> query outputs and the projected visual tokens the losses reuse (and
+        with ``keep_kv`` the queries' keys and values that ITG decoding attends to)."""
         out = ImageFeatures()
         if self.emo_vl is not None:
-            out.emo_vision, out.emo = self.emo_vl.image(tokens)
+            out.emo_vision, out.emo, *kv = self.emo_vl.image(tokens, keep_kv)
+            out.emo_kv = kv[0] if kv else None
         if self.au_vl is not None:
             B = au_tokens.shape[0]
-            vision, q = self.au_vl.image(au_tokens.flatten(0, 1))
-            out.au_vision, out.au = vision, q.view(B, N_AU, *q.shape[1:])
+            vision, q, *kv = self.au_vl.image(au_tokens.flatten(0, 1), keep_kv)
+            out.au_vision, out.au, out.au_kv = vision, q.view(B, N_AU, *q.shape[1:]), kv[0] if kv else None
         return out
 
     def heads(self, feats: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,12 +90,12 @@ class MF2(nn.Module):
     def predict(self, tokens, au_tokens) -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities from images only: emotion softmax [B, 8], AU sigmoid [B, 12]."""
         emotion, au = self.heads(self.image_features(tokens, au_tokens))
-        return emotion.softmax(-1), au.sigmoid()
+        return emotion.float().softmax(-1), au.float().sigmoid()
 
     def forward(self, batch: dict, tasks: str = "both", generator=None, align: bool = True) -> StepOutput:
         """Losses of one batch (see ``mf2.features.reader`` for the batch layout); ``align=False``
         keeps the task losses only (full fine-tuning, the "w/o DFN" row)."""
-        feats = self.image_features(batch.get("tokens"), batch.get("au_tokens"))
+        feats = self.image_features(batch.get("tokens"), batch.get("au_tokens"), keep_kv=align)
         emotion, au = self.heads(feats)
         w = self.cfg.loss_weights
         losses, info = task_losses(emotion, au, batch["emotion"], batch["aus"], tasks), {}
@@ -91,7 +103,7 @@ class MF2(nn.Module):
             ids, mask, states, has = batch["emo_text"]
             if has.sum() >= 2:
                 part, n = self.emo_vl.losses(feats.emo_vision[has], feats.emo[has], states[has], mask[has],
-                                             self.sub_ids(ids[has]), generator)
+                                             self.sub_ids(ids[has]), generator, _rows(feats.emo_kv, has))
                 losses.update({f"emo_{k}": v for k, v in part.items()})
                 info["emo_itc_candidates"] = torch.tensor(float(n))
         if align and self.au_vl is not None and "au_text" in batch:
@@ -100,12 +112,18 @@ class MF2(nn.Module):
             flat = lambda t: t.flatten(0, 1)[has.flatten()]  # noqa: E731
             if has.sum() >= 2:
                 part, n = self.au_vl.losses(feats.au_vision[has.flatten()], flat(feats.au), flat(states),
-                                            flat(mask), self.sub_ids(flat(ids)), generator)
+                                            flat(mask), self.sub_ids(flat(ids)), generator,
+                                            _rows(feats.au_kv, has.flatten()))
                 losses.update({f"au_{k}": v for k, v in part.items()})
                 info["au_itc_candidates"] = torch.tensor(float(n))
         total = sum(v * w.get(k.split("_", 1)[1] if k.endswith(("itc", "itm", "itg")) else "cls", 1.0)
                     for k, v in losses.items())
         return StepOutput(total, {**{k: v.detach() for k, v in losses.items()}, **info}, emotion.detach(), au.detach())
+
+
+def _rows(kv: list, keep: torch.Tensor) -> list:
+    """The rows ``keep`` (bool over the batch) of every block's (keys, values)."""
+    return [(k[keep], v[keep]) for k, v in kv]
 
 
 def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor, y_aus: torch.Tensor,

@@ -19,12 +19,16 @@ class ImageFeatures:
 
     emo_vision [B, T, H]: Emo-VL's projected global tokens; emo [B, Q, H]: its query outputs.
     au_vision [B*12, T', H]: AU-VL's projected local tokens, the 12 AUs of image b at rows
-    12b..12b+11; au [B, 12, Q', H]: its query outputs per AU."""
+    12b..12b+11; au [B, 12, Q', H]: its query outputs per AU.
+    emo_kv / au_kv (only when asked for): per block, the queries' self-attention (keys, values)
+    [B (B*12 for AU-VL), heads, Q, H / heads], which ITG decoding attends to."""
 
     emo_vision: torch.Tensor | None = None
     emo: torch.Tensor | None = None
     au_vision: torch.Tensor | None = None
     au: torch.Tensor | None = None
+    emo_kv: list | None = None
+    au_kv: list | None = None
 
 
 @dataclass
@@ -40,10 +44,6 @@ class StepOutput:
     logs: dict = field(default_factory=dict)
     emotion_logits: torch.Tensor | None = None
     au_logits: torch.Tensor | None = None
-
-    def scalars(self) -> dict:
-        """``loss`` and every log entry as Python floats, ``loss`` first."""
-        return {"loss": float(self.loss.detach()), **{k: float(v) for k, v in self.logs.items()}}
 
 
 @dataclass

@@ -5,11 +5,17 @@ Sequences are [learned queries | text]. Self-attention and FFN are shared by que
 positions; cross-attention to the visual tokens exists for the query positions only. Modes:
 
 * ``image``: queries alone (and cross-attention): image features, also used for prediction.
+  It can keep each block's self-attention keys and values of the queries (``keep_kv``).
 * ``text``: text alone, from the frozen encoder's token states (projected): the ITC text CLS.
 * ``joint``: queries and text attend to each other (bidirectional): ITM.
-* ``decode``: queries see queries; text tokens see every query and earlier text (causal). The
-  text here is *embedded from token ids* -- never the frozen encoder's contextual states, which
-  would leak later tokens: ITG.
+* ``decode``: text tokens see every query and earlier text (causal); the queries' keys and
+  values are the image pass's (as BLIP-2 reuses its ``past_key_values``), so only the text
+  positions run. The text here is *embedded from token ids* -- never the frozen encoder's
+  contextual states, which would leak later tokens: ITG.
+
+Memory: ``checkpointing`` ("none" | "itm" | "all") recomputes, in the backward, one block at a
+time, the ITM passes (which hold most of the activations: 3 sequences of queries and text per
+pair) or every pass; the result is the same as without it (dropout masks are replayed).
 """
 
 from __future__ import annotations
@@ -17,31 +23,74 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mf2 import distributed
 from mf2.models.config import MF2Config
 
 PAD, BOS, UNK = 0, 1, 2  # ITG sub-vocabulary indices
+CHECKPOINTING = ("none", "itm", "all")
 
 
-class Attention(nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_dim: int | None = None, dropout: float = 0.0):
+def _fuse_legacy(state_dict: dict, prefix: str, parts: tuple, fused: str) -> None:
+    """Checkpoints written before the projections were fused held ``q``/``k``/``v`` (and for
+    cross-attention ``k``/``v``) as separate Linears: concatenate them in place."""
+    for kind in ("weight", "bias"):
+        keys = [f"{prefix}{p}.{kind}" for p in parts]
+        if all(k in state_dict for k in keys):
+            state_dict[f"{prefix}{fused}.{kind}"] = torch.cat([state_dict.pop(k) for k in keys], 0)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused query/key/value projection. ``past`` holds
+    keys and values [B, heads, P, d] of P positions computed before (the queries of the image
+    pass) that every position here may attend to, ahead of its own."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float = 0.0):
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} is not a multiple of heads {heads}")
         self.heads, self.dropout = heads, dropout
-        self.q = nn.Linear(hidden, hidden)
-        self.k = nn.Linear(kv_dim or hidden, hidden)
-        self.v = nn.Linear(kv_dim or hidden, hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
         self.o = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, Lq, H], kv [B, Lk, Dkv], mask bool [B, 1, Lq, Lk] (True = may attend)."""
-        B, Lq, H = x.shape
-        split = lambda t: t.view(B, t.shape[1], self.heads, H // self.heads).transpose(1, 2)  # noqa: E731
-        out = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(kv)), split(self.v(kv)), attn_mask=mask,
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _fuse_legacy(state_dict, prefix, ("q", "k", "v"), "qkv")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, past: tuple | None = None):
+        """x [B, L, H], mask bool [B, 1, L, P + L] (True = may attend; None = all) ->
+        (out [B, L, H], (keys, values) [B, heads, L, d] of these positions)."""
+        B, L, H = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        keys, values = (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)) if past is not None else (k, v)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              dropout_p=self.dropout if self.training else 0.0)
-        return self.o(out.transpose(1, 2).reshape(B, Lq, H))
+        return self.o(out.transpose(1, 2).reshape(B, L, H)), (k, v)
+
+
+class CrossAttention(nn.Module):
+    """The queries attending to the (projected) visual tokens."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(hidden, hidden)
+        self.kv = nn.Linear(hidden, 2 * hidden)
+        self.o = nn.Linear(hidden, hidden)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _fuse_legacy(state_dict, prefix, ("k", "v"), "kv")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+        """x [B, Q, H] (queries), vision [B, T, H] -> [B, Q, H]."""
+        B, Q, H = x.shape
+        d = H // self.heads
+        q = self.q(x).view(B, Q, self.heads, d).transpose(1, 2)
+        k, v = self.kv(vision).view(B, vision.shape[1], 2, self.heads, d).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.o(out.transpose(1, 2).reshape(B, Q, H))
 
 
 class QFormerLayer(nn.Module):
@@ -50,19 +99,22 @@ class QFormerLayer(nn.Module):
     def __init__(self, cfg: MF2Config):
         super().__init__()
         H = cfg.hidden
-        self.self_attn = Attention(H, cfg.heads, dropout=cfg.dropout)
-        self.cross_attn = Attention(H, cfg.heads, dropout=cfg.dropout)  # keys/values: projected visual tokens
+        self.self_attn = SelfAttention(H, cfg.heads, dropout=cfg.dropout)
+        self.cross_attn = CrossAttention(H, cfg.heads, dropout=cfg.dropout)  # keys/values: projected visual tokens
         self.ffn = nn.Sequential(nn.Linear(H, cfg.ffn), nn.GELU(), nn.Linear(cfg.ffn, H))
         self.ln_self, self.ln_cross, self.ln_ffn = nn.LayerNorm(H), nn.LayerNorm(H), nn.LayerNorm(H)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, n_query: int, mask, vision):
-        x = self.ln_self(x + self.drop(self.self_attn(x, x, mask)))
+    def forward(self, x, n_query: int, mask, vision, past=None):
+        """x [B, L, H] whose first ``n_query`` positions are queries -> (x [B, L, H], this
+        block's self-attention (keys, values) of x)."""
+        attended, kv = self.self_attn(x, mask, past)
+        x = self.ln_self(x + self.drop(attended))
         if n_query and vision is not None:
             q = x[:, :n_query]
             q = self.ln_cross(q + self.drop(self.cross_attn(q, vision)))
-            x = torch.cat([q, x[:, n_query:]], 1)
-        return self.ln_ffn(x + self.drop(self.ffn(x)))
+            x = torch.cat([q, x[:, n_query:]], 1) if x.shape[1] > n_query else q
+        return self.ln_ffn(x + self.drop(self.ffn(x))), kv
 
 
 class QFormer(nn.Module):
@@ -76,43 +128,59 @@ class QFormer(nn.Module):
         self.pos_embed = nn.Embedding(cfg.max_text_len, H)
         self.ln_text = nn.LayerNorm(H)
         self.layers = nn.ModuleList(QFormerLayer(cfg) for _ in range(cfg.layers))
+        self.checkpointing = "none"  # set by the trainer: one of CHECKPOINTING
 
-    def _run(self, x, n_query, mask, vision, all_layers: bool = False):
-        outs = []
-        for layer in self.layers:
-            x = layer(x, n_query, mask, vision)
+    def _run(self, x, n_query, mask, vision, all_layers: bool = False, keep_kv: bool = False, past=None,
+             itm: bool = False):
+        """Every block over x; returns (the last block's output, or every block's stacked
+        [N, ...] with ``all_layers``; the per-block query (keys, values) with ``keep_kv``).
+        Blocks are recomputed one at a time in the backward when checkpointing covers this pass."""
+        outs, kvs = [], []
+        recompute = torch.is_grad_enabled() and (self.checkpointing == "all" or (itm and self.checkpointing == "itm"))
+        for i, layer in enumerate(self.layers):
+            p = past[i] if past is not None else None
+            if recompute:
+                x, kv = checkpoint(layer, x, n_query, mask, vision, p, use_reentrant=False)
+            else:
+                x, kv = layer(x, n_query, mask, vision, p)
             if all_layers:
                 outs.append(x)
-        return torch.stack(outs) if all_layers else x
+            if keep_kv:
+                kvs.append(kv)
+        return (torch.stack(outs) if all_layers else x), kvs
 
-    def image(self, vision: torch.Tensor, all_layers: bool = False) -> torch.Tensor:
-        """vision [B, T, H] (projected) -> query outputs [B, Q, H] (every block's: [N, B, Q, H])."""
-        return self._run(self.query_tokens.expand(vision.shape[0], -1, -1), self.n_queries, None, vision, all_layers)
+    def image(self, vision: torch.Tensor, all_layers: bool = False, keep_kv: bool = False):
+        """vision [B, T, H] (projected) -> query outputs [B, Q, H] (every block's: [N, B, Q, H]);
+        with ``keep_kv`` also each block's query (keys, values) [B, heads, Q, d], for ``decode``."""
+        out, kvs = self._run(self.query_tokens.expand(vision.shape[0], -1, -1), self.n_queries, None, vision,
+                             all_layers, keep_kv)
+        return (out, kvs) if keep_kv else out
 
     def text(self, states: torch.Tensor, mask: torch.Tensor, all_layers: bool = False) -> torch.Tensor:
         """Frozen encoder states [B, L, D] + mask [B, L] -> text outputs [B, L, H] ([N, B, L, H])."""
         keys = mask[:, None, None, :]
-        return self._run(self.ln_text(self.text_in(states)), 0, keys, None, all_layers)
+        return self._run(self.ln_text(self.text_in(states)), 0, keys, None, all_layers)[0]
 
     def joint(self, vision, states, mask) -> torch.Tensor:
         """Bidirectional queries + text; returns the query outputs [B, Q, H]."""
         B, Q = vision.shape[0], self.n_queries
         x = torch.cat([self.query_tokens.expand(B, -1, -1), self.ln_text(self.text_in(states))], 1)
         keys = torch.cat([mask.new_ones(B, Q), mask], 1)[:, None, None, :]
-        return self._run(x, Q, keys, vision)[:, :Q]
+        return self._run(x, Q, keys, vision, itm=True)[0][:, :Q]
 
-    def decode(self, vision, ids, mask) -> torch.Tensor:
-        """Queries as prefix, causal text from token ids [B, L] (sub-vocabulary) -> text outputs [B, L, H]."""
+    def decode(self, vision, ids, mask, past=None) -> torch.Tensor:
+        """Causal text from token ids [B, L] (sub-vocabulary) after the queries of the image
+        pass -> text outputs [B, L, H]. ``past`` is the image pass's per-block query (keys,
+        values) (``image(..., keep_kv=True)``); computed from ``vision`` when not given."""
+        if past is None:
+            past = self.image(vision, keep_kv=True)[1]
         B, L = ids.shape
-        Q = self.n_queries
+        Q = past[0][0].shape[2]
         pos = torch.arange(L, device=ids.device)
-        x = torch.cat([self.query_tokens.expand(B, -1, -1), self.ln_text(self.tok_embed(ids) + self.pos_embed(pos))], 1)
-        allow = torch.zeros(B, Q + L, Q + L, dtype=torch.bool, device=ids.device)
-        allow[:, :Q, :Q] = True  # queries see queries only
-        allow[:, Q:, :Q] = True  # text sees every query
-        allow[:, Q:, Q:] = torch.tril(torch.ones(L, L, dtype=torch.bool, device=ids.device)) & mask[:, None, :]
-        allow[:, Q:, Q:] |= torch.eye(L, dtype=torch.bool, device=ids.device)  # padded rows keep one key
-        return self._run(x, Q, allow[:, None], vision)[:, Q:]
+        x = self.ln_text(self.tok_embed(ids) + self.pos_embed(pos))
+        causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=ids.device))
+        allow = torch.cat([mask.new_ones(B, L, Q), causal & mask[:, None, :]], 2)  # text sees every query
+        return self._run(x, 0, allow[:, None], None, past=past)[0]
 
 
 def _smoothed_ce(logits, targets, allowed, eps: float):
@@ -140,34 +208,46 @@ class VLBranch(nn.Module):
         self.itm_head = nn.Linear(cfg.hidden, 2)
         self.lm_head = nn.Linear(cfg.hidden, max(len(cfg.vocab), 2))
 
-    def itc_similarity(self, query_out, text_out):
-        """[B, B_all] image->text similarities: max over queries of cosine / temperature."""
-        img = F.normalize(self.vision_proj(query_out), dim=-1)  # [B, Q, E]
-        txt = F.normalize(self.text_proj(text_out[:, 0]), dim=-1)  # [B, E] (CLS)
+    def itc_similarity(self, query_out, text_cls):
+        """[B, B_all] image->text similarities (float32): max over queries of cosine / temperature.
+        query_out [B, Q, H]; text_cls [B, H] (the text pass's CLS output)."""
+        img = F.normalize(self.vision_proj(query_out).float(), dim=-1)  # [B, Q, E]
+        txt = F.normalize(self.text_proj(text_cls).float(), dim=-1)  # [B, E]
         img_all, txt_all = distributed.gather(img), distributed.gather(txt)
         temp = self.temp.clamp(0.001, 0.5)
         sim_i2t = torch.einsum("bqe,ne->bqn", img, txt_all).amax(1) / temp
         sim_t2i = torch.einsum("be,nqe->bnq", txt, img_all).amax(2) / temp
         return sim_i2t, sim_t2i
 
-    def image(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Visual tokens [B, T, C] -> (projected tokens [B, T, H], query outputs [B, Q, H])."""
+    def image(self, tokens: torch.Tensor, keep_kv: bool = False):
+        """Visual tokens [B, T, C] -> (projected tokens [B, T, H], query outputs [B, Q, H]) and,
+        with ``keep_kv``, the per-block query (keys, values) that ITG decoding reuses."""
         vision = self.vision_in(tokens)
-        return vision, self.qformer.image(vision)
+        out = self.qformer.image(vision, keep_kv=keep_kv)
+        return (vision, *out) if keep_kv else (vision, out)
 
-    def losses(self, vision, query_out, states, mask, ids, generator=None) -> tuple[dict, int]:
+    def text_cls(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The text pass's CLS output [B, H]; identical texts of the batch (same token ids, e.g.
+        the 'at rest' sentence of one AU) run once."""
+        unique, inverse, counts = torch.unique(ids, dim=0, return_inverse=True, return_counts=True)
+        if len(unique) == len(ids):
+            return self.qformer.text(states, mask)[:, 0]
+        first = inverse.argsort(stable=True)[torch.cumsum(counts, 0) - counts]  # one row of each text
+        return self.qformer.text(states[first], mask[first])[:, 0][inverse]
+
+    def losses(self, vision, query_out, states, mask, ids, generator=None, past=None) -> tuple[dict, int]:
         """ITC, ITM and ITG for a batch whose rows all carry text, and the number of ITC
         candidates each row was contrasted with (the batch gathered from every rank).
 
-        vision [B, T, H] (projected, from ``image``); query_out [B, Q, H] (the image pass);
-        states [B, L, D] and mask [B, L] (frozen text); ids [B, L] (sub-vocabulary, 0 = CLS)."""
+        vision [B, T, H] (projected, from ``image``); query_out [B, Q, H] and past (its per-block
+        query keys and values; recomputed when None) from the image pass; states [B, L, D] and
+        mask [B, L] (frozen text); ids [B, L] (sub-vocabulary, 0 = CLS)."""
         B = vision.shape[0]
         L = distributed.max_over_ranks(ids.shape[1], ids.device)
         if L > ids.shape[1]:  # same text length on every rank, so the batches can be gathered
             pad = L - ids.shape[1]
             ids, mask, states = F.pad(ids, [0, pad]), F.pad(mask, [0, pad]), F.pad(states, [0, 0, 0, pad])
-        text_out = self.qformer.text(states, mask)
-        sim_i2t, sim_t2i = self.itc_similarity(query_out, text_out)
+        sim_i2t, sim_t2i = self.itc_similarity(query_out, self.text_cls(states, mask, ids))
         ids_all = distributed.gather(ids)
         offset = distributed.rank_offset(B, ids.device)
         targets = torch.arange(B, device=ids.device) + offset
@@ -204,13 +284,14 @@ class VLBranch(nn.Module):
         itm_labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(ids.device)
         itm = F.cross_entropy(itm_logits, itm_labels)
 
-        # ITG: BOS replaces CLS; predict each next token from the queries and earlier tokens
+        # ITG: BOS replaces CLS; predict each next token from the queries and earlier tokens.
+        # Logits only where a next token exists (the output layer spans the whole ITG vocabulary).
         dec_ids = ids.clone()
         dec_ids[:, 0] = BOS
-        labels = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
-        logits = self.lm_head(self.qformer.decode(vision, dec_ids, mask))[:, :-1]
-        itg = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                              label_smoothing=self.cfg.label_smoothing)
+        hidden = self.qformer.decode(vision, dec_ids, mask, past)[:, :-1]
+        target = mask[:, 1:]
+        logits = self.lm_head(hidden[target])
+        itg = F.cross_entropy(logits.float(), ids[:, 1:][target], label_smoothing=self.cfg.label_smoothing)
         return {"itc": itc, "itm": itm, "itg": itg}, sim_i2t.shape[1]
 
     @torch.no_grad()
@@ -224,14 +305,15 @@ class VLBranch(nn.Module):
         B, V = vision.shape[0], self.lm_head.out_features
         K = max(1, min(beams, V - 4))
         max_tokens = min(max_tokens, self.cfg.max_text_len - 1 - len(prefix))
-        vis = vision.repeat_interleave(K, 0)
+        _, past = self.qformer.image(vision, keep_kv=True)  # the queries run once, every step reuses them
+        past = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v in past]
         ids = torch.tensor([BOS, *prefix], dtype=torch.long, device=vision.device).repeat(B * K, 1)
         score = torch.zeros(B, K, device=vision.device)
         score[:, 1:] = float("-inf")  # the first step expands one beam
         done = torch.zeros(B * K, dtype=torch.bool, device=vision.device)
         length = torch.zeros(B * K, device=vision.device)
         for step in range(max_tokens):
-            hidden = self.qformer.decode(vis, ids, torch.ones_like(ids, dtype=torch.bool))[:, -1]
+            hidden = self.qformer.decode(None, ids, torch.ones_like(ids, dtype=torch.bool), past)[:, -1]
             logp = self.lm_head(hidden).float().log_softmax(-1)
             logp[:, [PAD, BOS, UNK]] = float("-inf")
             if step == 0 and not prefix and 0 <= end < V:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mf2.data.labels import AUS, EMOTIONS
+from mf2.devices import autocast, resolve_precision
 from mf2.features.backbones import BackboneError, load_tokenizer, load_vision
 from mf2.features.extract import visual_features
 from mf2.features.faces import FaceFinder, align, apply, invert, resize_square
@@ -32,6 +33,7 @@ class PredictSettings:
     min_face_score: float = 0.25  # dlib detection score a face needs (dlib's own threshold, 0, admits
     # textures such as badges and prints at scores near 0; clear faces score about 1 and above)
     device: str = "cpu"
+    precision: str = "auto"  # of the model's forward (the backbone keeps the cache's precision)
     vision_weights: str | None = None  # when the run's cache used --vision-weights FILE
     allow_download: bool = False
 
@@ -58,6 +60,7 @@ class Predictor:
             raise ValueError(f"face: expected 'detect' or 'aligned', got {s.face!r}")
         if s.explain not in (None, "greedy", "beam"):
             raise ValueError(f"explain: expected 'greedy' or 'beam', got {s.explain!r}")
+        self.model_precision = resolve_precision(s.precision, s.device)
         self.signature = sig = RunFolder(run).features()
         self.model, self.config, self.checkpoint = load_model(run, s.device)
         v = sig["vision"]
@@ -67,7 +70,7 @@ class Predictor:
                                 f"{self.vision.source} is {self.vision.weights_id}: pass --vision-weights FILE")
         self.size = v["image_size"]
         self.pooling = sig["pooling"]
-        self.precision = sig.get("precision", "fp32")
+        self.backbone_precision = sig.get("precision", "fp32")
         self.finder = FaceFinder()
         self.explainer = None
         if s.explain:  # a DFN run explains with its frozen MF²
@@ -98,12 +101,13 @@ class Predictor:
         p = self.pooling
         tokens, au_tokens = visual_features(self.vision, np.stack([f.crop for f in faces]),
                                             np.stack([f.crop_landmarks for f in faces]), p["R"], p["window_rulers"],
-                                            p["padding"], self.precision)
+                                            p["padding"], self.backbone_precision)
         device = self.settings.device
         tokens = torch.from_numpy(tokens.astype(np.float32)).to(device)
         au_tokens = torch.from_numpy(au_tokens.astype(np.float32)).to(device)
-        emo, au = (t.cpu().numpy() for t in self.model.predict(tokens, au_tokens))
-        texts = self.explainer.explain(tokens, au_tokens, au) if self.explainer else [None] * len(faces)
+        with autocast(self.model_precision, device):
+            emo, au = (t.cpu().numpy() for t in self.model.predict(tokens, au_tokens))
+            texts = self.explainer.explain(tokens, au_tokens, au) if self.explainer else [None] * len(faces)
         for i, f in enumerate(faces):
             f.result = {"aus": {a: float(au[i, k]) for k, a in enumerate(AUS)},
                         "emotions": {e: float(emo[i, k]) for k, e in enumerate(EMOTIONS)},

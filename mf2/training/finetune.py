@@ -19,8 +19,9 @@ import torch
 import zarr
 
 from mf2 import distributed
+from mf2.devices import autocast
 from mf2.evaluation.metrics import validation_row
-from mf2.features.reader import CacheReader, to_device
+from mf2.features.reader import CacheReader, prefetch
 from mf2.io import file_digest
 from mf2.models.config import PAPER_DFN_PARAMS, DFNConfig
 from mf2.models.dfn import DFN, block_outputs
@@ -38,9 +39,10 @@ def finetune_full(from_run, cache, out, cfg: TrainConfig, resume: bool = False, 
                     align=False, max_epochs_this_run=max_epochs_this_run, progress=progress)
 
 
-def build_dfn_cache(mf2: MF2, cache, path: Path, signature: dict, device, batch_size: int = 64, log=print) -> zarr.Group:
+def build_dfn_cache(mf2: MF2, cache, path: Path, signature: dict, device, batch_size: int = 64, log=print,
+                    precision: str = "fp32") -> zarr.Group:
     """Compute (or reuse, when its signature matches) the frozen block outputs of every valid
-    train and val row."""
+    train and val row (stored in float32)."""
     path = Path(path)
     if path.exists():
         group = zarr.open_group(str(path), mode="r")
@@ -53,8 +55,10 @@ def build_dfn_cache(mf2: MF2, cache, path: Path, signature: dict, device, batch_
     for split in ("train", "val"):
         reader = CacheReader(cache, split, mf2.cfg.emo_text)
         sub, start = None, 0
-        for batch in reader.batches(batch_size, shuffle=False, drop_last=False):
-            arrays = block_outputs(mf2, to_device(batch, device)).arrays()
+        for batch in prefetch(reader.batches(batch_size, shuffle=False, drop_last=False), device):
+            with autocast(precision, device):
+                arrays = {k: v.float() if v.is_floating_point() else v
+                          for k, v in block_outputs(mf2, batch).arrays().items()}
             if sub is None:
                 sub = group.require_group(split)
                 for k, v in arrays.items():
@@ -101,15 +105,16 @@ def _batches(split: zarr.Group, batch_size: int, epoch: int | None, seed: int, w
 
 
 @torch.no_grad()
-def _validate(dfn: DFN, split: zarr.Group) -> dict:
+def _validate(dfn: DFN, split: zarr.Group, precision: str = "fp32") -> dict:
     """The log row's validation columns of ``dfn`` on a split of its cached block outputs."""
     dfn.eval()
     device = next(dfn.parameters()).device
     emo, au, y_emo, y_au = [], [], [], []
     for x in _batches(split, 512, None, 0):
-        e, a, _ = dfn.heads(x.to(device))
-        emo.append(e.softmax(-1).cpu())
-        au.append(a.sigmoid().cpu())
+        with autocast(precision, device):
+            e, a, _ = dfn.heads(x.to(device))
+        emo.append(e.float().softmax(-1).cpu())
+        au.append(a.float().sigmoid().cpu())
         y_emo.append(x.emotion)
         y_au.append(x.aus)
     dfn.train()
@@ -127,6 +132,7 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
         saved = run.config()
         from_run, dfn_cfg = run.base_run(saved).path, DFNConfig(**saved["dfn"])
         cfg = TrainConfig(**{**saved["train"], "device": cfg.device})
+    cfg = cfg.resolved()
     seed_everything(cfg.seed + rank, cfg.deterministic, cfg.device)
     device = torch.device(cfg.device)
     mf2, base_config, base_ckpt = load_model(from_run, cfg.device)
@@ -137,9 +143,10 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
     optimizer = make_optimizer(dfn, cfg)
     signature = {"base": str(Path(from_run).resolve()), "base_model": file_digest(base_ckpt / "model.safetensors"),
                  "cache": str(Path(cache).resolve()), "cache_signature": json.dumps(
-                     dict(zarr.open_group(str(cache), mode="r").attrs["signature"]), sort_keys=True)}
+                     dict(zarr.open_group(str(cache), mode="r").attrs["signature"]), sort_keys=True),
+                 "precision": cfg.precision}
     if rank == 0:
-        group = build_dfn_cache(mf2, cache, run.dfn_cache, signature, device, log=log)
+        group = build_dfn_cache(mf2, cache, run.dfn_cache, signature, device, log=log, precision=cfg.precision)
     distributed.barrier()
     if world > 1:  # the other ranks read the cache rank 0 wrote
         group = zarr.open_group(str(run.dfn_cache), mode="r")
@@ -155,6 +162,6 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
     return fit(run, dfn, optimizer, cfg, start_epoch=start_epoch, step=step, total_steps=total,
                batches=lambda epoch: (x.to(device) for x in
                                       _batches(group["train"], cfg.batch_size, epoch, cfg.seed, rank=rank, world=world)),
-               losses_of=lambda x: net(x, cfg.tasks), validate=lambda: _validate(dfn, group["val"]),
+               losses_of=lambda x: net(x, cfg.tasks), validate=lambda: _validate(dfn, group["val"], cfg.precision),
                rng_state=rng_state, max_epochs_this_run=max_epochs_this_run,
                progress=progress, log=log)

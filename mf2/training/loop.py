@@ -12,12 +12,13 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from mf2 import distributed
+from mf2.devices import autocast, resolve_precision
 from mf2.runs import RunError, RunFolder
 from mf2.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -30,23 +31,34 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 2000
     seed: int = 0
-    # deterministic algorithms: the same seed on the same machine gives the same run, bit for bit
-    # (without them, the CPU backward of advanced indexing accumulates in thread order); ~4% slower
-    deterministic: bool = True
+    # deterministic algorithms: the same seed on the same machine gives the same run, bit for bit.
+    # None = True on a CPU (without them, the CPU backward of advanced indexing accumulates in
+    # thread order; ~4% slower) and False on a GPU (see ``seed_everything``).
+    deterministic: bool | None = None
     tasks: str = "both"  # au | emotion | both (which classification losses train)
     device: str = "cpu"
     window: int = 512  # rows read together (shuffle unit)
+    precision: str = "auto"  # bf16 autocast (fp32 master weights) | fp32; auto = bf16 on GPUs that support it
+    # recompute Q-Former blocks in the backward: none | itm (the ITM passes) | all
+    activation_checkpointing: str = "none"
+
+    def resolved(self) -> "TrainConfig":
+        """This config with its automatic values decided for its device (what a run records)."""
+        deterministic = torch.device(self.device).type == "cpu" if self.deterministic is None else self.deterministic
+        return replace(self, deterministic=deterministic, precision=resolve_precision(self.precision, self.device))
 
 
 def seed_everything(seed: int, deterministic: bool = True, device: str = "cpu") -> None:
-    """Seed every generator; ``deterministic`` also restricts torch to deterministic algorithms
-    (on a GPU an op without one warns instead of failing)."""
+    """Seed every generator; ``deterministic`` also restricts torch to deterministic algorithms:
+    an op that has none is an error, not a silent difference. On CUDA that also needs cuBLAS's
+    fixed workspace (set here, before the first matrix product of the process) and makes
+    attention's backward take its deterministic path."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=torch.device(device).type != "cpu")
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -58,35 +70,46 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on weight matrices only (not on biases, norms, temperatures)."""
+    """AdamW; weight decay on weight matrices only (not on biases, norms, temperatures). The
+    fused (one-kernel) update on CUDA."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    fused = torch.device(cfg.device).type == "cuda"
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, **({"fused": True} if fused else {}))
+
+
+def train_step(batch, losses_of, optimizer, lr: float, precision: str, device) -> object:
+    """One optimisation step: the forward under the run's precision (bf16 autocast keeps the
+    float32 master weights), backward, update. Returns the forward's ``StepOutput``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(precision, device):
+        out = losses_of(batch)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    return out
 
 
 def train_epoch(batches, losses_of, optimizer, step: int, total_steps: int, cfg: TrainConfig, progress=None):
-    """One pass over ``batches``: scheduled lr, forward (``losses_of(batch)`` -> ``StepOutput``),
-    backward, step. Returns the new step count and the epoch's mean losses and timing."""
+    """One pass over ``batches`` (``train_step`` with the scheduled lr). Returns the new step count
+    and the epoch's mean losses and timing. Losses are summed where they are computed and read
+    once at the end, so the steps of an epoch queue on a GPU without waiting for each other."""
     sums, n_batches, n_samples, t0 = {}, 0, 0, time.perf_counter()
     for batch in batches:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, cfg)
-        out = losses_of(batch)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
+        out = train_step(batch, losses_of, optimizer, lr_at(step, total_steps, cfg), cfg.precision, cfg.device)
         step += 1
         n_batches += 1
         size = len(batch["emotion"]) if isinstance(batch, dict) else len(batch)
         n_samples += size
-        for k, v in out.scalars().items():
-            sums[k] = sums.get(k, 0.0) + v
+        for k, v in {"loss": out.loss.detach(), **out.logs}.items():
+            sums[k] = sums[k] + v.double() if k in sums else v.double()
         if progress:
             progress(size)
     seconds = round(time.perf_counter() - t0, 3)
     return step, {"seconds": seconds, "samples": n_samples,
-                  "train": {f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}}
+                  "train": {f"train_{k}": float(v) / max(n_batches, 1) for k, v in sums.items()}}
 
 
 def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: torch.Generator | None = None,

@@ -16,7 +16,7 @@ import torch
 
 from mf2 import distributed
 from mf2.evaluation.predict import validation_metrics
-from mf2.features.reader import CacheReader, to_device
+from mf2.features.reader import CacheReader, prefetch
 from mf2.models.config import PAPER_PARAMS, MF2Config
 from mf2.models.mf2 import MF2, count_parameters
 from mf2.runs import RunError, RunFolder, load_model
@@ -48,6 +48,7 @@ def pretrain(cache, out, model_cfg: MF2Config | None, cfg: TrainConfig, resume: 
         model_cfg = MF2Config(**saved["model"])
         cfg = TrainConfig(**{**saved["train"], "device": cfg.device})
         align = saved.get("align", True)
+    cfg = cfg.resolved()
     if init_from is not None and not resume:
         base, _, _ = load_model(init_from)
         model_cfg = base.cfg
@@ -56,6 +57,7 @@ def pretrain(cache, out, model_cfg: MF2Config | None, cfg: TrainConfig, resume: 
     train = CacheReader(cache, "train", model_cfg.emo_text, cfg.window)
     val = CacheReader(cache, "val", model_cfg.emo_text, cfg.window)
     model = build_model(model_cfg, train).to(device)
+    model.set_activation_checkpointing(cfg.activation_checkpointing)
     if init_from is not None and not resume:
         model.load_state_dict(base.state_dict())
     optimizer = make_optimizer(model, cfg)
@@ -69,9 +71,9 @@ def pretrain(cache, out, model_cfg: MF2Config | None, cfg: TrainConfig, resume: 
     net = distributed.wrap(model)
     total_steps = max(1, len(train) // cfg.batch_size // world * cfg.epochs)
     return fit(run, model, optimizer, cfg, start_epoch=start_epoch, step=step, total_steps=total_steps,
-               batches=lambda epoch: (to_device(b, device) for b in
-                                      train.batches(cfg.batch_size, epoch, cfg.seed, rank=rank, world=world)),
+               batches=lambda epoch: prefetch(train.batches(cfg.batch_size, epoch, cfg.seed, rank=rank, world=world),
+                                              device),
                losses_of=lambda b: net(b, cfg.tasks, generator, align),
-               validate=lambda: validation_metrics(model, val, device),
+               validate=lambda: validation_metrics(model, val, device, cfg.precision),
                rng_state=lambda: rng_state(generator),
                max_epochs_this_run=max_epochs_this_run, progress=progress, log=log)
