@@ -73,12 +73,31 @@ def batch(preset, B, device):
             "au_text": (ids(B, 12, AU_LEN), ones(B, 12, AU_LEN), r(B, 12, AU_LEN, s["D"]), ones(B, 12))}
 
 
+SDPA = "default"
+
+
+def sdpa_backends():
+    """The attention backends ``--sdpa`` allows (all when 'default')."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+              "math": SDPBackend.MATH}.get(SDPA)
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, chosen]) if chosen else contextlib.nullcontext()
+
+
 def step_of(net, b, device, precision, align, tasks="both"):
     """One training step of ``net`` on batch ``b`` with its own optimizer, as a callable."""
     cfg = TrainConfig(device=str(device), precision=precision)
     opt = make_optimizer(net, cfg)
     gen = torch.Generator(device=device).manual_seed(0)
-    return lambda: train_step(b, lambda x: net(x, tasks, gen, align), opt, 1e-4, precision, device)
+
+    def step():
+        with sdpa_backends():
+            return train_step(b, lambda x: net(x, tasks, gen, align), opt, 1e-4, precision, device)
+
+    return step
 
 
 def flops_of(fn) -> float:
@@ -130,7 +149,7 @@ def measure_row(name, make, infer, tp, B, a, device, precision, flops=None):
     reset_peak(device)
     try:
         step = make()
-        row["tt_ms_step"] = median_ms(step, device, a.steps, warmup=2)
+        row["tt_ms_step"] = median_ms(step, device, a.steps, warmup=3)
         row["peak_gb"], row["reserved_gb"] = peak_gb(device), reserved_gb(device)
         del step
         reset_peak(device)
@@ -154,12 +173,17 @@ def main():
     p.add_argument("--dfn-batch", type=int, default=56, help="Batch of the DFN steps (Table VI: 56).")
     p.add_argument("--activation-checkpointing", default="none", choices=["none", "itm", "all"],
                    help="For the pretraining row (the fine-tuning rows have no ITM passes).")
+    p.add_argument("--compile", action="store_true", help="torch.compile the Q-Former blocks (pretraining row).")
+    p.add_argument("--sdpa", default="default", choices=["default", "efficient", "cudnn", "math"],
+                   help="Restrict scaled_dot_product_attention's backends (flash stays allowed for unmasked calls).")
     p.add_argument("--rows", default="pretrain,dfn,full,no_emo,no_au",
                    help="Which rows: pretrain, dfn, full, no_emo, no_au (comma-separated).")
     p.add_argument("--epochs", type=int, default=1, help="Report time for this many epochs (extrapolated).")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     a = p.parse_args()
+    global SDPA
+    SDPA = a.sdpa
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     precisions = (a.precision or ("fp32,bf16" if cuda else "fp32")).split(",")
@@ -172,10 +196,12 @@ def main():
         if "pretrain" in wanted:  # MF² pretraining (ITC/ITM/ITG + classifiers)
             net = model(a.preset).to(device).train()
             net.set_activation_checkpointing(a.activation_checkpointing)
+            if a.compile:
+                net.compile_blocks()
             row = measure_row(PRETRAIN, lambda: step_of(net, b, device, precision, align=True),
                               lambda: net.predict(b["tokens"], b["au_tokens"]), count_parameters(net)["mf2"], B, a,
                               device, precision, flops=lambda: pretrain_flops(a.preset, device, precision, B))
-            rows.append({**row, "activation_checkpointing": a.activation_checkpointing})
+            rows.append({**row, "activation_checkpointing": a.activation_checkpointing, "compiled": a.compile})
             net = None
         if "dfn" in wanted:  # MF² (Fine-Tuning, DFN): a step on cached block outputs; IT through the live frozen path
             mf2 = model(a.preset).to(device).eval().requires_grad_(False)

@@ -44,6 +44,12 @@ checkpointing_option = click.option(
          "pass. Same losses and gradients; more compute.")
 
 
+compile_option = click.option(
+    "--compile/--no-compile", "compile_blocks", default=False, show_default=True,
+    help="torch.compile each Q-Former block: fused element-wise kernels (faster on GPUs; about a minute to "
+         "compile at the start).")
+
+
 def progress_bar(total: int, desc: str):
     """A tqdm bar (stderr), updated through the callback the library takes."""
     from tqdm import tqdm

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from ._common import checkpointing_option, deterministic_option, one_line_errors, precision_option
+from ._common import checkpointing_option, compile_option, deterministic_option, one_line_errors, precision_option
 
 
 @click.command()
@@ -26,12 +26,13 @@ from ._common import checkpointing_option, deterministic_option, one_line_errors
 @deterministic_option
 @precision_option
 @checkpointing_option
+@compile_option
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True)
 @click.option("--overwrite", is_flag=True)
 @one_line_errors
 def finetune(from_run, cache, out, use_dfn, tasks, epochs, batch_size, lr, warmup_steps, adapter_blocks, bottleneck, lam,
-             seed, deterministic, precision, activation_checkpointing, device, resume, overwrite):
+             seed, deterministic, precision, activation_checkpointing, compile_blocks, device, resume, overwrite):
     """Fine-tune a pretrained MF²: DFN side adapters (MF² frozen) or the whole model."""
     from mf2.models.config import DFNConfig
     from mf2.runs import RunFolder
@@ -40,7 +41,7 @@ def finetune(from_run, cache, out, use_dfn, tasks, epochs, batch_size, lr, warmu
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, seed=seed, tasks=tasks,
                       device=device, deterministic=deterministic, precision=precision,
-                      activation_checkpointing=activation_checkpointing)
+                      activation_checkpointing=activation_checkpointing, compile=compile_blocks)
     if use_dfn:
         blocks = adapter_blocks if adapter_blocks == "all" else int(adapter_blocks)
         last = finetune_dfn(from_run, cache, out, DFNConfig(blocks=blocks, bottleneck=bottleneck, lam=lam), cfg,

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from ._common import checkpointing_option, deterministic_option, one_line_errors, precision_option, progress_bar
+from ._common import (checkpointing_option, compile_option, deterministic_option, one_line_errors, precision_option,
+                      progress_bar)
 
 
 def report_parameters(params: dict) -> str:
@@ -31,13 +32,14 @@ def report_parameters(params: dict) -> str:
 @deterministic_option
 @precision_option
 @checkpointing_option
+@compile_option
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
 @click.option("--params-only", is_flag=True, help="Build the model, report trainable parameters, do not train.")
 @one_line_errors
 def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_steps, tasks, no_emo_vl, no_au_vl, seed,
-             deterministic, precision, activation_checkpointing, device, resume, overwrite, params_only):
+             deterministic, precision, activation_checkpointing, compile_blocks, device, resume, overwrite, params_only):
     """Train MF² on a feature cache (Table VI defaults: AdamW, wd 0.05, 2000 warm-up steps, lr 1e-4, batch 56)."""
     from mf2.models.config import MF2Config
     from mf2.models.mf2 import MF2, count_parameters
@@ -60,7 +62,7 @@ def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_st
         raise click.UsageError("--cache and --out are required to train")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                       seed=seed, deterministic=deterministic, tasks=tasks, device=device, precision=precision,
-                      activation_checkpointing=activation_checkpointing)
+                      activation_checkpointing=activation_checkpointing, compile=compile_blocks)
     with progress_bar(None, "pretrain") as bar:
         last = run(cache, out, model_cfg, cfg, resume=resume, overwrite=overwrite, progress=bar.update, log=click.echo)
     if last is None or last["rank"] != 0:  # other ranks: rank 0 reports

@@ -38,6 +38,26 @@ void guarded(F&& f) {
   }
 }
 
+// Entry l of a stacked tensor (along dim 0) as a view; with `keep`, dim 0 stays (size 1).
+TensorView at(const TensorView& t, int64_t l, const char* arg, bool keep = false) {
+  if (t.ndim < 1 || l < 0 || l >= t.sizes[0])
+    throw std::invalid_argument(std::string(arg) + ": no entry " + std::to_string(l) + " in " +
+                                mf2::describe(t));
+  TensorView out = t;
+  const int64_t element = t.dtype == mf2::DType::Float64 ? 8 : 4;  // other dtypes are refused by the op
+  out.data = static_cast<char*>(t.data) + l * t.strides[0] * element;
+  if (keep) {
+    out.sizes[0] = 1;
+    return out;
+  }
+  out.ndim = t.ndim - 1;
+  for (int i = 0; i < out.ndim; ++i) {
+    out.sizes[i] = t.sizes[i + 1];
+    out.strides[i] = t.strides[i + 1];
+  }
+  return out;
+}
+
 // Optional tensor: None -> nullptr (the view lives in `slot`).
 const TensorView* maybe(const py::object& o, const char* arg, TensorView& slot) {
   if (o.is_none()) return nullptr;
@@ -94,44 +114,58 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_out"), py::arg("centres"), py::arg("window"), py::arg("grad_map"),
         py::arg("R"), py::arg("zeros"), py::arg("stream") = 0);
 
+  // The DFN cell entry points take the pathway's stacked tensors and the cell index l, so one
+  // capsule per tensor serves every cell of a pathway.
+  m.def("dfn_workspace_size", &mf2::dfn_workspace_size, py::arg("B"), py::arg("width"));
+
   m.def("dfn_cell_forward",
-        [](py::object s_prev, py::object u, py::object b_up, py::object h, py::object alpha,
-           double lambda, py::object s, uintptr_t stream) {
+        [](py::object states, py::object ups, py::object b_up, py::object h, py::object alpha,
+           double lambda, int64_t l, uintptr_t stream) {
           guarded([&] {
-            mf2::dfn_cell_forward(v(s_prev, "s_prev"), v(u, "u"), v(b_up, "b_up"), v(h, "h"),
-                                  v(alpha, "alpha"), lambda, v(s, "s"), stream);
+            const TensorView S = v(states, "states");
+            mf2::dfn_cell_forward(at(S, l, "states"), at(v(ups, "u"), l, "u"),
+                                  at(v(b_up, "b_up"), l, "b_up"), at(v(h, "h"), l, "h"),
+                                  at(v(alpha, "alpha"), l, "alpha", true), lambda,
+                                  at(S, l + 1, "s"), stream);
           });
         },
-        py::arg("s_prev"), py::arg("u"), py::arg("b_up"), py::arg("h"), py::arg("alpha"),
-        py::arg("lam"), py::arg("s"), py::arg("stream") = 0);
+        py::arg("states"), py::arg("ups"), py::arg("b_up"), py::arg("h"), py::arg("alpha"),
+        py::arg("lam"), py::arg("l"), py::arg("stream") = 0);
 
   m.def("dfn_cell_backward",
-        [](py::object grad_out, py::object carry, py::object s_prev, py::object u,
-           py::object b_up, py::object h, py::object alpha, double lambda, py::object grad_u,
-           py::object grad_s_prev, py::object grad_h, py::object grad_b_up,
+        [](py::object grad_states, py::object carry, py::object states, py::object ups,
+           py::object b_up, py::object h, py::object alpha, double lambda, int64_t l,
+           py::object grad_u, py::object grad_s_prev, py::object grad_h, py::object grad_b_up,
            py::object grad_alpha, py::object workspace, uintptr_t stream) {
           guarded([&] {
             TensorView carry_slot, grad_h_slot;
-            mf2::dfn_cell_backward(v(grad_out, "grad_out"), maybe(carry, "carry", carry_slot),
-                                   v(s_prev, "s_prev"), v(u, "u"), v(b_up, "b_up"), v(h, "h"),
-                                   v(alpha, "alpha"), lambda, v(grad_u, "grad_u"),
-                                   v(grad_s_prev, "grad_s_prev"),
-                                   maybe(grad_h, "grad_h", grad_h_slot),
-                                   v(grad_b_up, "grad_b_up"), v(grad_alpha, "grad_alpha"),
+            const TensorView* gh = maybe(grad_h, "grad_h", grad_h_slot);
+            if (gh) grad_h_slot = at(*gh, l, "grad_h");
+            mf2::dfn_cell_backward(
+                at(v(grad_states, "grad_out"), l, "grad_out"), maybe(carry, "carry", carry_slot),
+                at(v(states, "s_prev"), l, "s_prev"), at(v(ups, "u"), l, "u"),
+                at(v(b_up, "b_up"), l, "b_up"), at(v(h, "h"), l, "h"),
+                at(v(alpha, "alpha"), l, "alpha", true), lambda, at(v(grad_u, "grad_u"), l, "grad_u"),
+                v(grad_s_prev, "grad_s_prev"), gh ? &grad_h_slot : nullptr,
+                at(v(grad_b_up, "grad_b_up"), l, "grad_b_up"),
+                at(v(grad_alpha, "grad_alpha"), l, "grad_alpha", true), v(workspace, "workspace"),
+                stream);
+          });
+        },
+        py::arg("grad_states"), py::arg("carry"), py::arg("states"), py::arg("ups"),
+        py::arg("b_up"), py::arg("h"), py::arg("alpha"), py::arg("lam"), py::arg("l"),
+        py::arg("grad_u"), py::arg("grad_s_prev"), py::arg("grad_h"), py::arg("grad_b_up"),
+        py::arg("grad_alpha"), py::arg("workspace"), py::arg("stream") = 0);
+
+  m.def("dfn_relu_backward",
+        [](py::object grad, py::object a, py::object grad_b_down, int64_t l, py::object workspace,
+           uintptr_t stream) {
+          guarded([&] {
+            mf2::dfn_relu_backward(at(v(grad, "grad"), l, "grad"), at(v(a, "a"), l, "a"),
+                                   at(v(grad_b_down, "grad_b_down"), l, "grad_b_down"),
                                    v(workspace, "workspace"), stream);
           });
         },
-        py::arg("grad_out"), py::arg("carry"), py::arg("s_prev"), py::arg("u"), py::arg("b_up"),
-        py::arg("h"), py::arg("alpha"), py::arg("lam"), py::arg("grad_u"),
-        py::arg("grad_s_prev"), py::arg("grad_h"), py::arg("grad_b_up"), py::arg("grad_alpha"),
-        py::arg("workspace"), py::arg("stream") = 0);
-
-  m.def("dfn_relu_backward",
-        [](py::object grad, py::object a, py::object grad_b_down, uintptr_t stream) {
-          guarded([&] {
-            mf2::dfn_relu_backward(v(grad, "grad"), v(a, "a"), v(grad_b_down, "grad_b_down"),
-                                   stream);
-          });
-        },
-        py::arg("grad"), py::arg("a"), py::arg("grad_b_down"), py::arg("stream") = 0);
+        py::arg("grad"), py::arg("a"), py::arg("grad_b_down"), py::arg("l"), py::arg("workspace"),
+        py::arg("stream") = 0);
 }

@@ -21,6 +21,15 @@ void check_arg(const TensorView& t, const std::string& arg, const TensorView& re
   check_contiguous(t, arg);
 }
 
+// A 1-d contiguous buffer of the kind of `ref` holding at least `need` elements.
+void check_workspace(const TensorView& w, const TensorView& ref, const std::string& ref_arg,
+                     int64_t need) {
+  check_same_kind(w, "workspace", ref, ref_arg);
+  check_contiguous(w, "workspace");
+  if (w.ndim != 1 || w.sizes[0] < need)
+    fail("workspace", "[>= " + std::to_string(need) + "] (dfn_workspace_size)", w);
+}
+
 DfnCellParams check_cell(const TensorView& s_prev, const TensorView& u, const TensorView& b_up,
                          const TensorView& h, const TensorView& alpha, double lambda) {
   check_float(s_prev, "s_prev");
@@ -85,7 +94,7 @@ void dfn_cell_backward(const TensorView& grad_out, const TensorView* carry,
   if (grad_h) check_arg(*grad_h, "grad_h", s_prev, bd, {p.B, p.D});
   check_arg(grad_b_up, "grad_b_up", s_prev, "[" + std::to_string(p.D) + "]", {p.D});
   check_arg(grad_alpha, "grad_alpha", s_prev, "[1]", {1});
-  check_arg(workspace, "workspace", s_prev, "[" + std::to_string(2 * p.D) + "]", {2 * p.D});
+  check_workspace(workspace, s_prev, "s_prev", dfn_workspace_size(p.B, 2 * p.D));
   dispatch(
       "dfn_pathway", s_prev, stream,
       [&](auto zero) {
@@ -107,7 +116,7 @@ void dfn_cell_backward(const TensorView& grad_out, const TensorView* carry,
 }
 
 void dfn_relu_backward(const TensorView& grad, const TensorView& a, const TensorView& grad_b_down,
-                       uintptr_t stream) {
+                       const TensorView& workspace, uintptr_t stream) {
   check_float(grad, "grad");
   check_shape(grad, "grad", "[B, R]", {-1, -1});
   check_contiguous(grad, "grad");
@@ -118,6 +127,7 @@ void dfn_relu_backward(const TensorView& grad, const TensorView& a, const Tensor
   check_same_kind(grad_b_down, "grad_b_down", grad, "grad");
   check_shape(grad_b_down, "grad_b_down", "[" + std::to_string(R) + "]", {R});
   check_contiguous(grad_b_down, "grad_b_down");
+  check_workspace(workspace, grad, "grad", dfn_workspace_size(B, R));
   dispatch(
       "dfn_pathway", grad, stream,
       [&](auto zero) {
@@ -126,7 +136,8 @@ void dfn_relu_backward(const TensorView& grad, const TensorView& a, const Tensor
       },
       [&](auto zero, void* st) {
         using T = decltype(zero);
-        dfn_relu_backward_cuda<T>(B, R, ptr<T>(grad), ptr<const T>(a), ptr<T>(grad_b_down), st);
+        dfn_relu_backward_cuda<T>(B, R, ptr<T>(grad), ptr<const T>(a), ptr<T>(grad_b_down),
+                                  ptr<T>(workspace), st);
       });
 }
 

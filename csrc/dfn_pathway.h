@@ -23,8 +23,18 @@ struct DfnCellParams {
   double lambda = 0.1;
 };
 
+// Column sums (bias and gate gradients) are reduced in two fixed-order stages on a GPU: row
+// chunks in parallel, then the chunks of each column in order. Deterministic, and parallel over
+// rows as well as columns. The workspace holds the per-chunk partial sums.
+inline int64_t dfn_row_chunks(int64_t B) {
+  const int64_t chunks = (B + 15) / 16;
+  return chunks < 1 ? 1 : (chunks > 32 ? 32 : chunks);
+}
+// Elements of workspace the backward of a cell of width D (2 * D) and of its ReLU (R) need.
+inline int64_t dfn_workspace_size(int64_t B, int64_t width) { return width * (dfn_row_chunks(B) + 1); }
+
 // [B, D] tensors are contiguous; b_up [D]; alpha [1]; grad_h and carry may be null;
-// workspace [2 D] holds per-column partial sums.
+// workspace: at least dfn_workspace_size(B, 2 D) elements.
 template <typename T>
 void dfn_cell_forward_cpu(const DfnCellParams& p, const T* s_prev, const T* u, const T* b_up,
                           const T* h, const T* alpha, T* s);
@@ -33,7 +43,8 @@ void dfn_cell_backward_cpu(const DfnCellParams& p, const T* grad_out, const T* c
                            const T* s_prev, const T* u, const T* b_up, const T* h, const T* alpha,
                            T* grad_u, T* grad_s_prev, T* grad_h, T* grad_b_up, T* grad_alpha,
                            T* workspace);
-// grad [B, R] is turned in place from grad_a into grad_z; a [B, R]; grad_b_down [R].
+// grad [B, R] is turned in place from grad_a into grad_z; a [B, R]; grad_b_down [R];
+// workspace (CUDA): at least dfn_workspace_size(B, R) elements.
 template <typename T>
 void dfn_relu_backward_cpu(int64_t B, int64_t R, T* grad, const T* a, T* grad_b_down);
 
@@ -48,7 +59,7 @@ void dfn_cell_backward_cuda(const DfnCellParams& p, const T* grad_out, const T* 
                             T* workspace, void* stream);
 template <typename T>
 void dfn_relu_backward_cuda(int64_t B, int64_t R, T* grad, const T* a, T* grad_b_down,
-                            void* stream);
+                            T* workspace, void* stream);
 
 // Validation and dispatch (dfn_pathway.cpp). Optional tensors are passed as nullptr.
 void dfn_cell_forward(const TensorView& s_prev, const TensorView& u, const TensorView& b_up,
@@ -62,6 +73,6 @@ void dfn_cell_backward(const TensorView& grad_out, const TensorView* carry,
                        const TensorView& grad_alpha, const TensorView& workspace,
                        uintptr_t stream);
 void dfn_relu_backward(const TensorView& grad, const TensorView& a, const TensorView& grad_b_down,
-                       uintptr_t stream);
+                       const TensorView& workspace, uintptr_t stream);
 
 }  // namespace mf2

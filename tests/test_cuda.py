@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from conftest import text_encoder_args
 from mf2.cli.main import main
 from mf2.runs import RunFolder
 
@@ -24,7 +25,10 @@ def _run(*args):
 
 
 def test_the_tiny_pipeline_runs_on_cuda(pretrained, tmp_path):
-    cache = pretrained / "f.zarr"
+    # features on the GPU; the canonical landmark template, which prediction then uses too
+    cache = tmp_path / "f.zarr"
+    _run("extract-features", "--manifest", pretrained / "d/manifest.jsonl", "--out", cache, "--landmarks", "canonical",
+         "--device", "cuda", "--precision", "bf16", *text_encoder_args())
     _run("pretrain", "--cache", cache, "--out", tmp_path / "mf2", "--epochs", "1", "--batch-size", "8",
          "--warmup-steps", "5", "--device", "cuda")
     train = RunFolder(tmp_path / "mf2").config()["train"]

@@ -140,8 +140,13 @@ def test_bad_inputs_name_the_argument_and_shape(args, message, implementation):
 @pytest.mark.usefixtures("native_required")
 def test_native_layer_validates_raw_calls():
     C, dl = _native.lib(), _native.dl
-    s = torch.randn(4, 6)
+    states, ups = torch.randn(2, 4, 6), torch.randn(1, 4, 6)  # stacked over cells; cell 0
     with pytest.raises(ValueError, match=r"h: expected \[4, 6\], got \[4, 5\] float32 on cpu"):
-        C.dfn_cell_forward(dl(s), dl(s), dl(torch.randn(6)), dl(torch.randn(4, 5)), dl(torch.zeros(1)), 0.1, dl(s.clone()))
+        C.dfn_cell_forward(dl(states), dl(ups), dl(torch.randn(1, 6)), dl(torch.randn(1, 4, 5)), dl(torch.zeros(1)), 0.1, 0)
+    with pytest.raises(ValueError, match=r"s\w*: no entry [23] in \[2, 4, 6\]"):
+        C.dfn_cell_forward(dl(states), dl(ups), dl(torch.randn(1, 6)), dl(torch.randn(1, 4, 6)), dl(torch.zeros(1)), 0.1, 2)
+    workspace = torch.zeros(C.dfn_workspace_size(4, 3))
     with pytest.raises(ValueError, match=r"grad_b_down: expected \[3\], got \[2\] float32 on cpu"):
-        C.dfn_relu_backward(dl(torch.randn(4, 3)), dl(torch.randn(4, 3)), dl(torch.zeros(2)))
+        C.dfn_relu_backward(dl(torch.randn(1, 4, 3)), dl(torch.randn(1, 4, 3)), dl(torch.zeros(1, 2)), 0, dl(workspace))
+    with pytest.raises(ValueError, match=r"workspace: expected \[>= "):
+        C.dfn_relu_backward(dl(torch.randn(1, 4, 3)), dl(torch.randn(1, 4, 3)), dl(torch.zeros(1, 3)), 0, dl(torch.zeros(2)))

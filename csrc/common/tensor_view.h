@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstdint>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -52,13 +51,12 @@ inline std::string device_name(const TensorView& t) {
   }
 }
 
-// "[56, 768, 14, 14] float32 on cpu"
+// "[56, 768, 14, 14] float32 on cpu". Plain string building, no iostreams: an extension that
+// shares its process with other C++ libraries (torch's) must not depend on iostream state.
 inline std::string describe(const TensorView& t) {
-  std::ostringstream s;
-  s << "[";
-  for (int i = 0; i < t.ndim; ++i) s << (i ? ", " : "") << t.sizes[i];
-  s << "] " << dtype_name(t.dtype) << " on " << device_name(t);
-  return s.str();
+  std::string s = "[";
+  for (int i = 0; i < t.ndim; ++i) s += (i ? ", " : "") + std::to_string(t.sizes[i]);
+  return s + "] " + dtype_name(t.dtype) + " on " + device_name(t);
 }
 
 [[noreturn]] inline void fail(const std::string& arg, const std::string& expected, const TensorView& got) {

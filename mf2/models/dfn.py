@@ -107,7 +107,9 @@ class DFN(nn.Module):
                           au.detach())
 
     def align_loss(self, x: BlockOutputs, finals: dict) -> torch.Tensor:
-        """InfoNCE between each vision pathway's final state and its text pathway's."""
+        """InfoNCE between each vision pathway's final state and its text pathway's, over the
+        rows that carry text (masked, so shapes stay fixed and nothing waits on the device; a
+        branch with fewer than two such rows adds 0)."""
         losses = []
         temp = self.temp.clamp(0.001, 0.5)
         for key, text_pathway in (("emo", self.emo_text), ("au", self.au_text)):
@@ -117,12 +119,15 @@ class DFN(nn.Module):
             v = finals[key].flatten(0, -2) if key == "au" else finals[key]
             if key == "au":
                 start, h, has = start.flatten(0, 1), h.flatten(0, 1), has.flatten()
-            if has.sum() < 2:
-                continue
-            t = text_pathway(start[has], self._h(h[has]))
-            sim = F.normalize(v[has], dim=-1) @ F.normalize(t, dim=-1).T / temp
+            t = text_pathway(start, self._h(h))
+            with torch.autocast(v.device.type, enabled=False):
+                sim = F.normalize(v.float(), dim=-1) @ F.normalize(t.float(), dim=-1).T / temp
+            # pairs without text on either side take no part (a huge negative, not -inf: finite gradients)
+            sim = sim.masked_fill(~(has[:, None] & has[None, :]), torch.finfo(sim.dtype).min)
             target = torch.arange(sim.shape[0], device=sim.device)
-            losses.append((F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2)
+            per_row = (F.cross_entropy(sim, target, reduction="none") + F.cross_entropy(sim.T, target, reduction="none")) / 2
+            n = has.sum()
+            losses.append(torch.where(has, per_row, 0).sum() / n.clamp(min=1) * (n >= 2))
         return sum(losses) if losses else torch.zeros((), device=self.temp.device)
 
 

@@ -47,6 +47,20 @@ class MF2(nn.Module):
             if branch is not None:
                 branch.qformer.checkpointing = mode
 
+    def compile_blocks(self) -> None:
+        """Compile each Q-Former block with ``torch.compile`` (dynamic shapes: one graph serves
+        every pass and text length): its element-wise chains (residuals, layer norms, dropout,
+        GELU) become a few fused kernels. The parameters and their names stay as they are."""
+        import torch._dynamo
+
+        # one block's code serves four passes (image, text, ITM, decode) with and without masks,
+        # vision and past keys: more variants than dynamo's default limit of 8
+        torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
+        for branch in (self.emo_vl, self.au_vl):
+            if branch is not None:
+                for layer in branch.qformer.layers:
+                    layer.compile(dynamic=True)
+
     def sub_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Original token ids -> ITG sub-vocabulary indices."""
         return self.vocab_lookup[ids.long().clamp(0, len(self.vocab_lookup) - 1)]
@@ -101,19 +115,21 @@ class MF2(nn.Module):
         losses, info = task_losses(emotion, au, batch["emotion"], batch["aus"], tasks), {}
         if align and self.emo_vl is not None and "emo_text" in batch:
             ids, mask, states, has = batch["emo_text"]
-            if has.sum() >= 2:
-                part, n = self.emo_vl.losses(feats.emo_vision[has], feats.emo[has], states[has], mask[has],
-                                             self.sub_ids(ids[has]), generator, _rows(feats.emo_kv, has))
+            rows = has.nonzero().squeeze(1)  # the rows with a caption (one host sync)
+            if len(rows) >= 2:
+                pick = lambda t: t.index_select(0, rows)  # noqa: E731
+                part, n = self.emo_vl.losses(pick(feats.emo_vision), pick(feats.emo), pick(states), pick(mask),
+                                             self.sub_ids(pick(ids)), generator, _rows(feats.emo_kv, rows))
                 losses.update({f"emo_{k}": v for k, v in part.items()})
                 info["emo_itc_candidates"] = torch.tensor(float(n))
         if align and self.au_vl is not None and "au_text" in batch:
             ids, mask, states, has = batch["au_text"]  # [B, 12, L], ..., has [B, 12]
             has = has & self._align_subset(batch["aus"], generator)
-            flat = lambda t: t.flatten(0, 1)[has.flatten()]  # noqa: E731
-            if has.sum() >= 2:
-                part, n = self.au_vl.losses(feats.au_vision[has.flatten()], flat(feats.au), flat(states),
-                                            flat(mask), self.sub_ids(flat(ids)), generator,
-                                            _rows(feats.au_kv, has.flatten()))
+            rows = has.flatten().nonzero().squeeze(1)  # the aligned AU sequences, image-major
+            if len(rows) >= 2:
+                pick = lambda t: t.flatten(0, 1).index_select(0, rows)  # noqa: E731
+                part, n = self.au_vl.losses(feats.au_vision.index_select(0, rows), pick(feats.au), pick(states),
+                                            pick(mask), self.sub_ids(pick(ids)), generator, _rows(feats.au_kv, rows))
                 losses.update({f"au_{k}": v for k, v in part.items()})
                 info["au_itc_candidates"] = torch.tensor(float(n))
         total = sum(v * w.get(k.split("_", 1)[1] if k.endswith(("itc", "itm", "itg")) else "cls", 1.0)
@@ -121,9 +137,9 @@ class MF2(nn.Module):
         return StepOutput(total, {**{k: v.detach() for k, v in losses.items()}, **info}, emotion.detach(), au.detach())
 
 
-def _rows(kv: list, keep: torch.Tensor) -> list:
-    """The rows ``keep`` (bool over the batch) of every block's (keys, values)."""
-    return [(k[keep], v[keep]) for k, v in kv]
+def _rows(kv: list, rows: torch.Tensor) -> list:
+    """The rows ``rows`` (indices into the batch) of every block's (keys, values)."""
+    return [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in kv]
 
 
 def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor, y_aus: torch.Tensor,
@@ -131,14 +147,15 @@ def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor
     """The classification losses of ``tasks``: cross-entropy over the 8 emotions and BCE per AU,
     with missing labels (-1) masked out (never read as 0)."""
     out = {}
-    if tasks in ("emotion", "both"):
+    if tasks in ("emotion", "both"):  # the mean over labelled rows, as a masked sum (no host sync)
         y = y_emotion.long()
         keep = y >= 0
-        out["emo_cls"] = F.cross_entropy(emotion[keep], y[keep]) if keep.any() else emotion.sum() * 0
+        ce = F.cross_entropy(emotion.float(), y.clamp(min=0), reduction="none")
+        out["emo_cls"] = (ce * keep).sum() / keep.sum().clamp(min=1)
     if tasks in ("au", "both"):
         y = y_aus.float()
         keep = y >= 0
-        bce = F.binary_cross_entropy_with_logits(au, y.clamp(min=0), reduction="none")
+        bce = F.binary_cross_entropy_with_logits(au.float(), y.clamp(min=0), reduction="none")
         out["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
     return out
 

@@ -211,12 +211,13 @@ class VLBranch(nn.Module):
     def itc_similarity(self, query_out, text_cls):
         """[B, B_all] image->text similarities (float32): max over queries of cosine / temperature.
         query_out [B, Q, H]; text_cls [B, H] (the text pass's CLS output)."""
-        img = F.normalize(self.vision_proj(query_out).float(), dim=-1)  # [B, Q, E]
-        txt = F.normalize(self.text_proj(text_cls).float(), dim=-1)  # [B, E]
-        img_all, txt_all = distributed.gather(img), distributed.gather(txt)
-        temp = self.temp.clamp(0.001, 0.5)
-        sim_i2t = torch.einsum("bqe,ne->bqn", img, txt_all).amax(1) / temp
-        sim_t2i = torch.einsum("be,nqe->bnq", txt, img_all).amax(2) / temp
+        with torch.autocast(query_out.device.type, enabled=False):  # small, and the softmax is sharp
+            img = F.normalize(self.vision_proj(query_out.float()), dim=-1)  # [B, Q, E]
+            txt = F.normalize(self.text_proj(text_cls.float()), dim=-1)  # [B, E]
+            img_all, txt_all = distributed.gather(img), distributed.gather(txt)
+            temp = self.temp.clamp(0.001, 0.5)
+            sim_i2t = torch.einsum("bqe,ne->bqn", img, txt_all).amax(1) / temp
+            sim_t2i = torch.einsum("be,nqe->bnq", txt, img_all).amax(2) / temp
         return sim_i2t, sim_t2i
 
     def image(self, tokens: torch.Tensor, keep_kv: bool = False):
@@ -266,10 +267,10 @@ class VLBranch(nn.Module):
             blocked[torch.arange(B), targets] = True
             w_i2t = F.softmax(sim_i2t.float(), 1).masked_fill(blocked, 0)
             w_t2i = F.softmax(sim_t2i.float(), 1).masked_fill(blocked, 0)
-            for w in (w_i2t, w_t2i):
-                empty = w.sum(1) <= 0
-                if empty.any():  # nothing but duplicates: any other row
-                    w[empty] = (~torch.eye(w.shape[1], dtype=torch.bool, device=w.device)[targets[empty]]).float()
+            others = (~torch.eye(w_i2t.shape[1], dtype=torch.bool, device=w_i2t.device)[targets]).float()
+            # a row with nothing but duplicates draws from any other row
+            w_i2t = torch.where(w_i2t.sum(1, keepdim=True) <= 0, others, w_i2t)
+            w_t2i = torch.where(w_t2i.sum(1, keepdim=True) <= 0, others, w_t2i)
             if w_i2t.shape[1] == 1:
                 neg_text = neg_image = targets
             else:
@@ -280,7 +281,7 @@ class VLBranch(nn.Module):
         v = torch.cat([vision, vision_all[neg_image], vision])
         s = torch.cat([states, states, states_all[neg_text]])
         m = torch.cat([mask, mask, mask_all[neg_text]])
-        itm_logits = self.itm_head(self.qformer.joint(v, s, m)).mean(1)
+        itm_logits = self.itm_head(self.qformer.joint(v, s, m)).float().mean(1)
         itm_labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(ids.device)
         itm = F.cross_entropy(itm_logits, itm_labels)
 
@@ -289,7 +290,7 @@ class VLBranch(nn.Module):
         dec_ids = ids.clone()
         dec_ids[:, 0] = BOS
         hidden = self.qformer.decode(vision, dec_ids, mask, past)[:, :-1]
-        target = mask[:, 1:]
+        target = mask[:, 1:].nonzero(as_tuple=True)  # (row, position) of every next token
         logits = self.lm_head(hidden[target])
         itg = F.cross_entropy(logits.float(), ids[:, 1:][target], label_smoothing=self.cfg.label_smoothing)
         return {"itc": itc, "itm": itm, "itg": itg}, sim_i2t.shape[1]

@@ -81,12 +81,13 @@ class _DFNPathwayFunction(torch.autograd.Function):
         states[0] = s0
         acts = s0.new_empty(N, B, r)  # ReLU outputs a_l
         ups = s0.new_empty(N, B, D)  # W_up a_l
+        # one capsule per stacked tensor serves every cell (the native entry points take the index)
+        cells = (dl(states), dl(ups), dl(b_up), dl(h), dl(alpha))
         for l in range(N):
             torch.addmm(b_down[l], states[l], w_down[l].t(), out=acts[l])
             acts[l].relu_()
             torch.mm(acts[l], w_up[l].t(), out=ups[l])
-            C.dfn_cell_forward(dl(states[l]), dl(ups[l]), dl(b_up[l]), dl(h[l]), dl(alpha[l : l + 1]),
-                               lam, dl(states[l + 1]), stream)
+            C.dfn_cell_forward(*cells, lam, l, stream)
         ctx.save_for_backward(states, acts, ups, h, w_down, w_up, b_up, alpha)
         ctx.lam = lam
         return states[1:]
@@ -112,21 +113,26 @@ class _DFNPathwayFunction(torch.autograd.Function):
         grad_b_up = b_up.new_empty(N, D)
         grad_b_down = b_up.new_empty(N, r)
         grad_alpha = alpha.new_empty(N)
-        workspace = b_up.new_empty(2 * D)
+        workspace = b_up.new_empty(C.dfn_workspace_size(B, max(2 * D, r)))
         buffers = (states.new_empty(B, D), states.new_empty(B, D))  # ping-pong dL/ds carries
-        carry = None
+        buffer_caps = tuple(dl(t) for t in buffers)
+        caps = {name: dl(t) for name, t in (("grad_states", grad_states), ("states", states), ("ups", ups),
+                                            ("b_up", b_up), ("h", h), ("alpha", alpha), ("grad_u", grad_u),
+                                            ("grad_b_up", grad_b_up), ("grad_alpha", grad_alpha),
+                                            ("workspace", workspace), ("grad_z", grad_z), ("acts", acts),
+                                            ("grad_b_down", grad_b_down))}
+        grad_h_cap = None if grad_h is None else dl(grad_h)
+        carry = carry_cap = None
         for l in reversed(range(N)):
             direct = buffers[l % 2]
-            C.dfn_cell_backward(
-                dl(grad_states[l]), None if carry is None else dl(carry), dl(states[l]), dl(ups[l]),
-                dl(b_up[l]), dl(h[l]), dl(alpha[l : l + 1]), ctx.lam, dl(grad_u[l]), dl(direct),
-                None if grad_h is None else dl(grad_h[l]), dl(grad_b_up[l]), dl(grad_alpha[l : l + 1]),
-                dl(workspace), stream,
-            )
+            C.dfn_cell_backward(caps["grad_states"], carry_cap, caps["states"], caps["ups"], caps["b_up"], caps["h"],
+                                caps["alpha"], ctx.lam, l, caps["grad_u"], buffer_caps[l % 2], grad_h_cap,
+                                caps["grad_b_up"], caps["grad_alpha"], caps["workspace"], stream)
             torch.mm(grad_u[l], w_up[l], out=grad_z[l])  # dL/da_l
-            C.dfn_relu_backward(dl(grad_z[l]), dl(acts[l]), dl(grad_b_down[l]), stream)  # -> dL/dz_l
+            C.dfn_relu_backward(caps["grad_z"], caps["acts"], caps["grad_b_down"], l, caps["workspace"],
+                                stream)  # -> dL/dz_l
             if l > 0 or need_s0:
-                carry = direct.addmm_(grad_z[l], w_down[l])  # dL/ds_{l-1}
+                carry, carry_cap = direct.addmm_(grad_z[l], w_down[l]), buffer_caps[l % 2]  # dL/ds_{l-1}
         grad_w_down = torch.bmm(grad_z.transpose(1, 2), states[:-1]) if need_wd else None
         grad_w_up = torch.bmm(grad_u.transpose(1, 2), acts) if need_wu else None
         return (

@@ -18,7 +18,7 @@ from mf2.data.labels import AUS, EMOTIONS
 from mf2.devices import autocast, resolve_precision
 from mf2.features.backbones import BackboneError, load_tokenizer, load_vision
 from mf2.features.extract import visual_features
-from mf2.features.faces import FaceFinder, align, apply, invert, resize_square
+from mf2.features.faces import FaceFinder, align, apply, canonical_landmarks, invert, resize_square
 from mf2.prediction.explain import Explainer
 from mf2.runs import RunFolder, load_model
 
@@ -71,19 +71,29 @@ class Predictor:
         self.size = v["image_size"]
         self.pooling = sig["pooling"]
         self.backbone_precision = sig.get("precision", "fp32")
-        self.finder = FaceFinder()
+        # an aligned crop gets the landmarks its cache's crops got: the canonical template when the
+        # cache was extracted with it, else dlib's (manifest landmarks do not exist for new images)
+        self.canonical = s.face == "aligned" and sig.get("landmarks") == "canonical"
+        self._finder = None
         self.explainer = None
         if s.explain:  # a DFN run explains with its frozen MF²
             self.explainer = Explainer(getattr(self.model, "mf2", self.model),
                                        load_tokenizer(sig["text"]["name"], s.allow_download), sig["text"], s.explain,
                                        s.beams, s.threshold)
 
+    @property
+    def finder(self) -> FaceFinder:
+        """dlib's detector and landmark model, loaded on first use."""
+        if self._finder is None:
+            self._finder = FaceFinder()
+        return self._finder
+
     def faces(self, image: np.ndarray) -> list[AlignedFace]:
         """Every face of an image, aligned as in extraction (largest first)."""
         S = self.size
         if self.settings.face == "aligned":
             crop, m = resize_square(image, S)
-            lm_crop = self.finder.landmarks(crop, (0, 0, S - 1, S - 1))
+            lm_crop = canonical_landmarks() * S if self.canonical else self.finder.landmarks(crop, (0, 0, S - 1, S - 1))
             inverse = invert(m)
             corners = apply(inverse, np.array([[0.0, 0.0], [S, S]]))
             return [AlignedFace(tuple(float(c) for c in corners.ravel()), apply(inverse, lm_crop), crop, lm_crop, m)]

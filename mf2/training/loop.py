@@ -41,6 +41,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast (fp32 master weights) | fp32; auto = bf16 on GPUs that support it
     # recompute Q-Former blocks in the backward: none | itm (the ITM passes) | all
     activation_checkpointing: str = "none"
+    compile: bool = False  # torch.compile each Q-Former block (fused element-wise kernels; a minute to compile)
 
     def resolved(self) -> "TrainConfig":
         """This config with its automatic values decided for its device (what a run records)."""

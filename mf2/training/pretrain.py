@@ -58,6 +58,8 @@ def pretrain(cache, out, model_cfg: MF2Config | None, cfg: TrainConfig, resume: 
     val = CacheReader(cache, "val", model_cfg.emo_text, cfg.window)
     model = build_model(model_cfg, train).to(device)
     model.set_activation_checkpointing(cfg.activation_checkpointing)
+    if cfg.compile:
+        model.compile_blocks()
     if init_from is not None and not resume:
         model.load_state_dict(base.state_dict())
     optimizer = make_optimizer(model, cfg)
