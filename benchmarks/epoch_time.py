@@ -171,8 +171,9 @@ def main():
                    help="Batch of the MF² steps (default 56, Table VI; 4 for the paper preset on a CPU, where a "
                         "batch-56 step of a 324M-parameter model takes minutes).")
     p.add_argument("--dfn-batch", type=int, default=56, help="Batch of the DFN steps (Table VI: 56).")
-    p.add_argument("--activation-checkpointing", default="none", choices=["none", "itm", "all"],
-                   help="For the pretraining row (the fine-tuning rows have no ITM passes).")
+    p.add_argument("--activation-checkpointing", default="auto", choices=["auto", "none", "itm", "all"],
+                   help="For the pretraining row (the fine-tuning rows have no ITM passes); auto = what "
+                        "mf2 pretrain does: itm for the paper preset on a GPU, else none.")
     p.add_argument("--compile", action="store_true", help="torch.compile the Q-Former blocks (pretraining row).")
     p.add_argument("--sdpa", default="default", choices=["default", "efficient", "cudnn", "math"],
                    help="Restrict scaled_dot_product_attention's backends (flash stays allowed for unmasked calls).")
@@ -182,6 +183,8 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     a = p.parse_args()
+    a.activation_checkpointing = TrainConfig(device=a.device, activation_checkpointing=a.activation_checkpointing
+                                             ).resolved(a.preset).activation_checkpointing
     global SDPA
     SDPA = a.sdpa
     device = torch.device(a.device)

@@ -1,8 +1,15 @@
 """Entry point of the ``mf2`` command."""
 
+import os
+
 import click
 
 from mf2 import __version__
+
+# Text lengths change tensor shapes from step to step; expandable segments keep CUDA's caching
+# allocator from fragmenting over a long run. Set before anything touches CUDA; a user's own
+# PYTORCH_CUDA_ALLOC_CONF wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 from .build_dataset import build_dataset
 from .caption import caption

@@ -132,7 +132,7 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
         saved = run.config()
         from_run, dfn_cfg = run.base_run(saved).path, DFNConfig(**saved["dfn"])
         cfg = TrainConfig(**{**saved["train"], "device": cfg.device})
-    cfg = cfg.resolved()
+    cfg = cfg.resolved()  # (DFN has no Q-Former passes to recompute)
     seed_everything(cfg.seed + rank, cfg.deterministic, cfg.device)
     device = torch.device(cfg.device)
     mf2, base_config, base_ckpt = load_model(from_run, cfg.device)

@@ -39,14 +39,21 @@ class TrainConfig:
     device: str = "cpu"
     window: int = 512  # rows read together (shuffle unit)
     precision: str = "auto"  # bf16 autocast (fp32 master weights) | fp32; auto = bf16 on GPUs that support it
-    # recompute Q-Former blocks in the backward: none | itm (the ITM passes) | all
-    activation_checkpointing: str = "none"
+    # recompute Q-Former blocks in the backward: none | itm (the ITM passes) | all; auto = itm for
+    # the paper preset on a GPU (Table VI's batch 56 then fits in 40 GB), none otherwise
+    activation_checkpointing: str = "auto"
     compile: bool = False  # torch.compile each Q-Former block (fused element-wise kernels; a minute to compile)
 
-    def resolved(self) -> "TrainConfig":
-        """This config with its automatic values decided for its device (what a run records)."""
-        deterministic = torch.device(self.device).type == "cpu" if self.deterministic is None else self.deterministic
-        return replace(self, deterministic=deterministic, precision=resolve_precision(self.precision, self.device))
+    def resolved(self, preset: str | None = None) -> "TrainConfig":
+        """This config with its automatic values decided for its device and the model's preset
+        (what a run records)."""
+        gpu = torch.device(self.device).type == "cuda"
+        deterministic = not gpu if self.deterministic is None else self.deterministic
+        checkpointing = self.activation_checkpointing
+        if checkpointing == "auto":
+            checkpointing = "itm" if gpu and preset == "paper" else "none"
+        return replace(self, deterministic=deterministic, precision=resolve_precision(self.precision, self.device),
+                       activation_checkpointing=checkpointing)
 
 
 def seed_everything(seed: int, deterministic: bool = True, device: str = "cpu") -> None:

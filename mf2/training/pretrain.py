@@ -48,10 +48,10 @@ def pretrain(cache, out, model_cfg: MF2Config | None, cfg: TrainConfig, resume: 
         model_cfg = MF2Config(**saved["model"])
         cfg = TrainConfig(**{**saved["train"], "device": cfg.device})
         align = saved.get("align", True)
-    cfg = cfg.resolved()
     if init_from is not None and not resume:
         base, _, _ = load_model(init_from)
         model_cfg = base.cfg
+    cfg = cfg.resolved(model_cfg.preset)
     seed_everything(cfg.seed + rank, cfg.deterministic, cfg.device)
     device = torch.device(cfg.device)
     train = CacheReader(cache, "train", model_cfg.emo_text, cfg.window)
