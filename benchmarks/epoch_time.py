@@ -175,6 +175,8 @@ def main():
                    help="For the pretraining row (the fine-tuning rows have no ITM passes); auto = what "
                         "mf2 pretrain does: itm for the paper preset on a GPU, else none.")
     p.add_argument("--compile", action="store_true", help="torch.compile the Q-Former blocks (pretraining row).")
+    p.add_argument("--deterministic", action="store_true",
+                   help="Deterministic algorithms, as mf2 pretrain --deterministic sets them (to measure their cost).")
     p.add_argument("--sdpa", default="default", choices=["default", "efficient", "cudnn", "math"],
                    help="Restrict scaled_dot_product_attention's backends (flash stays allowed for unmasked calls).")
     p.add_argument("--rows", default="pretrain,dfn,full,no_emo,no_au",
@@ -183,6 +185,10 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     a = p.parse_args()
+    if a.deterministic:
+        from mf2.training.loop import seed_everything
+
+        seed_everything(0, True, a.device)  # before the first matrix product: cuBLAS's fixed workspace
     a.activation_checkpointing = TrainConfig(device=a.device, activation_checkpointing=a.activation_checkpointing
                                              ).resolved(a.preset).activation_checkpointing
     global SDPA
@@ -300,7 +306,7 @@ def cached_vs_uncached(a, device) -> list:
 
 
 def write(a, device, rows, extra, precisions, B):
-    result = {"machine": machine(device), "preset": a.preset, "epochs": a.epochs,
+    result = {"machine": machine(device), "preset": a.preset, "epochs": a.epochs, "deterministic": a.deterministic,
               "activation_checkpointing": a.activation_checkpointing, "rows": rows, **extra}
     where = machine(device).get("gpu") or "CPU"
     cols = ["model", "precision", "batch", "tt_min_epoch", "paper_tt_min", "it_min_epoch", "paper_it_min", "tp_M",
