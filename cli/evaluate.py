@@ -17,6 +17,9 @@ from ._common import one_line_errors, precision_option
 @click.option("--beside", "beside", multiple=True, type=click.Path(path_type=Path),
               help="Other run folders to report in the same tables (e.g. the direct emotion model beside an "
                    "AU-pretrained, emotion-fine-tuned one: Table V).")
+@click.option("--beside-own-cache", is_flag=True,
+              help="Score each --beside run on the cache it was trained on (same images, other features: another "
+                   "AU map, backbone or augmentation), still paired image by image.")
 @click.option("--transition", is_flag=True,
               help="RUN is AU-pretrained then emotion-fine-tuned: add the Table V section (with --beside the direct model).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -24,12 +27,12 @@ from ._common import one_line_errors, precision_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder (default: RUN/eval_<split>; name another for another cache).")
 @one_line_errors
-def evaluate(run, cache, split, device, precision, probe, beside, transition, bootstrap, out):
+def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cache, transition, bootstrap, out):
     """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/ (or --out)."""
     from mf2.evaluation.evaluate import evaluate as run_eval
 
     result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition,
-                      bootstrap=bootstrap, folder=out, precision=precision)
+                      bootstrap=bootstrap, folder=out, precision=precision, beside_own_cache=beside_own_cache)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from ._common import checkpointing_option, compile_option, deterministic_option, one_line_errors, precision_option
+from ._common import (checkpointing_option, compile_option, deterministic_option, given, lr_option, one_line_errors,
+                      precision_option, warmup_option)
 
 
 @click.command()
@@ -16,8 +17,8 @@ from ._common import checkpointing_option, compile_option, deterministic_option,
 @click.option("--tasks", type=click.Choice(["both", "au", "emotion"]), default="both", show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=56, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True)
-@click.option("--warmup-steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@lr_option
+@warmup_option
 @click.option("--adapter-blocks", default="all", show_default=True,
               help="MF² blocks the pathways read: 'all' (4N cells) or k evenly spaced (Table VI's 7).")
 @click.option("--bottleneck", type=click.IntRange(min=0), default=0, show_default=True, help="Cell width r (0 = hidden).")
@@ -45,14 +46,15 @@ def finetune(from_run, cache, out, use_dfn, tasks, epochs, batch_size, lr, warmu
     if use_dfn:
         blocks = adapter_blocks if adapter_blocks == "all" else int(adapter_blocks)
         last = finetune_dfn(from_run, cache, out, DFNConfig(blocks=blocks, bottleneck=bottleneck, lam=lam), cfg,
-                            resume=resume, overwrite=overwrite, log=click.echo)
+                            resume=resume, overwrite=overwrite, log=click.echo, extend_to=given("epochs"))
         if last is None or last["rank"] != 0:  # other ranks: rank 0 reports
             return
         params = RunFolder(out).params()
         click.echo(f"trainable parameters: DFN {params['dfn'] / 1e6:.2f}M (paper 52.88M); MF² frozen "
                    f"({params['frozen_mf2'] / 1e6:.1f}M)")
     else:
-        last = finetune_full(from_run, cache, out, cfg, resume=resume, overwrite=overwrite, log=click.echo)
+        last = finetune_full(from_run, cache, out, cfg, resume=resume, overwrite=overwrite, log=click.echo,
+                             extend_to=given("epochs"))
         if last is None or last["rank"] != 0:
             return
         params = RunFolder(out).params()["ours"]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from ._common import (checkpointing_option, compile_option, deterministic_option, one_line_errors, precision_option,
-                      progress_bar)
+from ._common import (checkpointing_option, compile_option, deterministic_option, given, lr_option, one_line_errors,
+                      precision_option, progress_bar, warmup_option)
 
 
 def report_parameters(params: dict) -> str:
@@ -22,9 +22,9 @@ def report_parameters(params: dict) -> str:
 @click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=56, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True)
+@lr_option
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--warmup-steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@warmup_option
 @click.option("--tasks", type=click.Choice(["both", "au", "emotion"]), default="both", show_default=True)
 @click.option("--no-emo-vl", is_flag=True, help="Ablation: without the Emo-VL branch.")
 @click.option("--no-au-vl", is_flag=True, help="Ablation: without the AU-VL branch.")
@@ -40,7 +40,8 @@ def report_parameters(params: dict) -> str:
 @one_line_errors
 def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_steps, tasks, no_emo_vl, no_au_vl, seed,
              deterministic, precision, activation_checkpointing, compile_blocks, device, resume, overwrite, params_only):
-    """Train MF² on a feature cache (Table VI defaults: AdamW, wd 0.05, 2000 warm-up steps, lr 1e-4, batch 56)."""
+    """Train MF² on a feature cache (Table VI: AdamW, weight decay 0.05, batch 56, 30 epochs; lr and warm-up
+    resolved for the preset and the run's length, printed and stored in the run)."""
     from mf2.models.config import MF2Config
     from mf2.models.mf2 import MF2, count_parameters
     from mf2.runs import RunFolder
@@ -64,7 +65,8 @@ def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_st
                       seed=seed, deterministic=deterministic, tasks=tasks, device=device, precision=precision,
                       activation_checkpointing=activation_checkpointing, compile=compile_blocks)
     with progress_bar(None, "pretrain") as bar:
-        last = run(cache, out, model_cfg, cfg, resume=resume, overwrite=overwrite, progress=bar.update, log=click.echo)
+        last = run(cache, out, model_cfg, cfg, resume=resume, overwrite=overwrite, progress=bar.update, log=click.echo,
+                   extend_to=given("epochs"))
     if last is None or last["rank"] != 0:  # other ranks: rank 0 reports
         return
     params = RunFolder(out).params()["ours"]

@@ -54,3 +54,28 @@ def au_centres(landmarks: np.ndarray) -> np.ndarray:
             out[..., i, j, 0] = landmarks[..., index, 0]
             out[..., i, j, 1] = landmarks[..., index, 1] + shift * r[..., 0]
     return out
+
+
+# Where each iBUG point goes when a face is mirrored left-right: the subject's right brow becomes
+# its left one, and so on (points on the midline map to themselves).
+MIRROR = np.array(
+    list(range(16, -1, -1))  # jaw 0..16 -> 16..0
+    + list(range(26, 16, -1))  # brows 17..26 -> 26..17
+    + [27, 28, 29, 30]  # nose bridge
+    + [35, 34, 33, 32, 31]  # nose base
+    + [45, 44, 43, 42, 47, 46]  # right eye 36..41 -> left eye (outer, upper x2, inner, lower x2)
+    + [39, 38, 37, 36, 41, 40]  # left eye 42..47 -> right eye
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
+    + [64, 63, 62, 61, 60, 67, 66, 65]  # inner lips
+)
+
+
+def mirror_landmarks(landmarks: np.ndarray, width: float) -> np.ndarray:
+    """The landmarks [..., 68, 2] of the horizontally mirrored image (``width`` wide): x -> width - x,
+    and the points renumbered so that each index keeps its anatomical meaning. The AU centres of
+    the result are the mirrored originals, each AU's left and right centres swapped (the two
+    midline centres of AU23/24/25, upper and lower lip, stay in place)."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    out = landmarks[..., MIRROR, :].copy()
+    out[..., 0] = width - out[..., 0]
+    return out

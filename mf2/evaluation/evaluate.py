@@ -16,8 +16,8 @@ from mf2.evaluation.metrics import paired_bootstrap
 from mf2.evaluation.predict import run_predictions
 from mf2.evaluation.probe import pooled_feature_probe
 from mf2.evaluation.report import markdown_tables, plots
-from mf2.io import atomic_write_text
-from mf2.runs import RunFolder
+from mf2.io import atomic_write_text, refuse_overlap
+from mf2.runs import RunError, RunFolder
 
 
 def _paired(this: dict, other: dict, resamples: int) -> dict:
@@ -27,28 +27,37 @@ def _paired(this: dict, other: dict, resamples: int) -> dict:
 
 
 def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False,
-             beside=(), transition: bool = False, bootstrap: int = 1000, folder=None, precision: str = "auto") -> dict:
+             beside=(), transition: bool = False, bootstrap: int = 1000, folder=None, precision: str = "auto",
+             beside_own_cache: bool = False) -> dict:
     """Scores of ``run`` (and of the ``beside`` runs, with paired bootstrap intervals of run − each
     over ``bootstrap`` resamples of the split's videos; 0 = none) written to ``folder``
-    (default ``<run>/eval_<split>/``)."""
+    (default ``<run>/eval_<split>/``). With ``beside_own_cache`` each beside run is scored on the
+    cache it was trained on (another backbone, AU map or augmentation of the same images): the
+    split must hold the same images in the same order, so that the differences stay paired."""
     precision = resolve_precision(precision, device)
+    folder = Path(folder) if folder else RunFolder(run).eval_folder(split)
+    refuse_overlap({"--cache": cache, "--beside": list(beside)}, {"--out": folder})
     this = run_predictions(run, cache, split, device, precision)
     au, emo = this["au"], this["emo"]
     others = {}
     for r in beside:
-        other = run_predictions(r, cache, split, device, precision)
+        other = run_predictions(r, RunFolder(r).config()["cache"] if beside_own_cache else cache, split, device,
+                                precision)
+        if other["ids"] != this["ids"]:
+            raise RunError(f"{r}: its cache's {split} split holds other images than {cache}'s; paired differences need "
+                           "the same images")
         others[Path(r).name] = (other["au"], other["emo"], _paired(this, other, bootstrap) if bootstrap else None)
-    folder = Path(folder) if folder else RunFolder(run).eval_folder(split)
     folder.mkdir(parents=True, exist_ok=True)
     name = name or Path(run).name
     result = {"run": str(run), "checkpoint": str(this["checkpoint"]), "cache": str(cache), "split": split,
               "precision": precision,
-              "images": len(this["y_emotion"]), "au": au, "emotion": emo,
+              "images": len(this["y_emotion"]), "au": au, "emotion": emo, "au_tuned": this["au_tuned"],
               "beside": {n: {"au": a, "emotion": e, "paired": p} for n, (a, e, p) in others.items()}}
     if probe:
         result["probe"] = pooled_feature_probe(cache, split)
     atomic_write_text(folder / "metrics.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe"), others, transition))
+    atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe"), others, transition,
+                                                            tuned=this["au_tuned"], split=split))
     result["plots"] = plots(folder, au, emo, RunFolder(run).log_rows())
     result["folder"] = str(folder)
     return result

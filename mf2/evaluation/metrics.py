@@ -21,10 +21,10 @@ def _mean(values) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
-def _au_counts(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _au_counts(pred: np.ndarray, labels: np.ndarray, thresholds=0.5) -> np.ndarray:
     """Per-row [N, 3, 12] true positives, false positives, false negatives (missing labels count
-    nowhere); probabilities are thresholded at 0.5."""
-    pred = (pred >= 0.5) if pred.dtype.kind == "f" else pred.astype(bool)
+    nowhere); probabilities are thresholded at ``thresholds`` (one, or one per AU)."""
+    pred = (pred >= np.asarray(thresholds)) if pred.dtype.kind == "f" else pred.astype(bool)
     valid = labels != MISSING
     pos = (labels == 1) & valid
     return np.stack([pos & pred, ~pos & pred & valid, pos & ~pred]).transpose(1, 0, 2).astype(np.int64)
@@ -52,12 +52,13 @@ def _recall(counts: np.ndarray) -> np.ndarray:
     return np.where(labelled > 0, correct / np.maximum(labelled, 1), np.nan)
 
 
-def au_f1(pred: np.ndarray, labels: np.ndarray) -> dict:
-    """pred [N, 12] in {0, 1} (or probabilities, thresholded at 0.5), labels [N, 12] in {0, 1, -1}."""
+def au_f1(pred: np.ndarray, labels: np.ndarray, thresholds=0.5) -> dict:
+    """pred [N, 12] in {0, 1} (or probabilities, thresholded at ``thresholds``: 0.5, the paper's,
+    or one per AU), labels [N, 12] in {0, 1, -1}."""
     pred, labels = np.asarray(pred), np.asarray(labels)
     if pred.shape != labels.shape or pred.ndim != 2 or pred.shape[1] != len(AUS):
         raise ValueError(f"pred and labels: expected matching [N, {len(AUS)}] arrays, got {pred.shape} and {labels.shape}")
-    f1 = _f1(_au_counts(pred, labels).sum(0))
+    f1 = _f1(_au_counts(pred, labels, thresholds).sum(0))
     return {"per_au": {au: float(v) for au, v in zip(AUS, f1)}, "mean": _mean(f1),
             "support": {au: int(v) for au, v in zip(AUS, (labels != MISSING).sum(0))}}
 
@@ -90,11 +91,53 @@ def emotion_scores(pred: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+
+
+def tune_thresholds(probs: np.ndarray, labels: np.ndarray, grid=THRESHOLD_GRID) -> np.ndarray:
+    """Each AU's decision threshold [12] that maximises its F1 on these labels (ties: the one
+    closest to 0.5; an AU never present keeps 0.5). Rare AUs mostly get a threshold below 0.5."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    out = np.full(labels.shape[1], 0.5)
+    for k in range(labels.shape[1]):
+        valid = labels[:, k] != MISSING
+        y, p = labels[valid, k] == 1, probs[valid, k]
+        if not y.any():
+            continue
+        pred = p[None, :] >= np.asarray(grid)[:, None]  # [grid, n]
+        tp, fp, fn = (pred & y).sum(1), (pred & ~y).sum(1), (~pred & y).sum(1)
+        f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+        best = np.flatnonzero(f1 == f1.max())
+        out[k] = float(np.asarray(grid)[best[np.argmin(np.abs(np.asarray(grid)[best] - 0.5))]])
+    return out
+
+
+def all_active_au_f1(labels: np.ndarray) -> float:
+    """Mean AU F1 of calling every AU active (2p / (1 + p) for prevalence p): what a model that
+    has learnt nothing about AUs scores at best."""
+    labels = np.asarray(labels)
+    valid = labels != MISSING
+    p = ((labels == 1) & valid).sum(0) / np.maximum(valid.sum(0), 1)
+    return _mean(np.where(valid.any(0), 2 * p / (1 + p), np.nan))
+
+
 def validation_row(emo: np.ndarray, au: np.ndarray, y_emo: np.ndarray, y_au: np.ndarray) -> dict:
-    """The per-epoch log's validation columns from probabilities and labels."""
+    """The per-epoch log's validation columns from probabilities and labels: the Table II/III
+    metrics at threshold 0.5, AU F1 at thresholds tuned on these labels (``au_thresholds``, kept
+    with the epoch's checkpoint), and the chance references the trainer's warnings use."""
     e, a = emotion_scores(emo, y_emo), au_f1(au, y_au)
+    thresholds = tune_thresholds(au, y_au)
     return {"val_au_f1": a["mean"], "val_emotion_mean_acc": e["mean_accuracy"], "val_emotion_acc": e["overall_accuracy"],
-            "val_emotion_macro_f1": e["macro_f1"]}
+            "val_emotion_macro_f1": e["macro_f1"], "val_au_f1_tuned": au_f1(au, y_au, thresholds)["mean"],
+            "val_au_f1_all_active": all_active_au_f1(y_au), "au_thresholds": thresholds.tolist()}
+
+
+def selection_score(row: dict, tasks: str = "both") -> float:
+    """What picks a run's best epoch: the mean of validation AU mean F1 (at 0.5) and emotion
+    mean accuracy; a run trained on one task scores that task alone. NaN counts as 0."""
+    parts = {"au": [row.get("val_au_f1")], "emotion": [row.get("val_emotion_mean_acc")],
+             "both": [row.get("val_au_f1"), row.get("val_emotion_mean_acc")]}[tasks]
+    return float(np.mean([v if v is not None and v == v else 0.0 for v in parts]))
 
 
 def paired_bootstrap(a: tuple, b: tuple, labels: tuple, groups=None, resamples: int = 1000, seed: int = 0) -> dict:

@@ -9,7 +9,8 @@ import torch
 from mf2.devices import autocast
 from mf2.evaluation.metrics import au_f1, emotion_scores, validation_row
 from mf2.features.reader import CacheReader, prefetch
-from mf2.runs import RunError, load_model
+from mf2.data.labels import AUS
+from mf2.runs import RunFolder, check_features, load_model
 
 
 @torch.no_grad()
@@ -37,11 +38,12 @@ def run_predictions(run, cache, split: str, device, precision: str = "fp32") -> 
     """A run's probabilities on a cache split, its labels, each image's video, and its scores."""
     model, config, ckpt = load_model(run, device)
     reader = CacheReader(cache, split, model.cfg.emo_text)
-    if reader.vision_dim != model.cfg.vision_dim:
-        raise RunError(f"{cache}: visual features are {reader.vision_dim}-d but {run} was trained on "
-                       f"{model.cfg.vision_dim}-d features (another backbone)")
+    check_features(RunFolder(run).features(), reader.store.signature, f"{cache} for {run}")
     emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device), precision=precision)
     videos = [str(v) for v in reader.store.group["meta/video"][:][reader.rows].tolist()]
-    return {"emotion": emo_p, "aus": au_p, "y_emotion": y_emo, "y_aus": y_au, "checkpoint": ckpt,
+    ids = [str(v) for v in reader.store.group["meta/ids"][:][reader.rows].tolist()]
+    thresholds = RunFolder.checkpoint_state(ckpt).get("au_thresholds")  # chosen on the run's validation split
+    return {"emotion": emo_p, "aus": au_p, "y_emotion": y_emo, "y_aus": y_au, "checkpoint": ckpt, "ids": ids,
             "videos": None if "" in videos else np.array(videos, dtype=object),  # no ids: resample images
-            "au": au_f1(au_p, y_au), "emo": emotion_scores(emo_p, y_emo)}
+            "au": au_f1(au_p, y_au), "emo": emotion_scores(emo_p, y_emo),
+            "au_tuned": {**au_f1(au_p, y_au, thresholds), "thresholds": dict(zip(AUS, thresholds))} if thresholds else None}

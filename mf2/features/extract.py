@@ -20,14 +20,16 @@ import torch
 
 import mf2
 from mf2.data.labels import AUS, CAPTION_COLUMN, CAPTION_TYPES, TEXT_CAPS
-from mf2.data.landmarks import au_centres, ruler
+from mf2.data.landmarks import au_centres, mirror_landmarks, ruler
 from mf2.data.manifest import Manifest
 from mf2.features.backbones import load_text, load_vision
 from mf2.features.faces import FaceFinder, ImageError, align, apply, canonical_landmarks, load_image, resize_square
 from mf2.features.store import FeatureStore
+from mf2.io import exclusive, refuse_overlap
 from mf2.ops import au_region_pool
 
 STAGES = ("decode", "face", "vision", "pooling", "text", "write")
+AUGMENTATIONS = ("flip",)
 
 
 @dataclass
@@ -46,6 +48,10 @@ class ExtractSettings:
     caps: dict = field(default_factory=lambda: dict(TEXT_CAPS))
     precision: str = "fp32"  # 'bf16': autocast both backbones (~1.8x faster text on CPUs with AVX512-BF16)
     allow_download: bool = False
+    # the map AU regions are pooled from: last | stride16 | stride8; auto = stride16 for a CNN (its
+    # last map is 7 x 7 at 224 px), the patch grid for a ViT
+    au_map: str = "auto"
+    augment: tuple = ()  # 'flip': also store each image's mirrored view (training samples from both)
 
 
 class TextCache:
@@ -101,12 +107,18 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
         raise ValueError(f"precision: expected 'fp32' or 'bf16', got {s.precision!r}")
     if s.face not in ("detect", "aligned"):
         raise ValueError(f"face: expected 'detect' or 'aligned', got {s.face!r}")
+    refuse_overlap({"--manifest": manifest.path, "images": [manifest.image_path(r) for r in manifest.rows],
+                    "--vision-weights": s.vision_weights}, {"--out": out})
     landmark_source = resolve_landmarks(s, manifest)
     if landmark_source not in ("dlib", "manifest", "canonical"):
         raise ValueError(f"landmarks: expected dlib, manifest, canonical or auto, got {s.landmarks!r}")
     if s.face == "detect" and landmark_source != "dlib":
         raise ValueError("--face detect finds landmarks with dlib; use --landmarks dlib (or auto)")
+    unknown = set(s.augment) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"augment: expected {', '.join(AUGMENTATIONS)}, got {', '.join(sorted(unknown))}")
     vision = load_vision(s.vision, s.vision_weights, s.allow_download, s.device)
+    au_map = vision.resolve_au_map(s.au_map)
     text = load_text(s.text, s.allow_download, s.device)
     log(f"vision: {vision.name} ({vision.source}); text: {text.name} ({text.source})")
     rows = manifest.rows
@@ -115,8 +127,9 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     has_sentences = any(r.get("au_sentences") for r in rows)
     size = s.image_size
     with torch.no_grad():  # probe the backbone's token and map shapes
-        tokens, fmap, layout = vision(torch.zeros(1, 3, size, size, device=s.device))
+        tokens, fmap, layout = vision(torch.zeros(1, 3, size, size, device=s.device), au_map=au_map)
     T, C = tokens.shape[1:]
+    C_au = fmap.shape[1] if layout == "BCHW" else fmap.shape[-1]
     RR2 = 2 * s.au_samples ** 2
     signature = {
         "mf2": mf2.__version__, "manifest": {"rows": n, "digest": _manifest_digest(manifest)},
@@ -124,15 +137,21 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
         "text": {"name": text.name, "weights": text.weights_id, "types": types, "au_sentences": has_sentences,
                  "caps": {k: s.caps[k] for k in [*types, "au_sentences"]}},
         "face": s.face, "landmarks": landmark_source, "au_set": list(AUS), "precision": s.precision,
-        "pooling": {"R": s.au_samples, "window_rulers": s.au_window, "padding": s.padding, "tokens_per_au": RR2},
+        "pooling": {"R": s.au_samples, "window_rulers": s.au_window, "padding": s.padding, "tokens_per_au": RR2,
+                    "au_map": au_map, "map_size": list(fmap.shape[2:] if layout == "BCHW" else fmap.shape[1:3]),
+                    "channels": C_au},
+        "augment": sorted(s.augment),
     }
     meta = {"meta/ids": [r["id"] for r in rows], "meta/video": [r["video"] for r in rows],
             "meta/split": [r["split"] or "" for r in rows], "meta/image": [r["image"] for r in rows],
             "meta/emotion": np.array([r["emotion"] for r in rows], np.int8),
             "meta/aus": np.array([[r[a] for a in AUS] for r in rows], np.int8)}
     layout_spec = {"meta/face_found": ((), bool), "meta/valid": ((), bool), "meta/error": ((), str),
-                   "vision/tokens": ((T, C), np.float16), "vision/au_tokens": ((len(AUS), RR2, C), np.float16),
+                   "vision/tokens": ((T, C), np.float16), "vision/au_tokens": ((len(AUS), RR2, C_au), np.float16),
                    "vision/landmarks": ((68, 2), np.float32)}
+    if "flip" in s.augment:
+        layout_spec.update({"vision/tokens_flip": ((T, C), np.float16),
+                            "vision/au_tokens_flip": ((len(AUS), RR2, C_au), np.float16)})
     for t in types:
         L = s.caps[t]
         layout_spec.update({f"text/{t}/ids": ((L,), np.int32), f"text/{t}/mask": ((L,), bool),
@@ -142,86 +161,92 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
         layout_spec.update({"text/au_sentences/ids": ((len(AUS), L), np.int32),
                             "text/au_sentences/mask": ((len(AUS), L), bool),
                             "text/au_sentences/hidden": ((len(AUS), L, text.dim), np.float16)})
-    store = FeatureStore.create_or_resume(out, signature, meta, layout_spec, overwrite)
-    start0 = store.count
-    if store.complete:
-        log(f"{out}: already complete ({n} rows)")
-        return dict(store.group.attrs["summary"])
-    if start0:
-        log(f"{out}: resuming at row {start0} of {n}")
-    finder = FaceFinder() if (s.face == "detect" or landmark_source == "dlib") else None
-    texts = TextCache(text, s.precision)
-    timing = Counter()
-    counts = Counter(dict(store.group.attrs.get("partial_counts", {})))
-    canon = canonical_landmarks() * size
-    t_run = time.perf_counter()
-    for start in range(start0, n, s.batch_size):
-        block = rows[start:start + s.batch_size]
-        b = len(block)
-        texts.clear()
-        crops = np.zeros((b, size, size, 3), np.uint8)
-        lms = np.repeat(canon[None], b, 0).astype(np.float64)
-        found, valid, errors = np.zeros(b, bool), np.ones(b, bool), [""] * b
-        for i, row in enumerate(block):
-            t0 = time.perf_counter()
-            try:
-                image = load_image(manifest.image_path(row))
-            except ImageError as exc:
-                valid[i], errors[i] = False, str(exc)
-                counts[f"skipped: {str(exc).split(' (')[0]}"] += 1
-                timing["decode"] += time.perf_counter() - t0
-                continue
-            t1 = time.perf_counter()
-            timing["decode"] += t1 - t0
-            crops[i], lms[i], found[i] = _face(image, row, s.face, landmark_source, finder, size, canon, counts)
-            timing["face"] += time.perf_counter() - t1
-        tokens_np, au_np = visual_features(vision, crops, lms, s.au_samples, s.au_window, s.padding, s.precision,
-                                           timing)
-        t2 = time.perf_counter()
-        tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
-        arrays = {"meta/face_found": found, "meta/valid": valid, "meta/error": np.array(errors, dtype=object),
-                  "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
-        for t in types:
-            arrays.update(_encode_texts(texts, [r.get(CAPTION_COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
-        if has_sentences:
-            flat = [sent for r in block for sent in (r.get("au_sentences") or [None] * len(AUS))]
-            enc = _encode_texts(texts, flat, s.caps["au_sentences"], "text/au_sentences")
-            arrays.update({k: v.reshape(b, len(AUS), *v.shape[1:]) for k, v in enc.items()})
-        t3 = time.perf_counter()
-        timing["text"] += t3 - t2
-        store.write_block(start, arrays)
-        store.group.attrs["partial_counts"] = dict(counts)
-        timing["write"] += time.perf_counter() - t3
-        if progress:
-            progress(b)
-    elapsed = time.perf_counter() - t_run
-    done = n - start0
-    valid_all = store["meta/valid"][:]
-    summary = {
-        "rows": n, "extracted_this_run": done, "resumed_from": start0,
-        "faces_not_found": int((~store["meta/face_found"][:] & valid_all).sum()),
-        "skipped": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("skipped: ")},
-        "landmarks": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("landmarks: ")},
-        "seconds": round(elapsed, 3), "images_per_second": round(done / elapsed, 2) if elapsed else None,
-        "stage_seconds": {k: round(timing[k], 3) for k in STAGES},
-        "text_cache": {"encoded": texts.misses, "reused": texts.hits},
-        "settings": {**asdict(s), "landmarks": landmark_source},
-        "backbones": {"vision": f"{vision.name} ({vision.source})", "text": f"{text.name} ({text.source})"},
-    }
-    store.finish(summary)
-    return summary
+    with exclusive(out, "this feature store"):  # a second extract-features into it stops at once
+        store = FeatureStore.create_or_resume(out, signature, meta, layout_spec, overwrite)
+        start0 = store.count
+        if store.complete:
+            log(f"{out}: already complete ({n} rows)")
+            return dict(store.group.attrs["summary"])
+        if start0:
+            log(f"{out}: resuming at row {start0} of {n}")
+        finder = FaceFinder() if (s.face == "detect" or landmark_source == "dlib") else None
+        texts = TextCache(text, s.precision)
+        timing = Counter()
+        counts = Counter(dict(store.group.attrs.get("partial_counts", {})))
+        canon = canonical_landmarks() * size
+        t_run = time.perf_counter()
+        for start in range(start0, n, s.batch_size):
+            block = rows[start:start + s.batch_size]
+            b = len(block)
+            texts.clear()
+            crops = np.zeros((b, size, size, 3), np.uint8)
+            lms = np.repeat(canon[None], b, 0).astype(np.float64)
+            found, valid, errors = np.zeros(b, bool), np.ones(b, bool), [""] * b
+            for i, row in enumerate(block):
+                t0 = time.perf_counter()
+                try:
+                    image = load_image(manifest.image_path(row))
+                except ImageError as exc:
+                    valid[i], errors[i] = False, str(exc)
+                    counts[f"skipped: {str(exc).split(' (')[0]}"] += 1
+                    timing["decode"] += time.perf_counter() - t0
+                    continue
+                t1 = time.perf_counter()
+                timing["decode"] += t1 - t0
+                crops[i], lms[i], found[i] = _face(image, row, s.face, landmark_source, finder, size, canon, counts)
+                timing["face"] += time.perf_counter() - t1
+            tokens_np, au_np = visual_features(vision, crops, lms, s.au_samples, s.au_window, s.padding, s.precision,
+                                               timing, au_map)
+            tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
+            arrays = {"meta/face_found": found, "meta/valid": valid, "meta/error": np.array(errors, dtype=object),
+                      "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
+            if "flip" in s.augment:  # the mirrored face: same labels (the 12 AUs are bilateral)
+                flip_tokens, flip_au = visual_features(vision, crops[:, :, ::-1], mirror_landmarks(lms, size), s.au_samples,
+                                                       s.au_window, s.padding, s.precision, timing, au_map)
+                flip_tokens[~valid], flip_au[~valid] = 0, 0
+                arrays.update({"vision/tokens_flip": flip_tokens, "vision/au_tokens_flip": flip_au})
+            t2 = time.perf_counter()
+            for t in types:
+                arrays.update(_encode_texts(texts, [r.get(CAPTION_COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
+            if has_sentences:
+                flat = [sent for r in block for sent in (r.get("au_sentences") or [None] * len(AUS))]
+                enc = _encode_texts(texts, flat, s.caps["au_sentences"], "text/au_sentences")
+                arrays.update({k: v.reshape(b, len(AUS), *v.shape[1:]) for k, v in enc.items()})
+            t3 = time.perf_counter()
+            timing["text"] += t3 - t2
+            store.write_block(start, arrays)
+            store.group.attrs["partial_counts"] = dict(counts)
+            timing["write"] += time.perf_counter() - t3
+            if progress:
+                progress(b)
+        elapsed = time.perf_counter() - t_run
+        done = n - start0
+        valid_all = store["meta/valid"][:]
+        summary = {
+            "rows": n, "extracted_this_run": done, "resumed_from": start0,
+            "faces_not_found": int((~store["meta/face_found"][:] & valid_all).sum()),
+            "skipped": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("skipped: ")},
+            "landmarks": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("landmarks: ")},
+            "seconds": round(elapsed, 3), "images_per_second": round(done / elapsed, 2) if elapsed else None,
+            "stage_seconds": {k: round(timing[k], 3) for k in STAGES},
+            "text_cache": {"encoded": texts.misses, "reused": texts.hits},
+            "settings": {**asdict(s), "landmarks": landmark_source},
+            "backbones": {"vision": f"{vision.name} ({vision.source})", "text": f"{text.name} ({text.source})"},
+        }
+        store.finish(summary)
+        return summary
 
 
 def visual_features(vision, crops: np.ndarray, landmarks: np.ndarray, au_samples: int, au_window: float,
-                    padding: str, precision: str = "fp32", timing: Counter | None = None):
+                    padding: str, precision: str = "fp32", timing: Counter | None = None, au_map: str = "last"):
     """The image side of a cache row, in memory (extraction and ``mf2 predict`` share it): face
     crops [b, S, S, 3] uint8 and their landmarks [b, 68, 2] (crop pixels) -> global tokens
-    [b, T, C] and AU tokens [b, 12, 2R², C], float16 as stored."""
+    [b, T, C] and AU tokens [b, 12, 2R², C_au] pooled from the ``au_map`` map, float16 as stored."""
     b, size = crops.shape[0], crops.shape[1]
     t0 = time.perf_counter()
     device = next(vision.model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    tokens, fmap, layout = vision(x, precision)
+    tokens, fmap, layout = vision(x, precision, au_map)
     t1 = time.perf_counter()
     centres = au_centres(landmarks).reshape(b, 2 * len(AUS), 2) / size  # normalised, AU-major
     window = au_window * ruler(landmarks) / size

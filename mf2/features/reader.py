@@ -21,10 +21,16 @@ SPECIAL = [0, -1, -2]  # sub-vocabulary indices 0..2: PAD (original id 0), BOS, 
 
 
 class CacheReader:
-    def __init__(self, path, split: str | None = "train", emo_text: str = "emotion", window: int = 512):
+    """The rows of one split of a feature store, as batches. With ``flip`` (a store extracted with
+    ``--augment flip``), each row's visual features are its mirrored view's with probability 1/2,
+    drawn per row and epoch from the seed: what training samples from; evaluation reads originals."""
+
+    def __init__(self, path, split: str | None = "train", emo_text: str = "emotion", window: int = 512,
+                 flip: bool = False):
         self.store = FeatureStore.open(path)
         if not self.store.complete:
             raise ValueError(f"{path}: the feature store is incomplete (rerun mf2 extract-features to finish it)")
+        self.store.verify()
         g = self.store.group
         valid = g["meta/valid"][:]
         splits = g["meta/split"][:]
@@ -37,11 +43,17 @@ class CacheReader:
         self.has_emo_text = f"text/{emo_text}/ids" in g
         self.has_au_text = "text/au_sentences/ids" in g
         self.vision_dim = g["vision/tokens"].shape[-1]
+        self.au_vision_dim = g["vision/au_tokens"].shape[-1]
+        self.flip = flip and "vision/tokens_flip" in g
         self.text_dim = g[f"text/{emo_text}/hidden"].shape[-1] if self.has_emo_text else (
             g["text/au_sentences/hidden"].shape[-1] if self.has_au_text else 1)
 
     def __len__(self):
         return len(self.rows)
+
+    def aus(self) -> np.ndarray:
+        """AU labels [N, 12] of this split's rows (-1 = missing)."""
+        return self.store.group["meta/aus"][:][self.rows]
 
     def vocabulary(self) -> list[int]:
         """The ITG sub-vocabulary: special slots, then every token id of this split's texts."""
@@ -70,15 +82,16 @@ class CacheReader:
 
     def _read(self, rows: np.ndarray) -> dict:
         """Arrays of the given (sorted) rows, read through their window's contiguous range."""
-        g = self.store.group
         a, b = int(rows[0]), int(rows[-1]) + 1
         local = rows - a
         names = ["vision/tokens", "vision/au_tokens", "meta/emotion", "meta/aus"]
+        if self.flip:
+            names += ["vision/tokens_flip", "vision/au_tokens_flip"]
         if self.has_emo_text:
             names += [f"text/{self.emo_text}/{k}" for k in ("ids", "mask", "hidden")]
         if self.has_au_text:
             names += [f"text/au_sentences/{k}" for k in ("ids", "mask", "hidden")]
-        return {name: g[name][a:b][local] for name in names}
+        return {name: self.store.read(name, a, b)[local] for name in names}
 
     def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
                 rank: int = 0, world: int = 1):
@@ -89,6 +102,8 @@ class CacheReader:
             windows = [w[rng.permutation(len(w))] for w in windows]
         # each rank takes every world-th row of every window: balanced, and reads stay local
         mine = [w[rank::world] for w in windows if len(w[rank::world])]
+        # mirrored or not: one draw per row of the store and epoch, the same on every rank and resume
+        flipped = np.random.default_rng([seed, epoch, 1]).random(self.store.count) < 0.5 if self.flip else None
         if world > 1:  # every rank stops after the same number of steps
             limit = min(sum(len(w[r::world]) for w in windows) // batch_size for r in range(world))
         else:
@@ -99,6 +114,11 @@ class CacheReader:
             data = self._read(rows_sorted)
             order = np.searchsorted(rows_sorted, w)  # the window's shuffled order
             data = {k: v[order] for k, v in data.items()}
+            if flipped is not None:
+                use = flipped[w]
+                for name in ("vision/tokens", "vision/au_tokens"):
+                    mirrored = data.pop(name + "_flip")
+                    data[name] = np.where(use.reshape(-1, *[1] * (mirrored.ndim - 1)), mirrored, data[name])
             if carry is not None:  # the previous window's remainder goes first
                 data = {k: np.concatenate([carry[k], v]) for k, v in data.items()}
             n_full = len(data["meta/emotion"]) // batch_size

@@ -13,6 +13,21 @@ PRESETS = {
     "small": dict(hidden=128, layers=2, heads=4, ffn=512, queries=8, au_queries=4, au_align_per_image=3),
 }
 PAPER_PARAMS = {"emo_vl": 186.7e6, "au_vl": 186.7e6, "mf2": 373.4e6}
+
+
+def check(prefix: str, name: str, value, kinds, ok=None, expected: str = "") -> None:
+    """A config value of the right type (and, with ``ok``, range); a one-line ValueError naming it
+    otherwise ('model.hidden: expected a positive integer, got -3'). bool is not an int here."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    right_type = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not right_type or (ok is not None and value is not None and not ok(value)):
+        what = expected or " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise ValueError(f"{prefix}.{name}: expected {what}, got {value!r}")
+
+
+def positive(prefix: str, obj, *names: str) -> None:
+    for name in names:
+        check(prefix, name, getattr(obj, name), int, lambda v: v > 0, "a positive integer")
 PAPER_DFN_PARAMS = 52.88e6
 
 
@@ -33,7 +48,8 @@ class MF2Config:
     dropout: float = 0.1
     temperature: float = 0.07  # learnable, Table VI
     label_smoothing: float = 0.1  # ITG (BLIP-2)
-    vision_dim: int = 0  # from the cache
+    vision_dim: int = 0  # from the cache: the global tokens' width
+    au_vision_dim: int = 0  # from the cache: the AU tokens' width (0 = vision_dim, as in caches before finer AU maps)
     text_dim: int = 0  # from the cache
     vocab: list = field(default_factory=list)  # ITG sub-vocabulary: original token ids, index 0 = PAD, 1 = BOS
     max_text_len: int = 169
@@ -47,6 +63,26 @@ class MF2Config:
         if preset not in PRESETS:
             raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
         return cls(preset=preset, **{**PRESETS[preset], **overrides})
+
+    def __post_init__(self):
+        p = "model"
+        check(p, "preset", self.preset, str)
+        positive(p, self, "hidden", "layers", "heads", "ffn", "queries", "au_queries", "embed_dim", "max_text_len")
+        check(p, "au_align_per_image", self.au_align_per_image, int, lambda v: 1 <= v <= 12, "an integer 1..12")
+        for name in ("vision_dim", "au_vision_dim", "text_dim"):
+            check(p, name, getattr(self, name), int, lambda v: v >= 0, "an integer >= 0")
+        check(p, "dropout", self.dropout, (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
+        check(p, "label_smoothing", self.label_smoothing, (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
+        check(p, "temperature", self.temperature, (int, float), lambda v: v > 0, "a positive number")
+        check(p, "vocab", self.vocab, list, lambda v: all(isinstance(i, int) and not isinstance(i, bool) for i in v),
+              "a list of token ids")
+        for name in ("emo_vl", "au_vl"):
+            check(p, name, getattr(self, name), bool)
+        check(p, "emo_text", self.emo_text, str, lambda v: v in ("emotion", "au", "key_au"), "emotion, au or key_au")
+        check(p, "loss_weights", self.loss_weights, dict, lambda v: all(isinstance(x, (int, float)) for x in v.values()),
+              "a mapping of loss names to numbers")
+        if self.hidden % self.heads:
+            raise ValueError(f"{p}.hidden: {self.hidden} is not a multiple of heads {self.heads}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +101,15 @@ class DFNConfig:
     lam: float = 0.1
     alpha_init: float = -3.0  # g = 0.05 at the start: the pathway begins close to the frozen outputs
     align_weight: float = 0.1
+
+    def __post_init__(self):
+        p = "dfn"
+        check(p, "blocks", self.blocks, (str, int), lambda v: v == "all" or (isinstance(v, int) and v >= 1),
+              "'all' or a positive integer")
+        check(p, "bottleneck", self.bottleneck, int, lambda v: v >= 0, "an integer >= 0")
+        for name in ("lam", "alpha_init"):
+            check(p, name, getattr(self, name), (int, float))
+        check(p, "align_weight", self.align_weight, (int, float), lambda v: v >= 0, "a number >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)

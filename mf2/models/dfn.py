@@ -66,7 +66,7 @@ class DFN(nn.Module):
         H, n = mf2_cfg.hidden, len(self.blocks)
         self.emo_vision = Pathway(mf2_cfg.vision_dim, H, n, cfg) if mf2_cfg.emo_vl else None
         self.emo_text = Pathway(mf2_cfg.text_dim, H, n, cfg) if mf2_cfg.emo_vl else None
-        self.au_vision = Pathway(mf2_cfg.vision_dim, H, n, cfg) if mf2_cfg.au_vl else None
+        self.au_vision = Pathway(mf2_cfg.au_vision_dim or mf2_cfg.vision_dim, H, n, cfg) if mf2_cfg.au_vl else None
         self.au_text = Pathway(mf2_cfg.text_dim, H, n, cfg) if mf2_cfg.au_vl else None
         self.emotion_head = nn.Linear(H, N_EMOTIONS)
         self.au_head = nn.Linear(H, N_AU)
@@ -96,11 +96,12 @@ class DFN(nn.Module):
         au = self.au_head(out["au"]).diagonal(dim1=1, dim2=2) if "au" in out else self.au_head(out["emo"])
         return emotion, au, out
 
-    def forward(self, x: BlockOutputs, tasks: str = "both") -> StepOutput:
-        """Losses of one batch of cached block outputs: the task losses (``-1`` labels masked)
-        and, weighted by ``align_weight``, the vision/text pathway alignment."""
+    def forward(self, x: BlockOutputs, tasks: str = "both", au_pos_weight: torch.Tensor | None = None) -> StepOutput:
+        """Losses of one batch of cached block outputs: the task losses (``-1`` labels masked;
+        AU positives weighted by ``au_pos_weight``) and, weighted by ``align_weight``, the
+        vision/text pathway alignment."""
         emotion, au, finals = self.heads(x)
-        losses = task_losses(emotion, au, x.emotion, x.aus, tasks)
+        losses = task_losses(emotion, au, x.emotion, x.aus, tasks, au_pos_weight)
         if self.cfg.align_weight:
             losses["align"] = self.cfg.align_weight * self.align_loss(x, finals)
         return StepOutput(sum(losses.values()), {k: v.detach() for k, v in losses.items()}, emotion.detach(),

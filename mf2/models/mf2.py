@@ -28,7 +28,7 @@ class MF2(nn.Module):
             raise ValueError("cfg.vocab (the ITG sub-vocabulary) is empty: build it from the cache")
         self.cfg = cfg
         self.emo_vl = VLBranch(cfg, cfg.queries) if cfg.emo_vl else None
-        self.au_vl = VLBranch(cfg, cfg.au_queries) if cfg.au_vl else None
+        self.au_vl = VLBranch(cfg, cfg.au_queries, cfg.au_vision_dim or cfg.vision_dim) if cfg.au_vl else None
         self.emotion_head = nn.Linear(cfg.hidden, N_EMOTIONS)
         self.au_head = nn.Linear(cfg.hidden, N_AU)
         # cfg.vocab[i] is the original token id of sub-vocabulary index i; negative = special
@@ -106,13 +106,15 @@ class MF2(nn.Module):
         emotion, au = self.heads(self.image_features(tokens, au_tokens))
         return emotion.float().softmax(-1), au.float().sigmoid()
 
-    def forward(self, batch: dict, tasks: str = "both", generator=None, align: bool = True) -> StepOutput:
+    def forward(self, batch: dict, tasks: str = "both", generator=None, align: bool = True,
+                au_pos_weight: torch.Tensor | None = None) -> StepOutput:
         """Losses of one batch (see ``mf2.features.reader`` for the batch layout); ``align=False``
-        keeps the task losses only (full fine-tuning, the "w/o DFN" row)."""
+        keeps the task losses only (full fine-tuning, the "w/o DFN" row); ``au_pos_weight`` [12]
+        weighs each AU's positives in its BCE."""
         feats = self.image_features(batch.get("tokens"), batch.get("au_tokens"), keep_kv=align)
         emotion, au = self.heads(feats)
         w = self.cfg.loss_weights
-        losses, info = task_losses(emotion, au, batch["emotion"], batch["aus"], tasks), {}
+        losses, info = task_losses(emotion, au, batch["emotion"], batch["aus"], tasks, au_pos_weight), {}
         if align and self.emo_vl is not None and "emo_text" in batch:
             ids, mask, states, has = batch["emo_text"]
             rows = has.nonzero().squeeze(1)  # the rows with a caption (one host sync)
@@ -143,9 +145,10 @@ def _rows(kv: list, rows: torch.Tensor) -> list:
 
 
 def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor, y_aus: torch.Tensor,
-                tasks: str = "both") -> dict:
-    """The classification losses of ``tasks``: cross-entropy over the 8 emotions and BCE per AU,
-    with missing labels (-1) masked out (never read as 0)."""
+                tasks: str = "both", au_pos_weight: torch.Tensor | None = None) -> dict:
+    """The classification losses of ``tasks``: cross-entropy over the 8 emotions and BCE per AU
+    (positives weighted by ``au_pos_weight`` [12] when given), with missing labels (-1) masked
+    out (never read as 0)."""
     out = {}
     if tasks in ("emotion", "both"):  # the mean over labelled rows, as a masked sum (no host sync)
         y = y_emotion.long()
@@ -155,7 +158,7 @@ def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor
     if tasks in ("au", "both"):
         y = y_aus.float()
         keep = y >= 0
-        bce = F.binary_cross_entropy_with_logits(au.float(), y.clamp(min=0), reduction="none")
+        bce = F.binary_cross_entropy_with_logits(au.float(), y.clamp(min=0), reduction="none", pos_weight=au_pos_weight)
         out["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
     return out
 

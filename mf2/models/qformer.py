@@ -195,12 +195,14 @@ def _smoothed_ce(logits, targets, allowed, eps: float):
 class VLBranch(nn.Module):
     """One Q-Former with the BLIP-2 heads: ITC projections and temperature, ITM head, LM head."""
 
-    def __init__(self, cfg: MF2Config, n_queries: int):
+    def __init__(self, cfg: MF2Config, n_queries: int, vision_dim: int | None = None):
         super().__init__()
         self.cfg = cfg
-        # Visual tokens are projected to the Q-Former width once per forward: every layer of
-        # every pass (image, 3x ITM, ITG) then reads H-wide keys/values instead of C-wide ones.
-        self.vision_in = nn.Sequential(nn.LayerNorm(cfg.vision_dim), nn.Linear(cfg.vision_dim, cfg.hidden))
+        # Visual tokens (``vision_dim`` wide; the config's by default) are projected to the Q-Former
+        # width once per forward: every layer of every pass (image, 3x ITM, ITG) then reads H-wide
+        # keys/values instead of C-wide ones.
+        vision_dim = vision_dim or cfg.vision_dim
+        self.vision_in = nn.Sequential(nn.LayerNorm(vision_dim), nn.Linear(vision_dim, cfg.hidden))
         self.qformer = QFormer(cfg, n_queries)
         self.vision_proj = nn.Linear(cfg.hidden, cfg.embed_dim)
         self.text_proj = nn.Linear(cfg.hidden, cfg.embed_dim)

@@ -111,7 +111,7 @@ class Predictor:
         p = self.pooling
         tokens, au_tokens = visual_features(self.vision, np.stack([f.crop for f in faces]),
                                             np.stack([f.crop_landmarks for f in faces]), p["R"], p["window_rulers"],
-                                            p["padding"], self.backbone_precision)
+                                            p["padding"], self.backbone_precision, au_map=p.get("au_map", "last"))
         device = self.settings.device
         tokens = torch.from_numpy(tokens.astype(np.float32)).to(device)
         au_tokens = torch.from_numpy(au_tokens.astype(np.float32)).to(device)

@@ -33,7 +33,9 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer, names: dict) -> tuple[d
 
 
 def save_checkpoint(run: RunFolder, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    rng: dict, keep_last: int = 1) -> Path:
+                    rng: dict, best_score: float | None = None) -> Path:
+    """Write epoch ``epoch``'s checkpoint and point latest.json at it; with ``best_score`` it is
+    also the new best (best.json). Older checkpoints go, except the best one."""
     final = run.checkpoints / f"epoch_{epoch:04d}"
     with atomic_folder(final) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
@@ -45,9 +47,12 @@ def save_checkpoint(run: RunFolder, epoch: int, model: torch.nn.Module, optimize
         (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "optimizer_scalars": scalars,
                                                     "param_groups": groups}, indent=2))
     run.set_latest(final, epoch)
-    complete = sorted(p for p in run.checkpoints.glob("epoch_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in complete[:-keep_last]:
-        shutil.rmtree(old)
+    if best_score is not None:
+        run.set_best(final, epoch, best_score)
+    keep = {final.name, *(p.name for p in [run.best_checkpoint()] if p is not None)}
+    for old in run.checkpoints.glob("epoch_*"):
+        if old.is_dir() and not old.name.endswith(".tmp") and old.name not in keep:
+            shutil.rmtree(old)
     return final
 
 

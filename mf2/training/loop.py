@@ -18,18 +18,40 @@ import numpy as np
 import torch
 
 from mf2 import distributed
-from mf2.devices import autocast, resolve_precision
+from mf2.data.labels import N_EMOTIONS
+from mf2.devices import PRECISIONS, autocast, resolve_precision
+from mf2.evaluation.metrics import selection_score
+from mf2.models.config import check, positive
+from mf2.models.qformer import CHECKPOINTING
 from mf2.runs import RunError, RunFolder
 from mf2.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+# Table VI, at the paper's scale: 2,000 warm-up steps of its 31,320 // 56 x 30 = 16,770 steps.
+TABLE_VI = {"epochs": 30, "batch_size": 56, "lr": 1e-4, "weight_decay": 0.05, "warmup_steps": 2000}
+WARMUP_FRACTION = TABLE_VI["warmup_steps"] / (31320 // TABLE_VI["batch_size"] * TABLE_VI["epochs"])  # ~12%
+# The learning rate a preset trains with unless told: 'paper' is Table VI's for every step;
+# 'small' (hidden 128; CPUs and a few thousand faces) the rates its runs learn with (a 1e-4
+# run of a few hundred steps barely moves it).
+PRESET_LR = {"paper": {"pretrain": 1e-4, "dfn": 1e-4}, "small": {"pretrain": 5e-4, "dfn": 1e-3}}
+
+
+def resolve_warmup(warmup_steps: int | None, total_steps: int) -> int:
+    """Table VI's 2,000 warm-up steps when the run is as long as the paper's (16,770 steps) or
+    longer, else the same share of the run (about 12%): a warm-up that never ends, on a data set
+    of a few hundred faces, would leave the learning rate near zero the whole run."""
+    if warmup_steps is not None:
+        return warmup_steps
+    return max(1, min(TABLE_VI["warmup_steps"], round(WARMUP_FRACTION * total_steps)))
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 56
-    lr: float = 1e-4
+    lr: float | None = None  # None = the preset's (PRESET_LR): Table VI's 1e-4 for 'paper'
     weight_decay: float = 0.05
-    warmup_steps: int = 2000
+    warmup_steps: int | None = None  # None = resolve_warmup: Table VI's 2,000 at the paper's scale
     seed: int = 0
     # deterministic algorithms: the same seed on the same machine gives the same run, bit for bit.
     # None = True on a CPU (without them, the CPU backward of advanced indexing accumulates in
@@ -43,17 +65,100 @@ class TrainConfig:
     # the paper preset on a GPU (Table VI's batch 56 then fits in 40 GB), none otherwise
     activation_checkpointing: str = "auto"
     compile: bool = False  # torch.compile each Q-Former block (fused element-wise kernels; a minute to compile)
+    # the AU loss: 'frequency' weighs each AU's positives by its negatives/positives ratio in the
+    # training split (1 to 20: rare AUs count more, frequent ones as they are); 'none' = plain BCE
+    au_weighting: str = "frequency"
+    flip: bool = True  # sample each face's mirrored view half the time when the cache holds them (--augment flip)
 
-    def resolved(self, preset: str | None = None) -> "TrainConfig":
-        """This config with its automatic values decided for its device and the model's preset
-        (what a run records)."""
+    def __post_init__(self):
+        p = "train"
+        positive(p, self, "epochs", "batch_size", "window")
+        check(p, "lr", self.lr, (int, float, type(None)), lambda v: v > 0, "a positive number or null (auto)")
+        check(p, "weight_decay", self.weight_decay, (int, float), lambda v: v >= 0, "a number >= 0")
+        check(p, "warmup_steps", self.warmup_steps, (int, type(None)), lambda v: v >= 1, "a positive integer or null")
+        check(p, "seed", self.seed, int)
+        check(p, "deterministic", self.deterministic, (bool, type(None)))
+        check(p, "tasks", self.tasks, str, lambda v: v in ("au", "emotion", "both"), "au, emotion or both")
+        check(p, "device", self.device, str)
+        check(p, "precision", self.precision, str, lambda v: v in PRECISIONS, " or ".join(PRECISIONS))
+        check(p, "activation_checkpointing", self.activation_checkpointing, str,
+              lambda v: v in ("auto", *CHECKPOINTING), "auto, " + ", ".join(CHECKPOINTING))
+        check(p, "au_weighting", self.au_weighting, str, lambda v: v in ("frequency", "none"), "frequency or none")
+        for name in ("compile", "flip"):
+            check(p, name, getattr(self, name), bool)
+
+    def resolved(self, preset: str | None = None, total_steps: int | None = None,
+                 method: str = "pretrain") -> "TrainConfig":
+        """This config with its automatic values decided for its device, the model's preset, the
+        run's length in steps and the training ``method`` ('pretrain' or 'dfn'): what a run
+        records. Values already decided stay as they are."""
         gpu = torch.device(self.device).type == "cuda"
         deterministic = not gpu if self.deterministic is None else self.deterministic
         checkpointing = self.activation_checkpointing
         if checkpointing == "auto":
             checkpointing = "itm" if gpu and preset == "paper" else "none"
+        lr = PRESET_LR.get(preset, PRESET_LR["paper"])[method] if self.lr is None else self.lr
+        warmup = resolve_warmup(self.warmup_steps, total_steps) if total_steps is not None else self.warmup_steps
         return replace(self, deterministic=deterministic, precision=resolve_precision(self.precision, self.device),
-                       activation_checkpointing=checkpointing)
+                       activation_checkpointing=checkpointing, lr=lr, warmup_steps=warmup)
+
+    def schedule_line(self, total_steps: int, steps_per_epoch: int) -> str:
+        """The resolved schedule in one line (printed at the start of a run), with a warning when
+        the learning rate would never leave the warm-up."""
+        share = self.warmup_steps / max(total_steps, 1)
+        line = (f"schedule: {self.epochs} epochs of {steps_per_epoch} steps (batch {self.batch_size}), lr {self.lr:g}, "
+                f"linear warm-up {self.warmup_steps} steps ({share:.0%} of {total_steps}), then cosine decay")
+        if self.warmup_steps >= total_steps:
+            line += (f"\nwarning: the warm-up ({self.warmup_steps} steps) is not shorter than the run ({total_steps} "
+                     "steps): the learning rate never reaches its value (--warmup-steps auto scales it to the run)")
+        return line
+
+
+def batch_for(cfg: TrainConfig, rows: int, world: int, log=print) -> TrainConfig:
+    """``cfg`` with a batch the split can fill: a batch larger than the rows each process reads
+    becomes all of them, with a line saying so (a run that would take no step is never started);
+    fewer than 2 rows per process is an error (ITC contrasts pairs)."""
+    per_rank = rows // world
+    if per_rank < 2:
+        raise RunError(f"{rows} training rows over {world} process(es): at least 2 per process are needed")
+    if cfg.batch_size > per_rank:
+        log(f"--batch-size {cfg.batch_size} is larger than the {per_rank} training rows"
+            f"{' per process' if world > 1 else ''}: using {per_rank}")
+        return replace(cfg, batch_size=per_rank)
+    return cfg
+
+
+def epochs_to_train(run: RunFolder, cfg: TrainConfig, extend_to: int | None, log=print) -> TrainConfig:
+    """On --resume, what is left to train: a finished run continues only to more epochs
+    (``extend_to``, the user's --epochs), and otherwise stops with one line instead of exiting
+    having done nothing."""
+    latest = run.latest_checkpoint()
+    done = run.checkpoint_state(latest)["epoch"] + 1 if latest else 0
+    if extend_to is not None and extend_to != cfg.epochs:
+        if extend_to < done:
+            raise RunError(f"{run} has trained {done} epochs already; --epochs {extend_to} cannot take them back")
+        log(f"extending {run} from {cfg.epochs} to {extend_to} epochs (the learning-rate schedule stretches to the "
+            "new end)")
+        cfg = replace(cfg, epochs=extend_to)
+    if done >= cfg.epochs:
+        raise RunError(f"{run} has trained all its {cfg.epochs} epochs; pass --epochs N (more than {cfg.epochs}) with "
+                       "--resume to train it further")
+    return cfg
+
+
+MAX_AU_POS_WEIGHT = 20.0
+
+
+def au_pos_weight(aus: np.ndarray, weighting: str = "frequency") -> list[float]:
+    """Each AU's positive-class weight [12] from training labels [N, 12] (-1 = missing): its
+    negatives over its positives, between 1 and 20 ('none': all 1)."""
+    if weighting not in ("frequency", "none"):
+        raise ValueError(f"au_weighting: expected 'frequency' or 'none', got {weighting!r}")
+    aus = np.asarray(aus)
+    pos, neg = (aus == 1).sum(0), (aus == 0).sum(0)
+    if weighting == "none":
+        return [1.0] * aus.shape[1]
+    return [float(np.clip(n / p, 1.0, MAX_AU_POS_WEIGHT)) if p else 1.0 for p, n in zip(pos, neg)]
 
 
 def seed_everything(seed: int, deterministic: bool = True, device: str = "cpu") -> None:
@@ -141,6 +246,7 @@ def rng_state(generator: torch.Generator | None = None) -> dict:
 
 
 LOG_KEYS = ("epoch", "train_loss", "val_au_f1", "val_emotion_mean_acc", "samples_per_s", "seconds")
+CHANCE_EPOCHS = 3  # validation at chance this many epochs in a row is worth a warning
 
 
 def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, batches, losses_of, validate,
@@ -148,11 +254,12 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, 
         progress=None, log=print) -> dict | None:
     """The epoch loop of every trainer: ``batches(epoch)`` through ``losses_of`` (the model, or its
     DDP wrapper) with the scheduled lr; then on rank 0 ``validate()`` (the log row's validation
-    columns), a row in the run's log, a checkpoint (with ``rng_state()``) and a log line. Returns
-    the last epoch's row (None when no epoch ran)."""
+    columns), a row in the run's log, a checkpoint (with ``rng_state()``; the best-scoring epoch's
+    is kept as ``best``, with the AU thresholds validation chose) and a log line. Returns the last
+    epoch's row (None when no epoch ran)."""
     rank, world = distributed.rank(), distributed.world_size()
     end_epoch = cfg.epochs if max_epochs_this_run is None else min(cfg.epochs, start_epoch + max_epochs_this_run)
-    row = None
+    row, best, at_chance = None, run.best_score() if rank == 0 else None, 0
     for epoch in range(start_epoch, end_epoch):
         model.train()
         step, stats = train_epoch(batches(epoch), losses_of, optimizer, step, total_steps, cfg, progress)
@@ -162,9 +269,29 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, 
                **stats["train"]}
         if rank == 0:
             row.update(validate())
+            thresholds = row.pop("au_thresholds", None)
+            row["score"] = selection_score(row, cfg.tasks)
+            improved = best is None or row["score"] > best
+            best = row["score"] if improved else best
             run.append_log(row)
-            save_checkpoint(run, epoch, model, optimizer, {"step": step}, rng_state())
+            save_checkpoint(run, epoch, model, optimizer, {"step": step, "score": row["score"],
+                                                           "au_thresholds": thresholds},
+                            rng_state(), best_score=row["score"] if improved else None)
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                         if k in LOG_KEYS))
+                         if k in LOG_KEYS) + (" (best so far)" if improved and epoch > start_epoch else ""))
+            at_chance = at_chance + 1 if _at_chance(row, cfg.tasks) else 0
+            if at_chance == CHANCE_EPOCHS:
+                log(f"warning: validation has stayed at chance for {CHANCE_EPOCHS} epochs (emotion mean accuracy "
+                    f"{row.get('val_emotion_mean_acc', float('nan')):.3f}, AU mean F1 {row.get('val_au_f1', float('nan')):.3f} "
+                    f"against {row.get('val_au_f1_all_active', float('nan')):.3f} for calling every AU active): check the "
+                    "learning rate and warm-up, the labels, and that the features carry the faces")
         distributed.barrier()
     return row
+
+
+def _at_chance(row: dict, tasks: str) -> bool:
+    """Validation no better than guessing: emotion mean accuracy within 2 points of 1/8, and AU
+    mean F1 no better than calling every AU active (each for the tasks the run trains)."""
+    emotion = row.get("val_emotion_mean_acc", 0.0) <= 1 / N_EMOTIONS + 0.02
+    au = row.get("val_au_f1", 0.0) <= row.get("val_au_f1_all_active", 1.0)
+    return {"both": emotion and au, "emotion": emotion, "au": au}[tasks]

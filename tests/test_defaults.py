@@ -1,0 +1,190 @@
+"""Defaults that learn at every size: schedules that scale with the run (Table VI's exactly at
+the paper's scale), the best validated epoch kept and used, rare AUs weighted and thresholded,
+mirrored views with swapped AU centres, and AU regions pooled from a finer map."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mf2.cli.main import main
+from mf2.data import synthfacs as sf
+from mf2.data.labels import AUS, EMOTIONS
+from mf2.data.landmarks import AU_CENTRE_RULES, MIRROR, au_centres, mirror_landmarks
+from mf2.evaluation.metrics import all_active_au_f1, selection_score, tune_thresholds
+from mf2.features.backbones import load_vision
+from mf2.features.reader import CacheReader
+from mf2.runs import RunFolder, load_model
+from mf2.training.loop import (TABLE_VI, TrainConfig, WARMUP_FRACTION, au_pos_weight, fit, make_optimizer,
+                               resolve_warmup)
+
+
+def test_the_paper_preset_at_the_papers_scale_resolves_to_table_vi():
+    steps = 31320 // 56 * 30  # MFA's training images at Table VI's batch and epochs
+    cfg = TrainConfig(device="cpu").resolved("paper", steps)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_steps) == (30, 56, 1e-4, 0.05, 2000)
+    assert {k: getattr(cfg, k) for k in TABLE_VI} == TABLE_VI
+    assert TrainConfig(device="cpu").resolved("paper", 10 * steps).warmup_steps == 2000  # longer runs: still 2,000
+
+
+def test_warmup_scales_with_short_runs():
+    assert resolve_warmup(None, 17 * 30) == round(WARMUP_FRACTION * 510) == 61  # 960 images, batch 56, 30 epochs
+    assert resolve_warmup(None, 1) == 1
+    assert resolve_warmup(50, 510) == 50  # asked for: kept
+    small = TrainConfig(device="cpu").resolved("small", 510)
+    assert small.lr == 5e-4 and small.warmup_steps == 61
+    assert TrainConfig(device="cpu").resolved("small", 510, method="dfn").lr == 1e-3
+    assert TrainConfig(device="cpu", lr=2e-4).resolved("small", 510).lr == 2e-4
+    line = TrainConfig(device="cpu", warmup_steps=2000).resolved("small", 510).schedule_line(510, 17)
+    assert "warm-up 2000 steps" in line and "warning: the warm-up (2000 steps) is not shorter than the run" in line
+    assert "warning" not in small.schedule_line(510, 17)
+
+
+def test_au_loss_weights_follow_training_frequencies():
+    aus = np.zeros((100, 12), int)
+    aus[:50, 0] = 1  # 50%: weight 1
+    aus[:10, 1] = 1  # 10%: 9
+    aus[:1, 2] = 1  # 1%: 99, capped at 20
+    aus[:90, 3] = 1  # 90%: stays 1 (frequent AUs are not down-weighted)
+    aus[:, 4] = -1  # never labelled: 1
+    w = au_pos_weight(aus)
+    assert w[:5] == [1.0, 9.0, 20.0, 1.0, 1.0]
+    assert au_pos_weight(aus, "none") == [1.0] * 12
+    with pytest.raises(ValueError, match="au_weighting"):
+        au_pos_weight(aus, "inverse")
+
+
+def test_thresholds_are_chosen_per_au_on_validation():
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 12)) < 0.1).astype(int)
+    probs = np.clip(0.3 * y + rng.random((400, 12)) * 0.35, 0, 1)  # positives score 0.3 higher, never above 0.65
+    t = tune_thresholds(probs, y)
+    assert t.shape == (12,) and (t < 0.5).all()  # a rare AU scored low: its best threshold is below 0.5
+    y[:, 5] = -1
+    assert tune_thresholds(probs, y)[5] == 0.5  # no labels: the paper's 0.5
+    assert 0 < all_active_au_f1(y) < 1
+    assert selection_score({"val_au_f1": 0.4, "val_emotion_mean_acc": 0.6}) == pytest.approx(0.5)
+    assert selection_score({"val_au_f1": 0.4, "val_emotion_mean_acc": float("nan")}, "au") == pytest.approx(0.4)
+
+
+def test_the_best_epoch_is_kept_and_used(tmp_path, monkeypatch):
+    """fit keeps the best-scoring epoch beside the latest; evaluate and predict use it."""
+    import mf2.training.loop as loop
+
+    scores = iter([0.9, 0.1, 0.2])
+    monkeypatch.setattr(loop, "selection_score", lambda row, tasks: next(scores))
+    model = torch.nn.Linear(2, 1)
+    cfg = TrainConfig(epochs=3, batch_size=2, lr=0.1, warmup_steps=1, device="cpu")
+    opt = make_optimizer(model, cfg)
+
+    class Out:
+        def __init__(self, loss):
+            self.loss, self.logs = loss, {}
+
+    run = RunFolder(tmp_path / "run")
+    run.prepare(False, False)
+    logs = []
+    fit(run, model, opt, cfg, batches=lambda e: [{"emotion": torch.zeros(2)}], validate=lambda: {"val_au_f1": 0.5},
+        losses_of=lambda b: Out(model(torch.ones(2, 2)).sum()), rng_state=lambda: {"torch": torch.get_rng_state()},
+        start_epoch=0, step=0, total_steps=3, log=logs.append)
+    assert json.loads((run.checkpoints / "best.json").read_text())["epoch"] == 0
+    assert sorted(p.name for p in run.checkpoints.glob("epoch_*")) == ["epoch_0000", "epoch_0002"]
+    assert run.checkpoint("best").name == "epoch_0000" and run.checkpoint("latest").name == "epoch_0002"
+    assert [r["score"] for r in run.log_rows()] == [0.9, 0.1, 0.2]
+
+
+def test_evaluate_and_predict_use_the_best_checkpoint(pretrained, tmp_path):
+    import shutil
+
+    shutil.copytree(pretrained / "run", tmp_path / "run")
+    run = RunFolder(tmp_path / "run")
+    latest = run.latest_checkpoint()
+    shutil.copytree(latest, run.checkpoints / "epoch_0099")  # an older, 'better' epoch kept as best
+    state = json.loads((run.checkpoints / "epoch_0099/state.json").read_text())
+    state["au_thresholds"] = [0.3] * 12
+    (run.checkpoints / "epoch_0099/state.json").write_text(json.dumps(state))
+    run.set_best(run.checkpoints / "epoch_0099", 99, 0.99)
+    assert load_model(run.path)[2].name == "epoch_0099" and load_model(run.path, which="latest")[2] == latest
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run.path), "--cache", str(pretrained / "f.zarr"),
+                                       "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    metrics = run.eval_metrics("val")
+    assert metrics["checkpoint"].endswith("epoch_0099")
+    assert metrics["au_tuned"]["thresholds"]["AU1"] == 0.3 and "per-AU thresholds" in result.output
+    image = sorted((pretrained / "d/images").glob("*.png"))[0]
+    result = CliRunner().invoke(main, ["predict", "--checkpoint", str(run.path), str(image), "--face", "aligned",
+                                       "--out", str(tmp_path / "faces.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "faces.json").read_text())["checkpoint"].endswith("epoch_0099")
+
+
+def test_mirrored_landmarks_swap_each_aus_two_centres():
+    spec = sf.sample_specs(8, 5)[3]
+    lm = sf.landmarks_of(spec, 224)  # a posed face (yaw, roll): not symmetric
+    assert (MIRROR[MIRROR] == np.arange(68)).all() and sorted(MIRROR) == list(range(68))
+    mirrored = mirror_landmarks(lm, 224)
+    np.testing.assert_allclose(mirrored[36], [224 - lm[45, 0], lm[45, 1]])  # right outer eye corner <- left's
+    np.testing.assert_allclose(mirrored[8], [224 - lm[8, 0], lm[8, 1]])  # chin: on the midline
+    c, cm = au_centres(lm), au_centres(mirrored)
+    for k, au in enumerate(AUS):
+        a, b, _ = AU_CENTRE_RULES[au]
+        swap = MIRROR[a] == b  # a left/right pair (AU1, AU12, ...) swaps; a midline pair (AU25: lips) does not
+        expected = c[k, ::-1].copy() if swap else c[k].copy()
+        expected[:, 0] = 224 - expected[:, 0]
+        np.testing.assert_allclose(cm[k], expected, atol=1e-9, err_msg=au)
+    assert sum(MIRROR[AU_CENTRE_RULES[au][0]] == AU_CENTRE_RULES[au][1] for au in AUS) == 9
+    np.testing.assert_allclose(mirror_landmarks(mirrored, 224), lm)
+
+
+def test_flipped_views_and_the_finer_map(tmp_path):
+    runner = CliRunner()
+    for args in (["synth", "--n", "24", "--out", str(tmp_path / "d"), "--images-per-video", "4", "--no-baseline"],
+                 ["extract-features", "--manifest", str(tmp_path / "d/manifest.jsonl"), "--out", str(tmp_path / "f.zarr"),
+                  "--augment", "flip"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    reader = CacheReader(tmp_path / "f.zarr", "train", flip=True)
+    sig = reader.store.signature
+    assert sig["pooling"]["au_map"] == "stride16" and sig["pooling"]["map_size"] == [14, 14]  # EfficientNet: 7 x 7 last
+    assert sig["augment"] == ["flip"] and reader.au_vision_dim == sig["pooling"]["channels"] == 112
+    g = reader.store.group
+    assert g["vision/au_tokens_flip"].shape == g["vision/au_tokens"].shape == (24, 12, 18, 112)
+    assert not np.array_equal(g["vision/au_tokens_flip"][:4], g["vision/au_tokens"][:4])
+    plain = next(CacheReader(tmp_path / "f.zarr", "train").batches(len(reader), shuffle=False))
+    mixed = next(reader.batches(len(reader), shuffle=False))
+    again = next(reader.batches(len(reader), shuffle=False))
+    same = (plain["au_tokens"] == mixed["au_tokens"]).flatten(1).all(1)
+    assert 0 < int(same.sum()) < len(reader)  # some rows mirrored, some not
+    assert torch.equal(mixed["au_tokens"], again["au_tokens"])  # the same draw for the same seed and epoch
+    vision = load_vision()
+    assert vision(torch.zeros(1, 3, 224, 224), au_map="stride8")[1].shape == (1, 40, 28, 28)
+    with pytest.raises(ValueError, match="au_map"):
+        vision.resolve_au_map("stride4")
+
+
+def test_explanation_consistency_reads_captions_back():
+    """The template captions of SynthFACS rows agree with their own labels; the same texts
+    checked against another row's labels mostly do not; each of the three checks fails alone."""
+    from mf2.captions.consistency import check, summarise
+    from mf2.captions.template import au_sentences, emotion_caption
+
+    specs = sf.sample_specs(120, seed=3)
+    rows = [{"id": s.id, "emotion": s.expression.emotion, **s.expression.labels} for s in specs]
+    texts = [(emotion_caption(r), dict(zip(AUS, au_sentences(r)))) for r in rows]
+
+    def labels(r):
+        return {a for a in AUS if r[a] == 1}, EMOTIONS[r["emotion"]]
+
+    own = summarise([check(c, s, *labels(r)) for (c, s), r in zip(texts, rows)])
+    assert own["consistent"] == 1.0 and own["faces"] == 120
+    other = summarise([check(c, s, *labels(rows[(i + 7) % len(rows)])) for i, (c, s) in enumerate(texts)])
+    assert other["consistent"] < 0.2
+    assert check("This face looks happy. Lip corners pulled up show it.", {"AU12": "AU12 (Lip Corner Puller): the mouth "
+                 "corners pull up."}, {"AU12"}, "Happiness").consistent
+    assert not check("This face looks sad.", {}, {"AU12"}, "Happiness").emotion
+    assert not check("This face looks happy and surprised.", {}, set(), "Happiness").emotion
+    assert not check("This face looks happy. A dropped jaw shows it.", {}, {"AU12"}, "Happiness").cues
+    assert not check("This face looks happy.", {"AU12": "AU12 (Lip Corner Puller) is at rest: the lip corners are not "
+                     "pulled up."}, {"AU12"}, "Happiness").au_sentences
