@@ -27,7 +27,7 @@ step() {  # step NAME COMMAND...: run, and print the seconds it took
 step synth mf2 synth --n "$N" --size 224 --seed 0 --out "$OUT/synthfacs" --no-baseline
 step build-dataset mf2 build-dataset --manifest "$OUT/synthfacs/manifest.jsonl" --out "$OUT/mfa"
 step caption mf2 caption --manifest "$OUT/mfa/manifest.jsonl"
-step extract-features mf2 extract-features --manifest "$OUT/mfa/manifest.jsonl" --out "$OUT/mfa/features.zarr" \
+step extract-features mf2 extract-features --manifest "$OUT/mfa/manifest.captioned.jsonl" --out "$OUT/mfa/features.zarr" \
   "${VISION[@]}" "${TEXT[@]}" --landmarks "$LANDMARKS" --device "$DEVICE" --batch-size 64
 step pretrain mf2 pretrain --cache "$OUT/mfa/features.zarr" --out "$OUT/mf2" --preset "$PRESET" --epochs "$EPOCHS" \
   --device "$DEVICE"

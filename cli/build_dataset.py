@@ -29,6 +29,8 @@ def build_dataset(root, manifest, out, per_class, val_fraction, seed, annotation
 
     if bool(root) == bool(manifest):
         raise click.UsageError("give exactly one of --affwild2 ROOT or --manifest M")
+    inputs = {"--affwild2": root, "--annotations": annotations, "--frames": frames, "--manifest": manifest}
+    inputs = {k: v for k, v in inputs.items() if v}
     if root:
         rows, report, source = read_affwild2(root, annotations, frames)
         dropped = {k: v for k, v in report.frames.items() if k not in ("annotated", "kept")}
@@ -39,7 +41,7 @@ def build_dataset(root, manifest, out, per_class, val_fraction, seed, annotation
         dropped = {"bad_rows": len(m.skipped)} if m.skipped else {}
         source = {"type": "manifest", "path": str(manifest), "skipped_rows": m.skipped}
     stats = build_mfa(rows, out, per_class=per_class, val_fraction=val_fraction, seed=seed, keep_splits=keep_splits,
-                      source=source, dropped=dropped)
+                      source=source, dropped=dropped, inputs=inputs)
     click.echo(stats["summary"])
     click.echo(f"paper (MFA): {summary_line({**PAPER, 'splits': {k: PAPER[k] for k in ('train', 'val')}})}")
     if stats["dropped"]:

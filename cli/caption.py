@@ -20,7 +20,8 @@ def _caps(values):
 
 @click.command()
 @click.option("--manifest", type=click.Path(path_type=Path), required=True)
-@click.option("--out", type=click.Path(path_type=Path), help="Output manifest (default: rewrite --manifest).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output manifest, beside --manifest (default: <name>.captioned.jsonl); the input is never rewritten.")
 @click.option("--types", default="au,emotion,key_au", show_default=True, help="Comma-separated caption types.")
 @click.option("--backend", type=click.Choice(["template", "openai"]), default="template", show_default=True)
 @click.option("--model", default="gpt-4o", show_default=True, help="openai: model name.")
@@ -29,7 +30,8 @@ def _caps(values):
 @click.option("--max-attempts", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--backoff", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="First retry delay in seconds (doubles each attempt).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="openai: seconds one request may take in all (a stuck or trickling server is cut off and retried).")
 @click.option("--max-tokens", "caps", multiple=True, help="Token cap override, e.g. au=169 (repeatable).")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
               help="openai: answer cache (default: .caption_cache beside the output manifest).")
@@ -38,13 +40,17 @@ def _caps(values):
 @one_line_errors
 def caption(manifest, out, types, backend, model, base_url, concurrency, max_attempts, backoff, timeout, caps,
             cache_dir, overwrite, skip_bad):
-    """Write the three caption types (and the 12 per-AU sentences) into the manifest."""
+    """Write the three caption types (and the 12 per-AU sentences) into a new manifest beside --manifest."""
     from mf2.captions.api import make_captioner
     from mf2.captions.run import caption_manifest
     from mf2.data.manifest import read_manifest, write_manifest
-    from mf2.io import atomic_write_text
+    from mf2.io import atomic_write_text, refuse_overlap
 
-    out = out or manifest
+    out = out or manifest.with_name(f"{manifest.stem.removesuffix('.captioned')}.captioned{manifest.suffix}")
+    refuse_overlap({"--manifest": manifest}, {"--out": out})
+    report_path = out.with_name(out.stem + ".caption_report.json")
+    if out.exists() and not report_path.exists():
+        raise click.ClickException(f"--out {out} exists and was not written by mf2 caption; choose another name")
     m = read_manifest(manifest, skip_bad=skip_bad)
     if out.resolve().parent != m.root.resolve():
         raise click.UsageError("--out must be in the same folder as --manifest (image paths are relative to it)")
@@ -55,11 +61,12 @@ def caption(manifest, out, types, backend, model, base_url, concurrency, max_att
         rows, report = caption_manifest(m, captioner, wanted, cache_dir=cache_dir, concurrency=concurrency,
                                         max_attempts=max_attempts, backoff=backoff, overwrite=overwrite,
                                         progress=bar.update)
-    write_manifest(rows, out)
     info = {**report.as_dict(), "skipped_rows": m.skipped}
-    report_path = out.with_name(out.stem + ".caption_report.json")
-    atomic_write_text(report_path, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(report_path, json.dumps(info, indent=2) + "\n")  # first: it marks the output as ours
+    write_manifest(rows, out)
     click.echo(f"{captioner.name}: {report.generated} generated, {report.from_cache} from cache, "
                f"{report.kept} kept, {len(report.failed)} failed, {report.retries} retries -> {out}")
+    if m.skipped:
+        click.echo(f"{len(m.skipped)} bad manifest rows skipped (not in {out}; listed in {report_path})", err=True)
     if report.failed:
         click.echo(f"failures are listed in {report_path}", err=True)

@@ -11,6 +11,7 @@ from mf2 import __version__
 # PYTORCH_CUDA_ALLOC_CONF wins.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
+from ._common import stop_on_sigterm
 from .build_dataset import build_dataset
 from .caption import caption
 from .evaluate import evaluate
@@ -27,6 +28,7 @@ from .synth import synth
 @click.version_option(__version__, prog_name="mf2")
 def main():
     """mf2: facial Action Units and emotions with the MF² vision-language model."""
+    stop_on_sigterm()
 
 
 for command in (quickstart, synth, build_dataset, caption, extract_features, pretrain, finetune, evaluate, predict,

@@ -114,3 +114,69 @@ def file_digest(path, n: int | None = 16) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()[:n] if n else h.hexdigest()
+
+
+class PathConflict(ValueError):
+    """An output that would write over, into or around one of the command's inputs, as one line."""
+
+
+def _resolved(path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def refuse_overlap(inputs: dict, outputs: dict) -> None:
+    """The input/output rule every command checks before any work: no output is one of its
+    inputs, contains one, or lies inside an input folder (a run, a feature store, a folder of
+    images). An output beside an input file (a cache next to its manifest) is fine.
+
+    ``inputs`` and ``outputs`` map a name for the message (``--manifest``, ``--out``, ``images``)
+    to a path or a list of paths; folders are told from files by what is on disk."""
+    def paths(value):
+        return [value] if isinstance(value, (str, Path)) else list(value or [])
+
+    ins = [(name, p, _resolved(p)) for name, value in inputs.items() for p in paths(value) if p]
+    ins = [(name, p, i, i.is_dir()) for name, p, i in ins]
+    for out_name, value in outputs.items():
+        for out in paths(value):
+            o = _resolved(out)
+            for in_name, given, i, folder in ins:
+                if o == i:
+                    raise PathConflict(f"{out_name} {out} is the {in_name} ({given}): mf2 never writes over its inputs; "
+                                       "choose another output")
+                if i.is_relative_to(o):
+                    raise PathConflict(f"{out_name} {out} contains the {in_name} ({given}): mf2 never writes over its "
+                                       "inputs; choose an output beside it")
+                if folder and o.is_relative_to(i):
+                    raise PathConflict(f"{out_name} {out} is inside the {in_name} folder ({given}): mf2 never writes "
+                                       "into its inputs; choose an output beside it")
+
+
+class LockError(ValueError):
+    """Another process is writing the same output, as one line."""
+
+
+@contextlib.contextmanager
+def exclusive(path, what: str = "it"):
+    """Hold ``path``'s lock while writing it (a run folder, a feature store): a second mf2 process
+    that writes the same output stops at once with a one-line error instead of interleaving
+    writes. The lock is a hidden file beside ``path`` (``.<name>.lock``), so that replacing or
+    deleting ``path`` never drops it."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.parent / f".{path.name}.lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise LockError(f"{path}: {owner} is writing {what}; wait for it to finish (or stop it)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"mf2 process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -4,8 +4,9 @@ reads a trained run back (``evaluate``, ``predict``, ``finetune --from``, ``--re
     <run>/config.json        {"kind": "mf2" | "dfn", ...}: the resolved configuration
     <run>/params.json        trainable parameters (ours beside the paper's)
     <run>/log.jsonl, log.csv a row per epoch
-    <run>/checkpoints/       epoch_NNNN/ (model.safetensors, optim.safetensors, state.json) and
-                             latest.json, the pointer a reader trusts
+    <run>/checkpoints/       epoch_NNNN/ (model.safetensors, optim.safetensors, state.json);
+                             latest.json (what --resume continues) and best.json (the epoch with
+                             the best validation score: what evaluate, predict and finetune use)
     <run>/eval_<split>/      what ``mf2 evaluate`` writes
     <run>/dfn_cache.zarr     a DFN run's cached frozen block outputs
 
@@ -16,6 +17,7 @@ run (pretrained, or fine-tuned in full) loads an ``MF2``; a DFN run loads its ba
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mf2.io import atomic_write_text
+from mf2.io import atomic_write_text, exclusive, file_digest, refuse_overlap
 from mf2.models.config import DFNConfig, MF2Config
 from mf2.models.dfn import DFN, DFNModel
 from mf2.models.mf2 import MF2
@@ -35,6 +37,30 @@ KINDS = ("mf2", "dfn")
 
 class RunError(ValueError):
     """A run folder that cannot be used as asked, as one line."""
+
+
+REQUIRED = {"mf2": ("model", "train"), "dfn": ("base_run", "dfn", "model", "train")}
+
+
+def typed_section(cls, values, section: str, path):
+    """``cls(**values)`` (a config dataclass that checks its fields) from a section of a run's
+    config, its problems as one RunError line naming the file and the field."""
+    if not isinstance(values, dict):
+        raise RunError(f"{path}: {section}: expected a JSON object, got {type(values).__name__}")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # an unknown or a missing field
+        raise RunError(f"{path}: {section}: {str(exc).split('__init__() ')[-1]}") from None
+    except ValueError as exc:
+        raise RunError(f"{path}: {exc}") from None
+
+
+def model_config(config: dict, path="config.json") -> MF2Config:
+    return typed_section(MF2Config, config["model"], "model", path)
+
+
+def dfn_config(config: dict, path="config.json") -> DFNConfig:
+    return typed_section(DFNConfig, config["dfn"], "dfn", path)
 
 
 class RunFolder:
@@ -54,14 +80,28 @@ class RunFolder:
         return (self.path / "config.json").is_file()
 
     def config(self) -> dict:
-        """The saved configuration, always with ``kind`` (runs that predate it are MF² runs)."""
+        """The saved configuration, always with ``kind`` (runs that predate it are MF² runs), its
+        sections present and their values typed and checked: a damaged or hand-edited config is a
+        one-line error naming the file and the field."""
         path = self.path / "config.json"
         if not path.is_file():
             raise RunError(f"{self.path}: not a run folder (no config.json)")
-        config = json.loads(path.read_text())
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(config, dict):
+            raise RunError(f"{path}: expected a JSON object, got {type(config).__name__}")
         config.setdefault("kind", "mf2")
         if config["kind"] not in KINDS:
             raise RunError(f"{path}: unknown run kind {config['kind']!r} (expected {' or '.join(KINDS)})")
+        for section in REQUIRED[config["kind"]]:
+            if section not in config:
+                raise RunError(f"{path}: missing {section!r} (a {config['kind']} run's config has "
+                               f"{', '.join(REQUIRED[config['kind']])})")
+        model_config(config, path)
+        if config["kind"] == "dfn":
+            dfn_config(config, path)
         return config
 
     def write_config(self, kind: str, **sections) -> dict:
@@ -71,13 +111,28 @@ class RunFolder:
         atomic_write_text(self.path / "config.json", json.dumps(config, indent=2))
         return config
 
+    def writing(self, inputs: dict, main_process: bool = True):
+        """Held while a trainer writes this run. Before anything is written: the run may not be,
+        hold or lie inside one of its ``inputs`` (cache, base run); then its lock, so that a
+        second process writing it stops with one line."""
+        refuse_overlap(inputs, {"--out": self.path})
+        return exclusive(self.path, "this run") if main_process else contextlib.nullcontext()
+
     def prepare(self, resume: bool, overwrite: bool, main_process: bool = True) -> None:
         """The guard every trainer passes before it writes: an earlier run is continued only
-        with ``resume`` and replaced only with ``overwrite``; ``resume`` needs a run."""
+        with ``resume`` and replaced only with ``overwrite``; ``resume`` needs a run; a folder that
+        holds anything but an mf2 run is never written into, nor deleted."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path}: a file, not a run folder; choose another --out")
+        if self.path.is_dir() and not self.exists() and any(
+                p.name != "checkpoints" and not p.name.endswith(".tmp") for p in self.path.iterdir()):
+            raise RunError(f"{self.path} holds files that are not an mf2 run; choose another --out (mf2 writes runs "
+                           "into new or empty folders only)")
         if self.exists() and not resume:
             if not overwrite:
                 raise RunError(f"{self.path} holds an earlier run; pass --resume to continue it or --overwrite "
                                "to replace it")
+            self.config()  # only a readable mf2 run is ever deleted
             if main_process:
                 shutil.rmtree(self.path)
         if resume and not self.exists():
@@ -125,6 +180,33 @@ class RunFolder:
     def set_latest(self, checkpoint: Path, epoch: int) -> None:
         atomic_write_text(self.checkpoints / "latest.json", json.dumps({"epoch": epoch, "path": checkpoint.name}) + "\n")
 
+    def best_checkpoint(self) -> Path | None:
+        pointer = self.checkpoints / "best.json"
+        if not pointer.is_file():
+            return None
+        path = self.checkpoints / json.loads(pointer.read_text())["path"]
+        return path if path.is_dir() else None
+
+    def best_score(self) -> float | None:
+        pointer = self.checkpoints / "best.json"
+        return json.loads(pointer.read_text())["score"] if pointer.is_file() else None
+
+    def set_best(self, checkpoint: Path, epoch: int, score: float) -> None:
+        atomic_write_text(self.checkpoints / "best.json",
+                          json.dumps({"epoch": epoch, "path": checkpoint.name, "score": score}) + "\n")
+
+    def checkpoint(self, which: str = "best") -> Path | None:
+        """The checkpoint to use: 'best' (the best validated epoch; the latest for runs without
+        one) or 'latest'."""
+        if which not in ("best", "latest"):
+            raise RunError(f"checkpoint: expected 'best' or 'latest', got {which!r}")
+        return (self.best_checkpoint() if which == "best" else None) or self.latest_checkpoint()
+
+    @staticmethod
+    def checkpoint_state(checkpoint: Path) -> dict:
+        """A checkpoint's state.json: epoch, step, and what validation chose for it (AU thresholds)."""
+        return json.loads((Path(checkpoint) / "state.json").read_text())
+
     @staticmethod
     def model_state(checkpoint: Path) -> dict:
         return load_file(str(Path(checkpoint) / "model.safetensors"))
@@ -168,8 +250,40 @@ class RunFolder:
         return json.loads((self.eval_folder(split) / "metrics.json").read_text())
 
 
+# What a run's image features must share with a cache it is scored or resumed on: the backbone
+# and its weights, the face crop, the landmark source, the AU set, the backbones' precision and
+# the AU pooling (the manifest, the package version and the text encoder may differ).
+IMAGE_FIELDS = ("vision", "face", "landmarks", "au_set", "precision", "pooling")
+TEXT_FIELDS = ("text",)
+DERIVED = ("tokens_per_au", "map_size", "channels", "caps", "types")  # follow from the rest
+
+
+def _normalised(signature: dict) -> dict:
+    """A signature with the defaults of stores written before a field existed filled in."""
+    sig = json.loads(json.dumps(signature))  # a deep copy
+    sig.setdefault("pooling", {}).setdefault("au_map", "last")
+    for part in (sig.get("pooling", {}), sig.get("text", {})):
+        for key in DERIVED:
+            part.pop(key, None)
+    return sig
+
+
+def check_features(trained: dict, cache: dict, what: str, fields=IMAGE_FIELDS) -> None:
+    """The features a run was trained on and a cache's agree field by field; the first field
+    that differs is a one-line RunError naming both values."""
+    from mf2.features.store import _first_difference
+
+    a, b = _normalised(trained), _normalised(cache)
+    for field in fields:
+        diff = _first_difference(a.get(field), b.get(field), field)
+        if diff:
+            where, old, new = diff
+            raise RunError(f"{what}: the cache's features differ from the run's in {where} (cache {new!r}, run "
+                           f"{old!r}); extract the cache with the run's settings")
+
+
 def _load_mf2(folder: RunFolder, config: dict, checkpoint: Path, device) -> MF2:
-    model = MF2(MF2Config(**config["model"]))
+    model = MF2(model_config(config, folder.path / "config.json"))
     missing, unexpected = model.load_state_dict(folder.model_state(checkpoint), strict=False)
     if unexpected or [k for k in missing if not k.startswith("dfn.")]:
         raise RunError(f"{checkpoint}: checkpoint does not match the model ({len(missing)} missing, "
@@ -178,9 +292,15 @@ def _load_mf2(folder: RunFolder, config: dict, checkpoint: Path, device) -> MF2:
 
 
 def _load_dfn(folder: RunFolder, config: dict, checkpoint: Path, device) -> DFNModel:
-    """A frozen MF² (its own run) with this run's DFN."""
-    mf2, _, _ = load_model(folder.base_run(config), device)
-    dfn = DFN(mf2.cfg, DFNConfig(**config["dfn"]))
+    """A frozen MF² (the checkpoint of its own run the DFN was trained on, unchanged since) with
+    this run's DFN."""
+    mf2, _, base_ckpt = load_model(folder.base_run(config), device, config.get("base_checkpoint", "latest"))
+    recorded = config.get("base_model")  # DFN runs from before this record cannot be checked
+    if recorded and file_digest(base_ckpt / "model.safetensors") != recorded:
+        raise RunError(f"{folder}: its base run {folder.base_run(config)} changed since this DFN run was trained "
+                       f"(checkpoint {base_ckpt.name} has digest {file_digest(base_ckpt / 'model.safetensors')}, the DFN "
+                       f"was trained on {recorded}); retrain the DFN or restore the base run")
+    dfn = DFN(mf2.cfg, dfn_config(config, folder.path / "config.json"))
     dfn.load_state_dict(folder.model_state(checkpoint))
     return DFNModel(mf2, dfn.to(device)).eval()
 
@@ -188,12 +308,12 @@ def _load_dfn(folder: RunFolder, config: dict, checkpoint: Path, device) -> DFNM
 _LOADERS = {"mf2": _load_mf2, "dfn": _load_dfn}
 
 
-def load_model(run, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict, Path]:
-    """(model in eval mode on ``device``, saved config, checkpoint folder) of a run folder's
-    latest checkpoint."""
+def load_model(run, device: str | torch.device = "cpu", which: str = "best") -> tuple[torch.nn.Module, dict, Path]:
+    """(model in eval mode on ``device``, saved config, checkpoint folder) of a run folder's best
+    checkpoint (``which='latest'``: its last)."""
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
     config = folder.config()
-    checkpoint = folder.latest_checkpoint()
+    checkpoint = folder.checkpoint(which)
     if checkpoint is None:
         raise RunError(f"{folder}: no checkpoint yet")
     return _LOADERS[config["kind"]](folder, config, checkpoint, device), config, checkpoint

@@ -33,7 +33,7 @@ def pretrained(tmp_path_factory):
     runner = CliRunner()
     for args in (["synth", "--n", "64", "--out", str(root / "d"), "--images-per-video", "4", "--no-baseline"],
                  ["caption", "--manifest", str(root / "d/manifest.jsonl")],
-                 ["extract-features", "--manifest", str(root / "d/manifest.jsonl"), "--out", str(root / "f.zarr"),
+                 ["extract-features", "--manifest", str(root / "d/manifest.captioned.jsonl"), "--out", str(root / "f.zarr"),
                   *text_encoder_args()],
                  ["pretrain", "--cache", str(root / "f.zarr"), "--out", str(root / "run"), "--epochs", "1",
                   "--batch-size", "8", "--warmup-steps", "5"]):

@@ -94,7 +94,21 @@ class FakeOpenAI:
                     step = fake.script[min(fake.attempts[key], len(fake.script)) - 1]
                 if fake.delay:
                     time.sleep(fake.delay)
-                if step == "429":
+                if step == "trickle":  # a stuck server: an answer that starts and never finishes
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "1000000")
+                    self.end_headers()
+                    try:
+                        self.wfile.write(b"{")
+                        for _ in range(3000):
+                            time.sleep(0.1)
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                    except OSError:
+                        pass
+                    outcome = ("trickle",)
+                elif step == "429":
                     outcome = ("429",)
                     self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}}, [("Retry-After", "0")])
                 elif step == "500":

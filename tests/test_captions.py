@@ -159,7 +159,7 @@ def test_killed_and_rerun_job_sends_no_duplicate_requests(dataset, tmp_path):
     finally:
         server.kill()
         server.wait()
-    m = read_manifest(dataset)
+    m = read_manifest(dataset.with_name("manifest.captioned.jsonl"))
     image_sha = {}
     import hashlib
 
@@ -179,12 +179,17 @@ def test_killed_and_rerun_job_sends_no_duplicate_requests(dataset, tmp_path):
 
 def test_cli_template_captions_and_keeps_existing(dataset):
     runner = CliRunner()
+    source = dataset.read_bytes()
     result = runner.invoke(main, ["caption", "--manifest", str(dataset), "--types", "au,emotion"])
     assert result.exit_code == 0, result.output
     assert "template: 12 generated, 0 from cache, 0 kept, 0 failed" in result.output
-    rows = read_manifest(dataset).rows
+    assert dataset.read_bytes() == source  # the input manifest is never rewritten
+    captioned = dataset.with_name("manifest.captioned.jsonl")
+    rows = read_manifest(captioned).rows
     assert all("caption_au" in r and "caption_emotion" in r and "caption_key_au" not in r for r in rows)
-    result = runner.invoke(main, ["caption", "--manifest", str(dataset)])
+    result = runner.invoke(main, ["caption", "--manifest", str(captioned)])
+    assert result.exit_code == 1 and "is the --manifest" in result.output  # its default output is its input
+    result = runner.invoke(main, ["caption", "--manifest", str(captioned), "--out", str(dataset.with_name("all.jsonl"))])
     assert "template: 6 generated, 0 from cache, 12 kept" in result.output
     result = runner.invoke(main, ["caption", "--manifest", str(dataset), "--types", "au,bogus"])
     assert result.exit_code == 1 and "unknown caption type(s) bogus" in result.output

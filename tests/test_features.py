@@ -101,7 +101,7 @@ def test_au_centres_on_the_canonical_template_match_the_table():
 def captioned(tmp_path):
     sf.write_synthfacs(tmp_path / "d", 40, 112, seed=2, workers=1)
     CliRunner().invoke(main, ["caption", "--manifest", str(tmp_path / "d/manifest.jsonl")], catch_exceptions=False)
-    return tmp_path / "d/manifest.jsonl"
+    return tmp_path / "d/manifest.captioned.jsonl"
 
 
 def _arrays(path):

@@ -94,7 +94,7 @@ def cache(tmp_path_factory):
     runner = CliRunner()
     for args in (["synth", "--n", "96", "--out", str(root / "d"), "--images-per-video", "4", "--no-baseline"],
                  ["caption", "--manifest", str(root / "d/manifest.jsonl")],
-                 ["extract-features", "--manifest", str(root / "d/manifest.jsonl"), "--out", str(root / "f.zarr")]):
+                 ["extract-features", "--manifest", str(root / "d/manifest.captioned.jsonl"), "--out", str(root / "f.zarr")]):
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
     return root / "f.zarr"

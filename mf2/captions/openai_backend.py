@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+import threading
 from pathlib import Path
 
 from mf2.captions.prompts import DEFAULT_VERSION, load_prompt
 from mf2.data.labels import TOKEN_CAPS
 
 
-class CaptionError(RuntimeError):
+class CaptionError(ValueError):
     """A failure that retrying cannot fix (authentication, unknown model, bad request)."""
 
 
@@ -52,7 +53,7 @@ class OpenAICaptioner:
         if not api_key:
             raise CaptionError("no API key: set OPENAI_API_KEY (any non-empty value for a local server)")
         self._openai = openai
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+        self.api_key, self.timeout = api_key, timeout
         self.model, self.base_url, self.temperature = model, base_url, temperature
         self.caps = {**TOKEN_CAPS, **(caps or {})}
         self.prompts = {t: load_prompt(t, prompt_version) for t in TOKEN_CAPS}
@@ -70,9 +71,36 @@ class OpenAICaptioner:
         messages = [{"role": "system", "content": system},
                     {"role": "user", "content": [{"type": "text", "text": user},
                                                  {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}]}]
+        # One connection per request and a watchdog that closes it when the whole request has taken
+        # `timeout` seconds: the client's own timeout bounds each read, so a server that keeps sending
+        # without ever finishing would otherwise hold the run forever.
+        http = openai.DefaultHttpxClient(timeout=self.timeout)
+        client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout,
+                               http_client=http)
+        watchdog = threading.Timer(self.timeout, http.close)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            response = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                           max_tokens=self.caps[caption_type], temperature=self.temperature)
+            response = client.chat.completions.create(model=self.model, messages=messages,
+                                                      max_tokens=self.caps[caption_type], temperature=self.temperature)
+        except Exception as exc:
+            if not watchdog.is_alive():  # the deadline closed the connection under the request
+                raise TransientError(f"no complete answer within {self.timeout:g} s") from None
+            self._sort(exc)
+        finally:
+            watchdog.cancel()
+            http.close()
+        choices = getattr(response, "choices", None) or []
+        text = choices[0].message.content if choices and choices[0].message else None
+        if not isinstance(text, str):
+            raise MalformedOutput("response has no message text")
+        return text
+
+    def _sort(self, exc):
+        """Raise ``exc`` again as the runner's kind of error."""
+        openai = self._openai
+        try:
+            raise exc
         except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}", _retry_after(exc)) from None
         except openai.APIStatusError as exc:
@@ -81,8 +109,3 @@ class OpenAICaptioner:
             raise CaptionError(f"{self.base_url or 'api.openai.com'} answered HTTP {exc.status_code}: {exc.message}") from None
         except openai.APIResponseValidationError as exc:
             raise MalformedOutput(f"unreadable response: {exc}") from None
-        choices = getattr(response, "choices", None) or []
-        text = choices[0].message.content if choices and choices[0].message else None
-        if not isinstance(text, str):
-            raise MalformedOutput("response has no message text")
-        return text

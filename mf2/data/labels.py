@@ -3,6 +3,8 @@ caption vocabulary (the three caption types, their manifest columns and Table VI
 
 from __future__ import annotations
 
+import math
+
 # Aff-Wild2 order; every array of AU labels or features in mf2 follows it.
 AUS = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
 AU_INDEX = {au: i for i, au in enumerate(AUS)}
@@ -60,6 +62,8 @@ def parse_emotion(value) -> int:
     if isinstance(value, bool):
         raise ValueError(f"unknown emotion {value!r}")
     if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+        if not math.isfinite(float(value)):
+            raise ValueError(f"emotion index {value!r} outside -1..{len(EMOTIONS) - 1}")
         index = int(float(value))
         if float(value) != index or not (index == MISSING or 0 <= index < len(EMOTIONS)):
             raise ValueError(f"emotion index {value!r} outside -1..{len(EMOTIONS) - 1}")
@@ -73,6 +77,8 @@ def parse_au_value(value) -> int:
     """An AU label 1/0/-1 (int, float or string) -> int; anything else raises ValueError."""
     if value is None or value == "":
         return MISSING
+    if isinstance(value, bool):  # JSON true/false are not labels
+        raise ValueError(f"AU value {value!r} outside {{0, 1, -1}}")
     try:
         number = float(value)
     except (TypeError, ValueError):

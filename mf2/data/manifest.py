@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -68,17 +69,41 @@ def _load_rows(path: Path):
         raise ManifestError(f"{path}: unsupported manifest type {suffix!r} (use .jsonl or .csv)")
 
 
+# Bounds on what a row may carry: names and paths, texts (the encoders read at most a few hundred
+# tokens of a caption), and landmark coordinates (pixels of an image mf2 will open, see
+# features.faces.MAX_PIXELS).
+MAX_NAME = 1024
+MAX_TEXT = 20_000
+MAX_COORDINATE = 100_000
+
+
+def _number(c) -> bool:
+    return isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and abs(c) <= MAX_COORDINATE
+
+
 def _parse_landmarks(value):
     if value is None or value == "":
         return None
     if isinstance(value, str):
         value = json.loads(value)
     shape_ok = isinstance(value, list) and len(value) == 68 and all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(c, (int, float)) for c in p) for p in value)
+        isinstance(p, (list, tuple)) and len(p) == 2 for p in value)
     if not shape_ok:
         got = f"{len(value)} entries" if isinstance(value, list) else type(value).__name__
         raise ValueError(f"expected 68 x 2 numbers, got {got}")
+    bad = next((c for p in value for c in p if not _number(c)), None)
+    if bad is not None or any(not _number(c) for p in value for c in p):
+        raise ValueError(f"expected 68 x 2 finite pixel coordinates (|value| <= {MAX_COORDINATE:,}), got {bad!r}")
     return [[float(x), float(y)] for x, y in value]
+
+
+def _text(column: str, value, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ValueError(f"{column}: expected text, got {type(value).__name__}")
+    value = str(value)
+    if len(value) > limit:
+        raise ValueError(f"{column}: {len(value):,} characters, more than the {limit:,} allowed")
+    return value
 
 
 def _parse_au_sentences(value):
@@ -88,6 +113,8 @@ def _parse_au_sentences(value):
         value = json.loads(value)
     if not (isinstance(value, list) and len(value) == len(AUS) and all(isinstance(s, str) for s in value)):
         raise ValueError(f"expected a list of {len(AUS)} sentences")
+    if any(len(s) > MAX_TEXT for s in value):
+        raise ValueError(f"a sentence longer than {MAX_TEXT:,} characters")
     return value
 
 
@@ -102,10 +129,13 @@ def normalise_row(raw: dict) -> dict:
     image = raw.get("image")
     if not image or not isinstance(image, str):
         raise err("image", "missing image path")
-    row_id = raw.get("id") or os.path.splitext(image)[0]
-    row = {"id": str(row_id), "image": image, "video": str(raw.get("video") or row_id)}
+    image = _text("image", image, MAX_NAME)
+    if "\0" in image:
+        raise err("image", "a path with a NUL character")
+    row_id = _text("id", raw.get("id") or os.path.splitext(image)[0], MAX_NAME)
+    row = {"id": row_id, "image": image, "video": _text("video", raw.get("video") or row_id, MAX_NAME)}
     split = raw.get("split") or ""
-    if split and split not in SPLITS:
+    if split and (not isinstance(split, str) or split not in SPLITS):
         raise err("split", f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
     row["split"] = split
     try:
@@ -126,7 +156,7 @@ def normalise_row(raw: dict) -> dict:
             row[column] = value
     for column in CAPTION_COLUMNS:
         if raw.get(column):
-            row[column] = str(raw[column])
+            row[column] = _text(column, raw[column])
     return row
 
 

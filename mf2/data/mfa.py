@@ -22,7 +22,7 @@ from mf2.data.affwild2 import recording
 from mf2.data.labels import AUS, EMOTIONS, MISSING
 from mf2.data.manifest import write_manifest
 from mf2.data.stats import dataset_stats
-from mf2.io import atomic_write_text
+from mf2.io import atomic_write_text, refuse_overlap
 
 PAPER = {"images": 34696, "videos": 151, "train": {"images": 31320, "videos": 134}, "val": {"images": 3376, "videos": 17}}
 
@@ -106,13 +106,28 @@ def summary_line(stats: dict) -> str:
     return text
 
 
+def _written_here(out: Path) -> bool:
+    """Whether ``out`` is a dataset folder an earlier build-dataset wrote (its stats.json says so)."""
+    try:
+        return "per_class_target" in json.loads((out / "stats.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def build_mfa(rows: list[dict], out, *, per_class: int | None = None, val_fraction: float = 0.1, seed: int = 0,
-              keep_splits: bool = False, source: dict | None = None, dropped: dict | None = None) -> dict:
+              keep_splits: bool = False, source: dict | None = None, dropped: dict | None = None,
+              inputs: dict | None = None) -> dict:
     """Filter, split, balance and write the MFA manifest and stats. ``rows`` carry absolute
-    (or cwd-relative) image paths; the manifest stores them relative to ``out``."""
+    (or cwd-relative) image paths; the manifest stores them relative to ``out``. ``out`` may not
+    be, hold or lie inside any input (``inputs``: the source manifest or Aff-Wild2 folders, and
+    every image), and an ``out`` that holds a manifest build-dataset did not write is refused."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
     out = Path(out)
+    refuse_overlap({**(inputs or {}), "images": [r["image"] for r in rows]},
+                   {"--out": out, "--out manifest": out / "manifest.jsonl"})
+    if (out / "manifest.jsonl").exists() and not _written_here(out):
+        raise ValueError(f"{out} holds a manifest.jsonl that mf2 build-dataset did not write; choose another --out")
     complete, filtered = filter_complete(rows)
     if not complete:
         raise ValueError("no faces with an emotion and all 12 AUs were found")

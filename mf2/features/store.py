@@ -10,7 +10,9 @@ Arrays are chunked along the sample axis only (about 2 MB a chunk) with a fast c
 are written in blocks; after each block the ``count`` attribute (the index a reader trusts)
 moves forward, so a killed run resumes at the last complete block. The ``signature``
 attribute is written at creation and ``complete`` when the last block is in: a store whose
-signature differs from the run's is refused, naming the field.
+signature differs from the run's is refused, naming the field. Every chunk is written, empty ones
+included (``all_chunks``), so that a reader can tell a chunk lost on disk from one of zeros: a
+complete store with a missing chunk is an error naming the array and its rows, never zeros.
 """
 
 from __future__ import annotations
@@ -42,6 +44,46 @@ def _first_difference(a, b, path=""):
     return None
 
 
+def _array_names(group, prefix: str) -> list[str]:
+    """Every array under a group, as paths from the store's root."""
+    out = [f"{prefix}/{name}" for name in group.array_keys()]
+    for name in group.group_keys():
+        out += _array_names(group[name], f"{prefix}/{name}")
+    return out
+
+
+def store_path(group: zarr.Group) -> Path:
+    return Path(str(group.store).removeprefix("file://"))
+
+
+def lost_chunk(group: zarr.Group, names) -> tuple[str, int, int] | None:
+    """The first array of ``names`` (paths in ``group``, chunked along rows only, every chunk
+    written) with a chunk missing on disk, as (name, first row, last row); None if all are there."""
+    root = store_path(group)
+    for name in names:
+        arr = group[name]
+        if arr.nchunks_initialized == arr.nchunks:
+            continue
+        rows = arr.chunks[0]
+        for i in range(-(-arr.shape[0] // rows)):
+            key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+            if not (root / arr.path / key).exists():
+                return name, i * rows, min(arr.shape[0], (i + 1) * rows) - 1
+    return None
+
+
+def read_rows(group: zarr.Group, name: str, start: int, stop: int,
+              remedy: str = "extract again with --overwrite") -> np.ndarray:
+    """Rows [start, stop) of ``group[name]``; an undecodable chunk is a StoreError naming the
+    array and the rows, not a codec's traceback."""
+    try:
+        return group[name][start:stop]
+    except Exception as exc:  # numcodecs / zarr decoding errors have no common base class
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise StoreError(f"{store_path(group)}: array {name}, rows {start}-{stop - 1}, cannot be decoded "
+                         f"({type(exc).__name__}: {first}); the store is damaged: {remedy}") from None
+
+
 class FeatureStore:
     def __init__(self, group: zarr.Group):
         self.group = group
@@ -64,11 +106,32 @@ class FeatureStore:
     def __getitem__(self, name):
         return self.group[name]
 
+    def verify(self, names=None) -> None:
+        """A complete store holds every chunk of every array (``names``: of these): a missing one is
+        a StoreError naming the array and its rows. Stores written before every chunk was kept
+        (no ``all_chunks`` attribute) store no all-zero chunks, so they cannot be checked."""
+        if not (self.complete and self.group.attrs.get("all_chunks")):
+            return
+        names = names or [n for kind in ("meta", "vision", "text") if kind in self.group
+                          for n in _array_names(self.group[kind], kind)]
+        lost = lost_chunk(self.group, names)
+        if lost:
+            name, first, last = lost
+            raise StoreError(f"{store_path(self.group)}: array {name} has lost rows {first}-{last} (a missing chunk); "
+                             "the store is damaged: extract again with --overwrite")
+
+    def read(self, name: str, start: int, stop: int):
+        """Rows [start, stop) of array ``name``; an undecodable chunk is a StoreError naming the
+        array and the rows, not a codec's traceback."""
+        return read_rows(self.group, name, start, stop)
+
     @classmethod
     def open(cls, path) -> "FeatureStore":
         path = Path(path)
         if not path.exists():
             raise StoreError(f"{path}: no feature store here (run mf2 extract-features first)")
+        if not path.is_dir():
+            raise StoreError(f"{path}: not a feature store (a file, not a Zarr folder)")
         try:
             group = zarr.open_group(str(path), mode="r")
         except Exception as exc:  # not a zarr group
@@ -84,6 +147,7 @@ class FeatureStore:
         meta: name -> full array (written at creation); layout: name -> (per-sample shape, dtype)."""
         path = Path(path)
         if path.exists() and overwrite:
+            cls.open(path)  # only a feature store mf2 wrote is ever deleted
             shutil.rmtree(path)
         if path.exists():
             store = cls.open(path)
@@ -98,14 +162,15 @@ class FeatureStore:
         for name, values in meta.items():
             values = np.asarray(values)
             arr = group.create_array(name, shape=values.shape, dtype=str if values.dtype.kind in "UO" else values.dtype,
-                                     chunks=(max(1, min(n, 65536)),) + values.shape[1:])
+                                     chunks=(max(1, min(n, 65536)),) + values.shape[1:],
+                                     config={"write_empty_chunks": True})
             arr[:] = values
         for name, (shape, dtype) in layout.items():
             per_sample = int(np.prod(shape)) * np.dtype(dtype).itemsize
             rows = max(1, min(n, CHUNK_BYTES // max(per_sample, 1)))
             group.create_array(name, shape=(n, *shape), dtype=dtype, chunks=(rows, *shape), compressors=_CODEC,
-                               fill_value=0)
-        group.attrs.update({"signature": signature, "count": 0, "complete": False})
+                               fill_value=0, config={"write_empty_chunks": True})
+        group.attrs.update({"signature": signature, "count": 0, "complete": False, "all_chunks": True})
         return cls(group)
 
     def write_block(self, start: int, arrays: dict) -> None:

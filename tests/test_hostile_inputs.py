@@ -1,0 +1,483 @@
+"""Hostile inputs and faults against the CLI (issue 16): no command writes into, replaces or
+deletes its inputs; damaged or mismatched data is a one-line error naming what is wrong, never
+a quietly wrong result; skips are counted; interruptions (SIGTERM, a full disk) never leave a
+partial output looking complete; a stuck server never hangs a run; two writers of one output
+never interleave.
+
+Every case asserts the exit status, the one-line message (no traceback) and, where a command
+was pointed at its own inputs, that those inputs are byte-identical afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from PIL import Image
+
+from mf2.cli.main import main
+from mf2.data.manifest import read_manifest, write_manifest
+
+from .conftest import text_encoder_args
+from .fake_openai import FakeOpenAI
+
+
+def tree(path: Path) -> dict:
+    """Every file under ``path`` (or ``path`` itself) -> its SHA-256: byte-identical inputs."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def cli(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def one_line_error(result, *fragments):
+    """Exit status 1, a single ``Error:`` line holding every fragment, and no traceback."""
+    text = result.output.strip()
+    assert result.exit_code == 1, text
+    assert "Traceback" not in text and result.exception is None or isinstance(result.exception, SystemExit), text
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, text
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def bomb_png(path: Path, side: int = 20000) -> Path:
+    """A PNG of a few bytes whose header claims ``side`` x ``side`` pixels."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", side, side)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture
+def world(pretrained, tmp_path):
+    """A private copy of the shared tiny world: data (d/), cache (f.zarr), MF² run (run/)."""
+    for name in ("d", "f.zarr", "run"):
+        shutil.copytree(pretrained / name, tmp_path / name)
+    return tmp_path
+
+
+def cmd(*args):
+    return [sys.executable, "-m", "mf2.cli.main", *map(str, args)]
+
+
+# -- commands that would destroy their inputs -----------------------------------------------------
+
+def test_extract_features_into_its_dataset_folder_is_refused(world):
+    before = tree(world / "d")
+    result = cli("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out", world / "d",
+                 "--overwrite")
+    one_line_error(result, "--out", "contains the --manifest", "never writes over its inputs")
+    assert tree(world / "d") == before
+
+
+def test_build_dataset_never_replaces_its_source_manifest(world):
+    before = tree(world / "d")
+    result = cli("build-dataset", "--manifest", world / "d/manifest.jsonl", "--out", world / "d")
+    one_line_error(result, "--out", "contains the --manifest")
+    assert tree(world / "d") == before
+    # a folder holding someone else's manifest.jsonl is not written into either
+    other = world / "other"
+    other.mkdir()
+    (other / "manifest.jsonl").write_text("precious\n")
+    result = cli("build-dataset", "--manifest", world / "d/manifest.jsonl", "--out", other)
+    one_line_error(result, "holds a manifest.jsonl that mf2 build-dataset did not write")
+    assert (other / "manifest.jsonl").read_text() == "precious\n"
+
+
+def test_finetune_never_deletes_or_writes_into_its_base_run(world):
+    before = tree(world / "run")
+    result = cli("finetune", "--dfn", "--from", world / "run", "--cache", world / "f.zarr", "--out", world / "run",
+                 "--overwrite")
+    one_line_error(result, "--out", "is the --from")
+    result = cli("finetune", "--dfn", "--from", world / "run", "--cache", world / "f.zarr", "--out",
+                 world / "run/dfn")
+    one_line_error(result, "inside the --from folder")
+    assert tree(world / "run") == before
+
+
+def test_runs_and_evaluations_are_not_written_inside_a_cache(world):
+    before = tree(world / "f.zarr")
+    one_line_error(cli("pretrain", "--cache", world / "f.zarr", "--out", world / "f.zarr/run"),
+                   "inside the --cache folder")
+    one_line_error(cli("evaluate", "--checkpoint", world / "run", "--cache", world / "f.zarr", "--out",
+                       world / "f.zarr/eval"), "inside the --cache folder")
+    assert tree(world / "f.zarr") == before
+
+
+def test_overwrite_only_removes_what_mf2_wrote(world):
+    (world / "notes").mkdir()
+    (world / "notes/thesis.tex").write_text("years of work")
+    one_line_error(cli("pretrain", "--cache", world / "f.zarr", "--out", world / "notes", "--overwrite"),
+                   "not an mf2 run")
+    one_line_error(cli("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out",
+                       world / "notes", "--overwrite"), "not a feature store")
+    assert (world / "notes/thesis.tex").read_text() == "years of work"
+
+
+# -- captions --------------------------------------------------------------------------------------
+
+def test_caption_writes_beside_its_input_and_counts_skips(world):
+    source = world / "d/manifest.jsonl"
+    lines = source.read_text().splitlines()
+    lines[3] = lines[3].replace('"AU1": 0', '"AU1": 7').replace('"AU1": 1', '"AU1": 7')
+    lines.append("{not json")
+    source.write_text("\n".join(lines) + "\n")
+    before = tree(source)
+    result = cli("caption", "--manifest", source, "--out", world / "d/capped.jsonl", "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert tree(source) == before
+    assert "2 bad manifest rows skipped" in result.output
+    report = json.loads((world / "d/capped.caption_report.json").read_text())
+    assert [s["line"] for s in report["skipped_rows"]] == [4, len(lines)]
+    assert len(read_manifest(world / "d/capped.jsonl").rows) == len(lines) - 2
+    # the output may not be the input, nor a file mf2 caption did not write
+    one_line_error(cli("caption", "--manifest", source, "--out", source), "--out", "is the --manifest")
+    (world / "d/mine.jsonl").write_text("mine\n")
+    result = cli("caption", "--manifest", source, "--out", world / "d/mine.jsonl", "--skip-bad")
+    one_line_error(result, "was not written by mf2 caption")
+    assert (world / "d/mine.jsonl").read_text() == "mine\n"
+
+
+def test_a_stuck_caption_server_ends_as_a_recorded_failure(world):
+    """A server that starts an answer and never finishes it: every request is cut off at
+    --timeout in all (not per read), retried, then recorded as a failure; nothing hangs."""
+    manifest = world / "d/small.jsonl"
+    write_manifest(read_manifest(world / "d/manifest.jsonl").rows[:2], manifest)
+    with FakeOpenAI(script=("trickle",)) as server:
+        t0 = time.time()
+        result = cli("caption", "--manifest", manifest, "--backend", "openai", "--base-url", server.base_url,
+                     "--types", "emotion", "--timeout", "1", "--max-attempts", "2", "--backoff", "0",
+                     "--concurrency", "2", env={"OPENAI_API_KEY": "test"})
+        elapsed = time.time() - t0
+    assert result.exit_code == 0, result.output
+    assert "0 generated" in result.output and "2 failed" in result.output
+    assert elapsed < 20, elapsed
+    report = json.loads((world / "d/small.captioned.caption_report.json").read_text())
+    assert report["failed"] == 2
+    assert all("no complete answer within 1 s" in f["reason"] for f in report["failures"])
+
+
+# -- silent wrong results ----------------------------------------------------------------------------
+
+def test_a_deleted_chunk_is_an_error_naming_array_and_rows(world):
+    chunk = world / "f.zarr/vision/tokens/c/1/0/0"
+    rows = zarr.open_group(str(world / "f.zarr"), mode="r")["vision/tokens"].chunks[0]
+    chunk.unlink()
+    for result in (cli("evaluate", "--checkpoint", world / "run", "--cache", world / "f.zarr", "--bootstrap", "0"),
+                   cli("pretrain", "--cache", world / "f.zarr", "--out", world / "new", "--epochs", "1"),
+                   cli("evaluate", "--checkpoint", world / "run", "--cache", world / "f.zarr", "--probe", "--out",
+                       world / "e")):
+        one_line_error(result, "array vision/tokens has lost rows", f"{rows}-{2 * rows - 1}", "--overwrite")
+    assert not (world / "run/eval_val").exists() and not (world / "new/checkpoints").exists()
+
+
+def test_a_corrupted_chunk_is_an_error_naming_array_and_rows(world):
+    group = zarr.open_group(str(world / "f.zarr"), mode="r")
+    rows = group["vision/tokens"].chunks[0]
+    first_val = int(np.flatnonzero(group["meta/split"][:] == "val")[0])  # a chunk evaluate reads
+    (world / f"f.zarr/vision/tokens/c/{first_val // rows}/0/0").write_bytes(b"\x02\x01" + os.urandom(200))
+    result = cli("evaluate", "--checkpoint", world / "run", "--cache", world / "f.zarr", "--bootstrap", "0")
+    one_line_error(result, "array vision/tokens, rows", "cannot be decoded", "damaged")
+    assert not (world / "run/eval_val").exists()
+
+
+def _edit_signature(store: Path, **changes):
+    group = zarr.open_group(str(store), mode="r+")
+    signature = dict(group.attrs["signature"])
+    for dotted, value in changes.items():
+        node = signature
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    group.attrs["signature"] = signature
+
+
+def test_a_cache_from_another_backbone_is_refused_everywhere(world):
+    """Same widths, other backbone: evaluate, finetune and --resume compare the whole signature."""
+    shutil.copytree(world / "f.zarr", world / "b0.zarr")
+    original = zarr.open_group(str(world / "f.zarr"), mode="r").attrs["signature"]["vision"]
+    _edit_signature(world / "b0.zarr", **{"vision.name": "efficientnet_b0", "vision.weights": "random"})
+    for result in (cli("evaluate", "--checkpoint", world / "run", "--cache", world / "b0.zarr", "--bootstrap", "0"),
+                   cli("finetune", "--dfn", "--from", world / "run", "--cache", world / "b0.zarr", "--out",
+                       world / "dfn"),
+                   cli("pretrain", "--cache", world / "b0.zarr", "--out", world / "run", "--resume", "--epochs", "2")):
+        one_line_error(result, "differ from the run's in vision.name", "efficientnet_b0", "efficientnet_lite0")
+    _edit_signature(world / "b0.zarr", **{"vision.name": original["name"], "vision.weights": original["weights"],
+                                          "pooling.au_map": "last"})
+    one_line_error(cli("evaluate", "--checkpoint", world / "run", "--cache", world / "b0.zarr"),
+                   "differ from the run's in pooling.au_map")
+
+
+def test_weights_that_do_not_fit_the_backbone_are_refused(world):
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"fc.weight": torch.zeros(2, 2), "conv1.weight": torch.zeros(64, 3, 7, 7)}, world / "resnet.safetensors")
+    result = cli("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out", world / "g.zarr",
+                 "--vision-weights", world / "resnet.safetensors", *text_encoder_args())
+    one_line_error(result, "these weights do not fit", "missing tensor")
+    assert not (world / "g.zarr").exists()
+
+
+def test_a_dfn_run_refuses_a_base_run_replaced_after_it_was_trained(world):
+    args = ["--cache", world / "f.zarr", "--epochs", "1", "--batch-size", "8"]
+    assert cli("finetune", "--dfn", "--from", world / "run", "--out", world / "dfn", *args).exit_code == 0
+    assert cli("evaluate", "--checkpoint", world / "dfn", "--cache", world / "f.zarr", "--bootstrap", "0"
+               ).exit_code == 0
+    result = cli("pretrain", "--out", world / "run", "--overwrite", "--seed", "1", *args)
+    assert result.exit_code == 0, result.output
+    one_line_error(cli("evaluate", "--checkpoint", world / "dfn", "--cache", world / "f.zarr"), "base run", "changed")
+    one_line_error(cli("finetune", "--dfn", "--from", world / "run", "--out", world / "dfn", "--resume",
+                       "--epochs", "2", *args[:2]), "changed since the DFN run started")
+
+
+def test_resume_never_exits_0_having_done_nothing(world):
+    one_line_error(cli("pretrain", "--cache", world / "f.zarr", "--out", world / "run", "--resume"),
+                   "has trained all its 1 epochs", "--epochs N")
+    result = cli("pretrain", "--cache", world / "f.zarr", "--out", world / "run", "--resume", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert "extending" in result.output
+    epochs = [json.loads(line)["epoch"] for line in (world / "run/log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_a_batch_larger_than_the_data_is_clamped_and_trains(world):
+    result = cli("pretrain", "--cache", world / "f.zarr", "--out", world / "big", "--epochs", "1",
+                 "--batch-size", "5000")
+    assert result.exit_code == 0, result.output
+    assert "--batch-size 5000 is larger than the" in result.output
+    assert json.loads((world / "big/log.jsonl").read_text().splitlines()[-1])["step"] >= 1
+
+
+# -- tracebacks that become one line ---------------------------------------------------------------
+
+def test_an_image_bomb_is_a_counted_skip(world):
+    rows = read_manifest(world / "d/manifest.captioned.jsonl").rows
+    bomb_png(world / "d/images/bomb.png")
+    rows[0] = {**rows[0], "image": "images/bomb.png"}
+    write_manifest(rows, world / "d/bomb.jsonl")
+    result = cli("extract-features", "--manifest", world / "d/bomb.jsonl", "--out", world / "g.zarr",
+                 *text_encoder_args())
+    assert result.exit_code == 0, result.output
+    assert "1 images skipped (image too large: 1)" in result.output
+    store = zarr.open_group(str(world / "g.zarr"), mode="r")
+    assert not store["meta/valid"][0] and store["meta/valid"][1:].all()
+    assert not store["vision/tokens"][0].any()
+
+
+@pytest.mark.parametrize("damage, fragments", [
+    (lambda c: "{ not json", ("config.json", "not valid JSON")),
+    (lambda c: json.dumps({k: v for k, v in c.items() if k != "model"}), ("config.json", "model")),
+    (lambda c: json.dumps({**c, "model": {**c["model"], "hidden": "big"}}), ("config.json", "hidden")),
+    (lambda c: json.dumps({**c, "model": {**c["model"], "hidden": -8}}), ("config.json", "hidden")),
+    (lambda c: json.dumps({**c, "model": {**c["model"], "warp": 9}}), ("config.json", "warp")),
+    (lambda c: json.dumps([1, 2]), ("config.json",)),
+])
+def test_a_damaged_run_config_is_one_line_naming_the_file(world, damage, fragments):
+    config = json.loads((world / "run/config.json").read_text())
+    (world / "run/config.json").write_text(damage(config))
+    for result in (cli("evaluate", "--checkpoint", world / "run", "--cache", world / "f.zarr"),
+                   cli("finetune", "--dfn", "--from", world / "run", "--cache", world / "f.zarr", "--out",
+                       world / "dfn")):
+        one_line_error(result, *fragments)
+
+
+def test_os_errors_are_one_line_with_the_path(world):
+    (world / "run/eval_val").write_text("a file where a folder goes")
+    one_line_error(cli("evaluate", "--checkpoint", world / "run", "--cache", world / "f.zarr", "--bootstrap", "0"),
+                   "eval_val")
+    if os.geteuid() != 0:  # root writes anywhere: the permission case needs another user
+        (world / "run/eval_val").unlink()
+        os.chmod(world / "run", 0o500)
+        try:
+            one_line_error(cli("evaluate", "--checkpoint", world / "run", "--cache", world / "f.zarr"),
+                           "permission denied", "run")
+        finally:
+            os.chmod(world / "run", 0o700)
+
+
+@pytest.mark.parametrize("column, value, fragment", [
+    ("landmarks", [[float("nan"), 1.0]] * 68, "finite pixel coordinates"),
+    ("landmarks", [[1e12, 1.0]] * 68, "finite pixel coordinates"),
+    ("landmarks", [[True, 1.0]] * 68, "finite pixel coordinates"),
+    ("AU4", True, "AU4: AU value True"),
+    ("emotion", float("inf"), "emotion: emotion index"),
+    ("caption_emotion", "x" * 30_000, "caption_emotion: 30,000 characters"),
+    ("caption_emotion", {"a": 1}, "caption_emotion: expected text"),
+    ("id", "x" * 5000, "id: 5,000 characters"),
+    ("split", ["train"], "split: unknown split"),
+])
+def test_manifest_values_are_bounded(world, column, value, fragment):
+    lines = (world / "d/manifest.captioned.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    row[column] = value
+    lines[2] = json.dumps(row)  # NaN and Infinity as Python's json writes them
+    (world / "d/bad.jsonl").write_text("\n".join(lines) + "\n")
+    result = cli("extract-features", "--manifest", world / "d/bad.jsonl", "--out", world / "g.zarr")
+    one_line_error(result, "bad.jsonl:line 3", fragment)
+    result = cli("build-dataset", "--manifest", world / "d/bad.jsonl", "--out", world / "mfa", "--skip-bad")
+    assert result.exit_code == 0 and "bad_rows 1" in result.output, result.output
+
+
+def test_a_csv_manifest_and_a_truncated_jpeg(world):
+    rows = read_manifest(world / "d/manifest.captioned.jsonl").rows
+    png = world / "d" / rows[5]["image"]
+    Image.open(png).convert("RGB").save(world / "d/images/cut.jpg", quality=90)
+    data = (world / "d/images/cut.jpg").read_bytes()
+    (world / "d/images/cut.jpg").write_bytes(data[:len(data) // 3])
+    rows[5] = {**rows[5], "image": "images/cut.jpg"}
+    write_manifest(rows, world / "d/m.csv")
+    result = cli("extract-features", "--manifest", world / "d/m.csv", "--out", world / "g.zarr", *text_encoder_args())
+    assert result.exit_code == 0, result.output
+    assert "1 images skipped" in result.output
+    assert not zarr.open_group(str(world / "g.zarr"), mode="r")["meta/valid"][5]
+
+
+# -- interruptions: SIGTERM, a full disk, two writers ----------------------------------------------
+
+def _wait_for(predicate, job, timeout=120):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert job.poll() is None, job.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _arrays(path):
+    group = zarr.open_group(str(path), mode="r")
+    out = {}
+
+    def visit(g, prefix=""):
+        for name, arr in g.arrays():
+            out[prefix + name] = arr[:]
+        for name, sub in g.groups():
+            visit(sub, f"{prefix}{name}/")
+
+    visit(group)
+    return out
+
+
+def test_sigterm_in_extract_features_then_rerun_completes(world):
+    out = world / "g.zarr"
+    job = subprocess.Popen(cmd("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out", out,
+                               "--batch-size", "8", *text_encoder_args()),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=world)
+    _wait_for(lambda: (out / "zarr.json").exists() and
+              json.loads((out / "zarr.json").read_text())["attributes"].get("count", 0) >= 8, job)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert not zarr.open_group(str(out), mode="r").attrs["complete"]
+    done = subprocess.run(cmd("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out", out,
+                              "--batch-size", "8", *text_encoder_args()), capture_output=True, text=True, cwd=world)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at row" in done.stdout
+    ours, reference = _arrays(out), _arrays(world / "f.zarr")
+    for name in ("vision/tokens", "vision/au_tokens", "text/emotion/hidden", "meta/valid"):
+        np.testing.assert_array_equal(ours[name], reference[name])
+
+
+def test_sigterm_in_pretrain_then_resume_completes(world):
+    args = ("pretrain", "--cache", world / "f.zarr", "--out", world / "r", "--epochs", "40", "--batch-size", "8")
+    job = subprocess.Popen(cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=world)
+    _wait_for(lambda: (world / "r/checkpoints/latest.json").exists(), job)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    latest = json.loads((world / "r/checkpoints/latest.json").read_text())["epoch"]
+    result = cli("pretrain", "--cache", world / "f.zarr", "--out", world / "r", "--resume", "--epochs", latest + 2)
+    assert result.exit_code == 0, result.output
+    epochs = [json.loads(line)["epoch"] for line in (world / "r/log.jsonl").read_text().splitlines()]
+    assert epochs[-1] == latest + 2 and epochs == sorted(set(epochs))
+
+
+def test_two_trainers_into_one_run_folder(world):
+    """The second stops at once with one line, and --overwrite deletes nothing of the first's."""
+    args = ("pretrain", "--cache", world / "f.zarr", "--out", world / "r", "--epochs", "40", "--batch-size", "8")
+    job = subprocess.Popen(cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=world)
+    try:
+        _wait_for(lambda: (world / "r/config.json").exists(), job)
+        one_line_error(cli(*args, "--overwrite"), "is writing this run", f"mf2 process {job.pid}")
+        one_line_error(cli(*args, "--resume"), "is writing this run")
+        assert (world / "r/config.json").exists() and job.poll() is None
+    finally:
+        job.kill()
+        job.wait()
+
+
+def test_two_extractions_into_one_store(world):
+    args = ("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out", world / "g.zarr",
+            "--batch-size", "4", *text_encoder_args())
+    job = subprocess.Popen(cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=world)
+    try:
+        _wait_for(lambda: (world / "g.zarr/zarr.json").exists(), job)
+        one_line_error(cli(*args, "--overwrite"), "is writing this feature store")
+        assert (world / "g.zarr/zarr.json").exists()
+    finally:
+        job.kill()
+        job.wait()
+
+
+def _file_size_limit(limit):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_disk_that_fills_up_mid_extraction(world):
+    """Writes beyond 300 kB fail (RLIMIT_FSIZE, as a full disk would): one line naming the file,
+    the store stays incomplete, and a rerun with room finishes it equal to a clean extraction."""
+    args = cmd("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out", world / "g.zarr",
+               "--batch-size", "8", *text_encoder_args())
+    full = subprocess.run(args, capture_output=True, text=True, cwd=world, preexec_fn=_file_size_limit(300_000))
+    assert full.returncode == 1, full.stderr
+    lines = full.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: file too large") and "g.zarr" in lines[-1], full.stderr
+    assert "Traceback" not in full.stderr
+    assert not zarr.open_group(str(world / "g.zarr"), mode="r").attrs["complete"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=world)
+    assert done.returncode == 0, done.stderr
+    ours, reference = _arrays(world / "g.zarr"), _arrays(world / "f.zarr")
+    for name in ("vision/tokens", "vision/au_tokens", "text/au/hidden"):
+        np.testing.assert_array_equal(ours[name], reference[name])
+
+
+def test_a_disk_that_fills_up_mid_training(world):
+    """A checkpoint that cannot be written: one line, the earlier checkpoint intact, resumable."""
+    args = ("pretrain", "--cache", world / "f.zarr", "--out", world / "r", "--batch-size", "8")
+    assert cli(*args, "--epochs", "1").exit_code == 0
+    before = tree(world / "r/checkpoints")
+    full = subprocess.run(cmd(*args, "--resume", "--epochs", "2"), capture_output=True, text=True, cwd=world,
+                          preexec_fn=_file_size_limit(200_000))
+    assert full.returncode == 1 and full.stderr.strip().splitlines()[-1].startswith("Error: file too large"), \
+        full.stderr
+    assert "Traceback" not in full.stderr
+    assert {k: v for k, v in tree(world / "r/checkpoints").items() if "epoch_0000" in k} == before
+    assert json.loads((world / "r/checkpoints/latest.json").read_text())["epoch"] == 0
+    result = cli(*args, "--resume", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((world / "r/checkpoints/latest.json").read_text())["epoch"] == 1
