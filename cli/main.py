@@ -14,6 +14,7 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 from .build_dataset import build_dataset
 from .caption import caption
 from .evaluate import evaluate
+from .export import export
 from .extract_features import extract_features
 from .finetune import finetune
 from .info import info
@@ -30,7 +31,7 @@ def main():
 
 
 for command in (quickstart, synth, build_dataset, caption, extract_features, pretrain, finetune, evaluate, predict,
-                info):
+                export, info):
     main.add_command(command)
 
 if __name__ == "__main__":
