@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mf2.cli.main import main
-from mf2.data.labels import AUS, EMOTIONS
+from mf2.data.labels import AUS
 from mf2.evaluation.predict import predict_split
 from mf2.features.backbones import load_tokenizer
 from mf2.features.reader import CacheReader

@@ -26,7 +26,6 @@ COLUMNS = (*ID_COLUMNS, *BOX_COLUMNS, *AU_COLUMNS, *EMOTION_COLUMNS, "emotion", 
 # the float32 block of a row, in this order
 NUMERIC_COLUMNS = (*BOX_COLUMNS, *AU_COLUMNS, *EMOTION_COLUMNS, *LANDMARK_COLUMNS)
 
-STRING_COLUMNS = ("source", "status", "emotion", "explanation")
 DTYPES = {"source": "string", "frame": "Int64", "time": "float64", "face": "Int64", "status": "string",
           "face_score": "float64", **{c: "float32" for c in NUMERIC_COLUMNS}, "emotion": "string",
           "explanation": "string"}
