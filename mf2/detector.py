@@ -19,6 +19,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
+import torch
+
 from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
 from mf2.prediction.annotate import Annotator
@@ -30,12 +32,27 @@ from mf2.prediction.table import TableBuilder
 logger = logging.getLogger("mf2")
 
 
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _workers(num_workers) -> int:
-    if num_workers == "auto":  # one core stays with the backbone
-        return max(1, min(4, (os.cpu_count() or 2) - 1))
+    if num_workers == "auto":  # the cores but one (at most 4: dlib is the cheaper stage), at least one
+        return max(1, min(4, _cores() - 1))
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers: expected 'auto' or a number >= 0, got {num_workers!r}")
     return num_workers
+
+
+def _threads(torch_threads, workers: int, device: str) -> int | None:
+    if torch_threads is None:
+        return None
+    if torch_threads == "auto":  # on a CPU, the cores the face finders leave
+        return max(1, _cores() - workers) if device == "cpu" else None
+    if not isinstance(torch_threads, int) or torch_threads < 1:
+        raise ValueError(f"torch_threads: expected 'auto', None or a number >= 1, got {torch_threads!r}")
+    return torch_threads
 
 
 def _decoding(explain) -> str | None:
@@ -58,19 +75,22 @@ class Detector:
     ``face``: 'detect' (every face dlib finds, scoring at least ``min_face_score``) or 'aligned'
     (each input is one aligned face crop). ``threshold``: the AU probability at which an AU is
     active (explained, drawn). ``num_workers``: face-finding threads ('auto': the cores but one,
-    at most 4; 0: in the calling thread). ``vision_weights``: the weights file the run's cache was
-    extracted with, when it was not a packaged backbone; ``allow_download``: let missing backbone
-    weights download (off by default).
+    at most 4; 0: in the calling thread). ``torch_threads``: torch's intra-op threads while a batch
+    runs ('auto': on a CPU, the cores the face finders leave, so the two stages run side by side
+    instead of fighting over cores; None: torch's own setting). ``vision_weights``: the weights
+    file the run's cache was extracted with, when it was not a packaged backbone;
+    ``allow_download``: let missing backbone weights download (off by default).
     """
 
     def __init__(self, run, device: str = "auto", precision: str = "auto", face: str = "detect", *,
-                 min_face_score: float = 0.25, threshold: float = 0.5, num_workers="auto",
+                 min_face_score: float = 0.25, threshold: float = 0.5, num_workers="auto", torch_threads="auto",
                  vision_weights: str | None = None, allow_download: bool = False):
         device = str(resolve_device(device))
+        self.workers = _workers(num_workers)
         self.settings = PredictSettings(face=face, threshold=threshold, min_face_score=min_face_score, device=device,
                                         precision=resolve_precision(precision, device),
-                                        vision_weights=vision_weights, allow_download=allow_download)
-        self.workers = _workers(num_workers)
+                                        vision_weights=vision_weights, allow_download=allow_download,
+                                        threads=_threads(torch_threads, self.workers, torch.device(device).type))
         self.predictor = Predictor(run, self.settings)
         self.run = str(run)
         self._pool: ThreadPoolExecutor | None = None

@@ -173,18 +173,20 @@ def export(run, out, cache=None, split: str = "val", overwrite: bool = False, re
     config = folder.config()
     if config["kind"] == "exported":
         raise ExportError(f"{run} is already an exported model folder: copy it")
-    model, _, checkpoint = load_model(folder, "cpu")
-    signature = folder.features()
     base = folder.base_run(config) if config["kind"] == "dfn" else None
-    for inp in [folder.path] + ([base.path] if base else []):
+    for inp in [folder.path] + ([base.path] if base else []) + ([Path(cache)] if cache is not None else []):
         if _inside(out, inp):
-            raise ExportError(f"--out {out} is inside the run folder {inp}: mf2 export never writes into its inputs")
+            raise ExportError(f"--out {out} is inside {inp}: mf2 export never writes into its inputs")
+    if out.is_file():
+        raise ExportError(f"--out {out} is a file, not a folder")
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists; pass --overwrite to replace it")
     if out.exists() and any(out.iterdir()):
         previous = out / "config.json"
         if not (previous.is_file() and json.loads(previous.read_text()).get("kind") == "exported"):
             raise ExportError(f"{out} holds something other than an exported model: --overwrite replaces only those")
+    model, _, checkpoint = load_model(folder, "cpu")
+    signature = folder.features()
     scored = score(run, cache, split, resamples) if cache is not None else None
 
     from safetensors.torch import save_file

@@ -12,6 +12,7 @@ dlib's detector is not safe to share); ``predict`` runs in one thread.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class PredictSettings:
     precision: str = "auto"  # of the model's forward (the backbone keeps the cache's precision)
     vision_weights: str | None = None  # when the run's cache used --vision-weights FILE
     allow_download: bool = False
+    threads: int | None = None  # torch's intra-op threads while a batch runs (None: torch's own setting)
 
 
 @dataclass
@@ -132,6 +134,10 @@ class Predictor:
         'beam', its explanation) from its crop, in one batch; the crops are then dropped."""
         if not faces:
             return
+        with intra_op_threads(self.settings.threads):
+            self._predict(faces, explain, beams)
+
+    def _predict(self, faces: list[AlignedFace], explain: str | None, beams: int) -> None:
         p = self.pooling
         tokens, au_tokens = visual_features(self.vision, np.stack([f.crop for f in faces]),
                                             np.stack([f.crop_landmarks for f in faces]), p["R"], p["window_rulers"],
@@ -145,3 +151,21 @@ class Predictor:
             texts = explainer.explain(tokens, au_tokens, au) if explainer else [None] * len(faces)
         for i, f in enumerate(faces):
             f.aus, f.emotions, f.explanation, f.crop = au[i], emo[i], texts[i], None
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` (None: unchanged) for a block, then restored.
+
+    Prediction runs the model in one thread and finds faces in others: an OpenMP team as wide
+    as the machine would then share its cores with the face finders (and with anything else
+    running), and a team whose threads wait for a descheduled one wastes whole time slices."""
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
