@@ -15,6 +15,7 @@ from ._common import stop_on_sigterm
 from .build_dataset import build_dataset
 from .caption import caption
 from .evaluate import evaluate
+from .export import export
 from .extract_features import extract_features
 from .finetune import finetune
 from .info import info
@@ -32,7 +33,7 @@ def main():
 
 
 for command in (quickstart, synth, build_dataset, caption, extract_features, pretrain, finetune, evaluate, predict,
-                info):
+                export, info):
     main.add_command(command)
 
 if __name__ == "__main__":

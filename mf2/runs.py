@@ -12,7 +12,9 @@ reads a trained run back (``evaluate``, ``predict``, ``finetune --from``, ``--re
 
 ``load_model`` turns a run folder into its model with one table from kind to loader: an MF²
 run (pretrained, or fine-tuned in full) loads an ``MF2``; a DFN run loads its base MF² run
-(frozen) and its DFN as a ``DFNModel``. Runs written before ``kind`` was recorded are MF² runs.
+(frozen) and its DFN as a ``DFNModel``; a folder written by ``mf2 export`` (kind ``exported``)
+loads either from its one ``model.safetensors``, with no run beside it. Runs written before
+``kind`` was recorded are MF² runs.
 """
 
 from __future__ import annotations
@@ -32,14 +34,14 @@ from mf2.models.config import DFNConfig, MF2Config
 from mf2.models.dfn import DFN, DFNModel
 from mf2.models.mf2 import MF2
 
-KINDS = ("mf2", "dfn")
+KINDS = ("mf2", "dfn", "exported")
 
 
 class RunError(ValueError):
     """A run folder that cannot be used as asked, as one line."""
 
 
-REQUIRED = {"mf2": ("model", "train"), "dfn": ("base_run", "dfn", "model", "train")}
+REQUIRED = {"mf2": ("model", "train"), "dfn": ("base_run", "dfn", "model", "train"), "exported": ("model", "model_kind")}
 
 
 def typed_section(cls, values, section: str, path):
@@ -100,7 +102,7 @@ class RunFolder:
                 raise RunError(f"{path}: missing {section!r} (a {config['kind']} run's config has "
                                f"{', '.join(REQUIRED[config['kind']])})")
         model_config(config, path)
-        if config["kind"] == "dfn":
+        if config["kind"] == "dfn" or config.get("model_kind") == "dfn":
             dfn_config(config, path)
         return config
 
@@ -204,8 +206,10 @@ class RunFolder:
 
     @staticmethod
     def checkpoint_state(checkpoint: Path) -> dict:
-        """A checkpoint's state.json: epoch, step, and what validation chose for it (AU thresholds)."""
-        return json.loads((Path(checkpoint) / "state.json").read_text())
+        """A checkpoint's state.json: epoch, step, and what validation chose for it (AU thresholds);
+        empty where there is none (an exported folder from before thresholds were exported)."""
+        path = Path(checkpoint) / "state.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     @staticmethod
     def model_state(checkpoint: Path) -> dict:
@@ -305,15 +309,29 @@ def _load_dfn(folder: RunFolder, config: dict, checkpoint: Path, device) -> DFNM
     return DFNModel(mf2, dfn.to(device)).eval()
 
 
-_LOADERS = {"mf2": _load_mf2, "dfn": _load_dfn}
+def _load_exported(folder: RunFolder, config: dict, checkpoint: Path, device) -> MF2 | DFNModel:
+    """A folder of ``mf2 export``: an MF², or a DFN with its frozen MF² (keys ``mf2.*``, ``dfn.*``)."""
+    if config.get("model_kind") not in ("mf2", "dfn"):
+        raise RunError(f"{folder}: exported model of unknown kind {config.get('model_kind')!r} (expected mf2 or dfn)")
+    mf2 = MF2(MF2Config(**config["model"]))
+    model = DFNModel(mf2, DFN(mf2.cfg, DFNConfig(**config["dfn"]))) if config["model_kind"] == "dfn" else mf2
+    missing, unexpected = model.load_state_dict(folder.model_state(checkpoint), strict=False)
+    if missing or unexpected:
+        raise RunError(f"{checkpoint / 'model.safetensors'}: weights do not match the model of its config.json "
+                       f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    return model.to(device).eval()
+
+
+_LOADERS = {"mf2": _load_mf2, "dfn": _load_dfn, "exported": _load_exported}
 
 
 def load_model(run, device: str | torch.device = "cpu", which: str = "best") -> tuple[torch.nn.Module, dict, Path]:
     """(model in eval mode on ``device``, saved config, checkpoint folder) of a run folder's best
-    checkpoint (``which='latest'``: its last)."""
+    checkpoint (``which='latest'``: its last; of an exported folder: the folder itself)."""
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
     config = folder.config()
-    checkpoint = folder.checkpoint(which)
+    # an exported folder is its own checkpoint (model.safetensors at its top)
+    checkpoint = folder.path if config["kind"] == "exported" else folder.checkpoint(which)
     if checkpoint is None:
         raise RunError(f"{folder}: no checkpoint yet")
     return _LOADERS[config["kind"]](folder, config, checkpoint, device), config, checkpoint

@@ -30,7 +30,7 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0
     listed = {line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()}
     assert listed == {"quickstart", "synth", "build-dataset", "caption", "extract-features", "pretrain", "finetune",
-                      "evaluate", "predict", "info"}  # SPEC §2
+                      "evaluate", "predict", "export", "info"}  # SPEC §2, and §13's mf2 export
 
 
 def test_reference_path_when_native_is_disabled(tmp_path):

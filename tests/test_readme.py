@@ -1,11 +1,12 @@
-"""Every shell block of the README says how it is checked, and is:
+"""Every shell and Python block of the README says how it is checked, and is:
 
 * ``setup-install`` / ``setup-test``: run by ``.ci/run`` itself (install + quickstart; pytest);
-* ``readme-test: run``: run here, as written, with bash, in a folder holding what it reads
-  (a small ``mf2-quickstart/`` run, a ``photos/`` folder, a ``clips/`` video);
+* ``readme-test: run``: run here, as written (bash, or this Python), in one folder holding what
+  they read (a small ``mf2-quickstart/`` run, a ``photos/`` folder, a ``clips/`` video), in the
+  README's order, so a block may read what a block above it wrote;
 * ``readme-test: parse (why)``: not runnable here (Aff-Wild2, GPUs, hours of CPU), so each
   command's arguments are parsed by the real command-line parser: every option exists and
-  every value has the right type and choice.
+  every value has the right type and choice (a Python block is compiled).
 """
 
 import argparse
@@ -24,12 +25,14 @@ from PIL import Image
 from mf2.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(?:<!-- (?P<marker>[^>]*?) -->\n)?```bash\n(?P<body>.*?)```", re.S)
+BLOCK = re.compile(r"(?:<!-- (?P<marker>[^>]*?) -->\n)?```(?P<lang>bash|python)\n(?P<body>.*?)```", re.S)
 
 
-def blocks():
+def blocks(lang: str = "bash"):
+    """(marker, body) of the README's ``lang`` blocks (None: all, as (marker, lang, body))."""
     text = (ROOT / "README.md").read_text()
-    return [(m.group("marker") or "", m.group("body")) for m in BLOCK.finditer(text)]
+    found = [(m.group("marker") or "", m.group("lang"), m.group("body")) for m in BLOCK.finditer(text)]
+    return found if lang is None else [(m, b) for m, lg, b in found if lg == lang]
 
 
 def commands(body: str) -> list[list[str]]:
@@ -82,7 +85,9 @@ def parse(cmd: list[str]) -> None:
 def test_every_shell_block_says_how_it_is_checked():
     found = blocks()
     assert len(found) >= 10
-    for marker, body in found:
+    for _, body in blocks("python"):
+        compile(body, "README.md", "exec")  # every Python block is at least valid Python
+    for marker, _, body in blocks(None):
         assert marker in ("setup-install", "setup-test", "readme-test: run") or marker.startswith("readme-test: parse ("), \
             f"README block without a check marker:\n{body}"
 
@@ -125,8 +130,8 @@ def workdir(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("body", [b for m, b in blocks() if m == "readme-test: run"])
-def test_runnable_blocks_run_as_written(body, workdir):
-    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", body], cwd=workdir, capture_output=True, text=True,
-                          timeout=600)
+@pytest.mark.parametrize("lang,body", [(lg, b) for m, lg, b in blocks(None) if m == "readme-test: run"])
+def test_runnable_blocks_run_as_written(lang, body, workdir):
+    command = ["bash", "-e", "-o", "pipefail", "-c", body] if lang == "bash" else [sys.executable, "-c", body]
+    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -3,20 +3,25 @@
 Per face: the box, the AU regions the model pooled (the window around each AU's two centres,
 mapped back from the aligned crop; active AUs bold and named), and the top emotion with its
 probability. Images keep their format (PNG or JPEG; others become PNG); video frames are
-written as ``<video>_f<frame>.jpg``. Names never overwrite each other within a run.
+written as ``<video>_f<frame>.jpg``; in-memory images as ``image_<k>.png``. Names never
+overwrite each other within a run.
+
+``face_from_row`` rebuilds a drawable face from a row of results (box, landmarks and
+probabilities), so a plot drawn later from the table matches what ``--annotate`` drew.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mf2.data.labels import AUS
+from mf2.data.labels import AUS, EMOTIONS
 from mf2.data.landmarks import au_centres, ruler
-from mf2.features.faces import apply, invert
+from mf2.features.faces import _ALIGN_POINTS, apply, canonical_landmarks, invert, similarity
 from mf2.io import save_image
 
 
@@ -30,16 +35,21 @@ BOX, ACTIVE, REGION, TEXT_BG = (60, 220, 90), (255, 140, 0), (150, 190, 255), (0
 
 
 class Annotator:
-    def __init__(self, folder, threshold: float = 0.5, au_window: float = 1.0):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder=None, threshold: float = 0.5, au_window: float = 1.0):
+        """``folder``: where ``write`` puts images (None: ``draw`` only)."""
+        self.folder = Path(folder) if folder is not None else None
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.threshold, self.au_window = threshold, au_window
         self.used: set[str] = set()
         self.written = 0
 
     def _name(self, frame) -> str:
         path = Path(frame.source)
-        if frame.frame is not None:
+        if frame.source.startswith("<"):  # an in-memory image, "<image 3>" or "<frames>"
+            base = "_".join(frame.source.strip("<>").split())
+            base, ext = (f"{base}_f{frame.frame:06d}" if frame.frame is not None else base), ".png"
+        elif frame.frame is not None:
             base, ext = f"{path.stem}_f{frame.frame:06d}", ".jpg"
         else:
             ext = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
@@ -65,8 +75,8 @@ class Annotator:
             scale = float(np.sqrt(abs(np.linalg.det(inverse[:, :2]))))  # crop px -> image px
             half = 0.5 * self.au_window * float(ruler(face.crop_landmarks)) * scale
             centres = apply(inverse, au_centres(face.crop_landmarks))  # [12, 2, 2] image px
-            aus = face.result.get("aus", {})
-            active = [a for a in AUS if aus.get(a, 0.0) >= self.threshold]
+            predicted = face.aus is not None
+            active = [a for k, a in enumerate(AUS) if predicted and face.aus[k] >= self.threshold]
             for k, au in enumerate(AUS):
                 on = au in active
                 for cx, cy in centres[k]:
@@ -75,8 +85,8 @@ class Annotator:
                 if on:
                     cx, cy = centres[k].mean(0)
                     draw.text((cx, cy), au, fill=ACTIVE, font=font, anchor="mm", stroke_width=w, stroke_fill=TEXT_BG)
-            if face.result:
-                label = f"{face.result['emotion']} {face.result['emotions'][face.result['emotion']]:.2f}"
+            if predicted:
+                label = f"{face.emotion} {float(np.max(face.emotions)):.2f}"
                 draw.text((x0, y0 - 2 * w), label, fill=BOX, font=font, anchor="lb", stroke_width=w,
                           stroke_fill=TEXT_BG)
                 draw.text((x0, y1 + 2 * w), " ".join(active) or "no active AU", fill=ACTIVE, font=font, anchor="lt",
@@ -89,3 +99,33 @@ class Annotator:
         save_image(path, image, **({"quality": 92} if path.suffix == ".jpg" else {}))
         self.written += 1
         return path
+
+
+@dataclass
+class DrawnFace:
+    """What ``Annotator.draw`` needs of a face (``AlignedFace`` has the same fields)."""
+
+    box: tuple  # (x0, y0, x1, y1) image pixels
+    transform: np.ndarray  # 2x3, image -> crop
+    crop_landmarks: np.ndarray  # [68, 2]
+    aus: np.ndarray | None  # [12]
+    emotions: np.ndarray | None  # [8]
+
+    @property
+    def emotion(self) -> str | None:
+        return None if self.emotions is None else EMOTIONS[int(np.argmax(self.emotions))]
+
+
+def face_from_row(box, landmarks: np.ndarray, aligned: bool, aus=None, emotions=None, size: int = 224) -> DrawnFace:
+    """A face to draw from its row: box (x0, y0, x1, y1), landmarks [68, 2] in image pixels, and
+    whether it was an aligned input (``face='aligned'``, no detection score). The transform to
+    the crop is the one prediction used: the landmarks' similarity fit onto the template for a
+    detected face; for an aligned input a scale and shift, under which the AU regions are the
+    same in image pixels, so the identity stands for it."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    if aligned:
+        m = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    else:
+        m = similarity(landmarks[_ALIGN_POINTS], canonical_landmarks()[_ALIGN_POINTS] * size)
+    return DrawnFace(tuple(box), m, apply(m, landmarks), None if aus is None else np.asarray(aus),
+                     None if emotions is None else np.asarray(emotions))

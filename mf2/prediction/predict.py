@@ -1,74 +1,78 @@
-"""``mf2 predict``: a trained run on new images and videos, one row per face (SPEC §9).
+"""The streaming loop behind ``mf2.Detector`` (and so ``mf2 predict``): frames -> faces ->
+batches through the model -> each frame with its predicted faces, in input order.
 
-Frames stream from ``sources`` through the ``Predictor`` in batches of ``batch_size`` faces and
-are then dropped (``annotate`` keeps a batch's frames until they are drawn), so a long video
-streams in bounded memory. Rows go to a ``RowWriter`` as they come.
+* Face finding (decoding an image file, dlib's detector and landmarks, the aligned crop) runs
+  in a pool of worker threads, ``window`` frames ahead of the model: dlib releases the GIL, so
+  it works while the backbone and MF² run their batch.
+* Faces of consecutive frames and files are batched (``batch_size`` faces per forward pass;
+  a frame without a face counts as one, so a faceless video still moves on).
+* A frame's pixels and face crops are dropped as soon as they are used (``keep_images`` keeps a
+  frame's pixels until the caller has drawn it), so a long video streams in bounded memory:
+  at most ``window`` frames are decoded ahead, and one batch is held.
 """
 
 from __future__ import annotations
 
-from mf2.prediction.annotate import Annotator
-from mf2.prediction.predictor import Predictor, PredictSettings
-from mf2.prediction.sources import expand, frames
-from mf2.prediction.writers import RowWriter, face_row
+from collections import deque
+from concurrent.futures import Executor
+from typing import Iterable, Iterator
+
+from mf2.prediction.predictor import AlignedFace, Predictor
+from mf2.prediction.sources import Frame
 
 
-def predict(run, inputs, out=None, annotate=None, fps: float | None = 1.0, settings: PredictSettings | None = None,
-            progress=None, log=print) -> dict:
-    """Predict every face of ``inputs`` (images, folders, globs, videos); returns a summary."""
-    settings = settings or PredictSettings()
-    if settings.batch_size < 1:
-        raise ValueError(f"batch_size: expected at least 1, got {settings.batch_size}")
-    if fps is not None and fps < 0:
-        raise ValueError(f"fps: expected a positive number (0 = every frame), got {fps}")
-    files, problems = expand(inputs)
-    skipped = [{"source": item, "error": why} for item, why in problems]
-    for item in skipped:
-        log(f"skipped {item['source']}: {item['error']}")
-    if not files:
-        raise ValueError("no input files to predict on" + (f" ({skipped[0]['source']}: {skipped[0]['error']})"
-                                                           if skipped else ""))
-    predictor = Predictor(run, settings)
-    writer = RowWriter(out, str(predictor.checkpoint))
-    annotator = Annotator(annotate, settings.threshold, predictor.pooling["window_rulers"]) if annotate else None
-    counts = {"files": len(files), "frames": 0, "faces": 0, "frames_without_face": 0}
-    pending, n_pending, last_source = [], 0, None
-
-    def flush():
-        nonlocal pending, n_pending
-        predictor.predict([f for _, faces in pending for f in faces])
-        for frame, faces in pending:
-            if not faces:
-                writer.write({"source": frame.source, "frame": frame.frame, "time": frame.time, "face": None,
-                              "status": "no face"})
-            for i, f in enumerate(faces):
-                writer.write(face_row(frame, i, f))
-            if annotator:
-                annotator.write(frame, faces)
-        pending, n_pending = [], 0
-
+def ordered_map(fn, items: Iterable, pool: Executor | None, window: int) -> Iterator:
+    """(item, fn(item)) in the order of ``items``, with at most ``window`` calls in flight on
+    ``pool`` (None: called here, one at a time). Results that are ready are handed on at once,
+    so a slow source (a camera) is not held back to fill the window."""
+    if pool is None:
+        for item in items:
+            yield item, fn(item)
+        return
+    queue: deque = deque()
     try:
-        for frame in frames(files, fps):
-            if progress and frame.source != last_source:
-                progress(1)
-                last_source = frame.source
-            if frame.error:
-                skipped.append({"source": frame.source, "frame": frame.frame, "error": frame.error})
-                log(f"skipped {frame.source}" + (f" at frame {frame.frame}" if frame.frame is not None else "") +
-                    f": {frame.error}")
-                continue
-            faces = predictor.faces(frame.image)
-            counts["frames"] += 1
-            counts["faces"] += len(faces)
-            counts["frames_without_face"] += not faces
-            if not annotator:
-                frame.image = None
-            pending.append((frame, faces))
-            n_pending += max(1, len(faces))
-            if n_pending >= settings.batch_size:
-                flush()
-        flush()
-    finally:
-        writer.close([{k: v for k, v in s.items() if v is not None} for s in skipped])
-    return {**counts, "rows": writer.rows, "skipped": len(skipped), "out": str(out) if out else None,
-            "annotated": annotator.written if annotator else 0, "checkpoint": str(predictor.checkpoint)}
+        for item in items:
+            queue.append((item, pool.submit(fn, item)))
+            while queue and (len(queue) >= window or queue[0][1].done()):
+                head, future = queue.popleft()
+                yield head, future.result()
+        while queue:
+            head, future = queue.popleft()
+            yield head, future.result()
+    finally:  # the consumer stopped early: nothing more starts
+        for _, future in queue:
+            future.cancel()
+
+
+def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 32, explain: str | None = None,
+               beams: int = 3, pool: Executor | None = None, workers: int = 0, keep_images: bool = False
+               ) -> Iterator[tuple[Frame, list[AlignedFace] | None]]:
+    """Each frame with its faces, predicted (largest face first; ``[]``: no face), in order.
+    A frame that could not be read comes with ``None`` (and ``frame.error``) as soon as it is met.
+    ``pool``: the ``workers`` threads that find faces (None: this thread)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
+
+    def find(frame: Frame):
+        image = frame.load()
+        if frame.error is not None:
+            return None
+        faces = predictor.faces(image)
+        if not keep_images:
+            frame.image = None
+        return faces
+
+    window = batch_size + 2 * workers  # enough found faces for the next batch while this one runs
+    pending, n_pending = [], 0
+    for frame, faces in ordered_map(find, frames, pool, window):
+        if faces is None:
+            yield frame, None
+            continue
+        pending.append((frame, faces))
+        n_pending += max(1, len(faces))
+        if n_pending >= batch_size:
+            predictor.predict([f for _, fs in pending for f in fs], explain, beams)
+            yield from pending
+            pending, n_pending = [], 0
+    predictor.predict([f for _, fs in pending for f in fs], explain, beams)
+    yield from pending

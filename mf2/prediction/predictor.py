@@ -1,20 +1,26 @@
-"""The predictor of ``mf2 predict``: a trained run applied to faces in memory (SPEC §9).
+"""The predictor: a trained run applied to faces in memory (SPEC §9).
 
 Each frame goes through the extraction's own image path: dlib faces (every face; or, with
 ``face='aligned'``, the whole image as one aligned crop) -> the alignment the cache used -> the
 frozen vision backbone -> ``au_region_pool`` at the AU centres -> the run's model (images only,
 Appendix G). The backbone, crop size and pooling settings are those the run's cache was
-extracted with (the feature signature saved with the run).
+extracted with (the feature signature saved with the run, or with an exported model folder).
+
+``faces`` may be called from several threads at once (each thread gets its own dlib models:
+dlib's detector is not safe to share); ``predict`` runs in one thread.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from mf2.data.labels import AUS, EMOTIONS
+from mf2.data.labels import EMOTIONS
 from mf2.devices import autocast, resolve_precision
 from mf2.features.backbones import BackboneError, load_tokenizer, load_vision
 from mf2.features.extract import visual_features
@@ -22,13 +28,12 @@ from mf2.features.faces import FaceFinder, align, apply, canonical_landmarks, in
 from mf2.prediction.explain import Explainer
 from mf2.runs import RunFolder, load_model
 
+DECODINGS = ("greedy", "beam")
+
 
 @dataclass
 class PredictSettings:
     face: str = "detect"  # 'detect': every face dlib finds; 'aligned': each image is one aligned face crop
-    explain: str | None = None  # None | 'greedy' | 'beam'
-    beams: int = 3
-    batch_size: int = 32  # faces per forward pass
     threshold: float = 0.5  # an AU is active (explained, drawn) at this probability
     min_face_score: float = 0.25  # dlib detection score a face needs (dlib's own threshold, 0, admits
     # textures such as badges and prints at scores near 0; clear faces score about 1 and above)
@@ -36,6 +41,7 @@ class PredictSettings:
     precision: str = "auto"  # of the model's forward (the backbone keeps the cache's precision)
     vision_weights: str | None = None  # when the run's cache used --vision-weights FILE
     allow_download: bool = False
+    threads: int | None = None  # torch's intra-op threads while a batch runs (None: torch's own setting)
 
 
 @dataclass
@@ -44,11 +50,18 @@ class AlignedFace:
 
     box: tuple  # (x0, y0, x1, y1) in image pixels
     landmarks: np.ndarray  # [68, 2] in image pixels
-    crop: np.ndarray  # aligned RGB crop [S, S, 3]
+    crop: np.ndarray | None  # aligned RGB crop [S, S, 3] (dropped once predicted)
     crop_landmarks: np.ndarray  # [68, 2] in crop pixels
     transform: np.ndarray  # 2x3, image -> crop
     score: float | None = None  # detection score (None: --face aligned)
-    result: dict = field(default_factory=dict)
+    aus: np.ndarray | None = None  # [12] AU probabilities, in the order of ``AUS``
+    emotions: np.ndarray | None = None  # [8] emotion probabilities, in the order of ``EMOTIONS``
+    explanation: str | None = None
+
+    @property
+    def emotion(self) -> str | None:
+        """The top emotion (``EMOTIONS`` spelling), once predicted."""
+        return None if self.emotions is None else EMOTIONS[int(np.argmax(self.emotions))]
 
 
 class Predictor:
@@ -58,8 +71,6 @@ class Predictor:
         s = self.settings = settings or PredictSettings()
         if s.face not in ("detect", "aligned"):
             raise ValueError(f"face: expected 'detect' or 'aligned', got {s.face!r}")
-        if s.explain not in (None, "greedy", "beam"):
-            raise ValueError(f"explain: expected 'greedy' or 'beam', got {s.explain!r}")
         self.model_precision = resolve_precision(s.precision, s.device)
         self.signature = sig = RunFolder(run).features()
         self.model, self.config, self.checkpoint = load_model(run, s.device)
@@ -74,19 +85,33 @@ class Predictor:
         # an aligned crop gets the landmarks its cache's crops got: the canonical template when the
         # cache was extracted with it, else dlib's (manifest landmarks do not exist for new images)
         self.canonical = s.face == "aligned" and sig.get("landmarks") == "canonical"
-        self._finder = None
-        self.explainer = None
-        if s.explain:  # a DFN run explains with its frozen MF²
-            self.explainer = Explainer(getattr(self.model, "mf2", self.model),
-                                       load_tokenizer(sig["text"]["name"], s.allow_download), sig["text"], s.explain,
-                                       s.beams, s.threshold)
+        # the text encoder's tokenizer maps generated ids to words: an exported folder carries its own
+        folder = Path(run) / "tokenizer"
+        self.tokenizer_source = str(folder) if folder.is_dir() else sig["text"]["name"]
+        self._local = threading.local()
+        self._tokenizer = None
+        self._explainers: dict = {}
 
     @property
     def finder(self) -> FaceFinder:
-        """dlib's detector and landmark model, loaded on first use."""
-        if self._finder is None:
-            self._finder = FaceFinder()
-        return self._finder
+        """dlib's detector and landmark model, loaded on first use in each thread."""
+        finder = getattr(self._local, "finder", None)
+        if finder is None:
+            finder = self._local.finder = FaceFinder()
+        return finder
+
+    def explainer(self, decoding: str, beams: int = 3) -> Explainer:
+        """The ITG decoder for ``decoding`` ('greedy' or 'beam'), made on first use (a DFN run
+        explains with its frozen MF²)."""
+        if decoding not in DECODINGS:
+            raise ValueError(f"explain: expected 'greedy' or 'beam', got {decoding!r}")
+        key = (decoding, beams)
+        if key not in self._explainers:
+            if self._tokenizer is None:
+                self._tokenizer = load_tokenizer(self.tokenizer_source, self.settings.allow_download)
+            self._explainers[key] = Explainer(getattr(self.model, "mf2", self.model), self._tokenizer,
+                                              self.signature["text"], decoding, beams, self.settings.threshold)
+        return self._explainers[key]
 
     def faces(self, image: np.ndarray) -> list[AlignedFace]:
         """Every face of an image, aligned as in extraction (largest first)."""
@@ -104,10 +129,15 @@ class Predictor:
         return out
 
     @torch.no_grad()
-    def predict(self, faces: list[AlignedFace]) -> None:
-        """Fill each face's ``result``: AU and emotion probabilities (and the explanation)."""
+    def predict(self, faces: list[AlignedFace], explain: str | None = None, beams: int = 3) -> None:
+        """Fill each face's AU and emotion probabilities (and with ``explain``, 'greedy' or
+        'beam', its explanation) from its crop, in one batch; the crops are then dropped."""
         if not faces:
             return
+        with intra_op_threads(self.settings.threads):
+            self._predict(faces, explain, beams)
+
+    def _predict(self, faces: list[AlignedFace], explain: str | None, beams: int) -> None:
         p = self.pooling
         tokens, au_tokens = visual_features(self.vision, np.stack([f.crop for f in faces]),
                                             np.stack([f.crop_landmarks for f in faces]), p["R"], p["window_rulers"],
@@ -115,12 +145,27 @@ class Predictor:
         device = self.settings.device
         tokens = torch.from_numpy(tokens.astype(np.float32)).to(device)
         au_tokens = torch.from_numpy(au_tokens.astype(np.float32)).to(device)
+        explainer = self.explainer(explain, beams) if explain else None
         with autocast(self.model_precision, device):
             emo, au = (t.cpu().numpy() for t in self.model.predict(tokens, au_tokens))
-            texts = self.explainer.explain(tokens, au_tokens, au) if self.explainer else [None] * len(faces)
+            texts = explainer.explain(tokens, au_tokens, au) if explainer else [None] * len(faces)
         for i, f in enumerate(faces):
-            f.result = {"aus": {a: float(au[i, k]) for k, a in enumerate(AUS)},
-                        "emotions": {e: float(emo[i, k]) for k, e in enumerate(EMOTIONS)},
-                        "emotion": EMOTIONS[int(emo[i].argmax())]}
-            if texts[i] is not None:
-                f.result["explanation"] = texts[i]
+            f.aus, f.emotions, f.explanation, f.crop = au[i], emo[i], texts[i], None
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` (None: unchanged) for a block, then restored.
+
+    Prediction runs the model in one thread and finds faces in others: an OpenMP team as wide
+    as the machine would then share its cores with the face finders (and with anything else
+    running), and a team whose threads wait for a descheduled one wastes whole time slices."""
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

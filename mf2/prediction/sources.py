@@ -1,10 +1,14 @@
-"""What ``mf2 predict`` reads: images, folders, globs and video files, one frame at a time.
+"""What prediction reads: image files, folders, globs, video files and images already in memory,
+one frame at a time.
 
-``expand`` turns the command line into files (a folder: its image and video files, recursively,
-sorted; a glob: its matches, sorted) and the inputs that name nothing. ``frames`` decodes them
-lazily: an image is one frame; a video is sampled at ``fps`` frames per second of its own
-timeline (``fps`` None or 0: every frame) and streamed, so memory does not grow with its
-length. A file that cannot be decoded yields one ``Frame`` with ``error`` set.
+``expand`` turns the inputs into items (a folder: its image and video files, recursively,
+sorted; a glob: its matches, sorted; a PIL image or an RGB array: itself, named ``<image k>``
+after its place k in the inputs) and the inputs that name nothing. ``frames`` yields one
+``Frame`` per image and per sampled video frame: a video is sampled at ``fps`` frames per second
+of its own timeline (``fps`` None or 0: every frame) and streamed, so memory does not grow with
+its length. An image file's pixels are decoded later, by whoever finds its faces (``Frame.load``),
+so decoding runs in the face-finding workers. A file that cannot be decoded gives one ``Frame``
+with ``error`` set.
 """
 
 from __future__ import annotations
@@ -15,47 +19,122 @@ from pathlib import Path
 
 import numpy as np
 
-from mf2.features.faces import ImageError, load_image
+from mf2.features.faces import MIN_SIDE, ImageError, load_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 
 
+class InputError(ValueError):
+    """Inputs that give nothing to predict on, as one line."""
+
+
+@dataclass
+class InMemory:
+    """An image given as a PIL image or an array, with the name its rows get as ``source``."""
+
+    name: str
+    image: object
+
+
 @dataclass
 class Frame:
-    source: str  # the file, as found
+    source: str  # the file, as found (or an in-memory image's name)
     frame: int | None = None  # video frame index (0-based, in decoding order); None for an image
     time: float | None = None  # seconds into the video
-    image: np.ndarray | None = None  # RGB uint8 [H, W, 3]
-    error: str | None = None  # why the file could not be read
+    image: np.ndarray | None = None  # RGB uint8 [H, W, 3]; None until loaded (image files)
+    error: str | None = None  # why the input could not be read
+    path: str | None = None  # an image file still to decode
+
+    def load(self) -> np.ndarray | None:
+        """Decode an image file's pixels (once); sets ``error`` instead of raising."""
+        if self.image is None and self.error is None and self.path is not None:
+            try:
+                self.image = load_image(self.path)
+            except ImageError as exc:
+                self.error = str(exc)
+        return self.image
 
 
 def is_video(path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def expand(inputs) -> tuple[list[str], list[tuple[str, str]]]:
-    """(files to read, [(input, why nothing was read)]) for the command line's INPUTs."""
-    files, problems = [], []
-    for item in inputs:
+def _is_image_object(item) -> bool:
+    from PIL import Image
+
+    return isinstance(item, (Image.Image, np.ndarray))
+
+
+def _flatten(inputs) -> list:
+    """One input or an iterable of them -> a list of inputs (a 4-D array is a stack of images)."""
+    if isinstance(inputs, (str, Path)) or _is_image_object(inputs) and not (
+            isinstance(inputs, np.ndarray) and inputs.ndim == 4):
+        return [inputs]
+    return list(inputs)
+
+
+def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
+    """(items to read: file paths and ``InMemory`` images, [(input, why nothing was read)]).
+
+    ``inputs``: a path, folder, glob, PIL image or array, or a list of them."""
+    items, problems = [], []
+    for k, item in enumerate(_flatten(inputs)):
+        if _is_image_object(item):
+            items.append(InMemory(f"<image {k}>", item))
+            continue
+        if not isinstance(item, (str, Path)):
+            problems.append((f"<input {k}>", f"not a path, PIL image or array ({type(item).__name__})"))
+            continue
         item = str(item)
         path = Path(item)
         if path.is_dir():
             found = sorted(str(p) for p in path.rglob("*")
                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
-            files += found
+            items += found
             if not found:
                 problems.append((item, "no image or video files in this folder"))
         elif path.is_file():
-            files.append(item)
+            items.append(item)
         elif glob.has_magic(item):
             found = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
-            files += found
+            items += found
             if not found:
                 problems.append((item, "no files match"))
         else:
             problems.append((item, "missing file"))
-    return list(dict.fromkeys(files)), problems
+    seen, unique = set(), []
+    for item in items:  # a file named twice (a folder and a glob in it) is read once
+        if isinstance(item, str):
+            if item in seen:
+                continue
+            seen.add(item)
+        unique.append(item)
+    return unique, problems
+
+
+def as_rgb(image) -> np.ndarray:
+    """A PIL image (EXIF orientation applied, like a file) or an array [H, W], [H, W, 3] or
+    [H, W, 4] of uint8 -> RGB uint8 [H, W, 3]. Raises ``ImageError`` with what was wrong."""
+    from PIL import Image, ImageOps
+
+    if isinstance(image, Image.Image):
+        rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    else:
+        a = np.asarray(image)
+        if a.dtype != np.uint8 or not (a.ndim == 2 or a.ndim == 3 and a.shape[2] in (3, 4)):
+            raise ImageError(f"not an RGB image array (expected uint8 [H, W, 3], got {a.dtype} {list(a.shape)})")
+        rgb = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise ImageError(f"image too small ({rgb.shape[1]}x{rgb.shape[0]} px, at least {MIN_SIDE} px a side)")
+    return np.ascontiguousarray(rgb)
+
+
+def in_memory_frame(name: str, image, frame: int | None = None, time: float | None = None) -> Frame:
+    try:
+        return Frame(name, frame, time, as_rgb(image))
+    except ImageError as exc:
+        return Frame(name, frame, time, error=str(exc))
 
 
 def video_frames(path: str, fps: float | None):
@@ -89,13 +168,22 @@ def video_frames(path: str, fps: float | None):
             yield Frame(path, index + 1, error=f"video decoding stopped ({str(exc).splitlines()[0]})")
 
 
-def frames(files: list[str], fps: float | None):
-    """Every frame to predict on, in the order of ``files``."""
-    for path in files:
-        if is_video(path):
-            yield from video_frames(path, fps)
-            continue
-        try:
-            yield Frame(path, image=load_image(path))
-        except ImageError as exc:
-            yield Frame(path, error=str(exc))
+def video_frame(path: str, index: int) -> np.ndarray:
+    """Frame ``index`` (decoding order) of a video, RGB uint8 [H, W, 3]; decodes up to it."""
+    for f in video_frames(path, None):
+        if f.error:
+            raise ImageError(f"{path}: {f.error}")
+        if f.frame == index:
+            return f.image
+    raise ImageError(f"{path}: no frame {index}")
+
+
+def frames(items: list, fps: float | None):
+    """Every frame to predict on, in the order of ``items`` (paths and ``InMemory`` images)."""
+    for item in items:
+        if isinstance(item, InMemory):
+            yield in_memory_frame(item.name, item.image)
+        elif is_video(item):
+            yield from video_frames(item, fps)
+        else:
+            yield Frame(item, path=item)

@@ -1,0 +1,221 @@
+"""``mf2.Faces``: the results of ``Detector.detect``, a pandas DataFrame of one row per face.
+
+Columns (``mf2.prediction.table``; OpenFace / py-feat names): ``source, frame, time, face,
+status, face_score, x, y, w, h``, ``AU01 … AU26`` (probabilities), ``neutral, anger, disgust,
+fear, happiness, sadness, surprise, other`` (probabilities), ``emotion`` (the top one),
+``explanation`` and the 68 landmarks ``x_0 … x_67, y_0 … y_67`` (image pixels). Probabilities,
+box and landmarks are float32, ``frame`` and ``face`` nullable integers, text columns pandas
+strings. A frame without a face is one row with ``status`` 'no face'.
+
+What ``detect`` knows beyond the rows is in ``faces.attrs``: ``checkpoint``, ``counts`` (files,
+frames, faces, frames without a face) and ``skipped`` (inputs that could not be read, and why).
+
+``to_csv`` / ``read_faces`` round-trip the table exactly (float32 values are written in their
+shortest exact form); the CSV ``mf2 predict`` writes is this table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mf2.data.labels import AUS, EMOTIONS
+from mf2.io import AtomicFile
+from mf2.prediction import plots
+from mf2.prediction.table import AU_COLUMNS, COLUMNS, DTYPES, EMOTION_COLUMNS, LANDMARK_COLUMNS, OK
+
+_CORE = ("source", "frame", "face", "status")  # a selection without these is a plain DataFrame
+
+
+def _faces_or_frame(*args, **kwargs):
+    """pandas' constructor for results of operations on ``Faces``: still ``Faces`` while the
+    identifying columns are there, a plain DataFrame otherwise (``faces.aus``, ``faces[["AU12"]]``)."""
+    df = pd.DataFrame(*args, **kwargs)
+    return Faces(df) if all(c in df.columns for c in _CORE) else df
+
+
+class Faces(pd.DataFrame):
+    """One row per face (see the module docstring for the columns)."""
+
+    @property
+    def _constructor(self):
+        return _faces_or_frame
+
+    # -- building and reading -------------------------------------------------------------
+    @classmethod
+    def from_columns(cls, columns: dict, attrs: dict | None = None) -> "Faces":
+        """A table from ``TableBuilder.columns()`` (column -> values), with the schema's dtypes."""
+        faces = cls({c: pd.Series(columns[c], dtype=DTYPES[c]) for c in COLUMNS})
+        faces.attrs.update(attrs or {})
+        return faces
+
+    @classmethod
+    def read_csv(cls, path) -> "Faces":
+        """A table written by ``to_csv`` (or by ``mf2 predict --out x.csv``), with its dtypes."""
+        try:
+            header = pd.read_csv(path, nrows=0).columns
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a CSV table ({str(exc).splitlines()[0]})") from None
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{path}: not an mf2 faces table (missing columns: {', '.join(missing[:5])}"
+                             f"{' …' if len(missing) > 5 else ''})")
+        # only an empty field is missing: a file may be called "NA.png" and an explanation "None"
+        table = pd.read_csv(path, dtype={c: DTYPES.get(c, "string") for c in header}, keep_default_na=False,
+                            na_values=[""])
+        return cls(table[list(COLUMNS) + [c for c in header if c not in COLUMNS]])
+
+    @classmethod
+    def concat(cls, parts) -> "Faces":
+        """Tables one after another (e.g. the per-frame tables of ``Detector.detect_frames``)."""
+        parts = list(parts)
+        if not parts:
+            return cls.from_columns({c: [] for c in COLUMNS})
+        return cls(pd.concat(parts, ignore_index=True))
+
+    def to_csv(self, path_or_buf=None, *, index: bool = False, **kwargs):
+        """``DataFrame.to_csv`` without the index by default; a path is written atomically."""
+        if isinstance(path_or_buf, (str, Path)):
+            with AtomicFile(path_or_buf, "w") as f:
+                pd.DataFrame.to_csv(self, f, index=index, **kwargs)
+            return None
+        return pd.DataFrame.to_csv(self, path_or_buf, index=index, **kwargs)
+
+    # -- accessors ------------------------------------------------------------------------
+    @property
+    def aus(self) -> pd.DataFrame:
+        """AU probabilities, ``AU01 … AU26`` [rows, 12]."""
+        return pd.DataFrame(self[list(AU_COLUMNS)])
+
+    @property
+    def emotions(self) -> pd.DataFrame:
+        """Emotion probabilities, ``neutral … other`` [rows, 8] (``faces.emotions.plot()`` draws them)."""
+        return pd.DataFrame(self[list(EMOTION_COLUMNS)])
+
+    @property
+    def landmarks(self) -> pd.DataFrame:
+        """The 68 landmarks, ``x_0 … x_67, y_0 … y_67`` [rows, 136], image pixels."""
+        return pd.DataFrame(self[list(LANDMARK_COLUMNS)])
+
+    def active_aus(self, threshold: float = 0.5) -> pd.DataFrame:
+        """Whether each AU's probability reaches ``threshold`` [rows, 12] (bool; False without a face)."""
+        return pd.DataFrame(self.aus.ge(threshold).fillna(False).astype(bool))
+
+    def summary(self) -> pd.DataFrame:
+        """Per source: frames, faces, the mean of every probability over its faces, and the share of
+        its faces whose top emotion is each emotion (``share_<emotion>``)."""
+        ok = self[(self["status"] == OK).to_numpy(bool)]
+        sources = pd.Index(pd.unique(self["source"]), name="source")
+        frames = self.drop_duplicates(["source", "frame"]).groupby("source", sort=False).size()
+        out = pd.DataFrame({"frames": frames.reindex(sources).astype("int64"),
+                            "faces": ok.groupby("source", sort=False).size().reindex(sources, fill_value=0)
+                            .astype("int64")}, index=sources)
+        means = pd.DataFrame(ok[["source", *AU_COLUMNS, *EMOTION_COLUMNS]]).groupby("source", sort=False).mean()
+        shares = pd.crosstab(pd.Series(ok["source"].to_numpy(object), name="source"),
+                             pd.Series(ok["emotion"].to_numpy(object), name="emotion"), normalize="index")
+        shares = shares.reindex(columns=list(EMOTION_COLUMNS), fill_value=0.0).add_prefix("share_")
+        return out.join(means).join(shares)
+
+    # -- plots -----------------------------------------------------------------------------
+    def plot_detections(self, i: int = 0, *, image=None, path=None):
+        """Row ``i``'s frame as ``mf2 predict --annotate`` draws it (boxes, AU regions, active AUs,
+        top emotion), with face ``i``'s emotion probabilities as bars beside it; a matplotlib
+        Figure of 1000 x 500 px, saved as PNG to ``path`` if given. The frame is read again from
+        its file; pass ``image`` (RGB [H, W, 3]) for an in-memory input."""
+        from mf2.prediction.sources import as_rgb
+
+        fig = plots.detections_figure(self, i, None if image is None else as_rgb(image), self._threshold,
+                                      self.attrs.get("au_window", 1.0))
+        return self._saved(fig, path)
+
+    def plot_timeline(self, source: str | None = None, *, face: int = 0, aus=None, path=None):
+        """A video's emotion probabilities and AUs (``aus``: AU column names; default those that
+        reach the threshold) over time, one line each, with the top emotion as a band; for its
+        ``face``-th largest face (default the first video of the table). 1000 x 600 px."""
+        return self._saved(plots.timeline_figure(self, source, face, aus, self._threshold), path)
+
+    def plot_aus(self, *, path=None):
+        """Mean AU probabilities over the table's faces as bars. 800 x 400 px."""
+        return self._saved(plots.aus_figure(self, self._threshold), path)
+
+    def save_plots(self, folder) -> list[Path]:
+        """For each source: ``<name>_aus.png``, and ``<name>_detections.png`` (its first row) for an
+        image file or ``<name>_timeline.png`` for a video, into ``folder``; returns the paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written, used = [], set()
+        for source in pd.unique(self["source"]):
+            rows = np.flatnonzero((self["source"] == source).to_numpy(bool))
+            part = self.iloc[rows]
+            base = "_".join(str(source).strip("<>").split()) if str(source).startswith("<") else Path(source).stem
+            name, k = base, 1
+            while name in used:
+                k += 1
+                name = f"{base}_{k}"
+            used.add(name)
+            if part["frame"].notna().any():  # a video
+                written.append(plots.save_figure(plots.timeline_figure(part, source, 0, None, self._threshold),
+                                                 folder / f"{name}_timeline.png"))
+            elif not str(source).startswith("<"):  # an image file (in-memory images are not kept)
+                written.append(plots.save_figure(plots.detections_figure(part, 0, None, self._threshold,
+                                                                         self.attrs.get("au_window", 1.0)),
+                                                 folder / f"{name}_detections.png"))
+            title = f"{Path(str(source)).name}: mean AU probabilities ({int((part['status'] == OK).sum())} faces)"
+            written.append(plots.save_figure(plots.aus_figure(part, self._threshold, title), folder / f"{name}_aus.png"))
+        return written
+
+    @property
+    def _threshold(self) -> float:
+        return float(self.attrs.get("threshold", 0.5))
+
+    @staticmethod
+    def _saved(fig, path):
+        if path is not None:
+            plots.save_figure(fig, path)
+        return fig
+
+    # -- the JSON of mf2 predict ------------------------------------------------------------
+    def json_rows(self) -> list[dict]:
+        """Rows as ``mf2 predict --out x.json`` writes them: ``box`` [x0, y0, x1, y1],
+        ``aus`` {AU1: p, …}, ``emotions`` {Neutral: p, …}, ``emotion``, ``landmarks`` [[x, y] × 68]."""
+        out = []
+        values = {c: self[c].to_numpy(object) for c in ("source", "frame", "time", "face", "status", "face_score",
+                                                        "emotion", "explanation")}
+        box = self[["x", "y", "w", "h"]].to_numpy(np.float64)
+        aus = self[list(AU_COLUMNS)].to_numpy(np.float64)
+        emotions = self[list(EMOTION_COLUMNS)].to_numpy(np.float64)
+        landmarks = self[list(LANDMARK_COLUMNS)].to_numpy(np.float64).reshape(-1, 2, 68).transpose(0, 2, 1)
+
+        def plain(v):
+            return None if pd.isna(v) else v.item() if isinstance(v, np.generic) else v
+
+        for k in range(len(self)):
+            row = {c: plain(values[c][k]) for c in ("source", "frame", "time", "face", "status")}
+            if row["status"] == OK:
+                x, y, w, h = box[k]
+                row.update(face_score=plain(values["face_score"][k]),
+                           box=[round(float(v), 1) for v in (x, y, x + w, y + h)],
+                           aus={a: float(aus[k, j]) for j, a in enumerate(AUS)},
+                           emotions={e: float(emotions[k, j]) for j, e in enumerate(EMOTIONS)},
+                           emotion=EMOTIONS[int(np.argmax(emotions[k]))],
+                           landmarks=np.round(landmarks[k], 1).tolist())
+                if plain(values["explanation"][k]) is not None:
+                    row["explanation"] = values["explanation"][k]
+            out.append(row)
+        return out
+
+    def write_json(self, path) -> Path:
+        """``{"checkpoint", "rows": json_rows(), "skipped"}`` to ``path``, atomically."""
+        with AtomicFile(path, "w") as f:
+            json.dump({"checkpoint": self.attrs.get("checkpoint"), "rows": self.json_rows(),
+                       "skipped": self.attrs.get("skipped", [])}, f)
+            f.write("\n")
+        return Path(path)
+
+
+def read_faces(path) -> Faces:
+    """A results table from CSV (``Faces.to_csv`` or ``mf2 predict --out x.csv``)."""
+    return Faces.read_csv(path)
