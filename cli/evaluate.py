@@ -26,13 +26,17 @@ from ._common import one_line_errors, precision_option
               help="Resamples (of the split's videos) for the 95% interval of RUN minus each --beside run; 0 = none.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder (default: RUN/eval_<split>; name another for another cache).")
+@click.option("--explain", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Also explain the split's first N faces (greedy ITG) and report how often the explanation names "
+                   "the emotion and AUs the heads chose; 0 = off.")
 @one_line_errors
-def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cache, transition, bootstrap, out):
+def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cache, transition, bootstrap, out, explain):
     """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/ (or --out)."""
     from mf2.evaluation.evaluate import evaluate as run_eval
 
     result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition,
-                      bootstrap=bootstrap, folder=out, precision=precision, beside_own_cache=beside_own_cache)
+                      bootstrap=bootstrap, folder=out, precision=precision, beside_own_cache=beside_own_cache,
+                      explain=explain)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")
@@ -40,3 +44,6 @@ def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cac
         p = result["probe"]
         click.echo(f"linear probe on pooled features: AU mean F1 {p['au']['mean']:.4f}; "
                    f"emotion mean accuracy {p['emotion']['mean_accuracy']:.4f}")
+    if explain:
+        x = result["explanations"]
+        click.echo(f"explanations consistent with the heads: {x['consistent']:.1%} of {x['faces']} faces")

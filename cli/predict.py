@@ -32,8 +32,9 @@ from ._common import one_line_errors, precision_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Faces per forward pass.")
 @click.option("--workers", default="auto", show_default=True,
               help="Face-finding threads (dlib), or 0 to find faces in the main thread.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="AU probability at which an AU counts as active (explained and drawn).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="AU probability at which an AU counts as active (explained, drawn) [default: each AU's threshold "
+                   "tuned on the run's validation split; 0.5 where the run has none].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, … or auto.")
 @precision_option
 @click.option("--vision-weights", type=click.Path(dir_okay=False), help="The vision weights file the run's cache used.")
@@ -51,16 +52,28 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, fa
     import sys
 
     from mf2.detector import Detector
+    from mf2.io import refuse_overlap
 
     if workers != "auto":
         try:
             workers = int(workers)
         except ValueError:
             raise click.BadParameter(f"expected 'auto' or a number, got {workers!r}", param_hint="--workers") from None
+    refuse_overlap({"--checkpoint": run, "input": [_searched(i) for i in inputs]},
+                   {"--out": out, "--annotate": annotate, "--plots": plots})
     with Detector.from_run(run, device, precision, face, min_face_score=min_face_score, threshold=threshold,
                            num_workers=workers, vision_weights=vision_weights, allow_download=allow_download) as det:
-        faces = det.detect(list(inputs), batch_size=batch_size, fps=fps, explain=decoding if explain else False,
-                           beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True))
+        try:
+            faces = det.detect(list(inputs), batch_size=batch_size, fps=fps, explain=decoding if explain else False,
+                               beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True))
+        except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, a failure): keep what was predicted
+            partial = getattr(exc, "partial", None)
+            if out is not None and partial is not None and len(partial):
+                path = out.with_name(out.name + ".partial")
+                partial.write_json(path) if out.suffix.lower() == ".json" else partial.to_csv(path)
+                click.echo(f"stopped: the {len(partial)} rows predicted so far are in {path}"
+                           + (f" ({out} is untouched)" if out.exists() else ""), err=True)
+            raise
     if out is not None and out.suffix.lower() == ".json":
         faces.write_json(out)
     else:
@@ -72,3 +85,12 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, fa
                f"{len(faces)} rows -> {out or 'stdout'}"
                + (f"; {faces.attrs['annotated']} annotated images in {annotate}" if annotate else "")
                + (f"; {len(written)} plots in {plots}" if plots else ""), err=True)
+
+
+def _searched(item: str) -> Path:
+    """What an input reads: the file or folder, or for a glob the folder its pattern starts in."""
+    if not any(c in item for c in "*?["):
+        return Path(item)
+    parts = Path(item).parts
+    fixed = next(k for k, part in enumerate(parts) if any(c in part for c in "*?["))
+    return Path(*parts[:fixed]) if fixed else Path(".")

@@ -15,6 +15,7 @@ while the backbone and the model run their batch; nothing is downloaded unless a
 from __future__ import annotations
 
 import logging
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
@@ -65,6 +66,20 @@ def _decoding(explain) -> str | None:
     return explain
 
 
+@contextlib.contextmanager
+def _partial_on_failure(so_far):
+    """An exception (or Ctrl-C, or SIGTERM's SystemExit) that stops ``detect`` carries the rows
+    predicted until then as ``exc.partial`` (a ``Faces``), for the caller to keep."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            exc.partial = so_far()
+        except Exception:  # noqa: BLE001 - the original failure is what matters
+            pass
+        raise
+
+
 class Detector:
     """AU and emotion probabilities (and explanations) for every face, from a trained model.
 
@@ -74,7 +89,8 @@ class Detector:
     model's forward (the frozen backbone keeps the precision its features were made in).
     ``face``: 'detect' (every face dlib finds, scoring at least ``min_face_score``) or 'aligned'
     (each input is one aligned face crop). ``threshold``: the AU probability at which an AU is
-    active (explained, drawn). ``num_workers``: face-finding threads ('auto': the cores but one,
+    active (explained, drawn); None (the default): each AU's threshold tuned on the run's validation
+    split (0.5 for runs without them). ``num_workers``: face-finding threads ('auto': the cores but one,
     at most 4; 0: in the calling thread). ``torch_threads``: torch's intra-op threads while a batch
     runs ('auto': on a CPU, the cores the face finders leave, so the two stages run side by side
     instead of fighting over cores; None: torch's own setting). ``vision_weights``: the weights
@@ -83,7 +99,7 @@ class Detector:
     """
 
     def __init__(self, run, device: str = "auto", precision: str = "auto", face: str = "detect", *,
-                 min_face_score: float = 0.25, threshold: float = 0.5, num_workers="auto", torch_threads="auto",
+                 min_face_score: float = 0.25, threshold: float | None = None, num_workers="auto", torch_threads="auto",
                  vision_weights: str | None = None, allow_download: bool = False):
         device = str(resolve_device(device))
         self.workers = _workers(num_workers)
@@ -168,11 +184,11 @@ class Detector:
         if not items:
             raise InputError("no input files to predict on" + (f" ({skipped[0]['source']}: {skipped[0]['error']})"
                                                                if skipped else ""))
-        annotator = Annotator(annotate, self.settings.threshold, self.predictor.pooling["window_rulers"]) \
+        annotator = Annotator(annotate, self.predictor.thresholds, self.predictor.pooling["window_rulers"]) \
             if annotate is not None else None
         counts = {"files": len(items), "frames": 0, "faces": 0, "frames_without_face": 0}
         table = TableBuilder()
-        with self._bar(progress) as bar:
+        with self._bar(progress) as bar, _partial_on_failure(lambda: self._faces(table, counts, skipped, annotator)):
             for frame, faces in detections(self.predictor, frames(items, fps or None), batch_size, decoding, beams,
                                            self._workers_pool(), self.workers, keep_images=annotator is not None):
                 if faces is None:
@@ -219,7 +235,7 @@ class Detector:
     def _faces(self, table: TableBuilder, counts: dict, skipped: list, annotator) -> Faces:
         attrs = {"checkpoint": str(self.predictor.checkpoint), "counts": counts,
                  "skipped": [{k: v for k, v in s.items() if v is not None} for s in skipped],
-                 "threshold": self.settings.threshold, "au_window": self.predictor.pooling["window_rulers"],
+                 "threshold": self.predictor.thresholds.tolist(), "au_window": self.predictor.pooling["window_rulers"],
                  "face": self.settings.face}
         if annotator is not None:
             attrs["annotated"] = annotator.written

@@ -6,6 +6,8 @@
                                 configuration (with the ITG vocabulary), "dfn", "features": the
                                 cache's feature signature, "backbones": by name, weight hash and
                                 licence, "training", "metrics", "exported_from"}
+    <folder>/state.json         what validation chose for the exported checkpoint: its epoch and
+                                the per-AU decision thresholds that predictions use
     <folder>/tokenizer/         the text encoder's tokenizer (explanations map token ids to words)
     <folder>/README.md          the model card: training data and size, metrics with their
                                 intervals, licences, intended use
@@ -27,7 +29,7 @@ import numpy as np
 
 import mf2
 from mf2.data.labels import AUS, EMOTIONS
-from mf2.io import atomic_folder, file_digest
+from mf2.io import atomic_folder, file_digest, save_tensors
 from mf2.runs import RunError, RunFolder, load_model
 
 FORMAT_VERSION = 1
@@ -189,7 +191,6 @@ def export(run, out, cache=None, split: str = "val", overwrite: bool = False, re
     signature = folder.features()
     scored = score(run, cache, split, resamples) if cache is not None else None
 
-    from safetensors.torch import save_file
 
     from mf2.features.backbones import BackboneError, load_tokenizer
 
@@ -219,7 +220,7 @@ def export(run, out, cache=None, split: str = "val", overwrite: bool = False, re
         exported["dfn"] = config["dfn"]
     with atomic_folder(out) as tmp:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"),
+        save_tensors(state, tmp / "model.safetensors",
                   metadata={"mf2": mf2.__version__, "model_kind": exported["model_kind"]})
         os.chmod(tmp / "model.safetensors", 0o644)  # made to be handed over: readable like the other files
         exported["exported_from"]["model_sha256"] = file_digest(tmp / "model.safetensors", None)

@@ -3,7 +3,8 @@
 Columns (``mf2.prediction.table``; OpenFace / py-feat names): ``source, frame, time, face,
 status, face_score, x, y, w, h``, ``AU01 … AU26`` (probabilities), ``neutral, anger, disgust,
 fear, happiness, sadness, surprise, other`` (probabilities), ``emotion`` (the top one),
-``explanation`` and the 68 landmarks ``x_0 … x_67, y_0 … y_67`` (image pixels). Probabilities,
+``explanation``, ``explanation_consistent`` (whether the explanation names the heads' emotion and
+active AUs) and the 68 landmarks ``x_0 … x_67, y_0 … y_67`` (image pixels). Probabilities,
 box and landmarks are float32, ``frame`` and ``face`` nullable integers, text columns pandas
 strings. A frame without a face is one row with ``status`` 'no face'.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mf2.data.labels import AUS, EMOTIONS
+from mf2.data.labels import AUS, EMOTIONS, per_au
 from mf2.io import AtomicFile
 from mf2.prediction import plots
 from mf2.prediction.table import AU_COLUMNS, COLUMNS, DTYPES, EMOTION_COLUMNS, LANDMARK_COLUMNS, OK
@@ -100,9 +101,11 @@ class Faces(pd.DataFrame):
         """The 68 landmarks, ``x_0 … x_67, y_0 … y_67`` [rows, 136], image pixels."""
         return pd.DataFrame(self[list(LANDMARK_COLUMNS)])
 
-    def active_aus(self, threshold: float = 0.5) -> pd.DataFrame:
-        """Whether each AU's probability reaches ``threshold`` [rows, 12] (bool; False without a face)."""
-        return pd.DataFrame(self.aus.ge(threshold).fillna(False).astype(bool))
+    def active_aus(self, threshold=None) -> pd.DataFrame:
+        """Whether each AU's probability reaches ``threshold`` (one number, or one per AU; default:
+        the thresholds the detector used, the run's tuned ones) [rows, 12] (bool; False without a face)."""
+        t = self._threshold if threshold is None else per_au(threshold)
+        return pd.DataFrame(self.aus.ge(pd.Series(t, index=list(AU_COLUMNS))).fillna(False).astype(bool))
 
     def summary(self) -> pd.DataFrame:
         """Per source: frames, faces, the mean of every probability over its faces, and the share of
@@ -168,8 +171,9 @@ class Faces(pd.DataFrame):
         return written
 
     @property
-    def _threshold(self) -> float:
-        return float(self.attrs.get("threshold", 0.5))
+    def _threshold(self) -> np.ndarray:
+        """The per-AU thresholds the detector used [12] (0.5 for a table read from CSV)."""
+        return per_au(self.attrs.get("threshold", 0.5))
 
     @staticmethod
     def _saved(fig, path):
@@ -183,7 +187,7 @@ class Faces(pd.DataFrame):
         ``aus`` {AU1: p, …}, ``emotions`` {Neutral: p, …}, ``emotion``, ``landmarks`` [[x, y] × 68]."""
         out = []
         values = {c: self[c].to_numpy(object) for c in ("source", "frame", "time", "face", "status", "face_score",
-                                                        "emotion", "explanation")}
+                                                        "emotion", "explanation", "explanation_consistent")}
         box = self[["x", "y", "w", "h"]].to_numpy(np.float64)
         aus = self[list(AU_COLUMNS)].to_numpy(np.float64)
         emotions = self[list(EMOTION_COLUMNS)].to_numpy(np.float64)
@@ -204,6 +208,7 @@ class Faces(pd.DataFrame):
                            landmarks=np.round(landmarks[k], 1).tolist())
                 if plain(values["explanation"][k]) is not None:
                     row["explanation"] = values["explanation"][k]
+                    row["explanation_consistent"] = plain(values["explanation_consistent"][k])
             out.append(row)
         return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -180,3 +181,33 @@ def exclusive(path, what: str = "it"):
         yield
     finally:
         handle.close()
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def save_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
+    """safetensors' ``save_file``, its I/O failures (a full disk, no permission) raised as the
+    ``OSError`` they are, naming ``path``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        found = _OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+@contextlib.contextmanager
+def naming(path):
+    """OS errors raised inside without a file name (zarr's writes) name ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from None
+        raise

@@ -188,3 +188,64 @@ def test_explanation_consistency_reads_captions_back():
     assert not check("This face looks happy. A dropped jaw shows it.", {}, {"AU12"}, "Happiness").cues
     assert not check("This face looks happy.", {"AU12": "AU12 (Lip Corner Puller) is at rest: the lip corners are not "
                      "pulled up."}, {"AU12"}, "Happiness").au_sentences
+
+
+def test_predict_uses_the_runs_tuned_thresholds_unless_told(pretrained, tmp_path):
+    import shutil
+
+    from mf2 import Detector
+
+    shutil.copytree(pretrained / "run", tmp_path / "run")
+    run = RunFolder(tmp_path / "run")
+    state_path = run.latest_checkpoint() / "state.json"
+    state = json.loads(state_path.read_text())
+    state["au_thresholds"] = [0.0] * 6 + [1.0] * 6  # the first six always active, the last six never
+    state_path.write_text(json.dumps(state))
+    image = sorted((pretrained / "d/images").glob("*.png"))[0]
+    with Detector.from_run(run.path, device="cpu", face="aligned", num_workers=0) as det:
+        faces = det.detect(image, progress=False)
+        np.testing.assert_array_equal(det.predictor.thresholds, state["au_thresholds"])
+    assert faces.active_aus().iloc[0].tolist() == [True] * 6 + [False] * 6
+    assert faces.attrs["threshold"] == state["au_thresholds"]
+    with Detector.from_run(run.path, device="cpu", face="aligned", num_workers=0, threshold=0.5) as det:
+        np.testing.assert_array_equal(det.predictor.thresholds, [0.5] * 12)
+
+
+def test_the_consistency_column_and_evaluates_rate(pretrained, tmp_path):
+    from mf2 import Detector
+    from mf2.captions.consistency import check
+    from mf2.data.labels import AUS, EMOTIONS
+    from mf2.models.explain import Explainer
+
+    image = sorted((pretrained / "d/images").glob("*.png"))[0]
+    with Detector.from_run(pretrained / "run", device="cpu", face="aligned", num_workers=0) as det:
+        plain = det.detect(image, progress=False)
+        explained = det.detect(image, explain=True, progress=False)
+        explainer = det.predictor.explainer("greedy")
+    assert plain["explanation_consistent"].isna().all()
+    assert str(explained["explanation_consistent"].dtype) == "boolean" and explained["explanation_consistent"].notna().all()
+    assert isinstance(explainer, Explainer)
+    # the column is the consistency check of the explanation's parts against the heads' choices
+    row = explained.iloc[0]
+    emotion = EMOTIONS[int(np.argmax(explained.emotions.iloc[0].to_numpy()))]
+    active = {a for a, on in zip(AUS, explained.active_aus().iloc[0]) if on}
+    assert emotion.lower() == row["emotion"]
+    csv = tmp_path / "faces.csv"
+    explained.to_csv(csv)
+    from mf2 import read_faces
+    assert read_faces(csv)["explanation_consistent"].tolist() == explained["explanation_consistent"].tolist()
+    # an explanation that names another emotion than the heads is inconsistent, one that names theirs is not
+    other = next(e for e in EMOTIONS if e != emotion and e != "Other")
+    assert not check(f"The face looks {other.lower()}.", {}, active, emotion).consistent
+    assert check(f"The face shows {emotion.lower()}.", {}, active, emotion).emotion
+
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(pretrained / "run"), "--cache",
+                                       str(pretrained / "f.zarr"), "--bootstrap", "0", "--explain", "5",
+                                       "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval/metrics.json").read_text())["explanations"]
+    assert summary["faces"] == 5 and 0.0 <= summary["consistent"] <= summary["emotion"] <= 1.0
+    assert summary["thresholds"] in ("tuned", 0.5) and len(summary["examples"]) == 5
+    assert all(ex["consistent"] == (ex["emotion"] and ex["cues"] and ex["au_sentences"]) for ex in summary["examples"])
+    assert "explanations consistent with the heads" in result.output and "## Explanations" in \
+        (tmp_path / "eval/tables.md").read_text()

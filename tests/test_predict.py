@@ -20,7 +20,7 @@ from mf2.features.reader import CacheReader
 from mf2.models.config import MF2Config
 from mf2.models.mf2 import MF2
 from mf2.models.qformer import BOS, PAD, UNK
-from mf2.prediction.explain import tidy
+from mf2.models.explain import tidy
 from mf2.prediction.table import AU_COLUMNS, EMOTION_COLUMNS, LANDMARK_COLUMNS
 from mf2.runs import load_model
 

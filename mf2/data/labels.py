@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 # Aff-Wild2 order; every array of AU labels or features in mf2 follows it.
 AUS = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
 AU_INDEX = {au: i for i, au in enumerate(AUS)}
@@ -86,3 +88,12 @@ def parse_au_value(value) -> int:
     if number not in (0.0, 1.0, -1.0):
         raise ValueError(f"AU value {value!r} outside {{0, 1, -1}}")
     return int(number)
+
+
+def per_au(threshold) -> np.ndarray:
+    """A threshold for each of the 12 AUs [12] from one number or 12 (the run's tuned ones)."""
+    t = np.broadcast_to(np.asarray(threshold, np.float64), (len(AUS),)).copy()
+    if not np.all((t >= 0) & (t <= 1)):
+        raise ValueError(f"threshold: expected probabilities between 0 and 1, got {threshold!r}")
+    return t
+

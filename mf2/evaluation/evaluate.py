@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mf2.devices import resolve_precision
 from mf2.evaluation.metrics import paired_bootstrap
-from mf2.evaluation.predict import run_predictions
+from mf2.evaluation.predict import explanation_consistency, run_predictions
 from mf2.evaluation.probe import pooled_feature_probe
 from mf2.evaluation.report import markdown_tables, plots
 from mf2.io import atomic_write_text, refuse_overlap
@@ -28,12 +28,14 @@ def _paired(this: dict, other: dict, resamples: int) -> dict:
 
 def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False,
              beside=(), transition: bool = False, bootstrap: int = 1000, folder=None, precision: str = "auto",
-             beside_own_cache: bool = False) -> dict:
+             beside_own_cache: bool = False, explain: int = 0) -> dict:
     """Scores of ``run`` (and of the ``beside`` runs, with paired bootstrap intervals of run − each
     over ``bootstrap`` resamples of the split's videos; 0 = none) written to ``folder``
     (default ``<run>/eval_<split>/``). With ``beside_own_cache`` each beside run is scored on the
     cache it was trained on (another backbone, AU map or augmentation of the same images): the
-    split must hold the same images in the same order, so that the differences stay paired."""
+    split must hold the same images in the same order, so that the differences stay paired. With
+    ``explain`` (a number of rows), the run also explains that many of the split's faces and
+    reports how often the explanation names the emotion and AUs its heads chose."""
     precision = resolve_precision(precision, device)
     folder = Path(folder) if folder else RunFolder(run).eval_folder(split)
     refuse_overlap({"--cache": cache, "--beside": list(beside)}, {"--out": folder})
@@ -55,9 +57,24 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
               "beside": {n: {"au": a, "emotion": e, "paired": p} for n, (a, e, p) in others.items()}}
     if probe:
         result["probe"] = pooled_feature_probe(cache, split)
+    if explain:
+        result["explanations"] = explanation_consistency(run, cache, split, device, precision, explain)
     atomic_write_text(folder / "metrics.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe"), others, transition,
-                                                            tuned=this["au_tuned"], split=split))
+                                                            tuned=this["au_tuned"], split=split)
+                      + explanation_lines(result.get("explanations")))
     result["plots"] = plots(folder, au, emo, RunFolder(run).log_rows())
     result["folder"] = str(folder)
     return result
+
+
+def explanation_lines(summary: dict | None) -> str:
+    """The explanation-consistency summary as a few Markdown lines (empty without one)."""
+    if not summary or not summary.get("faces"):
+        return ""
+    return (f"\n## Explanations ({summary['faces']} {summary['decoding']} explanations, AU thresholds "
+            f"{summary['thresholds']})\n\n"
+            f"| consistent | names the chosen emotion only | names only active AUs | no active AU 'at rest' |\n"
+            f"|---|---|---|---|\n"
+            f"| {summary['consistent']:.1%} | {summary['emotion']:.1%} | {summary['cues']:.1%} | "
+            f"{summary['au_sentences']:.1%} |\n")

@@ -47,3 +47,34 @@ def run_predictions(run, cache, split: str, device, precision: str = "fp32") -> 
             "videos": None if "" in videos else np.array(videos, dtype=object),  # no ids: resample images
             "au": au_f1(au_p, y_au), "emo": emotion_scores(emo_p, y_emo),
             "au_tuned": {**au_f1(au_p, y_au, thresholds), "thresholds": dict(zip(AUS, thresholds))} if thresholds else None}
+
+
+@torch.no_grad()
+def explanation_consistency(run, cache, split: str, device, precision: str = "fp32", limit: int | None = 200,
+                            decoding: str = "greedy", allow_download: bool = False) -> dict:
+    """How often a run's explanations (``predict --explain``) say what its heads say, on the
+    first ``limit`` rows of a cache split (None: all): the rates of ``captions.consistency``,
+    with each AU active at the run's tuned threshold (0.5 where it has none)."""
+    from mf2.captions.consistency import summarise
+    from mf2.features.backbones import load_tokenizer
+    from mf2.models.explain import Explainer
+
+    model, config, ckpt = load_model(run, device)
+    signature = RunFolder(run).features()
+    reader = CacheReader(cache, split, model.cfg.emo_text)
+    check_features(signature, reader.store.signature, f"{cache} for {run}")
+    if limit is not None:
+        reader.rows = reader.rows[:limit]
+    thresholds = RunFolder.checkpoint_state(ckpt).get("au_thresholds") or 0.5
+    explainer = Explainer(getattr(model, "mf2", model), load_tokenizer(signature["text"]["name"], allow_download),
+                          signature["text"], decoding, threshold=thresholds)
+    checks, examples = [], []
+    device = torch.device(device)
+    for batch in prefetch(reader.batches(32, shuffle=False, drop_last=False), device):
+        with autocast(precision, device):
+            emo, au = (t.float().cpu().numpy() for t in model.predict(batch["tokens"], batch["au_tokens"]))
+            explained = explainer.explain(batch["tokens"], batch["au_tokens"], au, emo)
+        checks += [e.consistency for e in explained]
+        examples += [{"text": e.text, **e.consistency.as_dict()} for e in explained[:max(0, 5 - len(examples))]]
+    return {**summarise(checks), "thresholds": "tuned" if isinstance(thresholds, list) else 0.5,
+            "decoding": decoding, "examples": examples}

@@ -25,7 +25,7 @@ from mf2.data.manifest import Manifest
 from mf2.features.backbones import load_text, load_vision
 from mf2.features.faces import FaceFinder, ImageError, align, apply, canonical_landmarks, load_image, resize_square
 from mf2.features.store import FeatureStore
-from mf2.io import exclusive, refuse_overlap
+from mf2.io import exclusive, naming, refuse_overlap
 from mf2.ops import au_region_pool
 
 STAGES = ("decode", "face", "vision", "pooling", "text", "write")
@@ -161,7 +161,8 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
         layout_spec.update({"text/au_sentences/ids": ((len(AUS), L), np.int32),
                             "text/au_sentences/mask": ((len(AUS), L), bool),
                             "text/au_sentences/hidden": ((len(AUS), L, text.dim), np.float16)})
-    with exclusive(out, "this feature store"):  # a second extract-features into it stops at once
+    # a second extract-features into it stops at once; a full disk names the store
+    with exclusive(out, "this feature store"), naming(out):
         store = FeatureStore.create_or_resume(out, signature, meta, layout_spec, overwrite)
         start0 = store.count
         if store.complete:

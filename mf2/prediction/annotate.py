@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mf2.data.labels import AUS, EMOTIONS
+from mf2.data.labels import AUS, EMOTIONS, per_au
 from mf2.data.landmarks import au_centres, ruler
 from mf2.features.faces import _ALIGN_POINTS, apply, canonical_landmarks, invert, similarity
 from mf2.io import save_image
@@ -35,12 +35,12 @@ BOX, ACTIVE, REGION, TEXT_BG = (60, 220, 90), (255, 140, 0), (150, 190, 255), (0
 
 
 class Annotator:
-    def __init__(self, folder=None, threshold: float = 0.5, au_window: float = 1.0):
+    def __init__(self, folder=None, threshold=0.5, au_window: float = 1.0):
         """``folder``: where ``write`` puts images (None: ``draw`` only)."""
         self.folder = Path(folder) if folder is not None else None
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-        self.threshold, self.au_window = threshold, au_window
+        self.thresholds, self.au_window = per_au(threshold), au_window
         self.used: set[str] = set()
         self.written = 0
 
@@ -76,7 +76,7 @@ class Annotator:
             half = 0.5 * self.au_window * float(ruler(face.crop_landmarks)) * scale
             centres = apply(inverse, au_centres(face.crop_landmarks))  # [12, 2, 2] image px
             predicted = face.aus is not None
-            active = [a for k, a in enumerate(AUS) if predicted and face.aus[k] >= self.threshold]
+            active = [a for k, a in enumerate(AUS) if predicted and face.aus[k] >= self.thresholds[k]]
             for k, au in enumerate(AUS):
                 on = au in active
                 for cx, cy in centres[k]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mf2.data.labels import AU_NAMES, AUS
+from mf2.data.labels import AU_NAMES, AUS, per_au
 from mf2.io import AtomicFile
 from mf2.prediction.annotate import Annotator, face_from_row
 from mf2.prediction.table import AU_COLUMNS, EMOTION_COLUMNS, OK
@@ -112,7 +112,7 @@ def chosen_aus(table, threshold: float = 0.5, most: int = 6) -> list[str]:
     """The AU columns worth a line: those that reach ``threshold`` somewhere, by mean
     probability (at most ``most``); else the 4 of highest mean."""
     values = table[list(AU_COLUMNS)]
-    reached = [c for c in AU_COLUMNS if values[c].max() >= threshold]
+    reached = [c for c, t in zip(AU_COLUMNS, per_au(threshold)) if values[c].max() >= t]
     order = sorted(reached or AU_COLUMNS, key=lambda c: -float(values[c].mean()))
     return order[:most] if reached else order[:4]
 
@@ -163,7 +163,9 @@ def timeline_figure(table, source: str | None = None, face: int = 0, aus=None, t
     names = dict(zip(AU_COLUMNS, AUS))
     for a in aus:
         au.plot(t, mine[a].to_numpy(np.float64), label=f"{a} {AU_NAMES[names[a]]}", lw=1.2, marker="o", ms=2)
-    au.axhline(threshold, color="#444444", lw=0.8, ls="--")
+    thresholds = dict(zip(AU_COLUMNS, per_au(threshold)))
+    for line, a in zip(au.get_lines(), aus):  # each AU's threshold, dashed in its colour
+        au.axhline(thresholds[a], color=line.get_color(), lw=0.8, ls="--")
     au.set_ylim(0, 1)
     au.set_ylabel("AU")
     au.set_xlabel("time (s)" if not np.isnan(mine["time"].to_numpy(np.float64)).all() else "frame")
@@ -177,9 +179,10 @@ def aus_figure(table, threshold: float = 0.5, title: str | None = None):
     means = ok[list(AU_COLUMNS)].mean().to_numpy(np.float64) if len(ok) else np.full(len(AU_COLUMNS), np.nan)
     fig = _figure("aus")
     ax = fig.add_axes((0.08, 0.33, 0.9, 0.58))
-    ax.bar(range(len(AU_COLUMNS)), np.nan_to_num(means), color=["#ff8c00" if m >= threshold else "#96bef0"
-                                                               for m in np.nan_to_num(means)])
-    ax.axhline(threshold, color="#444444", lw=0.8, ls="--")
+    t = per_au(threshold)
+    ax.bar(range(len(AU_COLUMNS)), np.nan_to_num(means), color=["#ff8c00" if m >= tk else "#96bef0"
+                                                               for m, tk in zip(np.nan_to_num(means), t)])
+    ax.hlines(t, np.arange(len(t)) - 0.4, np.arange(len(t)) + 0.4, color="#444444", lw=0.8, ls="--")  # each AU's
     names = dict(zip(AU_COLUMNS, AUS))
     ax.set_xticks(range(len(AU_COLUMNS)), [f"{a}\n{AU_NAMES[names[a]]}" for a in AU_COLUMNS], rotation=60,
                   fontsize=7, ha="right", rotation_mode="anchor")

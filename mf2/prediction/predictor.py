@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mf2.data.labels import EMOTIONS
+from mf2.data.labels import EMOTIONS, per_au
 from mf2.devices import autocast, resolve_precision
 from mf2.features.backbones import BackboneError, load_tokenizer, load_vision
 from mf2.features.extract import visual_features
 from mf2.features.faces import FaceFinder, align, apply, canonical_landmarks, invert, resize_square
-from mf2.prediction.explain import Explainer
+from mf2.models.explain import Explainer
 from mf2.runs import RunFolder, load_model
 
 DECODINGS = ("greedy", "beam")
@@ -34,7 +34,8 @@ DECODINGS = ("greedy", "beam")
 @dataclass
 class PredictSettings:
     face: str = "detect"  # 'detect': every face dlib finds; 'aligned': each image is one aligned face crop
-    threshold: float = 0.5  # an AU is active (explained, drawn) at this probability
+    threshold: float | None = None  # an AU is active (explained, drawn) at this probability (None: the
+    # run's per-AU thresholds, tuned on its validation split; 0.5 for a run without them)
     min_face_score: float = 0.25  # dlib detection score a face needs (dlib's own threshold, 0, admits
     # textures such as badges and prints at scores near 0; clear faces score about 1 and above)
     device: str = "cpu"
@@ -57,6 +58,7 @@ class AlignedFace:
     aus: np.ndarray | None = None  # [12] AU probabilities, in the order of ``AUS``
     emotions: np.ndarray | None = None  # [8] emotion probabilities, in the order of ``EMOTIONS``
     explanation: str | None = None
+    explanation_consistent: bool | None = None  # the explanation names the heads' emotion and active AUs
 
     @property
     def emotion(self) -> str | None:
@@ -74,6 +76,8 @@ class Predictor:
         self.model_precision = resolve_precision(s.precision, s.device)
         self.signature = sig = RunFolder(run).features()
         self.model, self.config, self.checkpoint = load_model(run, s.device)
+        tuned = RunFolder.checkpoint_state(self.checkpoint).get("au_thresholds")
+        self.thresholds = per_au(s.threshold if s.threshold is not None else tuned if tuned else 0.5)
         v = sig["vision"]
         self.vision = load_vision(v["name"], s.vision_weights, s.allow_download, s.device)
         if self.vision.weights_id != v["weights"]:
@@ -110,7 +114,7 @@ class Predictor:
             if self._tokenizer is None:
                 self._tokenizer = load_tokenizer(self.tokenizer_source, self.settings.allow_download)
             self._explainers[key] = Explainer(getattr(self.model, "mf2", self.model), self._tokenizer,
-                                              self.signature["text"], decoding, beams, self.settings.threshold)
+                                              self.signature["text"], decoding, beams, self.thresholds)
         return self._explainers[key]
 
     def faces(self, image: np.ndarray) -> list[AlignedFace]:
@@ -148,9 +152,11 @@ class Predictor:
         explainer = self.explainer(explain, beams) if explain else None
         with autocast(self.model_precision, device):
             emo, au = (t.cpu().numpy() for t in self.model.predict(tokens, au_tokens))
-            texts = explainer.explain(tokens, au_tokens, au) if explainer else [None] * len(faces)
+            explained = explainer.explain(tokens, au_tokens, au, emo) if explainer else [None] * len(faces)
         for i, f in enumerate(faces):
-            f.aus, f.emotions, f.explanation, f.crop = au[i], emo[i], texts[i], None
+            f.aus, f.emotions, f.crop = au[i], emo[i], None
+            if explained[i] is not None:
+                f.explanation, f.explanation_consistent = explained[i].text, explained[i].consistent
 
 
 @contextlib.contextmanager

@@ -4,10 +4,12 @@ from predicted frames.
     source, frame, time, face, status, face_score, x, y, w, h,
     AU01 AU02 AU04 AU06 AU07 AU10 AU12 AU15 AU23 AU24 AU25 AU26   (probabilities)
     neutral anger disgust fear happiness sadness surprise other   (probabilities)
-    emotion, explanation, x_0 … x_67, y_0 … y_67                  (landmarks, image pixels)
+    emotion, explanation, explanation_consistent,
+    x_0 … x_67, y_0 … y_67                                        (landmarks, image pixels)
 
 A frame without a face has one row with ``status`` 'no face' and missing values after
-``status``. ``TableBuilder`` gathers rows as batches come out of the model, column-wise (one
+``status``. ``explanation_consistent`` says whether the explanation names what the heads say
+(``mf2.captions.consistency``; empty without ``--explain``). ``TableBuilder`` gathers rows as batches come out of the model, column-wise (one
 float32 vector per face), so a long video's table costs about 700 bytes a row.
 """
 
@@ -22,22 +24,24 @@ EMOTION_COLUMNS = tuple(e.lower() for e in EMOTIONS)
 LANDMARK_COLUMNS = tuple(f"x_{i}" for i in range(68)) + tuple(f"y_{i}" for i in range(68))
 BOX_COLUMNS = ("x", "y", "w", "h")
 ID_COLUMNS = ("source", "frame", "time", "face", "status", "face_score")
-COLUMNS = (*ID_COLUMNS, *BOX_COLUMNS, *AU_COLUMNS, *EMOTION_COLUMNS, "emotion", "explanation", *LANDMARK_COLUMNS)
+TEXT_COLUMNS = ("emotion", "explanation", "explanation_consistent")
+COLUMNS = (*ID_COLUMNS, *BOX_COLUMNS, *AU_COLUMNS, *EMOTION_COLUMNS, *TEXT_COLUMNS, *LANDMARK_COLUMNS)
 # the float32 block of a row, in this order
 NUMERIC_COLUMNS = (*BOX_COLUMNS, *AU_COLUMNS, *EMOTION_COLUMNS, *LANDMARK_COLUMNS)
 
 DTYPES = {"source": "string", "frame": "Int64", "time": "float64", "face": "Int64", "status": "string",
           "face_score": "float64", **{c: "float32" for c in NUMERIC_COLUMNS}, "emotion": "string",
-          "explanation": "string"}
+          "explanation": "string", "explanation_consistent": "boolean"}
 
 OK, NO_FACE = "ok", "no face"
+
 
 
 class TableBuilder:
     """Rows of predicted frames, kept column-wise until ``columns()``."""
 
     def __init__(self):
-        self.ids: dict[str, list] = {c: [] for c in (*ID_COLUMNS, "emotion", "explanation")}
+        self.ids: dict[str, list] = {c: [] for c in (*ID_COLUMNS, *TEXT_COLUMNS)}
         self.numeric: list[np.ndarray] = []
 
     def __len__(self) -> int:
@@ -47,19 +51,19 @@ class TableBuilder:
         """The rows of one predicted frame (``faces``: its ``AlignedFace``s, largest first);
         returns how many were added."""
         if not faces:
-            self._row(frame, None, NO_FACE, None, None, None, np.full(len(NUMERIC_COLUMNS), np.nan, np.float32))
+            self._row(frame, None, NO_FACE, None, None, None, None, np.full(len(NUMERIC_COLUMNS), np.nan, np.float32))
             return 1
         for i, f in enumerate(faces):
             x0, y0, x1, y1 = f.box
             values = np.concatenate([[x0, y0, x1 - x0, y1 - y0], f.aus, f.emotions,
                                      np.asarray(f.landmarks, np.float64).T.ravel()]).astype(np.float32)
-            self._row(frame, i, OK, f.score, f.emotion.lower(), f.explanation, values)
+            self._row(frame, i, OK, f.score, f.emotion.lower(), f.explanation, f.explanation_consistent, values)
         return len(faces)
 
-    def _row(self, frame, face, status, score, emotion, explanation, values):
+    def _row(self, frame, face, status, score, emotion, explanation, consistent, values):
         for name, value in (("source", frame.source), ("frame", frame.frame), ("time", frame.time), ("face", face),
                             ("status", status), ("face_score", score), ("emotion", emotion),
-                            ("explanation", explanation)):
+                            ("explanation", explanation), ("explanation_consistent", consistent)):
             self.ids[name].append(value)
         self.numeric.append(values)
 

@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from mf2.io import atomic_folder
+from mf2.io import atomic_folder, save_tensors
 from mf2.runs import RunFolder
 
 
@@ -38,11 +38,11 @@ def save_checkpoint(run: RunFolder, epoch: int, model: torch.nn.Module, optimize
     also the new best (best.json). Older checkpoints go, except the best one."""
     final = run.checkpoints / f"epoch_{epoch:04d}"
     with atomic_folder(final) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_tensors({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         names = {id(p): n for n, p in model.named_parameters()}
         tensors, scalars = _flatten_optimizer(optimizer, names)
         tensors.update({f"rng::{k}": v for k, v in rng.items()})
-        save_file(tensors, str(tmp / "optim.safetensors"))
+        save_tensors(tensors, tmp / "optim.safetensors")
         groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "optimizer_scalars": scalars,
                                                     "param_groups": groups}, indent=2))
