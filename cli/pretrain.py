@@ -29,6 +29,10 @@ def report_parameters(params: dict) -> str:
 @click.option("--no-emo-vl", is_flag=True, help="Ablation: without the Emo-VL branch.")
 @click.option("--no-au-vl", is_flag=True, help="Ablation: without the AU-VL branch.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--au-weighting", type=click.Choice(["frequency", "none"]), default="frequency", show_default=True,
+              help="Weigh each AU's positives by its training negatives/positives ratio (1 to 20), or plain BCE.")
+@click.option("--train-rows", type=click.IntRange(min=1), default=None,
+              help="Train on this many training rows, drawn with --seed (learning curves) [default: all].")
 @deterministic_option
 @precision_option
 @checkpointing_option
@@ -39,7 +43,7 @@ def report_parameters(params: dict) -> str:
 @click.option("--params-only", is_flag=True, help="Build the model, report trainable parameters, do not train.")
 @one_line_errors
 def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_steps, tasks, no_emo_vl, no_au_vl, seed,
-             deterministic, precision, activation_checkpointing, compile_blocks, device, resume, overwrite, params_only):
+             au_weighting, train_rows, deterministic, precision, activation_checkpointing, compile_blocks, device, resume, overwrite, params_only):
     """Train MF² on a feature cache (Table VI: AdamW, weight decay 0.05, batch 56, 30 epochs; lr and warm-up
     resolved for the preset and the run's length, printed and stored in the run)."""
     from mf2.models.config import MF2Config
@@ -63,7 +67,8 @@ def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_st
         raise click.UsageError("--cache and --out are required to train")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                       seed=seed, deterministic=deterministic, tasks=tasks, device=device, precision=precision,
-                      activation_checkpointing=activation_checkpointing, compile=compile_blocks)
+                      activation_checkpointing=activation_checkpointing, compile=compile_blocks,
+                      au_weighting=au_weighting, train_rows=train_rows)
     with progress_bar(None, "pretrain") as bar:
         last = run(cache, out, model_cfg, cfg, resume=resume, overwrite=overwrite, progress=bar.update, log=click.echo,
                    extend_to=given("epochs"))

@@ -249,3 +249,23 @@ def test_the_consistency_column_and_evaluates_rate(pretrained, tmp_path):
     assert all(ex["consistent"] == (ex["emotion"] and ex["cues"] and ex["au_sentences"]) for ex in summary["examples"])
     assert "explanations consistent with the heads" in result.output and "## Explanations" in \
         (tmp_path / "eval/tables.md").read_text()
+
+
+def test_train_rows_draws_the_same_subset_for_the_model_and_the_probe(pretrained, tmp_path):
+    from mf2.evaluation.probe import _rows, pooled_feature_probe
+    from mf2.features.store import FeatureStore
+
+    cache = pretrained / "f.zarr"
+    all_rows = CacheReader(cache, "train").rows
+    sub = CacheReader(cache, "train", limit=10, seed=3)
+    assert len(sub) == 10 and set(sub.rows) <= set(all_rows) and np.all(np.diff(sub.rows) > 0)
+    assert not np.array_equal(sub.rows, CacheReader(cache, "train", limit=10, seed=4).rows)
+    feats, _ = _rows(FeatureStore.open(cache), "train", 10, 3)
+    np.testing.assert_array_equal(feats, FeatureStore.open(cache).read("vision/tokens", 0, len(FeatureStore.open(cache)))
+                                  [sub.rows][:, 0].astype(np.float32))
+    assert pooled_feature_probe(cache, "val", train_rows=10, seed=3)["train_images"] == 10
+    result = CliRunner().invoke(main, ["pretrain", "--cache", str(cache), "--out", str(tmp_path / "r"), "--epochs", "1",
+                                       "--batch-size", "4", "--train-rows", "12", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert RunFolder(tmp_path / "r").config()["train"]["train_rows"] == 12
+    assert "3 steps" in result.output or "of 3 steps" in result.output, result.output

@@ -43,8 +43,9 @@ def _fit_linear(x: torch.Tensor, loss_fn, n_out: int, weight_decay: float, iters
 
 
 def logistic_baseline(train_x: np.ndarray, train_rows: list[dict], val_x: np.ndarray, val_rows: list[dict],
-                      weight_decay: float = 1e-3) -> dict:
-    """Multinomial LR for the emotion and one binary LR per AU on given features [N, D]."""
+                      weight_decay: float = 1e-3, predictions: bool = False) -> dict:
+    """Multinomial LR for the emotion and one binary LR per AU on given features [N, D]; with
+    ``predictions``, also the val probabilities (``emotion_probs`` [N, 8], ``au_probs`` [N, 12])."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     xt = torch.from_numpy((train_x - mean) / std).double()
     xv = torch.from_numpy((val_x - mean) / std).double()
@@ -61,13 +62,15 @@ def logistic_baseline(train_x: np.ndarray, train_rows: list[dict], val_x: np.nda
 
     au_model = _fit_linear(xt, au_loss, len(AUS), weight_decay)
     with torch.no_grad():
-        emo_pred = emo_model(xv).argmax(1).numpy()
+        emo_probs = torch.softmax(emo_model(xv), 1).numpy()
+        emo_pred = emo_probs.argmax(1)
         au_prob = torch.sigmoid(au_model(xv)).numpy()
     emo = emotion_scores(emo_pred, np.array([r["emotion"] for r in val_rows]))
     au = au_f1(au_prob, np.array([[r[a] for a in AUS] for r in val_rows]))
     return {"emotion": {k: emo[k] for k in ("per_class_accuracy", "mean_accuracy", "overall_accuracy", "macro_f1")},
             "au": {k: au[k] for k in ("per_au", "mean")},
-            "train_images": len(train_rows), "val_images": len(val_rows)}
+            "train_images": len(train_rows), "val_images": len(val_rows),
+            **({"emotion_probs": emo_probs, "au_probs": au_prob} if predictions else {})}
 
 
 def pixel_baseline(manifest: Manifest, side: int = 16) -> dict | None:

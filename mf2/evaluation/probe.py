@@ -11,13 +11,14 @@ import numpy as np
 
 from mf2.data.labels import AUS
 from mf2.evaluation.baselines import logistic_baseline
+from mf2.features.reader import sample_rows
 from mf2.features.store import FeatureStore
 
 
-def _rows(store: FeatureStore, split: str):
+def _rows(store: FeatureStore, split: str, limit: int | None = None, seed: int = 0):
     n = len(store)
     meta = {k: store.read(f"meta/{k}", 0, n) for k in ("valid", "split", "emotion", "aus")}
-    keep = np.flatnonzero(meta["valid"] & (meta["split"] == split))
+    keep = sample_rows(np.flatnonzero(meta["valid"] & (meta["split"] == split)), limit, seed)
     feats = np.concatenate([store.read("vision/tokens", a, a + 1024)[:, 0].astype(np.float32)
                             [keep[(keep >= a) & (keep < a + 1024)] - a] for a in range(0, n, 1024)])
     emotion, aus = meta["emotion"][keep], meta["aus"][keep]
@@ -25,13 +26,16 @@ def _rows(store: FeatureStore, split: str):
     return feats, rows
 
 
-def pooled_feature_probe(cache, split: str = "val") -> dict:
+def pooled_feature_probe(cache, split: str = "val", train_rows: int | None = None, seed: int = 0,
+                         predictions: bool = False) -> dict:
+    """The probes fitted on the train split (``train_rows`` of it drawn with ``seed``, as
+    ``pretrain --train-rows`` draws them), scored on ``split``."""
     store = FeatureStore.open(cache)
     store.verify(["meta/valid", "meta/split", "meta/emotion", "meta/aus", "vision/tokens"])
-    train_x, train_rows = _rows(store, "train")
+    train_x, train_rows = _rows(store, "train", train_rows, seed)
     x, rows = _rows(store, split)
     if not len(train_rows) or not len(rows):
         raise ValueError(f"{cache}: the probe needs rows in both the train and {split} splits")
-    result = logistic_baseline(train_x, train_rows, x, rows)
+    result = logistic_baseline(train_x, train_rows, x, rows, predictions=predictions)
     result["features"] = "pooled global token (vision/tokens[:, 0])"
     return result

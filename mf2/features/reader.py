@@ -20,13 +20,24 @@ from mf2.features.store import FeatureStore
 SPECIAL = [0, -1, -2]  # sub-vocabulary indices 0..2: PAD (original id 0), BOS, UNK
 
 
+def sample_rows(rows: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
+    """``limit`` of ``rows`` drawn at random with ``seed`` (in store order), or all of them: the
+    training subset of a learning curve (``pretrain --train-rows``), the same for the model and the
+    probe it is compared with."""
+    if limit is None or limit >= len(rows):
+        return rows
+    if limit < 1:
+        raise ValueError(f"train_rows: expected at least 1, got {limit}")
+    return np.sort(np.random.default_rng([seed, 7]).choice(rows, limit, replace=False))
+
+
 class CacheReader:
     """The rows of one split of a feature store, as batches. With ``flip`` (a store extracted with
     ``--augment flip``), each row's visual features are its mirrored view's with probability 1/2,
     drawn per row and epoch from the seed: what training samples from; evaluation reads originals."""
 
     def __init__(self, path, split: str | None = "train", emo_text: str = "emotion", window: int = 512,
-                 flip: bool = False):
+                 flip: bool = False, limit: int | None = None, seed: int = 0):
         self.store = FeatureStore.open(path)
         if not self.store.complete:
             raise ValueError(f"{path}: the feature store is incomplete (rerun mf2 extract-features to finish it)")
@@ -35,7 +46,7 @@ class CacheReader:
         valid = g["meta/valid"][:]
         splits = g["meta/split"][:]
         keep = valid & ((splits == split) if split else True)
-        self.rows = np.flatnonzero(keep)
+        self.rows = sample_rows(np.flatnonzero(keep), limit, seed)
         if len(self.rows) == 0:
             raise ValueError(f"{path}: no valid rows in split {split!r}")
         self.window = window

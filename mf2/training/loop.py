@@ -69,6 +69,7 @@ class TrainConfig:
     # training split (1 to 20: rare AUs count more, frequent ones as they are); 'none' = plain BCE
     au_weighting: str = "frequency"
     flip: bool = True  # sample each face's mirrored view half the time when the cache holds them (--augment flip)
+    train_rows: int | None = None  # train on this many training rows drawn with the seed (learning curves); None = all
 
     def __post_init__(self):
         p = "train"
@@ -77,6 +78,7 @@ class TrainConfig:
         check(p, "weight_decay", self.weight_decay, (int, float), lambda v: v >= 0, "a number >= 0")
         check(p, "warmup_steps", self.warmup_steps, (int, type(None)), lambda v: v >= 1, "a positive integer or null")
         check(p, "seed", self.seed, int)
+        check(p, "train_rows", self.train_rows, (int, type(None)), lambda v: v >= 1, "a positive integer or null (all)")
         check(p, "deterministic", self.deterministic, (bool, type(None)))
         check(p, "tasks", self.tasks, str, lambda v: v in ("au", "emotion", "both"), "au, emotion or both")
         check(p, "device", self.device, str)

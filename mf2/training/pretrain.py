@@ -59,7 +59,8 @@ def pretrain(cache, out, model_cfg: MF2Config | None, cfg: TrainConfig, resume: 
         if init_from is not None and not resume:
             base, _, _ = load_model(init_from)  # its best checkpoint
             model_cfg = base.cfg
-        train = CacheReader(cache, "train", model_cfg.emo_text, cfg.window, flip=cfg.flip)
+        train = CacheReader(cache, "train", model_cfg.emo_text, cfg.window, flip=cfg.flip, limit=cfg.train_rows,
+                            seed=cfg.seed)
         if resume:  # the same features as before: the whole signature, manifest included
             check_features(saved.get("features", train.store.signature), train.store.signature, f"--resume {out} on {cache}",
                            IMAGE_FIELDS + TEXT_FIELDS + ("manifest",))
