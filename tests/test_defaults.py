@@ -36,6 +36,8 @@ def test_warmup_scales_with_short_runs():
     small = TrainConfig(device="cpu").resolved("small", 510)
     assert small.lr == 5e-4 and small.warmup_steps == 61
     assert TrainConfig(device="cpu").resolved("small", 510, method="dfn").lr == 1e-3
+    # finetune resolves device settings first and the schedule later: the first call leaves lr open
+    assert TrainConfig(device="cpu").resolved().resolved("small", 510, method="dfn").lr == 1e-3
     assert TrainConfig(device="cpu", lr=2e-4).resolved("small", 510).lr == 2e-4
     line = TrainConfig(device="cpu", warmup_steps=2000).resolved("small", 510).schedule_line(510, 17)
     assert "warm-up 2000 steps" in line and "warning: the warm-up (2000 steps) is not shorter than the run" in line

@@ -99,7 +99,8 @@ class TrainConfig:
         checkpointing = self.activation_checkpointing
         if checkpointing == "auto":
             checkpointing = "itm" if gpu and preset == "paper" else "none"
-        lr = PRESET_LR.get(preset, PRESET_LR["paper"])[method] if self.lr is None else self.lr
+        # the learning rate once the preset is known (a call with device settings only leaves it open)
+        lr = PRESET_LR.get(preset, PRESET_LR["paper"])[method] if self.lr is None and preset is not None else self.lr
         warmup = resolve_warmup(self.warmup_steps, total_steps) if total_steps is not None else self.warmup_steps
         return replace(self, deterministic=deterministic, precision=resolve_precision(self.precision, self.device),
                        activation_checkpointing=checkpointing, lr=lr, warmup_steps=warmup)
