@@ -124,7 +124,8 @@ def test_store_layout_and_settings(captioned, tmp_path):
     arrays, attrs = _arrays(tmp_path / "f.zarr")
     n = len(m)
     assert arrays["vision/tokens"].shape == (n, 50, 1280) and arrays["vision/tokens"].dtype == np.float16
-    assert arrays["vision/au_tokens"].shape == (n, 12, 18, 1280)
+    # AU regions pooled from EfficientNet-Lite0's stride-16 stage (14 x 14 x 112 at 224 px; --au-map auto)
+    assert arrays["vision/au_tokens"].shape == (n, 12, 18, 112)
     assert arrays["vision/landmarks"].shape == (n, 68, 2)
     assert arrays["text/au/hidden"].shape == (n, 169, 384) and arrays["text/emotion/ids"].shape == (n, 61)
     assert arrays["text/au_sentences/hidden"].shape == (n, 12, 32, 384)
@@ -132,6 +133,7 @@ def test_store_layout_and_settings(captioned, tmp_path):
     assert list(arrays["meta/ids"]) == [r["id"] for r in m.rows]
     np.testing.assert_array_equal(arrays["meta/aus"], [[r[a] for a in AUS] for r in m.rows])
     assert attrs["complete"] and attrs["count"] == n and attrs["signature"]["landmarks"] == "manifest"
+    assert attrs["signature"]["pooling"]["au_map"] == "stride16"
     assert attrs["signature"]["vision"]["name"] == "efficientnet_lite0" and attrs["signature"]["text"]["name"] == "minilm"
     assert set(summary["stage_seconds"]) == {"decode", "face", "vision", "pooling", "text", "write"}
     assert summary["text_cache"]["reused"] > 0  # repeated per-AU sentences were encoded once
