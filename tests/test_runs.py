@@ -59,7 +59,7 @@ def test_the_guard_keeps_earlier_runs(tmp_path):
     run.prepare(resume=False, overwrite=False)
     with pytest.raises(RunError, match="nothing to resume"):
         run.prepare(resume=True, overwrite=False)
-    run.write_config("mf2", model={})
+    run.write_config("mf2", model={}, train={})
     with pytest.raises(RunError, match="holds an earlier run; pass --resume"):
         run.prepare(resume=False, overwrite=False)
     (run.path / "keep.txt").write_text("x")
