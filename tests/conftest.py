@@ -40,3 +40,20 @@ def pretrained(tmp_path_factory):
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
     return root
+
+
+def store_arrays(path) -> tuple[dict, dict]:
+    """Every array of a Zarr store (``group/name`` -> values) and its attributes."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    out = {}
+
+    def visit(g, prefix=""):
+        for name, arr in g.arrays():
+            out[prefix + name] = arr[:]
+        for name, sub in g.groups():
+            visit(sub, f"{prefix}{name}/")
+
+    visit(group)
+    return out, dict(group.attrs)

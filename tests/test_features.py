@@ -24,6 +24,8 @@ from mf2.features.extract import ExtractSettings, extract_features
 from mf2.features.faces import FaceFinder, ImageError, align, canonical_landmarks, load_image
 from mf2.features.store import StoreError
 
+from .conftest import store_arrays
+
 
 @pytest.fixture(scope="module")
 def vision():
@@ -104,24 +106,10 @@ def captioned(tmp_path):
     return tmp_path / "d/manifest.captioned.jsonl"
 
 
-def _arrays(path):
-    group = zarr.open_group(str(path), mode="r")
-    out = {}
-
-    def visit(g, prefix=""):
-        for name, arr in g.arrays():
-            out[prefix + name] = arr[:]
-        for name, sub in g.groups():
-            visit(sub, f"{prefix}{name}/")
-
-    visit(group)
-    return out, dict(group.attrs)
-
-
 def test_store_layout_and_settings(captioned, tmp_path):
     m = read_manifest(captioned)
     summary = extract_features(m, tmp_path / "f.zarr", ExtractSettings(batch_size=16), log=lambda *_: None)
-    arrays, attrs = _arrays(tmp_path / "f.zarr")
+    arrays, attrs = store_arrays(tmp_path / "f.zarr")
     n = len(m)
     assert arrays["vision/tokens"].shape == (n, 50, 1280) and arrays["vision/tokens"].dtype == np.float16
     # AU regions pooled from EfficientNet-Lite0's stride-16 stage (14 x 14 x 112 at 224 px; --au-map auto)
@@ -176,13 +164,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(captioned, tmp_path):
         time.sleep(0.02)
     job.send_signal(signal.SIGKILL)
     job.wait()
-    _, attrs = _arrays(killed)
+    _, attrs = store_arrays(killed)
     assert 16 <= attrs["count"] < 40 and not attrs["complete"]
     done = subprocess.run(cmd + ["--out", str(killed)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"resuming at row {attrs['count']}" in done.stdout
-    full, full_attrs = _arrays(tmp_path / "full.zarr")
-    resumed, resumed_attrs = _arrays(killed)
+    full, full_attrs = store_arrays(tmp_path / "full.zarr")
+    resumed, resumed_attrs = store_arrays(killed)
     assert full.keys() == resumed.keys()
     for name in full:
         np.testing.assert_array_equal(full[name], resumed[name], err_msg=name)
@@ -211,7 +199,7 @@ def test_bad_grey_tiny_and_faceless_images(tmp_path):
     result = CliRunner().invoke(main, ["extract-features", "--manifest", str(d / "m.jsonl"), "--out",
                                        str(tmp_path / "f.zarr"), "--face", "detect", "--batch-size", "4"])
     assert result.exit_code == 0, result.output
-    arrays, attrs = _arrays(tmp_path / "f.zarr")
+    arrays, attrs = store_arrays(tmp_path / "f.zarr")
     valid = dict(zip(names, arrays["meta/valid"]))
     found = dict(zip(names, arrays["meta/face_found"]))
     errors = dict(zip(names, arrays["meta/error"]))

@@ -32,7 +32,7 @@ from PIL import Image
 from mf2.cli.main import main
 from mf2.data.manifest import read_manifest, write_manifest
 
-from .conftest import text_encoder_args
+from .conftest import store_arrays, text_encoder_args
 from .fake_openai import FakeOpenAI
 
 
@@ -367,17 +367,17 @@ def _wait_for(predicate, job, timeout=120):
 
 
 def _arrays(path):
-    group = zarr.open_group(str(path), mode="r")
-    out = {}
+    return store_arrays(path)[0]
 
-    def visit(g, prefix=""):
-        for name, arr in g.arrays():
-            out[prefix + name] = arr[:]
-        for name, sub in g.groups():
-            visit(sub, f"{prefix}{name}/")
 
-    visit(group)
-    return out
+def _extracted_straight(world) -> dict:
+    """The arrays of an uninterrupted extraction in the same blocks (batch 8): the backbone's last
+    bits depend on the batch, so a resumed store is compared with this one."""
+    done = subprocess.run(cmd("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out",
+                              world / "g_straight.zarr", "--batch-size", "8", *text_encoder_args()),
+                          capture_output=True, text=True, cwd=world)
+    assert done.returncode == 0, done.stderr
+    return _arrays(world / "g_straight.zarr")
 
 
 def test_sigterm_in_extract_features_then_rerun_completes(world):
@@ -396,12 +396,7 @@ def test_sigterm_in_extract_features_then_rerun_completes(world):
                               "--batch-size", "8", *text_encoder_args()), capture_output=True, text=True, cwd=world)
     assert done.returncode == 0, done.stderr
     assert "resuming at row" in done.stdout
-    straight = subprocess.run(cmd("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out",
-                                  world / "g_straight.zarr", "--batch-size", "8", *text_encoder_args()),
-                              capture_output=True, text=True, cwd=world)
-    assert straight.returncode == 0, straight.stderr
-    # bit-identical to an uninterrupted run with the same blocks (the backbone's last bits depend on the batch)
-    ours, reference = _arrays(out), _arrays(world / "g_straight.zarr")
+    ours, reference = _arrays(out), _extracted_straight(world)
     for name in ("vision/tokens", "vision/au_tokens", "text/emotion/hidden", "meta/valid"):
         np.testing.assert_array_equal(ours[name], reference[name])
 
@@ -466,11 +461,7 @@ def test_a_disk_that_fills_up_mid_extraction(world):
     assert not zarr.open_group(str(world / "g.zarr"), mode="r").attrs["complete"]
     done = subprocess.run(args, capture_output=True, text=True, cwd=world)
     assert done.returncode == 0, done.stderr
-    straight = subprocess.run(cmd("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out",
-                                  world / "g_straight.zarr", "--batch-size", "8", *text_encoder_args()),
-                              capture_output=True, text=True, cwd=world)
-    assert straight.returncode == 0, straight.stderr
-    ours, reference = _arrays(world / "g.zarr"), _arrays(world / "g_straight.zarr")
+    ours, reference = _arrays(world / "g.zarr"), _extracted_straight(world)
     for name in ("vision/tokens", "vision/au_tokens", "text/au/hidden"):
         np.testing.assert_array_equal(ours[name], reference[name])
 
