@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import zarr
 from click.testing import CliRunner
 from PIL import Image
 
