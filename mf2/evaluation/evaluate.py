@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mf2.devices import resolve_precision
 from mf2.evaluation.metrics import paired_bootstrap
-from mf2.evaluation.predict import explanation_consistency, run_predictions
+from mf2.evaluation.predict import explanation_consistency, open_run, run_predictions
 from mf2.evaluation.probe import pooled_feature_probe
 from mf2.evaluation.report import markdown_tables, plots
 from mf2.io import atomic_write_text, refuse_overlap
@@ -39,7 +39,8 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
     precision = resolve_precision(precision, device)
     folder = Path(folder) if folder else RunFolder(run).eval_folder(split)
     refuse_overlap({"--cache": cache, "--beside": list(beside)}, {"--out": folder})
-    this = run_predictions(run, cache, split, device, precision)
+    opened = open_run(run, cache, split, device)  # loaded once for the scores and the explanations
+    this = run_predictions(run, cache, split, device, precision, opened)
     au, emo = this["au"], this["emo"]
     others = {}
     for r in beside:
@@ -58,7 +59,7 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
     if probe:
         result["probe"] = pooled_feature_probe(cache, split)
     if explain:
-        result["explanations"] = explanation_consistency(run, cache, split, device, precision, explain)
+        result["explanations"] = explanation_consistency(run, cache, split, device, precision, explain, opened=opened)
     atomic_write_text(folder / "metrics.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe"), others, transition,
                                                             tuned=this["au_tuned"], split=split)

@@ -3,6 +3,8 @@ validation and ``mf2 evaluate`` score."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -34,11 +36,19 @@ def validation_metrics(model, reader: CacheReader, device, precision: str = "fp3
     return validation_row(*predict_split(model, reader, device, precision=precision))
 
 
-def run_predictions(run, cache, split: str, device, precision: str = "fp32") -> dict:
-    """A run's probabilities on a cache split, its labels, each image's video, and its scores."""
-    model, config, ckpt = load_model(run, device)
+def open_run(run, cache, split: str, device):
+    """A run's model (its default checkpoint), that checkpoint's path, and a reader of the cache
+    split, after checking that the cache holds the features the run was trained on."""
+    model, _, ckpt = load_model(run, device)
     reader = CacheReader(cache, split, model.cfg.emo_text)
     check_features(RunFolder(run).features(), reader.store.signature, f"{cache} for {run}")
+    return model, ckpt, reader
+
+
+def run_predictions(run, cache, split: str, device, precision: str = "fp32", opened=None) -> dict:
+    """A run's probabilities on a cache split, its labels, each image's video, and its scores
+    (``opened``: what ``open_run`` gave, to load the model once for several uses)."""
+    model, ckpt, reader = opened or open_run(run, cache, split, device)
     emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device), precision=precision)
     videos = [str(v) for v in reader.store.group["meta/video"][:][reader.rows].tolist()]
     ids = [str(v) for v in reader.store.group["meta/ids"][:][reader.rows].tolist()]
@@ -51,19 +61,19 @@ def run_predictions(run, cache, split: str, device, precision: str = "fp32") -> 
 
 @torch.no_grad()
 def explanation_consistency(run, cache, split: str, device, precision: str = "fp32", limit: int | None = 200,
-                            decoding: str = "greedy", allow_download: bool = False) -> dict:
+                            decoding: str = "greedy", allow_download: bool = False, opened=None) -> dict:
     """How often a run's explanations (``predict --explain``) say what its heads say, on the
     first ``limit`` rows of a cache split (None: all): the rates of ``captions.consistency``,
-    with each AU active at the run's tuned threshold (0.5 where it has none)."""
+    with each AU active at the run's tuned threshold (0.5 where it has none). ``opened``: as in
+    ``run_predictions``."""
     from mf2.captions.consistency import summarise
     from mf2.features.backbones import load_tokenizer
     from mf2.models.explain import Explainer
 
-    model, config, ckpt = load_model(run, device)
+    model, ckpt, reader = opened or open_run(run, cache, split, device)
     signature = RunFolder(run).features()
-    reader = CacheReader(cache, split, model.cfg.emo_text)
-    check_features(signature, reader.store.signature, f"{cache} for {run}")
-    if limit is not None:
+    if limit is not None:  # a copy: the reader may be shared with run_predictions
+        reader = copy.copy(reader)
         reader.rows = reader.rows[:limit]
     thresholds = RunFolder.checkpoint_state(ckpt).get("au_thresholds") or 0.5
     explainer = Explainer(getattr(model, "mf2", model), load_tokenizer(signature["text"]["name"], allow_download),
