@@ -28,6 +28,8 @@ def report_parameters(params: dict) -> str:
 @click.option("--tasks", type=click.Choice(["both", "au", "emotion"]), default="both", show_default=True)
 @click.option("--no-emo-vl", is_flag=True, help="Ablation: without the Emo-VL branch.")
 @click.option("--no-au-vl", is_flag=True, help="Ablation: without the AU-VL branch.")
+@click.option("--emotion-reads", type=click.Choice(["global", "global+au"]), default="global", show_default=True,
+              help="The emotion head's input: Emo-VL's pooled queries, or those beside each AU sequence's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--au-weighting", type=click.Choice(["frequency", "none"]), default="frequency", show_default=True,
               help="Weigh each AU's positives by its training negatives/positives ratio (1 to 20), or plain BCE.")
@@ -42,7 +44,7 @@ def report_parameters(params: dict) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
 @click.option("--params-only", is_flag=True, help="Build the model, report trainable parameters, do not train.")
 @one_line_errors
-def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_steps, tasks, no_emo_vl, no_au_vl, seed,
+def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_steps, tasks, no_emo_vl, no_au_vl, emotion_reads, seed,
              au_weighting, train_rows, deterministic, precision, activation_checkpointing, compile_blocks, device, resume, overwrite, params_only):
     """Train MF² on a feature cache (Table VI: AdamW, weight decay 0.05, batch 56, 30 epochs; lr and warm-up
     resolved for the preset and the run's length, printed and stored in the run)."""
@@ -52,7 +54,7 @@ def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_st
     from mf2.training.loop import TrainConfig
     from mf2.training.pretrain import pretrain as run
 
-    model_cfg = MF2Config.from_preset(preset, emo_vl=not no_emo_vl, au_vl=not no_au_vl)
+    model_cfg = MF2Config.from_preset(preset, emo_vl=not no_emo_vl, au_vl=not no_au_vl, emotion_reads=emotion_reads)
     if params_only:
         if cache:
             from mf2.features.reader import CacheReader

@@ -30,6 +30,37 @@ def tiny_model(**kw):
     return MF2(cfg).eval()
 
 
+def test_the_emotion_head_reads_the_au_sequences_only_when_told():
+    """emotion_reads="global" (the default, and every run saved before the field): emotion from
+    Emo-VL alone; "global+au": beside each AU sequence's pooled queries, in MF² and in DFN."""
+    from mf2.models.config import DFNConfig
+    from mf2.models.dfn import DFN
+    from mf2.models.outputs import BlockOutputs
+
+    tokens, au_tokens = torch.randn(3, 5, 24), torch.randn(3, 12, 4, 24)
+    moved = au_tokens.clone()
+    moved[:, 4] += 1.0  # only AU7's region changes
+    for reads, follows in (("global", False), ("global+au", True)):
+        model = tiny_model(emotion_reads=reads)
+        H = model.cfg.hidden
+        assert model.emotion_head.in_features == (13 * H if follows else H) == model.cfg.emotion_input_dim()
+        emotion, au = model.predict(tokens, au_tokens)
+        emotion2, au2 = model.predict(tokens, moved)
+        assert emotion.shape == (3, 8) and au.shape == (3, 12) and not torch.equal(au, au2)
+        assert torch.equal(emotion, emotion2) is not follows
+        dfn = DFN(model.cfg, DFNConfig())
+        dfn.init_heads_from(model)
+        x = BlockOutputs(emo_v_start=torch.randn(3, 24), emo_v_h=torch.randn(3, 2, H),
+                         au_v_start=torch.randn(3, 12, 24), au_v_h=torch.randn(3, 12, 2, H))
+        e, a, _ = dfn.heads(x)
+        x.au_v_h = x.au_v_h + 1.0
+        assert e.shape == (3, 8) and a.shape == (3, 12) and torch.equal(e, dfn.heads(x)[0]) is not follows
+    assert MF2Config().emotion_reads == "global"  # a saved config without the field loads as before
+    assert tiny_model(emotion_reads="global+au", au_vl=False).emotion_head.in_features == 128  # ablation: no AUs
+    with pytest.raises(ValueError, match="model.emotion_reads: expected global or global\\+au, got 'local'"):
+        MF2Config(emotion_reads="local")
+
+
 def test_itg_is_causal():
     """Changing a later token never changes the logits at earlier positions."""
     branch = tiny_model().emo_vl

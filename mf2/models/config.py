@@ -7,11 +7,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mf2.data.labels import N_AU
+
 # The paper's Q-Former is BERT-base sized (Table VI; 186.7M trainable parameters per branch).
 PRESETS = {
     "paper": dict(hidden=768, layers=12, heads=12, ffn=3072, queries=32, au_queries=32, au_align_per_image=12),
     "small": dict(hidden=128, layers=2, heads=4, ffn=512, queries=8, au_queries=4, au_align_per_image=3),
 }
+EMOTION_READS = ("global", "global+au")
 PAPER_PARAMS = {"emo_vl": 186.7e6, "au_vl": 186.7e6, "mf2": 373.4e6}
 
 
@@ -56,6 +59,10 @@ class MF2Config:
     emo_vl: bool = True
     au_vl: bool = True
     emo_text: str = "emotion"  # which caption Emo-VL aligns with
+    # What the emotion recognizer reads (§III-A names "an emotion recognizer" without its input):
+    # "global" = Emo-VL's pooled queries; "global+au" = those beside each AU sequence's pooled
+    # AU-VL queries (the "global and local feature integration" of Table IV's discussion).
+    emotion_reads: str = "global"
     loss_weights: dict = field(default_factory=lambda: {"itc": 1.0, "itm": 1.0, "itg": 1.0, "cls": 1.0})
 
     @classmethod
@@ -79,10 +86,16 @@ class MF2Config:
         for name in ("emo_vl", "au_vl"):
             check(p, name, getattr(self, name), bool)
         check(p, "emo_text", self.emo_text, str, lambda v: v in ("emotion", "au", "key_au"), "emotion, au or key_au")
+        check(p, "emotion_reads", self.emotion_reads, str, lambda v: v in EMOTION_READS, " or ".join(EMOTION_READS))
         check(p, "loss_weights", self.loss_weights, dict, lambda v: all(isinstance(x, (int, float)) for x in v.values()),
               "a mapping of loss names to numbers")
         if self.hidden % self.heads:
             raise ValueError(f"{p}.hidden: {self.hidden} is not a multiple of heads {self.heads}")
+
+    def emotion_input_dim(self) -> int:
+        """The emotion head's input width (see ``models.mf2.emotion_input``)."""
+        both = self.emotion_reads == "global+au" and self.emo_vl and self.au_vl
+        return self.hidden * (1 + N_AU) if both else self.hidden
 
     def to_dict(self) -> dict:
         return asdict(self)

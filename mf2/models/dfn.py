@@ -28,7 +28,7 @@ from torch import nn
 
 from mf2.data.labels import N_AU, N_EMOTIONS
 from mf2.models.config import DFNConfig, MF2Config
-from mf2.models.mf2 import MF2, task_losses
+from mf2.models.mf2 import MF2, emotion_input, task_losses
 from mf2.models.outputs import BlockOutputs, StepOutput
 from mf2.ops import dfn_pathway
 
@@ -68,7 +68,7 @@ class DFN(nn.Module):
         self.emo_text = Pathway(mf2_cfg.text_dim, H, n, cfg) if mf2_cfg.emo_vl else None
         self.au_vision = Pathway(mf2_cfg.au_vision_dim or mf2_cfg.vision_dim, H, n, cfg) if mf2_cfg.au_vl else None
         self.au_text = Pathway(mf2_cfg.text_dim, H, n, cfg) if mf2_cfg.au_vl else None
-        self.emotion_head = nn.Linear(H, N_EMOTIONS)
+        self.emotion_head = nn.Linear(mf2_cfg.emotion_input_dim(), N_EMOTIONS)
         self.au_head = nn.Linear(H, N_AU)
         self.temp = nn.Parameter(torch.tensor(0.07))
 
@@ -92,7 +92,7 @@ class DFN(nn.Module):
             B = x.au_v_start.shape[0]
             flat = self.au_vision(x.au_v_start.flatten(0, 1), self._h(x.au_v_h.flatten(0, 1)))
             out["au"] = flat.view(B, N_AU, -1)
-        emotion = self.emotion_head(out["emo"] if "emo" in out else out["au"].mean(1))
+        emotion = self.emotion_head(emotion_input(self.mf2_cfg, out.get("emo"), out.get("au")))
         au = self.au_head(out["au"]).diagonal(dim1=1, dim2=2) if "au" in out else self.au_head(out["emo"])
         return emotion, au, out
 

@@ -2,8 +2,10 @@
 sentence; the 12 AUs as a batch of B x 12 sequences through one Q-Former), and the task heads.
 
 Task heads read whichever branches exist, so each ablation row still predicts both tasks:
-emotion from Emo-VL's pooled queries (else AU-VL's, averaged over the AUs); each AU from its
-own AU-VL sequence (else from Emo-VL's pooled queries). Missing labels (-1) are masked out.
+emotion from Emo-VL's pooled queries (else AU-VL's, averaged over the AUs; with
+``emotion_reads="global+au"`` beside every AU sequence's pooled queries, ``emotion_input``); each
+AU from its own AU-VL sequence (else from Emo-VL's pooled queries). Missing labels (-1) are
+masked out.
 Prediction uses images only (Appendix G).
 """
 
@@ -19,6 +21,17 @@ from mf2.models.outputs import ImageFeatures, StepOutput
 from mf2.models.qformer import CHECKPOINTING, UNK, VLBranch
 
 
+def emotion_input(cfg: MF2Config, pooled: torch.Tensor | None, au: torch.Tensor | None) -> torch.Tensor:
+    """The emotion head's input from Emo-VL's pooled state [B, H] and the AU sequences' pooled
+    states [B, 12, H] (either may be None, for the ablations): ``cfg.emotion_reads``, width
+    ``cfg.emotion_input_dim()``. Shared by MF² and DFN."""
+    if pooled is None:
+        return au.mean(1)
+    if au is None or cfg.emotion_reads == "global":
+        return pooled
+    return torch.cat([pooled, au.flatten(1)], 1)
+
+
 class MF2(nn.Module):
     def __init__(self, cfg: MF2Config):
         super().__init__()
@@ -29,7 +42,7 @@ class MF2(nn.Module):
         self.cfg = cfg
         self.emo_vl = VLBranch(cfg, cfg.queries) if cfg.emo_vl else None
         self.au_vl = VLBranch(cfg, cfg.au_queries, cfg.au_vision_dim or cfg.vision_dim) if cfg.au_vl else None
-        self.emotion_head = nn.Linear(cfg.hidden, N_EMOTIONS)
+        self.emotion_head = nn.Linear(cfg.emotion_input_dim(), N_EMOTIONS)
         self.au_head = nn.Linear(cfg.hidden, N_AU)
         # cfg.vocab[i] is the original token id of sub-vocabulary index i; negative = special
         # (index 0 PAD keeps id 0, 1 = BOS, 2 = UNK for ids never seen in training)
@@ -82,10 +95,11 @@ class MF2(nn.Module):
 
     def heads(self, feats: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(emotion logits [B, 8], AU logits [B, 12]) from the image features."""
-        emo_src = feats.emo.mean(1) if feats.emo is not None else feats.au.mean((1, 2))
-        emotion = self.emotion_head(emo_src)
+        pooled = feats.emo.mean(1) if feats.emo is not None else None
+        au_pooled = feats.au.mean(2) if feats.au is not None else None  # [B, 12 sequences, H]
+        emotion = self.emotion_head(emotion_input(self.cfg, pooled, au_pooled))
         if feats.au is not None:
-            per_seq = self.au_head(feats.au.mean(2))  # [B, 12 sequences, 12 outputs]
+            per_seq = self.au_head(au_pooled)  # [B, 12 sequences, 12 outputs]
             au = per_seq.diagonal(dim1=1, dim2=2)  # AU k from its own sequence
         else:
             au = self.au_head(feats.emo.mean(1))
