@@ -28,7 +28,7 @@ def report_parameters(params: dict) -> str:
 @click.option("--tasks", type=click.Choice(["both", "au", "emotion"]), default="both", show_default=True)
 @click.option("--no-emo-vl", is_flag=True, help="Ablation: without the Emo-VL branch.")
 @click.option("--no-au-vl", is_flag=True, help="Ablation: without the AU-VL branch.")
-@click.option("--emotion-reads", type=click.Choice(["global", "global+au"]), default="global", show_default=True,
+@click.option("--emotion-reads", type=click.Choice(["global", "global+au"]), default="global+au", show_default=True,
               help="The emotion head's input: Emo-VL's pooled queries, or those beside each AU sequence's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--au-weighting", type=click.Choice(["frequency", "none"]), default="frequency", show_default=True,

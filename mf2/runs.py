@@ -58,7 +58,10 @@ def typed_section(cls, values, section: str, path):
 
 
 def model_config(config: dict, path="config.json") -> MF2Config:
-    return typed_section(MF2Config, config["model"], "model", path)
+    values = config["model"]
+    if isinstance(values, dict) and "emotion_reads" not in values:  # saved before the field: Emo-VL alone
+        values = {**values, "emotion_reads": "global"}
+    return typed_section(MF2Config, values, "model", path)
 
 
 def dfn_config(config: dict, path="config.json") -> DFNConfig:
@@ -313,7 +316,7 @@ def _load_exported(folder: RunFolder, config: dict, checkpoint: Path, device) ->
     """A folder of ``mf2 export``: an MF², or a DFN with its frozen MF² (keys ``mf2.*``, ``dfn.*``)."""
     if config.get("model_kind") not in ("mf2", "dfn"):
         raise RunError(f"{folder}: exported model of unknown kind {config.get('model_kind')!r} (expected mf2 or dfn)")
-    mf2 = MF2(MF2Config(**config["model"]))
+    mf2 = MF2(model_config(config, folder.path / "config.json"))
     model = DFNModel(mf2, DFN(mf2.cfg, DFNConfig(**config["dfn"]))) if config["model_kind"] == "dfn" else mf2
     missing, unexpected = model.load_state_dict(folder.model_state(checkpoint), strict=False)
     if missing or unexpected:

@@ -31,15 +31,15 @@ def tiny_model(**kw):
 
 
 def test_the_emotion_head_reads_the_au_sequences_only_when_told():
-    """emotion_reads="global" (the default, and every run saved before the field): emotion from
-    Emo-VL alone; "global+au": beside each AU sequence's pooled queries, in MF² and in DFN."""
+    """emotion_reads="global+au" (the default): emotion from Emo-VL's pooled queries beside each AU
+    sequence's, in MF² and in DFN; "global" (every run saved before the field): Emo-VL alone."""
     from mf2.models.config import DFNConfig
     from mf2.models.dfn import DFN
     from mf2.models.outputs import BlockOutputs
 
     tokens, au_tokens = torch.randn(3, 5, 24), torch.randn(3, 12, 4, 24)
     moved = au_tokens.clone()
-    moved[:, 4] += 1.0  # only AU7's region changes
+    moved[:, 4] = torch.randn(3, 4, 24)  # only AU7's region changes
     for reads, follows in (("global", False), ("global+au", True)):
         model = tiny_model(emotion_reads=reads)
         H = model.cfg.hidden
@@ -53,9 +53,13 @@ def test_the_emotion_head_reads_the_au_sequences_only_when_told():
         x = BlockOutputs(emo_v_start=torch.randn(3, 24), emo_v_h=torch.randn(3, 2, H),
                          au_v_start=torch.randn(3, 12, 24), au_v_h=torch.randn(3, 12, 2, H))
         e, a, _ = dfn.heads(x)
-        x.au_v_h = x.au_v_h + 1.0
+        x.au_v_h = torch.randn_like(x.au_v_h)
         assert e.shape == (3, 8) and a.shape == (3, 12) and torch.equal(e, dfn.heads(x)[0]) is not follows
-    assert MF2Config().emotion_reads == "global"  # a saved config without the field loads as before
+    from mf2.runs import model_config
+
+    assert MF2Config().emotion_reads == "global+au"
+    saved = {k: v for k, v in tiny_model().cfg.to_dict().items() if k != "emotion_reads"}
+    assert model_config({"model": saved}).emotion_reads == "global"  # saved before the field: as trained
     assert tiny_model(emotion_reads="global+au", au_vl=False).emotion_head.in_features == 128  # ablation: no AUs
     with pytest.raises(ValueError, match="model.emotion_reads: expected global or global\\+au, got 'local'"):
         MF2Config(emotion_reads="local")
