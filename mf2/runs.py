@@ -175,30 +175,36 @@ class RunFolder:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
+    def _pointer(self, name: str) -> dict | None:
+        """A checkpoint pointer (``latest.json``, ``best.json``): {"epoch", "path"[, "score"]}."""
+        pointer = self.checkpoints / f"{name}.json"
+        return json.loads(pointer.read_text()) if pointer.is_file() else None
+
+    def _pointed(self, name: str) -> Path | None:
+        """The checkpoint folder a pointer names, if it is there."""
+        pointer = self._pointer(name)
+        path = self.checkpoints / pointer["path"] if pointer else None
+        return path if path is not None and path.is_dir() else None
+
+    def _point(self, name: str, checkpoint: Path, epoch: int, **extra) -> None:
+        atomic_write_text(self.checkpoints / f"{name}.json",
+                          json.dumps({"epoch": epoch, "path": checkpoint.name, **extra}) + "\n")
+
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.checkpoints / "latest.json"
-        if not pointer.is_file():
-            return None
-        path = self.checkpoints / json.loads(pointer.read_text())["path"]
-        return path if path.is_dir() else None
+        return self._pointed("latest")
 
     def set_latest(self, checkpoint: Path, epoch: int) -> None:
-        atomic_write_text(self.checkpoints / "latest.json", json.dumps({"epoch": epoch, "path": checkpoint.name}) + "\n")
+        self._point("latest", checkpoint, epoch)
 
     def best_checkpoint(self) -> Path | None:
-        pointer = self.checkpoints / "best.json"
-        if not pointer.is_file():
-            return None
-        path = self.checkpoints / json.loads(pointer.read_text())["path"]
-        return path if path.is_dir() else None
+        return self._pointed("best")
 
     def best_score(self) -> float | None:
-        pointer = self.checkpoints / "best.json"
-        return json.loads(pointer.read_text())["score"] if pointer.is_file() else None
+        pointer = self._pointer("best")
+        return pointer["score"] if pointer else None
 
     def set_best(self, checkpoint: Path, epoch: int, score: float) -> None:
-        atomic_write_text(self.checkpoints / "best.json",
-                          json.dumps({"epoch": epoch, "path": checkpoint.name, "score": score}) + "\n")
+        self._point("best", checkpoint, epoch, score=score)
 
     def checkpoint(self, which: str = "best") -> Path | None:
         """The checkpoint to use: 'best' (the best validated epoch; the latest for runs without
@@ -303,10 +309,11 @@ def _load_dfn(folder: RunFolder, config: dict, checkpoint: Path, device) -> DFNM
     this run's DFN."""
     mf2, _, base_ckpt = load_model(folder.base_run(config), device, config.get("base_checkpoint", "latest"))
     recorded = config.get("base_model")  # DFN runs from before this record cannot be checked
-    if recorded and file_digest(base_ckpt / "model.safetensors") != recorded:
+    digest = file_digest(base_ckpt / "model.safetensors") if recorded else None
+    if recorded and digest != recorded:
         raise RunError(f"{folder}: its base run {folder.base_run(config)} changed since this DFN run was trained "
-                       f"(checkpoint {base_ckpt.name} has digest {file_digest(base_ckpt / 'model.safetensors')}, the DFN "
-                       f"was trained on {recorded}); retrain the DFN or restore the base run")
+                       f"(checkpoint {base_ckpt.name} has digest {digest}, the DFN was trained on {recorded}); retrain "
+                       "the DFN or restore the base run")
     dfn = DFN(mf2.cfg, dfn_config(config, folder.path / "config.json"))
     dfn.load_state_dict(folder.model_state(checkpoint))
     return DFNModel(mf2, dfn.to(device)).eval()
@@ -317,7 +324,8 @@ def _load_exported(folder: RunFolder, config: dict, checkpoint: Path, device) ->
     if config.get("model_kind") not in ("mf2", "dfn"):
         raise RunError(f"{folder}: exported model of unknown kind {config.get('model_kind')!r} (expected mf2 or dfn)")
     mf2 = MF2(model_config(config, folder.path / "config.json"))
-    model = DFNModel(mf2, DFN(mf2.cfg, DFNConfig(**config["dfn"]))) if config["model_kind"] == "dfn" else mf2
+    model = DFNModel(mf2, DFN(mf2.cfg, dfn_config(config, folder.path / "config.json"))) \
+        if config["model_kind"] == "dfn" else mf2
     missing, unexpected = model.load_state_dict(folder.model_state(checkpoint), strict=False)
     if missing or unexpected:
         raise RunError(f"{checkpoint / 'model.safetensors'}: weights do not match the model of its config.json "

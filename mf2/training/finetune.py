@@ -28,10 +28,9 @@ from mf2.models.config import PAPER_DFN_PARAMS, DFNConfig
 from mf2.models.dfn import DFN, block_outputs
 from mf2.models.mf2 import MF2, trainable
 from mf2.models.outputs import BlockOutputs
-from mf2.runs import (IMAGE_FIELDS, TEXT_FIELDS, RunError, RunFolder, check_features, dfn_config, load_model,
-                      typed_section)
+from mf2.runs import IMAGE_FIELDS, TEXT_FIELDS, RunError, RunFolder, check_features, dfn_config, load_model
 from mf2.training.loop import (TrainConfig, au_pos_weight, batch_for, epochs_to_train, fit, make_optimizer,
-                               resume_latest, rng_state, seed_everything)
+                               record_epochs, resume_latest, rng_state, saved_train_config, seed_everything)
 from mf2.training.pretrain import pretrain
 
 
@@ -141,8 +140,7 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
         if resume:
             saved = run.config()
             from_run, dfn_cfg = run.base_run(saved).path, dfn_config(saved, run.path / "config.json")
-            cfg = typed_section(TrainConfig, {"au_weighting": "none", **saved["train"], "device": cfg.device}, "train",
-                                run.path / "config.json")  # runs from before AU weighting: plain BCE
+            cfg = saved_train_config(run, saved, cfg.device)
             base_which = saved.get("base_checkpoint", "latest")  # older DFN runs were trained on the base's latest
             cfg = epochs_to_train(run, cfg, extend_to, log)
         cfg = cfg.resolved()  # device settings now; the schedule once the run's length is known
@@ -152,9 +150,10 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
         mf2.requires_grad_(False)
         cache_signature = FeatureStore.open(cache).signature
         check_features(RunFolder(from_run).features(), cache_signature, f"{cache} for {from_run}", IMAGE_FIELDS + TEXT_FIELDS)
-        if resume and saved.get("base_model") and file_digest(base_ckpt / "model.safetensors") != saved["base_model"]:
+        base_model = file_digest(base_ckpt / "model.safetensors")
+        if resume and saved.get("base_model") and base_model != saved["base_model"]:
             raise RunError(f"--resume {out}: its base run {from_run} changed since the DFN run started; start a new DFN run")
-        signature = {"base": str(Path(from_run).resolve()), "base_model": file_digest(base_ckpt / "model.safetensors"),
+        signature = {"base": str(Path(from_run).resolve()), "base_model": base_model,
                      "cache": str(Path(cache).resolve()), "cache_signature": json.dumps(cache_signature, sort_keys=True),
                      "precision": cfg.precision}
         if rank == 0:
@@ -181,8 +180,8 @@ def finetune_dfn(from_run, cache, out, dfn_cfg: DFNConfig, cfg: TrainConfig, res
                              cache=str(cache), model=mf2.cfg.to_dict(), au_pos_weight=pos_weight)
             run.write_params({"dfn": trainable(dfn), "paper_dfn": PAPER_DFN_PARAMS,
                               "frozen_mf2": sum(p.numel() for p in mf2.parameters())})
-        elif rank == 0 and saved["train"].get("epochs") != cfg.epochs:  # extended: the config says so
-            run.write_config("dfn", **{**{k: v for k, v in saved.items() if k != "kind"}, "train": {**cfg.__dict__}})
+        elif rank == 0:
+            record_epochs(run, saved, cfg)
         weight = torch.tensor(pos_weight, device=device)
         return fit(run, dfn, optimizer, cfg, start_epoch=start_epoch, step=step, total_steps=total,
                    batches=lambda epoch: (x.to(device) for x in

@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from mf2.devices import PRECISIONS, autocast, resolve_precision
 from mf2.evaluation.metrics import selection_score
 from mf2.models.config import check, positive
 from mf2.models.qformer import CHECKPOINTING
-from mf2.runs import RunError, RunFolder
+from mf2.runs import RunError, RunFolder, typed_section
 from mf2.training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -115,6 +115,19 @@ class TrainConfig:
             line += (f"\nwarning: the warm-up ({self.warmup_steps} steps) is not shorter than the run ({total_steps} "
                      "steps): the learning rate never reaches its value (--warmup-steps auto scales it to the run)")
         return line
+
+
+def saved_train_config(run: RunFolder, saved: dict, device: str) -> TrainConfig:
+    """A run's recorded training settings, for ``--resume`` on ``device`` (runs from before AU
+    weighting trained with plain BCE, and continue so)."""
+    return typed_section(TrainConfig, {"au_weighting": "none", **saved["train"], "device": device}, "train",
+                         run.path / "config.json")
+
+
+def record_epochs(run: RunFolder, saved: dict, cfg: TrainConfig) -> None:
+    """A resumed run whose length ``epochs_to_train`` extended: its config says the new length."""
+    if saved["train"].get("epochs") != cfg.epochs:
+        run.write_config(saved["kind"], **{**{k: v for k, v in saved.items() if k != "kind"}, "train": asdict(cfg)})
 
 
 def batch_for(cfg: TrainConfig, rows: int, world: int, log=print) -> TrainConfig:

@@ -19,10 +19,9 @@ from mf2.evaluation.predict import validation_metrics
 from mf2.features.reader import CacheReader, prefetch
 from mf2.models.config import PAPER_PARAMS, MF2Config
 from mf2.models.mf2 import MF2, count_parameters
-from mf2.runs import (IMAGE_FIELDS, TEXT_FIELDS, RunError, RunFolder, check_features, load_model, model_config,
-                      typed_section)
+from mf2.runs import IMAGE_FIELDS, TEXT_FIELDS, RunFolder, check_features, load_model, model_config
 from mf2.training.loop import (TrainConfig, au_pos_weight, batch_for, epochs_to_train, fit, make_optimizer,
-                               resume_latest, rng_state, seed_everything)
+                               record_epochs, resume_latest, rng_state, saved_train_config, seed_everything)
 
 
 def build_model(model_cfg: MF2Config, reader: CacheReader) -> MF2:
@@ -44,16 +43,13 @@ def pretrain(cache, out, model_cfg: MF2Config | None, cfg: TrainConfig, resume: 
     losses only -- together they are full fine-tuning (``mf2 finetune --full``). ``extend_to``
     (with ``resume``) trains a run further, to that many epochs."""
     run = RunFolder(out)
-    if cfg.tasks not in ("au", "emotion", "both"):
-        raise RunError(f"tasks: expected au, emotion or both, got {cfg.tasks!r}")
     rank, world = distributed.init_from_env(cfg.device)
     with run.writing({"--cache": cache, "--from": init_from}, rank == 0):
         run.prepare(resume, overwrite, main_process=rank == 0)
         if resume:
             saved = run.config()
             model_cfg = model_config(saved, run.path / "config.json")
-            cfg = typed_section(TrainConfig, {"au_weighting": "none", **saved["train"], "device": cfg.device}, "train",
-                                run.path / "config.json")  # runs from before AU weighting: plain BCE
+            cfg = saved_train_config(run, saved, cfg.device)
             align = saved.get("align", True)
             cfg = epochs_to_train(run, cfg, extend_to, log)
         if init_from is not None and not resume:
@@ -91,8 +87,8 @@ def pretrain(cache, out, model_cfg: MF2Config | None, cfg: TrainConfig, resume: 
                              features=train.store.signature, world_size=world, align=align,
                              init_from=str(init_from) if init_from else None, au_pos_weight=pos_weight)
             run.write_params({"ours": count_parameters(model), "paper": PAPER_PARAMS})
-        elif rank == 0 and saved["train"].get("epochs") != cfg.epochs:  # extended: the config says so
-            run.write_config("mf2", **{**{k: v for k, v in saved.items() if k != "kind"}, "train": asdict(cfg)})
+        elif rank == 0:
+            record_epochs(run, saved, cfg)
         net = distributed.wrap(model)
         weight = torch.tensor(pos_weight, device=device)
         return fit(run, model, optimizer, cfg, start_epoch=start_epoch, step=step, total_steps=total_steps,
