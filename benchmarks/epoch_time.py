@@ -49,19 +49,25 @@ from mf2.training.loop import TrainConfig, make_optimizer, train_step  # noqa: E
 
 TRAIN_IMAGES, VAL_IMAGES = 31320, 3376
 SHAPES = {"small": dict(T=50, C=1280, D=384, S=18), "paper": dict(T=197, C=768, D=768, S=18)}
+# --toy: each preset's code path (its branches, AU alignment count, activation-checkpointing
+# rule) at toy widths, so that the tests run the whole script in seconds; its figures mean nothing.
+TOY_SHAPES = dict(T=5, C=16, D=16, S=18)
+TOY_MODEL = dict(hidden=32, layers=1, heads=2, ffn=64, queries=2, au_queries=2)
+TOY = False
 EMO_LEN, AU_LEN = 30, 24  # typical caption / AU-sentence lengths (tokens)
 PRETRAIN = "MF2 pretraining"
 
 
 def model(preset, **kw):
-    s = SHAPES[preset]
+    s = TOY_SHAPES if TOY else SHAPES[preset]
+    kw = {**(TOY_MODEL if TOY else {}), **kw}
     cfg = MF2Config.from_preset(preset, vision_dim=s["C"], text_dim=s["D"], vocab=[0, -1, -2] + list(range(3, 2000)), **kw)
     return MF2(cfg)
 
 
 def batch(preset, B, device):
     """A batch as the trainers receive it: features float32 on the device."""
-    s = SHAPES[preset]
+    s = TOY_SHAPES if TOY else SHAPES[preset]
     g = torch.Generator().manual_seed(0)
     r = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
     ids = lambda *shape: torch.randint(3, 2000, shape, generator=g).to(device)  # noqa: E731
@@ -89,8 +95,7 @@ def sdpa_backends():
 
 def step_of(net, b, device, precision, align, tasks="both"):
     """One training step of ``net`` on batch ``b`` with its own optimizer, as a callable."""
-    cfg = TrainConfig(device=str(device), precision=precision)
-    opt = make_optimizer(net, cfg)
+    opt = make_optimizer(net, settings(device, precision))
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step():
@@ -98,6 +103,12 @@ def step_of(net, b, device, precision, align, tasks="both"):
             return train_step(b, lambda x: net(x, tasks, gen, align), opt, 1e-4, precision, device)
 
     return step
+
+
+def settings(device, precision: str = "fp32") -> TrainConfig:
+    """The trainers' settings for a timed step (its learning rate is the schedule's peak, 1e-4;
+    ``train_step`` is given it at every step, as ``fit`` does)."""
+    return TrainConfig(device=str(device), precision=precision, lr=1e-4).resolved(total_steps=1)
 
 
 def flops_of(fn) -> float:
@@ -184,7 +195,12 @@ def main():
     p.add_argument("--epochs", type=int, default=1, help="Report time for this many epochs (extrapolated).")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--toy", action="store_true",
+                   help="Toy widths and batches (each preset's code path in seconds; for the tests: the figures mean "
+                        "nothing). Writes epoch_time-<preset>-<device>-toy.*")
     a = p.parse_args()
+    global TOY
+    TOY = a.toy
     if a.deterministic:
         from mf2.training.loop import seed_everything
 
@@ -196,6 +212,8 @@ def main():
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     precisions = (a.precision or ("fp32,bf16" if cuda else "fp32")).split(",")
+    if a.toy:
+        a.batch, a.dfn_batch = a.batch or 4, 4
     B = a.batch or (4 if a.preset == "paper" and not cuda else 56)
     wanted = set(a.rows.split(","))
     per_epoch = lambda ms, n, bs: ms / bs * n * a.epochs / 60000  # noqa: E731 -- minutes
@@ -219,7 +237,7 @@ def main():
                 cached = block_outputs(mf2, db)
             cached = type(cached)(**{k: v.float() if v.is_floating_point() else v for k, v in cached.arrays().items()})
             dfn = DFN(mf2.cfg, DFNConfig()).to(device)
-            opt = make_optimizer(dfn, TrainConfig(device=str(device)))
+            opt = make_optimizer(dfn, settings(device, precision))
             rows.append(measure_row(
                 "MF2 (Fine-Tuning, DFN)",
                 lambda: (lambda: train_step(cached, lambda x: dfn(x, "both"), opt, 1e-4, precision, device)),
@@ -270,7 +288,8 @@ def cached_vs_uncached(a, device) -> list:
     B = a.dfn_batch
     b = batch("small", B, device)
     vision, text = load_vision(device=a.device), load_text(device=a.device)
-    images = torch.rand(B, 3, 224, 224, device=device)
+    size = 64 if TOY else 224
+    images = torch.rand(B, 3, size, size, device=device)
     captions = ["the person appears to feel happy, judging by raised cheeks and lip corners pulled up"] * B
     sentences = [f"AU{k} (muscle) is at rest: the muscle number {k} shows no movement in this face." for k in range(12)] * B
     centres = torch.rand(B, 24, 2, device=device) * 0.6 + 0.2
@@ -287,7 +306,7 @@ def cached_vs_uncached(a, device) -> list:
     pretrain_step, full_step = step_of(net, b, device, "fp32", True), step_of(net, b, device, "fp32", False)
     mf2 = model("small").to(device).eval().requires_grad_(False)
     dfn = DFN(mf2.cfg, DFNConfig()).to(device)
-    opt = make_optimizer(dfn, TrainConfig())
+    opt = make_optimizer(dfn, settings(device))
     dfn_step = lambda x: train_step(x, lambda y: dfn(y, "both"), opt, 1e-4, "fp32", device)  # noqa: E731
     cached = block_outputs(mf2, b)
     # (name, cached step, uncached step): pretraining reads images and texts; full fine-tuning
@@ -333,8 +352,9 @@ def write(a, device, rows, extra, precisions, B):
                f"{extra['cached_vs_uncached'][0]['batch']}, ms per step):", "",
                table(extra["cached_vs_uncached"], ["step", "cached_ms", "uncached_ms", "uncached_over_cached"])]
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"epoch_time-{a.preset}-{device.type}.json").write_text(json.dumps(result, indent=2))
-    (a.out / f"epoch_time-{a.preset}-{device.type}.md").write_text("\n".join(md) + "\n")
+    name = f"epoch_time-{a.preset}-{device.type}" + ("-toy" if a.toy else "")
+    (a.out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (a.out / f"{name}.md").write_text("\n".join(md) + "\n")
     print(json.dumps(result, indent=2))
     print("\n".join(md))
 

@@ -199,7 +199,7 @@ def test_a_corrupted_chunk_is_an_error_naming_array_and_rows(world):
     first_val = int(np.flatnonzero(group["meta/split"][:] == "val")[0])  # a chunk evaluate reads
     (world / f"f.zarr/vision/tokens/c/{first_val // rows}/0/0").write_bytes(b"\x02\x01" + os.urandom(200))
     result = cli("evaluate", "--checkpoint", world / "run", "--cache", world / "f.zarr", "--bootstrap", "0")
-    one_line_error(result, "array vision/tokens, rows", "cannot be decoded", "damaged")
+    one_line_error(result, "array vision/tokens, rows", "damaged")
     assert not (world / "run/eval_val").exists()
 
 

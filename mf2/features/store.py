@@ -10,7 +10,8 @@ Arrays are chunked along the sample axis only (about 2 MB a chunk) with a fast c
 are written in blocks; after each block the ``count`` attribute (the index a reader trusts)
 moves forward, so a killed run resumes at the last complete block. The ``signature``
 attribute is written at creation and ``complete`` when the last block is in: a store whose
-signature differs from the run's is refused, naming the field. Every chunk is written, empty ones
+signature differs from the run's is refused, naming the field. Every chunk carries a CRC32C that is
+checked when it is read (a changed byte is an error naming the array and rows). Every chunk is written, empty ones
 included (``all_chunks``), so that a reader can tell a chunk lost on disk from one of zeros: a
 complete store with a missing chunk is an error naming the array and its rows, never zeros.
 """
@@ -22,10 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 CHUNK_BYTES = 2 << 20
-_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
+# lz4 (fast; float16 features barely compress), then a CRC32C of every stored chunk: a chunk
+# whose bytes changed on disk (a flipped bit, a bad copy) is an error when read, never other
+# numbers (``read_rows`` names the array and its rows). Stores written before it read as before.
+CODECS = (BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"), Crc32cCodec())
 
 
 class StoreError(ValueError):
@@ -80,8 +84,10 @@ def read_rows(group: zarr.Group, name: str, start: int, stop: int,
         return group[name][start:stop]
     except Exception as exc:  # numcodecs / zarr decoding errors have no common base class
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise StoreError(f"{store_path(group)}: array {name}, rows {start}-{stop - 1}, cannot be decoded "
-                         f"({type(exc).__name__}: {first}); the store is damaged: {remedy}") from None
+        why = "fails its checksum (its bytes changed on disk)" if "checksum" in first.lower() else \
+            f"cannot be decoded ({type(exc).__name__}: {first})"
+        raise StoreError(f"{store_path(group)}: array {name}, rows {start}-{stop - 1}, {why}; the store is damaged: "
+                         f"{remedy}") from None
 
 
 class FeatureStore:
@@ -162,13 +168,13 @@ class FeatureStore:
         for name, values in meta.items():
             values = np.asarray(values)
             arr = group.create_array(name, shape=values.shape, dtype=str if values.dtype.kind in "UO" else values.dtype,
-                                     chunks=(max(1, min(n, 65536)),) + values.shape[1:],
+                                     chunks=(max(1, min(n, 65536)),) + values.shape[1:], compressors=CODECS,
                                      config={"write_empty_chunks": True})
             arr[:] = values
         for name, (shape, dtype) in layout.items():
             per_sample = int(np.prod(shape)) * np.dtype(dtype).itemsize
             rows = max(1, min(n, CHUNK_BYTES // max(per_sample, 1)))
-            group.create_array(name, shape=(n, *shape), dtype=dtype, chunks=(rows, *shape), compressors=_CODEC,
+            group.create_array(name, shape=(n, *shape), dtype=dtype, chunks=(rows, *shape), compressors=CODECS,
                                fill_value=0, config={"write_empty_chunks": True})
         group.attrs.update({"signature": signature, "count": 0, "complete": False, "all_chunks": True})
         return cls(group)

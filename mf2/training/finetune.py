@@ -22,7 +22,7 @@ from mf2 import distributed
 from mf2.devices import autocast
 from mf2.evaluation.metrics import validation_row
 from mf2.features.reader import CacheReader, prefetch
-from mf2.features.store import FeatureStore, lost_chunk, read_rows
+from mf2.features.store import CODECS, FeatureStore, lost_chunk, read_rows
 from mf2.io import file_digest
 from mf2.models.config import PAPER_DFN_PARAMS, DFNConfig
 from mf2.models.dfn import DFN, block_outputs
@@ -71,7 +71,7 @@ def build_dfn_cache(mf2: MF2, cache, path: Path, signature: dict, device, batch_
                     per = max(1, int(np.prod(shape[1:])) * v.element_size())
                     sub.create_array(k, shape=shape, dtype=v.cpu().numpy().dtype,
                                      chunks=(max(1, min(len(reader), (2 << 20) // per)),) + shape[1:],
-                                     config={"write_empty_chunks": True})
+                                     compressors=CODECS, config={"write_empty_chunks": True})
             n = len(batch["emotion"])
             for k, v in arrays.items():
                 sub[k][start:start + n] = v.cpu().numpy()

@@ -200,7 +200,11 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on weight matrices only (not on biases, norms, temperatures). The
-    fused (one-kernel) update on CUDA."""
+    fused (one-kernel) update on CUDA. ``cfg`` must be resolved (``TrainConfig.resolved``): an
+    'auto' learning rate is decided by the preset and the run's length, not here."""
+    if cfg.lr is None:
+        raise ValueError("make_optimizer: the learning rate is still 'auto'; resolve the settings first "
+                         "(TrainConfig.resolved(preset, total_steps))")
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
     fused = torch.device(cfg.device).type == "cuda"

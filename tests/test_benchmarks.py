@@ -1,0 +1,46 @@
+"""Every script in benchmarks/ runs, in a tiny mode, as a user would type it (issue 21: the README's
+``python benchmarks/epoch_time.py`` crashed at the landed head and no test ran it). The figures
+of a tiny run mean nothing; what is checked is that the script runs to the end and writes its
+results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args, cwd, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("preset", ["small", "paper"])
+def test_epoch_time_runs_for_both_presets(preset, tmp_path):
+    run_script("epoch_time.py", "--preset", preset, "--toy", "--steps", "1", "--out", tmp_path, cwd=tmp_path)
+    result = json.loads((tmp_path / f"epoch_time-{preset}-cpu-toy.json").read_text())
+    rows = {r["model"]: r for r in result["rows"]}
+    assert set(rows) == {"MF2 pretraining", "MF2 (Fine-Tuning, DFN)", "w/o DFN", "w/o Emo-VL", "w/o AU-VL"}
+    for row in rows.values():
+        assert row["tt_min_epoch"] > 0 and row["it_min_epoch"] > 0 and row["tp"] > 0
+    assert (tmp_path / f"epoch_time-{preset}-cpu-toy.md").read_text().startswith("# Table IV")
+    if preset == "small":  # the cached-vs-uncached rows run the real frozen backbones
+        assert len(result["cached_vs_uncached"]) == 3
+
+
+def test_an_unresolved_learning_rate_is_refused_by_the_optimizer():
+    import torch
+
+    from mf2.training.loop import TrainConfig, make_optimizer
+
+    with pytest.raises(ValueError, match="still 'auto'"):
+        make_optimizer(torch.nn.Linear(2, 2), TrainConfig())
+    make_optimizer(torch.nn.Linear(2, 2), TrainConfig().resolved("small", 10))
