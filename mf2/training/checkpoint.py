@@ -1,10 +1,11 @@
 """Checkpoints as safetensors + JSON (nothing is unpickled on load), written atomically.
 
 A checkpoint is a folder ``checkpoints/epoch_NNNN`` holding ``model.safetensors``,
-``optim.safetensors`` (optimizer moments and RNG states) and ``state.json``; it is written
-under a temporary name and renamed into place, then the run folder's ``latest.json`` pointer is
-replaced (``mf2.runs``). A killed run leaves either the old or the new checkpoint, never half
-of one.
+``optim.safetensors`` (optimizer moments and RNG states), ``state.json`` and ``SHA256SUMS`` (the
+digests of the three, checked when they are read back: a changed or truncated file is one line,
+never other weights); it is written under a temporary name and renamed into place, then the run
+folder's ``latest.json`` pointer is replaced (``mf2.runs``). A killed run leaves either the old
+or the new checkpoint, never half of one.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from mf2.io import atomic_folder, save_tensors
-from mf2.runs import RunFolder
+from mf2.io import atomic_folder, load_tensors, save_tensors, write_checksums
+from mf2.runs import REMEDY, RunFolder, fit_weights
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer, names: dict) -> tuple[dict, dict]:
@@ -46,6 +46,7 @@ def save_checkpoint(run: RunFolder, epoch: int, model: torch.nn.Module, optimize
         groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "optimizer_scalars": scalars,
                                                     "param_groups": groups}, indent=2))
+        write_checksums(tmp, ["model.safetensors", "optim.safetensors", "state.json"])
     run.set_latest(final, epoch)
     if best_score is not None:
         run.set_best(final, epoch, best_score)
@@ -57,11 +58,12 @@ def save_checkpoint(run: RunFolder, epoch: int, model: torch.nn.Module, optimize
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
-    """Restore model (and optimizer); returns (state.json, rng tensors)."""
+    """Restore model (and optimizer); returns (state.json, rng tensors). Every file is verified
+    against the checkpoint's SHA256SUMS, and the weights against the model, before use."""
     path = Path(path)
-    model.load_state_dict(RunFolder.model_state(path))
-    state = json.loads((path / "state.json").read_text())
-    tensors = load_file(str(path / "optim.safetensors"))
+    model.load_state_dict(fit_weights(model, path / "model.safetensors"))
+    state = RunFolder.checkpoint_state(path)
+    tensors = load_tensors(path / "optim.safetensors", remedy=REMEDY)
     rng = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith("rng::")}
     if optimizer is not None:
         params = dict(model.named_parameters())

@@ -10,11 +10,9 @@ reads a trained run back (``evaluate``, ``predict``, ``finetune --from``, ``--re
     <run>/eval_<split>/      what ``mf2 evaluate`` writes
     <run>/dfn_cache.zarr     a DFN run's cached frozen block outputs
 
-``load_model`` turns a run folder into its model with one table from kind to loader: an MF²
-run (pretrained, or fine-tuned in full) loads an ``MF2``; a DFN run loads its base MF² run
-(frozen) and its DFN as a ``DFNModel``; a folder written by ``mf2 export`` (kind ``exported``)
-loads either from its one ``model.safetensors``, with no run beside it. Runs written before
-``kind`` was recorded are MF² runs.
+A checkpoint folder carries ``SHA256SUMS`` (``mf2.io``): its files are checked when read back.
+Configs are read through ``migrate.migrate_config`` (runs written by earlier versions) and
+checked field by field; loading a model is ``mf2.runs.load``.
 """
 
 from __future__ import annotations
@@ -23,16 +21,13 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
-from mf2.io import atomic_write_text, exclusive, file_digest, refuse_overlap
+from mf2.io import IntegrityError, atomic_write_text, exclusive, load_tensors, read_json, refuse_overlap, verify
 from mf2.models.config import DFNConfig, MF2Config
-from mf2.models.dfn import DFN, DFNModel
-from mf2.models.mf2 import MF2
+from mf2.runs.migrate import SCHEMA_VERSION, SchemaError, migrate_config
 
 KINDS = ("mf2", "dfn", "exported")
 
@@ -41,7 +36,32 @@ class RunError(ValueError):
     """A run folder that cannot be used as asked, as one line."""
 
 
-REQUIRED = {"mf2": ("model", "train"), "dfn": ("base_run", "dfn", "model", "train"), "exported": ("model", "model_kind")}
+# what to do about a checkpoint file that is damaged (IntegrityError lines end with it)
+REMEDY = "restore it from a copy, or use an earlier checkpoint (mf2 pretrain/finetune --resume starts from latest.json)"
+
+REQUIRED = {"mf2": ("model", "train"), "dfn": ("base_run", "dfn", "model", "train"),
+            "exported": ("model", "model_kind", "features")}
+# The feature signature's fields that prediction reads (section -> field -> type): an edited or
+# truncated signature is a one-line error when the config is read, not a KeyError later.
+SIGNATURE_FIELDS = {"vision": {"name": str, "weights": str, "image_size": int}, "text": {"name": str},
+                    "pooling": {"R": int, "window_rulers": (int, float), "padding": str}}
+
+
+def check_signature(signature, path, section: str = "features") -> dict:
+    """A feature signature (a cache's, as saved in a run or exported config) with the fields
+    prediction reads, each of its type; a one-line RunError naming the first that is not."""
+    if not isinstance(signature, dict):
+        raise RunError(f"{path}: {section}: expected a JSON object, got {type(signature).__name__}")
+    for part, fields in SIGNATURE_FIELDS.items():
+        values = signature.get(part)
+        if not isinstance(values, dict):
+            raise RunError(f"{path}: {section}.{part}: missing (a feature signature has {', '.join(SIGNATURE_FIELDS)})")
+        for name, kind in fields.items():
+            value = values.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise RunError(f"{path}: {section}.{part}.{name}: expected "
+                               f"{getattr(kind, '__name__', 'a number')}, got {value!r}")
+    return signature
 
 
 def typed_section(cls, values, section: str, path):
@@ -58,10 +78,8 @@ def typed_section(cls, values, section: str, path):
 
 
 def model_config(config: dict, path="config.json") -> MF2Config:
-    values = config["model"]
-    if isinstance(values, dict) and "emotion_reads" not in values:  # saved before the field: Emo-VL alone
-        values = {**values, "emotion_reads": "global"}
-    return typed_section(MF2Config, values, "model", path)
+    """The ``model`` section of a (migrated) config as an ``MF2Config``."""
+    return typed_section(MF2Config, migrate_config(config, path)["model"], "model", path)
 
 
 def dfn_config(config: dict, path="config.json") -> DFNConfig:
@@ -91,13 +109,17 @@ class RunFolder:
         path = self.path / "config.json"
         if not path.is_file():
             raise RunError(f"{self.path}: not a run folder (no config.json)")
+        verify(path, remedy="restore it from a copy (or export the run again)")  # an exported folder lists it
         try:
             config = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RunError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(config, dict):
             raise RunError(f"{path}: expected a JSON object, got {type(config).__name__}")
-        config.setdefault("kind", "mf2")
+        try:
+            config = migrate_config(config, path)
+        except SchemaError as exc:
+            raise RunError(str(exc)) from None
         if config["kind"] not in KINDS:
             raise RunError(f"{path}: unknown run kind {config['kind']!r} (expected {' or '.join(KINDS)})")
         for section in REQUIRED[config["kind"]]:
@@ -107,12 +129,14 @@ class RunFolder:
         model_config(config, path)
         if config["kind"] == "dfn" or config.get("model_kind") == "dfn":
             dfn_config(config, path)
+        if "features" in config:
+            check_signature(config["features"], path)
         return config
 
     def write_config(self, kind: str, **sections) -> dict:
         if kind not in KINDS:
             raise ValueError(f"kind: expected {' or '.join(KINDS)}, got {kind!r}")
-        config = {"kind": kind, **sections}
+        config = {"kind": kind, "schema": SCHEMA_VERSION, **{k: v for k, v in sections.items() if k != "schema"}}
         atomic_write_text(self.path / "config.json", json.dumps(config, indent=2))
         return config
 
@@ -124,9 +148,25 @@ class RunFolder:
         return exclusive(self.path, "this run") if main_process else contextlib.nullcontext()
 
     def prepare(self, resume: bool, overwrite: bool, main_process: bool = True) -> None:
+        """The guard every trainer passes before it writes (``starting``, with no way back)."""
+        with self.starting(resume, overwrite, main_process):
+            self.started()
+
+    @contextlib.contextmanager
+    def starting(self, resume: bool, overwrite: bool, main_process: bool = True):
         """The guard every trainer passes before it writes: an earlier run is continued only
         with ``resume`` and replaced only with ``overwrite``; ``resume`` needs a run; a folder that
-        holds anything but an mf2 run is never written into, nor deleted."""
+        holds anything but an mf2 run is never written into, nor deleted. Until ``started()`` (the
+        new run's config is written), a failure undoes the start: a folder this start made goes,
+        and a run that ``overwrite`` set aside (as a hidden sibling) is put back -- a start that
+        fails its checks leaves nothing behind and replaces nothing."""
+        interrupted = self.path.with_name(f".{self.path.name}.replaced")
+        if main_process and interrupted.is_dir() and not self.exists():  # a start killed after setting a run aside
+            if self.path.is_dir():
+                shutil.rmtree(self.path)
+            os.replace(interrupted, self.path)  # the earlier run comes back before anything else happens
+        made, aside = not self.path.exists(), None
+        self._aside = None
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"{self.path}: a file, not a run folder; choose another --out")
         if self.path.is_dir() and not self.exists() and any(
@@ -139,24 +179,57 @@ class RunFolder:
                                "to replace it")
             self.config()  # only a readable mf2 run is ever deleted
             if main_process:
-                shutil.rmtree(self.path)
+                aside = self.path.with_name(f".{self.path.name}.replaced")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(self.path, aside)
+                made = True
         if resume and not self.exists():
             raise RunError(f"{self.path}: nothing to resume (no config.json)")
         if main_process:
             self.path.mkdir(parents=True, exist_ok=True)
+        self._aside, self._open = aside, True
+        try:
+            yield self
+        except BaseException:
+            if main_process and self._open:
+                if made:
+                    shutil.rmtree(self.path, ignore_errors=True)
+                if aside is not None:
+                    os.replace(aside, self.path)
+            raise
+        finally:
+            self._open = False
+
+    def started(self) -> None:
+        """The new run is written (its config): there is no way back, and a run it replaced goes."""
+        if getattr(self, "_open", False):
+            self._open = False
+            if self._aside is not None:
+                shutil.rmtree(self._aside, ignore_errors=True)
 
     # -- params and logs -------------------------------------------------------------------
     def write_params(self, params: dict) -> None:
         atomic_write_text(self.path / "params.json", json.dumps(params, indent=2))
 
     def params(self) -> dict:
-        return json.loads((self.path / "params.json").read_text())
+        return read_json(self.path / "params.json", "the run's parameter counts", "train the run again")
 
     def append_log(self, row: dict) -> None:
         """One epoch's row to log.jsonl, and log.csv rewritten from all rows."""
         with open(self.path / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        self._write_csv(self.log_rows())
+
+    def keep_log_until(self, epochs: int) -> None:
+        """The log of a run resumed after ``epochs`` epochs: rows of later epochs (logged before a
+        kill stopped their checkpoint from being written) go, so a resumed run logs each once."""
         rows = self.log_rows()
+        kept = [r for r in rows if r.get("epoch", 0) <= epochs]
+        if len(kept) != len(rows):
+            atomic_write_text(self.path / "log.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+            self._write_csv(kept)
+
+    def _write_csv(self, rows: list[dict]) -> None:
         columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "epoch", k))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -168,7 +241,14 @@ class RunFolder:
         path = self.path / "log.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise RunError(f"{path}:line {number}: not valid JSON ({exc.msg}); the log is damaged") from None
+        return rows
 
     # -- checkpoints -----------------------------------------------------------------------
     @property
@@ -178,7 +258,13 @@ class RunFolder:
     def _pointer(self, name: str) -> dict | None:
         """A checkpoint pointer (``latest.json``, ``best.json``): {"epoch", "path"[, "score"]}."""
         pointer = self.checkpoints / f"{name}.json"
-        return json.loads(pointer.read_text()) if pointer.is_file() else None
+        if not pointer.is_file():
+            return None
+        value = read_json(pointer, f"the run's {name} checkpoint pointer", "restore it, or write it by hand as "
+                          '{"epoch": N, "path": "epoch_NNNN"}')
+        if not (isinstance(value, dict) and isinstance(value.get("path"), str) and isinstance(value.get("epoch"), int)):
+            raise IntegrityError(f"{pointer}: expected {{\"epoch\": N, \"path\": \"epoch_NNNN\"}}, got {value!r}")
+        return value
 
     def _pointed(self, name: str) -> Path | None:
         """The checkpoint folder a pointer names, if it is there."""
@@ -215,14 +301,21 @@ class RunFolder:
 
     @staticmethod
     def checkpoint_state(checkpoint: Path) -> dict:
-        """A checkpoint's state.json: epoch, step, and what validation chose for it (AU thresholds);
-        empty where there is none (an exported folder from before thresholds were exported)."""
+        """A checkpoint's state.json (verified): epoch, step, and what validation chose for it (AU
+        thresholds); empty where there is none (an exported folder from before thresholds were
+        exported)."""
         path = Path(checkpoint) / "state.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        state = read_json(path, "the checkpoint's state", REMEDY)
+        if not isinstance(state, dict):
+            raise IntegrityError(f"{path}: expected a JSON object, got {type(state).__name__}; {REMEDY}")
+        return state
 
     @staticmethod
     def model_state(checkpoint: Path) -> dict:
-        return load_file(str(Path(checkpoint) / "model.safetensors"))
+        """A checkpoint's model tensors, verified against its SHA256SUMS."""
+        return load_tensors(Path(checkpoint) / "model.safetensors", remedy=REMEDY)
 
     # -- what a run was trained on ---------------------------------------------------------
     def base_run(self, config: dict | None = None) -> "RunFolder":
@@ -260,89 +353,6 @@ class RunFolder:
 
     def eval_metrics(self, split: str = "val") -> dict:
         """What ``mf2 evaluate`` wrote for ``split`` (its metrics.json)."""
-        return json.loads((self.eval_folder(split) / "metrics.json").read_text())
+        return read_json(self.eval_folder(split) / "metrics.json", "mf2 evaluate's results", "run mf2 evaluate again")
 
 
-# What a run's image features must share with a cache it is scored or resumed on: the backbone
-# and its weights, the face crop, the landmark source, the AU set, the backbones' precision and
-# the AU pooling (the manifest, the package version and the text encoder may differ).
-IMAGE_FIELDS = ("vision", "face", "landmarks", "au_set", "precision", "pooling")
-TEXT_FIELDS = ("text",)
-DERIVED = ("tokens_per_au", "map_size", "channels", "caps", "types")  # follow from the rest
-
-
-def _normalised(signature: dict) -> dict:
-    """A signature with the defaults of stores written before a field existed filled in."""
-    sig = json.loads(json.dumps(signature))  # a deep copy
-    sig.setdefault("pooling", {}).setdefault("au_map", "last")
-    for part in (sig.get("pooling", {}), sig.get("text", {})):
-        for key in DERIVED:
-            part.pop(key, None)
-    return sig
-
-
-def check_features(trained: dict, cache: dict, what: str, fields=IMAGE_FIELDS) -> None:
-    """The features a run was trained on and a cache's agree field by field; the first field
-    that differs is a one-line RunError naming both values."""
-    from mf2.features.store import _first_difference
-
-    a, b = _normalised(trained), _normalised(cache)
-    for field in fields:
-        diff = _first_difference(a.get(field), b.get(field), field)
-        if diff:
-            where, old, new = diff
-            raise RunError(f"{what}: the cache's features differ from the run's in {where} (cache {new!r}, run "
-                           f"{old!r}); extract the cache with the run's settings")
-
-
-def _load_mf2(folder: RunFolder, config: dict, checkpoint: Path, device) -> MF2:
-    model = MF2(model_config(config, folder.path / "config.json"))
-    missing, unexpected = model.load_state_dict(folder.model_state(checkpoint), strict=False)
-    if unexpected or [k for k in missing if not k.startswith("dfn.")]:
-        raise RunError(f"{checkpoint}: checkpoint does not match the model ({len(missing)} missing, "
-                       f"{len(unexpected)} unexpected)")
-    return model.to(device).eval()
-
-
-def _load_dfn(folder: RunFolder, config: dict, checkpoint: Path, device) -> DFNModel:
-    """A frozen MF² (the checkpoint of its own run the DFN was trained on, unchanged since) with
-    this run's DFN."""
-    mf2, _, base_ckpt = load_model(folder.base_run(config), device, config.get("base_checkpoint", "latest"))
-    recorded = config.get("base_model")  # DFN runs from before this record cannot be checked
-    digest = file_digest(base_ckpt / "model.safetensors") if recorded else None
-    if recorded and digest != recorded:
-        raise RunError(f"{folder}: its base run {folder.base_run(config)} changed since this DFN run was trained "
-                       f"(checkpoint {base_ckpt.name} has digest {digest}, the DFN was trained on {recorded}); retrain "
-                       "the DFN or restore the base run")
-    dfn = DFN(mf2.cfg, dfn_config(config, folder.path / "config.json"))
-    dfn.load_state_dict(folder.model_state(checkpoint))
-    return DFNModel(mf2, dfn.to(device)).eval()
-
-
-def _load_exported(folder: RunFolder, config: dict, checkpoint: Path, device) -> MF2 | DFNModel:
-    """A folder of ``mf2 export``: an MF², or a DFN with its frozen MF² (keys ``mf2.*``, ``dfn.*``)."""
-    if config.get("model_kind") not in ("mf2", "dfn"):
-        raise RunError(f"{folder}: exported model of unknown kind {config.get('model_kind')!r} (expected mf2 or dfn)")
-    mf2 = MF2(model_config(config, folder.path / "config.json"))
-    model = DFNModel(mf2, DFN(mf2.cfg, dfn_config(config, folder.path / "config.json"))) \
-        if config["model_kind"] == "dfn" else mf2
-    missing, unexpected = model.load_state_dict(folder.model_state(checkpoint), strict=False)
-    if missing or unexpected:
-        raise RunError(f"{checkpoint / 'model.safetensors'}: weights do not match the model of its config.json "
-                       f"({len(missing)} missing, {len(unexpected)} unexpected)")
-    return model.to(device).eval()
-
-
-_LOADERS = {"mf2": _load_mf2, "dfn": _load_dfn, "exported": _load_exported}
-
-
-def load_model(run, device: str | torch.device = "cpu", which: str = "best") -> tuple[torch.nn.Module, dict, Path]:
-    """(model in eval mode on ``device``, saved config, checkpoint folder) of a run folder's best
-    checkpoint (``which='latest'``: its last; of an exported folder: the folder itself)."""
-    folder = run if isinstance(run, RunFolder) else RunFolder(run)
-    config = folder.config()
-    # an exported folder is its own checkpoint (model.safetensors at its top)
-    checkpoint = folder.path if config["kind"] == "exported" else folder.checkpoint(which)
-    if checkpoint is None:
-        raise RunError(f"{folder}: no checkpoint yet")
-    return _LOADERS[config["kind"]](folder, config, checkpoint, device), config, checkpoint
