@@ -3,11 +3,13 @@ pathways); kept apart from training settings (``mf2.training.loop.TrainConfig``)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from mf2.data.labels import N_AU
+from mf2.models.losses import check_weights
 
 # The paper's Q-Former is BERT-base sized (Table VI; 186.7M trainable parameters per branch).
 PRESETS = {
@@ -15,6 +17,10 @@ PRESETS = {
     "small": dict(hidden=128, layers=2, heads=4, ffn=512, queries=8, au_queries=4, au_align_per_image=3),
 }
 EMOTION_READS = ("global", "global+au")
+# The losses each model trains with, by name, and the key of the weight each takes
+# (``mf2.models.losses``): MF²'s ``loss_weights`` and DFN's weights use these keys only.
+MF2_LOSSES = {**{f"{b}_{k}": k for b in ("emo", "au") for k in ("itc", "itm", "itg")}, "emo_cls": "cls", "au_cls": "cls"}
+DFN_LOSSES = {"emo_cls": "cls", "au_cls": "cls", "align": "align"}
 PAPER_PARAMS = {"emo_vl": 186.7e6, "au_vl": 186.7e6, "mf2": 373.4e6}
 
 
@@ -22,7 +28,8 @@ def check(prefix: str, name: str, value, kinds, ok=None, expected: str = "") -> 
     """A config value of the right type (and, with ``ok``, range); a one-line ValueError naming it
     otherwise ('model.hidden: expected a positive integer, got -3'). bool is not an int here."""
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    right_type = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    right_type = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds) and not (
+        isinstance(value, float) and not math.isfinite(value))  # NaN and infinity are not settings
     if not right_type or (ok is not None and value is not None and not ok(value)):
         what = expected or " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
         raise ValueError(f"{prefix}.{name}: expected {what}, got {value!r}")
@@ -89,8 +96,10 @@ class MF2Config:
             check(p, name, getattr(self, name), bool)
         check(p, "emo_text", self.emo_text, str, lambda v: v in ("emotion", "au", "key_au"), "emotion, au or key_au")
         check(p, "emotion_reads", self.emotion_reads, str, lambda v: v in EMOTION_READS, " or ".join(EMOTION_READS))
-        check(p, "loss_weights", self.loss_weights, dict, lambda v: all(isinstance(x, (int, float)) for x in v.values()),
-              "a mapping of loss names to numbers")
+        check(p, "loss_weights", self.loss_weights, dict,
+              lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+                            for x in v.values()), "a mapping of loss weight keys to numbers >= 0")
+        check_weights(self.loss_weights, sorted(set(MF2_LOSSES.values())), f"{p}.loss_weights")
         if self.hidden % self.heads:
             raise ValueError(f"{p}.hidden: {self.hidden} is not a multiple of heads {self.heads}")
 

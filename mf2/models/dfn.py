@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mf2.data.labels import N_AU, N_EMOTIONS
-from mf2.models.config import DFNConfig, MF2Config
-from mf2.models.mf2 import MF2, emotion_input, task_losses
+from mf2.models.config import DFN_LOSSES, DFNConfig, MF2Config
+from mf2.models.losses import task_losses, weighted_total
+from mf2.models.mf2 import MF2, emotion_input
 from mf2.models.outputs import BlockOutputs, StepOutput
 from mf2.ops import dfn_pathway
 
@@ -59,6 +60,8 @@ class Pathway(nn.Module):
 class DFN(nn.Module):
     """The four pathways and the task heads. Inputs are the frozen MF²'s pooled block outputs."""
 
+    LOSSES = DFN_LOSSES  # loss name -> the key of the weight it takes (``weights``)
+
     def __init__(self, mf2_cfg: MF2Config, cfg: DFNConfig):
         super().__init__()
         self.cfg, self.mf2_cfg = cfg, mf2_cfg
@@ -72,14 +75,14 @@ class DFN(nn.Module):
         self.au_head = nn.Linear(H, N_AU)
         self.temp = nn.Parameter(torch.tensor(0.07))
 
-    def init_heads_from(self, mf2) -> None:
+    def init_heads_from(self, base: MF2) -> None:
         """Start the task heads from the pretrained MF²'s: with the gates nearly closed, the
         pathways' final states are nearly MF²'s own pooled outputs, so DFN starts where MF² is."""
         with torch.no_grad():
-            self.emotion_head.load_state_dict(mf2.emotion_head.state_dict())
-            self.au_head.load_state_dict(mf2.au_head.state_dict())
+            self.emotion_head.load_state_dict(base.emotion_head.state_dict())
+            self.au_head.load_state_dict(base.au_head.state_dict())
 
-    def _h(self, h: torch.Tensor) -> torch.Tensor:
+    def _read_blocks(self, h: torch.Tensor) -> torch.Tensor:
         """[B, N, H] cached block outputs -> [n, B, H] of the blocks the pathways read."""
         return h[:, self.blocks].transpose(0, 1)
 
@@ -87,10 +90,10 @@ class DFN(nn.Module):
         """Task logits from the vision pathways, and their final states (for alignment)."""
         out = {}
         if self.emo_vision is not None:
-            out["emo"] = self.emo_vision(x.emo_v_start, self._h(x.emo_v_h))
+            out["emo"] = self.emo_vision(x.emo_v_start, self._read_blocks(x.emo_v_h))
         if self.au_vision is not None:
             B = x.au_v_start.shape[0]
-            flat = self.au_vision(x.au_v_start.flatten(0, 1), self._h(x.au_v_h.flatten(0, 1)))
+            flat = self.au_vision(x.au_v_start.flatten(0, 1), self._read_blocks(x.au_v_h.flatten(0, 1)))
             out["au"] = flat.view(B, N_AU, -1)
         emotion = self.emotion_head(emotion_input(self.mf2_cfg, out.get("emo"), out.get("au")))
         au = self.au_head(out["au"]).diagonal(dim1=1, dim2=2) if "au" in out else self.au_head(out["emo"])
@@ -103,9 +106,9 @@ class DFN(nn.Module):
         emotion, au, finals = self.heads(x)
         losses = task_losses(emotion, au, x.emotion, x.aus, tasks, au_pos_weight)
         if self.cfg.align_weight:
-            losses["align"] = self.cfg.align_weight * self.align_loss(x, finals)
-        return StepOutput(sum(losses.values()), {k: v.detach() for k, v in losses.items()}, emotion.detach(),
-                          au.detach())
+            losses["align"] = self.align_loss(x, finals)
+        total = weighted_total(losses, self.LOSSES, {"cls": 1.0, "align": self.cfg.align_weight})
+        return StepOutput(total, {k: v.detach() for k, v in losses.items()}, emotion.detach(), au.detach())
 
     def align_loss(self, x: BlockOutputs, finals: dict) -> torch.Tensor:
         """InfoNCE between each vision pathway's final state and its text pathway's, over the
@@ -120,7 +123,7 @@ class DFN(nn.Module):
             v = finals[key].flatten(0, -2) if key == "au" else finals[key]
             if key == "au":
                 start, h, has = start.flatten(0, 1), h.flatten(0, 1), has.flatten()
-            t = text_pathway(start, self._h(h))
+            t = text_pathway(start, self._read_blocks(h))
             with torch.autocast(v.device.type, enabled=False):
                 sim = F.normalize(v.float(), dim=-1) @ F.normalize(t.float(), dim=-1).T / temp
             # pairs without text on either side take no part (a huge negative, not -inf: finite gradients)
@@ -133,17 +136,17 @@ class DFN(nn.Module):
 
 
 @torch.no_grad()
-def vision_block_outputs(mf2: MF2, tokens: torch.Tensor, au_tokens: torch.Tensor) -> BlockOutputs:
+def vision_block_outputs(base: MF2, tokens: torch.Tensor, au_tokens: torch.Tensor) -> BlockOutputs:
     """The frozen MF²'s per-block pooled image outputs and the pathways' vision start vectors
     (the ``*_v_*`` fields of ``BlockOutputs``) from global tokens [B, T, C] and AU tokens
     [B, 12, T', C]."""
     out = BlockOutputs()
-    if mf2.emo_vl is not None:
-        b = mf2.emo_vl
+    if base.emo_vl is not None:
+        b = base.emo_vl
         layers = b.qformer.image(b.vision_in(tokens), all_layers=True)  # [N, B, Q, H]
         out.emo_v_start, out.emo_v_h = tokens[:, 0], layers.mean(2).transpose(0, 1)
-    if mf2.au_vl is not None:
-        b = mf2.au_vl
+    if base.au_vl is not None:
+        b = base.au_vl
         B = au_tokens.shape[0]
         layers = b.qformer.image(b.vision_in(au_tokens.flatten(0, 1)), all_layers=True)  # [N, B*12, Q, H]
         out.au_v_start = au_tokens.mean(2)
@@ -152,36 +155,36 @@ def vision_block_outputs(mf2: MF2, tokens: torch.Tensor, au_tokens: torch.Tensor
 
 
 @torch.no_grad()
-def text_block_outputs(mf2: MF2, batch: dict) -> BlockOutputs:
+def text_block_outputs(base: MF2, batch: dict) -> BlockOutputs:
     """Per-block text CLS outputs and text start vectors (the ``*_t_*`` fields of
     ``BlockOutputs``; rows without text hold zeros) of a cache batch."""
     out = BlockOutputs()
-    if mf2.emo_vl is not None and "emo_text" in batch:
+    if base.emo_vl is not None and "emo_text" in batch:
         ids, mask, states, has = batch["emo_text"]
-        layers = mf2.emo_vl.qformer.text(states, mask | ~has[:, None], all_layers=True)[:, :, 0]  # [N, B, H]
+        layers = base.emo_vl.qformer.text(states, mask | ~has[:, None], all_layers=True)[:, :, 0]  # [N, B, H]
         out.emo_t_start, out.emo_t_h, out.emo_t_has = states[:, 0], layers.transpose(0, 1) * has[:, None, None], has
-    if mf2.au_vl is not None and "au_text" in batch:
+    if base.au_vl is not None and "au_text" in batch:
         ids, mask, states, has = batch["au_text"]
         B = states.shape[0]
         flat_mask = (mask | ~has[..., None]).flatten(0, 1)
-        layers = mf2.au_vl.qformer.text(states.flatten(0, 1), flat_mask, all_layers=True)[:, :, 0]
+        layers = base.au_vl.qformer.text(states.flatten(0, 1), flat_mask, all_layers=True)[:, :, 0]
         h = layers.transpose(0, 1).reshape(B, N_AU, layers.shape[0], -1) * has[..., None, None]
         out.au_t_start, out.au_t_h, out.au_t_has = states[:, :, 0], h, has
     return out
 
 
-def block_outputs(mf2: MF2, batch: dict) -> BlockOutputs:
+def block_outputs(base: MF2, batch: dict) -> BlockOutputs:
     """Everything a DFN step reads of a cache batch: vision and text block outputs and the labels."""
-    v, t = vision_block_outputs(mf2, batch["tokens"], batch["au_tokens"]), text_block_outputs(mf2, batch)
+    v, t = vision_block_outputs(base, batch["tokens"], batch["au_tokens"]), text_block_outputs(base, batch)
     return BlockOutputs(**{**t.arrays(), **v.arrays(), "emotion": batch["emotion"], "aus": batch["aus"]})
 
 
 class DFNModel(nn.Module):
     """A frozen MF² with its DFN: predicts from images, computing the block outputs live."""
 
-    def __init__(self, mf2: MF2, dfn: DFN):
+    def __init__(self, base: MF2, dfn: DFN):
         super().__init__()
-        self.mf2, self.dfn, self.cfg = mf2, dfn, mf2.cfg
+        self.mf2, self.dfn, self.cfg = base, dfn, base.cfg  # attribute names = the state dict's keys (mf2.*, dfn.*)
 
     @torch.no_grad()
     def predict(self, tokens, au_tokens):

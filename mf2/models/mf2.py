@@ -12,11 +12,11 @@ Prediction uses images only (Appendix G).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mf2.data.labels import N_AU, N_EMOTIONS
-from mf2.models.config import MF2Config
+from mf2.models.config import MF2_LOSSES, MF2Config
+from mf2.models.losses import task_losses, weighted_total
 from mf2.models.outputs import ImageFeatures, StepOutput
 from mf2.models.qformer import CHECKPOINTING, UNK, VLBranch
 
@@ -33,6 +33,8 @@ def emotion_input(cfg: MF2Config, pooled: torch.Tensor | None, au: torch.Tensor 
 
 
 class MF2(nn.Module):
+    LOSSES = MF2_LOSSES  # loss name -> the key of the weight it takes (``cfg.loss_weights``)
+
     def __init__(self, cfg: MF2Config):
         super().__init__()
         if not (cfg.emo_vl or cfg.au_vl):
@@ -127,7 +129,6 @@ class MF2(nn.Module):
         weighs each AU's positives in its BCE."""
         feats = self.image_features(batch.get("tokens"), batch.get("au_tokens"), keep_kv=align)
         emotion, au = self.heads(feats)
-        w = self.cfg.loss_weights
         losses, info = task_losses(emotion, au, batch["emotion"], batch["aus"], tasks, au_pos_weight), {}
         if align and self.emo_vl is not None and "emo_text" in batch:
             ids, mask, states, has = batch["emo_text"]
@@ -148,33 +149,13 @@ class MF2(nn.Module):
                                             pick(mask), self.sub_ids(pick(ids)), generator, _rows(feats.au_kv, rows))
                 losses.update({f"au_{k}": v for k, v in part.items()})
                 info["au_itc_candidates"] = torch.tensor(float(n))
-        total = sum(v * w.get(k.split("_", 1)[1] if k.endswith(("itc", "itm", "itg")) else "cls", 1.0)
-                    for k, v in losses.items())
+        total = weighted_total(losses, self.LOSSES, self.cfg.loss_weights)
         return StepOutput(total, {**{k: v.detach() for k, v in losses.items()}, **info}, emotion.detach(), au.detach())
 
 
 def _rows(kv: list, rows: torch.Tensor) -> list:
     """The rows ``rows`` (indices into the batch) of every block's (keys, values)."""
     return [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in kv]
-
-
-def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor, y_aus: torch.Tensor,
-                tasks: str = "both", au_pos_weight: torch.Tensor | None = None) -> dict:
-    """The classification losses of ``tasks``: cross-entropy over the 8 emotions and BCE per AU
-    (positives weighted by ``au_pos_weight`` [12] when given), with missing labels (-1) masked
-    out (never read as 0)."""
-    out = {}
-    if tasks in ("emotion", "both"):  # the mean over labelled rows, as a masked sum (no host sync)
-        y = y_emotion.long()
-        keep = y >= 0
-        ce = F.cross_entropy(emotion.float(), y.clamp(min=0), reduction="none")
-        out["emo_cls"] = (ce * keep).sum() / keep.sum().clamp(min=1)
-    if tasks in ("au", "both"):
-        y = y_aus.float()
-        keep = y >= 0
-        bce = F.binary_cross_entropy_with_logits(au.float(), y.clamp(min=0), reduction="none", pos_weight=au_pos_weight)
-        out["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
-    return out
 
 
 def trainable(module: nn.Module | None) -> int:

@@ -19,7 +19,7 @@ import torch
 
 from mf2 import distributed
 from mf2.data.labels import N_EMOTIONS
-from mf2.devices import PRECISIONS, autocast, resolve_precision
+from mf2.devices import PRECISIONS, autocast, resolve_device, resolve_precision
 from mf2.evaluation.metrics import selection_score
 from mf2.models.config import check, positive
 from mf2.models.qformer import CHECKPOINTING
@@ -58,7 +58,7 @@ class TrainConfig:
     # thread order; ~4% slower) and False on a GPU (see ``seed_everything``).
     deterministic: bool | None = None
     tasks: str = "both"  # au | emotion | both (which classification losses train)
-    device: str = "cpu"
+    device: str = "auto"  # the first CUDA GPU, else the CPU (resolved, and checked, before a run starts)
     window: int = 512  # rows read together (shuffle unit)
     precision: str = "auto"  # bf16 autocast (fp32 master weights) | fp32; auto = bf16 on GPUs that support it
     # recompute Q-Former blocks in the backward: none | itm (the ITM passes) | all; auto = itm for
@@ -94,7 +94,8 @@ class TrainConfig:
         """This config with its automatic values decided for its device, the model's preset, the
         run's length in steps and the training ``method`` ('pretrain' or 'dfn'): what a run
         records. Values already decided stay as they are."""
-        gpu = torch.device(self.device).type == "cuda"
+        device = str(resolve_device(self.device))
+        gpu = torch.device(device).type == "cuda"
         deterministic = not gpu if self.deterministic is None else self.deterministic
         checkpointing = self.activation_checkpointing
         if checkpointing == "auto":
@@ -102,7 +103,7 @@ class TrainConfig:
         # the learning rate once the preset is known (a call with device settings only leaves it open)
         lr = PRESET_LR.get(preset, PRESET_LR["paper"])[method] if self.lr is None and preset is not None else self.lr
         warmup = resolve_warmup(self.warmup_steps, total_steps) if total_steps is not None else self.warmup_steps
-        return replace(self, deterministic=deterministic, precision=resolve_precision(self.precision, self.device),
+        return replace(self, device=device, deterministic=deterministic, precision=resolve_precision(self.precision, device),
                        activation_checkpointing=checkpointing, lr=lr, warmup_steps=warmup)
 
     def schedule_line(self, total_steps: int, steps_per_epoch: int) -> str:
@@ -118,10 +119,9 @@ class TrainConfig:
 
 
 def saved_train_config(run: RunFolder, saved: dict, device: str) -> TrainConfig:
-    """A run's recorded training settings, for ``--resume`` on ``device`` (runs from before AU
-    weighting trained with plain BCE, and continue so)."""
-    return typed_section(TrainConfig, {"au_weighting": "none", **saved["train"], "device": device}, "train",
-                         run.path / "config.json")
+    """A run's recorded training settings (``saved``: its migrated config), for ``--resume`` on
+    ``device``."""
+    return typed_section(TrainConfig, {**saved["train"], "device": device}, "train", run.path / "config.json")
 
 
 def record_epochs(run: RunFolder, saved: dict, cfg: TrainConfig) -> None:
@@ -253,6 +253,8 @@ def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: 
     if ckpt is None:
         raise RunError(f"{run}: no checkpoint to resume from")
     state, rng = load_checkpoint(ckpt, model, optimizer)
+    if distributed.rank() == 0:
+        run.keep_log_until(state["epoch"] + 1)
     torch.set_rng_state(rng["torch"])
     if generator is not None:
         generator.set_state(rng["itm"])

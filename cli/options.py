@@ -1,0 +1,242 @@
+"""The options the commands share, each written once.
+
+* Types that check a value when it is parsed: paths that are not empty (an unset shell variable
+  is not "the current folder"), finite numbers in range ('nan' and 'inf' are not numbers here),
+  device names of a known form. Whether a device exists on this machine is checked by the
+  library first thing, before any output exists (``mf2.devices.resolve_device``).
+* The training, model and DFN options, made from the config dataclasses' own fields and
+  defaults (``TrainConfig``, ``MF2Config`` presets, ``DFNConfig``): a field gets its flag here,
+  once, and every command that trains offers it. ``explicit`` tells which of them the user
+  typed, so that a resumed run can refuse the ones that contradict what it recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import click
+from click.core import ParameterSource
+
+
+# -- types ---------------------------------------------------------------------------------------
+class PathType(click.Path):
+    """``click.Path`` that refuses an empty or blank value (``"$UNSET"`` would otherwise mean the
+    current folder, recursively)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path (an unset shell variable?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Text(click.ParamType):
+    """A non-empty string (an input path or a glob)."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or not value.strip():
+            self.fail("an empty input (an unset shell variable?)", param, ctx)
+        return value
+
+
+class Number(click.ParamType):
+    """A finite int or float in [min, max] (open ends with ``min_open``/``max_open``); with
+    ``auto``, the word 'auto' too (-> None: the library decides, and records what it chose)."""
+
+    def __init__(self, kind=float, min=None, max=None, min_open=False, max_open=False, auto=False):
+        self.kind, self.min, self.max, self.min_open, self.max_open, self.auto = kind, min, max, min_open, max_open, auto
+        self.name = ("auto|" if auto else "") + kind.__name__
+
+    def convert(self, value, param, ctx):
+        if self.auto and (value is None or value == "auto"):
+            return None
+        if isinstance(value, bool):
+            self.fail(f"expected a number, got {value!r}", param, ctx)
+        try:
+            number = self.kind(value) if not isinstance(value, str) or self.kind is float else int(value, 10)
+        except (TypeError, ValueError):
+            expected = f"'auto' or {'an integer' if self.kind is int else 'a number'}" if self.auto else \
+                ("an integer" if self.kind is int else "a number")
+            self.fail(f"expected {expected}, got {value!r}", param, ctx)
+        if isinstance(number, float) and not math.isfinite(number):
+            self.fail(f"expected a finite number, got {value!r}", param, ctx)
+        low = self.min is not None and (number <= self.min if self.min_open else number < self.min)
+        high = self.max is not None and (number >= self.max if self.max_open else number > self.max)
+        if low or high:
+            lo = "" if self.min is None else f"{'>' if self.min_open else '>='} {self.min}"
+            hi = "" if self.max is None else f"{'<' if self.max_open else '<='} {self.max}"
+            self.fail(f"expected a number {' and '.join(x for x in (lo, hi) if x)}, got {value!r}", param, ctx)
+        return number
+
+
+class DeviceName(click.ParamType):
+    """'auto', 'cpu', 'cuda' or 'cuda:N' (that it exists here is checked before any work)."""
+
+    name = "auto|cpu|cuda[:N]"
+
+    def convert(self, value, param, ctx):
+        import re
+
+        text = str(value).strip()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+            self.fail(f"expected auto, cpu, cuda or cuda:N, got {value!r}", param, ctx)
+        return text
+
+
+class Blocks(click.ParamType):
+    """DFN's ``blocks``: 'all' or a positive integer."""
+
+    name = "all|int"
+
+    def convert(self, value, param, ctx):
+        if value == "all" or isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            k = int(str(value), 10)
+        except ValueError:
+            k = 0
+        if k < 1:
+            self.fail(f"expected 'all' or a positive integer, got {value!r}", param, ctx)
+        return k
+
+
+def device_option(help_text: str = "auto (the first CUDA GPU, else the CPU), cpu, cuda or cuda:N."):
+    """``--device``, the same default for every command: auto."""
+    return click.option("--device", type=DeviceName(), default="auto", show_default=True, help=help_text)
+
+
+# -- options made from config fields ----------------------------------------------------------------
+@dataclass
+class Flag:
+    """One option for a config field: its declarations, click settings and, where the field's
+    own default is not what the command line shows (None = 'auto'), the default to show."""
+
+    field: str
+    decls: tuple
+    settings: dict = field(default_factory=dict)
+    default: object = "from-config"
+
+
+def _train_flags():
+    from mf2.devices import PRECISIONS
+    from mf2.models.qformer import CHECKPOINTING
+
+    return [
+        Flag("epochs", ("--epochs",), dict(type=Number(int, min=1))),
+        Flag("batch_size", ("--batch-size",), dict(type=Number(int, min=2), help="Images per step (per process).")),
+        Flag("lr", ("--lr",), dict(type=Number(float, min=0, min_open=True, auto=True),
+                                   help="Peak learning rate; auto = the preset's: Table VI's 1e-4 for 'paper', 5e-4 "
+                                        "(pretraining) and 1e-3 (DFN) for 'small'."), "auto"),
+        Flag("weight_decay", ("--weight-decay",), dict(type=Number(float, min=0), help="AdamW's, on weight matrices.")),
+        Flag("warmup_steps", ("--warmup-steps",), dict(
+            type=Number(int, min=1, auto=True),
+            help="Linear warm-up steps; auto = Table VI's 2,000 when the run is as long as the paper's (16,770 steps), "
+                 "else the same share of the run (about 12%)."), "auto"),
+        Flag("tasks", ("--tasks",), dict(type=click.Choice(["both", "au", "emotion"]),
+                                         help="Which classification losses train.")),
+        Flag("seed", ("--seed",), dict(type=Number(int))),
+        Flag("au_weighting", ("--au-weighting",), dict(
+            type=click.Choice(["frequency", "none"]),
+            help="Weigh each AU's positives by its training negatives/positives ratio (1 to 20), or plain BCE.")),
+        Flag("train_rows", ("--train-rows",), dict(
+            type=Number(int, min=1),
+            help="Train on this many training rows, drawn with --seed (learning curves) [default: all].",
+            show_default=False)),
+        Flag("deterministic", ("--deterministic/--nondeterministic",), dict(
+            help="Deterministic algorithms: the same seed on the same machine gives the same run, bit for bit. "
+                 "Default: on for CPUs (about 4% slower), off for GPUs (where it costs more; see README).",
+            show_default=False)),
+        Flag("precision", ("--precision",), dict(
+            type=click.Choice(list(PRECISIONS)),
+            help="bf16: autocast (float32 master weights and optimizer state); auto = bf16 on GPUs that support it, "
+                 "fp32 on CPUs.")),
+        Flag("activation_checkpointing", ("--activation-checkpointing",), dict(
+            type=click.Choice(["auto", *CHECKPOINTING]),
+            help="Recompute Q-Former blocks in the backward to save memory: the ITM passes (most of it) or every "
+                 "pass. Same losses and gradients; more compute. auto = itm for the paper preset on a GPU, else none.")),
+        Flag("compile", ("--compile/--no-compile",), dict(
+            help="torch.compile each Q-Former block: fused element-wise kernels (faster on GPUs; about a minute to "
+                 "compile at the start).")),
+        Flag("device", ("--device",), dict(type=DeviceName(), help="auto (the first CUDA GPU, else the CPU), cpu, "
+                                                                   "cuda or cuda:N.")),
+    ]
+
+
+def _model_flags():
+    from mf2.models.config import EMOTION_READS, PRESETS
+
+    return [
+        Flag("preset", ("--preset",), dict(type=click.Choice(list(PRESETS))), "small"),
+        Flag("emo_vl", ("--emo-vl/--no-emo-vl",), dict(help="Ablation --no-emo-vl: without the Emo-VL branch.")),
+        Flag("au_vl", ("--au-vl/--no-au-vl",), dict(help="Ablation --no-au-vl: without the AU-VL branch.")),
+        Flag("emotion_reads", ("--emotion-reads",), dict(
+            type=click.Choice(list(EMOTION_READS)),
+            help="The emotion head's input: Emo-VL's pooled queries, or those beside each AU sequence's.")),
+    ]
+
+
+def _dfn_flags():
+    return [
+        Flag("blocks", ("--adapter-blocks",), dict(type=Blocks(), help="MF² blocks the pathways read: 'all' (4N "
+                                                                       "cells) or k evenly spaced (Table VI's 7).")),
+        Flag("bottleneck", ("--bottleneck",), dict(type=Number(int, min=0), help="Cell width r (0 = hidden).")),
+        Flag("lam", ("--gate-scale",), dict(type=Number(float), help="λ, the gate scaling factor.")),
+        Flag("align_weight", ("--align-weight",), dict(
+            type=Number(float, min=0), help="Weight of the vision/text pathway alignment loss (0: task losses only).")),
+    ]
+
+
+def _config_defaults(section: str) -> dict:
+    from mf2.models.config import DFNConfig, MF2Config
+    from mf2.training.loop import TrainConfig
+
+    cls = {"train": TrainConfig, "model": MF2Config, "dfn": DFNConfig}[section]
+    instance = cls()
+    return {f.name: getattr(instance, f.name) for f in fields(cls)}
+
+
+FLAGS = {"train": _train_flags, "model": _model_flags, "dfn": _dfn_flags}
+
+
+def config_options(section: str, skip=()):
+    """Click options for every flag of a config section ('train', 'model', 'dfn'), with the
+    config's own defaults; each lands in the command's keyword arguments under its field name."""
+    defaults = _config_defaults(section)
+
+    def decorate(fn):
+        for flag in reversed(FLAGS[section]()):
+            if flag.field in skip:
+                continue
+            default = defaults[flag.field] if flag.default == "from-config" else flag.default
+            settings = {"show_default": True, **flag.settings}
+            fn = click.option(*flag.decls, flag.field, default=default, **settings)(fn)
+        return fn
+
+    return decorate
+
+
+def section(kwargs: dict, name: str) -> dict:
+    """The keyword arguments of a command that belong to config section ``name``, removed from it."""
+    names = {f.field for f in FLAGS[name]()}
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+
+
+def explicit(*names: str, **extra: str) -> dict:
+    """Section -> {field: value} of the options the user typed (their defaults do not count), for
+    the given config sections, and for ``extra`` command options (field -> section): what a
+    resumed run compares with its recorded settings."""
+    ctx = click.get_current_context()
+    typed = {k for k in ctx.params if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    out = {n: {f.field: ctx.params[f.field] for f in FLAGS[n]() if f.field in typed} for n in names}
+    for name, where in extra.items():
+        if name in typed:
+            out.setdefault(where, {})[name] = ctx.params[name]
+    return out
+
+
+def given(name: str):
+    """The value of option ``name`` if the user typed it, else None (its default does not count)."""
+    ctx = click.get_current_context()
+    return ctx.params[name] if ctx.get_parameter_source(name) != ParameterSource.DEFAULT else None
