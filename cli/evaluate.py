@@ -5,16 +5,17 @@ from pathlib import Path
 import click
 
 from ._common import one_line_errors, precision_option
+from .options import Number, PathType, device_option
 
 
 @click.command()
-@click.option("--checkpoint", "run", type=click.Path(path_type=Path), required=True, help="Run folder.")
-@click.option("--cache", type=click.Path(path_type=Path), required=True)
+@click.option("--checkpoint", "run", type=PathType(path_type=Path), required=True, help="Run folder.")
+@click.option("--cache", type=PathType(path_type=Path), required=True)
 @click.option("--split", default="val", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @precision_option
 @click.option("--probe", is_flag=True, help="Also fit linear probes on the cache's pooled features (a floor to beat).")
-@click.option("--beside", "beside", multiple=True, type=click.Path(path_type=Path),
+@click.option("--beside", "beside", multiple=True, type=PathType(path_type=Path),
               help="Other run folders to report in the same tables (e.g. the direct emotion model beside an "
                    "AU-pretrained, emotion-fine-tuned one: Table V).")
 @click.option("--beside-own-cache", is_flag=True,
@@ -22,11 +23,11 @@ from ._common import one_line_errors, precision_option
                    "AU map, backbone or augmentation), still paired image by image.")
 @click.option("--transition", is_flag=True,
               help="RUN is AU-pretrained then emotion-fine-tuned: add the Table V section (with --beside the direct model).")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--bootstrap", type=Number(int, min=0), default=1000, show_default=True,
               help="Resamples (of the split's videos) for the 95% interval of RUN minus each --beside run; 0 = none.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=PathType(file_okay=False, path_type=Path), default=None,
               help="Results folder (default: RUN/eval_<split>; name another for another cache).")
-@click.option("--explain", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+@click.option("--explain", type=Number(int, min=0), default=0, show_default=True, metavar="N",
               help="Also explain the split's first N faces (greedy ITG) and report how often the explanation names "
                    "the emotion and AUs the heads chose; 0 = off.")
 @one_line_errors
@@ -34,9 +35,13 @@ def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cac
     """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/ (or --out)."""
     from mf2.evaluation.evaluate import evaluate as run_eval
 
-    result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition,
-                      bootstrap=bootstrap, folder=out, precision=precision, beside_own_cache=beside_own_cache,
-                      explain=explain)
+    from mf2.io import exclusive_outputs
+    from mf2.runs import RunFolder
+
+    with exclusive_outputs({"--out": out or RunFolder(run).eval_folder(split)}):
+        result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition,
+                          bootstrap=bootstrap, folder=out, precision=precision, beside_own_cache=beside_own_cache,
+                          explain=explain)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")

@@ -5,25 +5,26 @@ from pathlib import Path
 import click
 
 from ._common import one_line_errors, progress_bar
+from .options import Number, PathType, device_option
 
 
 @click.command("extract-features")
-@click.option("--manifest", type=click.Path(path_type=Path), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write (resumed if present).")
+@click.option("--manifest", type=PathType(path_type=Path), required=True)
+@click.option("--out", type=PathType(path_type=Path), required=True, help="Zarr store to write (resumed if present).")
 @click.option("--vision", default="auto", show_default=True,
               help="timm model name; auto = vit_base_patch16_224 when its weights are on disk, else efficientnet_lite0.")
-@click.option("--vision-weights", type=click.Path(path_type=Path), help="Weights file for --vision (.safetensors/.pth).")
+@click.option("--vision-weights", type=PathType(path_type=Path), help="Weights file for --vision (.safetensors/.pth).")
 @click.option("--text", default="auto", show_default=True,
               help="transformers name or folder; auto = bert-base-uncased when cached, else the packaged MiniLM.")
 @click.option("--face", type=click.Choice(["aligned", "detect"]), default="aligned", show_default=True,
               help="aligned: inputs are face crops; detect: dlib finds the largest face and aligns it.")
 @click.option("--landmarks", type=click.Choice(["auto", "dlib", "manifest", "canonical"]), default="auto",
               show_default=True, help="auto: the manifest's when every row has them, else dlib.")
-@click.option("--image-size", type=click.IntRange(min=32), default=224, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--au-samples", type=click.IntRange(min=1), default=3, show_default=True, help="R: R x R samples per AU centre.")
-@click.option("--au-window", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--image-size", type=Number(int, min=32, max=4096), default=224, show_default=True)
+@click.option("--batch-size", type=Number(int, min=1), default=32, show_default=True)
+@device_option()
+@click.option("--au-samples", type=Number(int, min=1, max=32), default=3, show_default=True, help="R: R x R samples per AU centre.")
+@click.option("--au-window", type=Number(float, min=0, min_open=True, max=10), default=1.0, show_default=True,
               help="Sampling grid side, in rulers (inner-eye-corner distance).")
 @click.option("--au-map", type=click.Choice(["auto", "last", "stride16", "stride8"]), default="auto", show_default=True,
               help="The feature map AU regions are pooled from: auto = the stride-16 stage of a CNN (finer than its last "
@@ -55,5 +56,11 @@ def extract_features(manifest, out, vision, vision_weights, text, face, landmark
                f"({summary['images_per_second']} images/s), {summary['faces_not_found']} faces not found, "
                f"{skipped} images skipped" + (f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped'].items())})"
                                               if skipped else ""))
-    if m.skipped:
-        click.echo(f"{len(m.skipped)} bad manifest rows skipped", err=True)
+    captions = summary.get("captions", {})
+    if captions.get("rows"):
+        click.echo("captions cached: " + ", ".join(f"{k} ({v} rows)" for k, v in captions["rows"].items()))
+    else:
+        click.echo("warning: no captions cached (the manifest has none): mf2 pretrain will need them; caption the "
+                   "manifest first (mf2 caption) and extract from its .captioned.jsonl", err=True)
+    for line in m.notes():
+        click.echo(line, err=True)

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from mf2 import __version__
+from mf2._version import __version__
 
 # Text lengths change tensor shapes from step to step; expandable segments keep CUDA's caching
 # allocator from fragmenting over a long run. Set before anything touches CUDA; a user's own

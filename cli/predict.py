@@ -6,38 +6,39 @@ from pathlib import Path
 import click
 
 from ._common import one_line_errors, precision_option
+from .options import Number, PathType, Text, device_option
 
 
 @click.command()
-@click.option("--checkpoint", "run", type=click.Path(path_type=Path), required=True,
+@click.option("--checkpoint", "run", type=PathType(path_type=Path), required=True,
               help="Run folder (mf2 pretrain or mf2 finetune) or exported model folder (mf2 export).")
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("inputs", nargs=-1, required=True, type=Text())
+@click.option("--out", type=PathType(dir_okay=False, path_type=Path),
               help="results.csv or results.json (default: CSV on stdout).")
-@click.option("--annotate", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--annotate", type=PathType(file_okay=False, path_type=Path),
               help="Write annotated images into this folder.")
-@click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--plots", type=PathType(file_okay=False, path_type=Path),
               help="Write plots per source into this folder: AU bars, and the detections (images) or the "
                    "timeline (videos).")
 @click.option("--explain", is_flag=True, help="Generate a description per face (ITG decoding).")
 @click.option("--decoding", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True,
               help="How --explain decodes.")
-@click.option("--beams", type=click.IntRange(min=1), default=3, show_default=True, help="Beam width (--decoding beam).")
-@click.option("--fps", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--beams", type=Number(int, min=1), default=3, show_default=True, help="Beam width (--decoding beam).")
+@click.option("--fps", type=Number(float, min=0), default=1.0, show_default=True,
               help="Video frames sampled per second (0 = every frame).")
 @click.option("--face", type=click.Choice(["detect", "aligned"]), default="detect", show_default=True,
               help="detect: every face dlib finds; aligned: each input is one aligned face crop.")
-@click.option("--min-face-score", type=float, default=0.25, show_default=True,
+@click.option("--min-face-score", type=Number(float), default=0.25, show_default=True,
               help="dlib detection score a face needs (clear faces score about 1 and above).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Faces per forward pass.")
+@click.option("--batch-size", type=Number(int, min=1), default=32, show_default=True, help="Faces per forward pass.")
 @click.option("--workers", default="auto", show_default=True,
               help="Face-finding threads (dlib), or 0 to find faces in the main thread.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--threshold", type=Number(float, min=0, max=1), default=None,
               help="AU probability at which an AU counts as active (explained, drawn) [default: each AU's threshold "
                    "tuned on the run's validation split; 0.5 where the run has none].")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, … or auto.")
+@device_option()
 @precision_option
-@click.option("--vision-weights", type=click.Path(dir_okay=False), help="The vision weights file the run's cache used.")
+@click.option("--vision-weights", type=PathType(dir_okay=False), help="The vision weights file the run's cache used.")
 @click.option("--allow-download", is_flag=True, help="Let missing backbone weights download (off by default).")
 @one_line_errors
 def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, min_face_score, batch_size, workers,
@@ -49,18 +50,25 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, fa
     and 68 landmarks x_0 … y_67); a frame with no face gets a row saying so; unreadable files are
     reported on stderr and skipped. The CSV is the table of mf2.Detector.detect (mf2.read_faces
     reads it back)."""
-    import sys
-
-    from mf2.detector import Detector
-    from mf2.io import refuse_overlap
+    from mf2.io import exclusive_outputs, refuse_overlap
 
     if workers != "auto":
         try:
             workers = int(workers)
         except ValueError:
             raise click.BadParameter(f"expected 'auto' or a number, got {workers!r}", param_hint="--workers") from None
-    refuse_overlap({"--checkpoint": run, "input": [_searched(i) for i in inputs]},
-                   {"--out": out, "--annotate": annotate, "--plots": plots})
+    refuse_overlap({"--checkpoint": run, "input": list(inputs)}, {"--out": out, "--annotate": annotate, "--plots": plots})
+    with exclusive_outputs({"--out": out, "--annotate": annotate, "--plots": plots}):
+        _predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, min_face_score, batch_size,
+                 workers, threshold, device, precision, vision_weights, allow_download)
+
+
+def _predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, min_face_score, batch_size, workers,
+             threshold, device, precision, vision_weights, allow_download):
+    import sys
+
+    from mf2.detector import Detector
+
     with Detector.from_run(run, device, precision, face, min_face_score=min_face_score, threshold=threshold,
                            num_workers=workers, vision_weights=vision_weights, allow_download=allow_download) as det:
         try:
@@ -85,12 +93,3 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, fa
                f"{len(faces)} rows -> {out or 'stdout'}"
                + (f"; {faces.attrs['annotated']} annotated images in {annotate}" if annotate else "")
                + (f"; {len(written)} plots in {plots}" if plots else ""), err=True)
-
-
-def _searched(item: str) -> Path:
-    """What an input reads: the file or folder, or for a glob the folder its pattern starts in."""
-    if not any(c in item for c in "*?["):
-        return Path(item)
-    parts = Path(item).parts
-    fixed = next(k for k, part in enumerate(parts) if any(c in part for c in "*?["))
-    return Path(*parts[:fixed]) if fixed else Path(".")

@@ -17,6 +17,7 @@ import click
 from click.testing import CliRunner
 
 from ._common import one_line_errors
+from .options import Number, PathType
 from .caption import caption
 from .evaluate import evaluate
 from .extract_features import extract_features
@@ -29,11 +30,11 @@ COMMANDS = {c.name: c for c in (synth, caption, extract_features, pretrain, fine
 
 
 @click.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("mf2-quickstart"), show_default=True)
-@click.option("--n", "n", type=click.IntRange(min=48), default=1600, show_default=True, help="SynthFACS images.")
-@click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True, help="MF² pretraining epochs.")
-@click.option("--dfn-epochs", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=PathType(path_type=Path), default=Path("mf2-quickstart"), show_default=True)
+@click.option("--n", "n", type=Number(int, min=48), default=1600, show_default=True, help="SynthFACS images.")
+@click.option("--epochs", type=Number(int, min=1), default=6, show_default=True, help="MF² pretraining epochs.")
+@click.option("--dfn-epochs", type=Number(int, min=1), default=4, show_default=True)
+@click.option("--seed", type=Number(int), default=0, show_default=True)
 @one_line_errors
 def quickstart(out, n, epochs, dfn_epochs, seed):
     """synth -> caption -> extract-features -> pretrain -> finetune --dfn -> evaluate -> predict, with a report."""

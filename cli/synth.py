@@ -6,19 +6,20 @@ from pathlib import Path
 import click
 
 from ._common import one_line_errors, progress_bar
+from .options import Number, PathType
 
 
 @click.command()
-@click.option("--n", "n", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of images.")
+@click.option("--n", "n", type=Number(int, min=1, max=10_000_000), default=2000, show_default=True, help="Number of images.")
 @click.option("--size", type=click.Choice(["112", "224"]), default="112", show_default=True, help="Image side in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--images-per-video", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--seed", type=Number(int), default=0, show_default=True)
+@click.option("--out", type=PathType(path_type=Path), required=True, help="Output folder.")
+@click.option("--images-per-video", type=Number(int, min=1), default=10, show_default=True,
               help="Images per synthetic identity (the 'video' used for splitting).")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
-@click.option("--label-noise", type=click.FloatRange(0, 0.5), default=0.02, show_default=True,
+@click.option("--val-fraction", type=Number(float, min=0, max=1, max_open=True), default=0.2, show_default=True)
+@click.option("--label-noise", type=Number(float, min=0, max=0.5), default=0.02, show_default=True,
               help="Probability of flipping each AU label.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Render processes (default: all cores).")
+@click.option("--workers", type=Number(int, min=1, max=256), default=None, help="Render processes (default: all cores).")
 @click.option("--no-baseline", is_flag=True, help="Skip the pixel logistic-regression baseline in stats.json.")
 @one_line_errors
 def synth(n, size, seed, out, images_per_video, val_fraction, label_noise, workers, no_baseline):
@@ -27,8 +28,10 @@ def synth(n, size, seed, out, images_per_video, val_fraction, label_noise, worke
     from mf2.data.synthfacs import write_synthfacs
     from mf2.evaluation.baselines import add_pixel_baseline
 
+    from mf2.io import exclusive_outputs
+
     start = time.perf_counter()
-    with progress_bar(n, "synth") as bar:
+    with exclusive_outputs({"--out": out}), progress_bar(n, "synth") as bar:
         stats = write_synthfacs(out, n, int(size), seed, images_per_video, val_fraction, label_noise, workers,
                                 progress=bar.update)
     if not no_baseline:

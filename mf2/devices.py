@@ -16,12 +16,29 @@ import torch
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+DEVICE_TYPES = ("cpu", "cuda")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
+    """The device ``device`` names, checked before anything runs on it: 'auto' (the first CUDA GPU
+    when there is one, else the CPU), 'cpu', 'cuda' or 'cuda:N'. An unknown name, CUDA on a machine
+    without it, or a GPU index past the GPUs here is a one-line ValueError."""
+    name = str(device).strip()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    try:
+        d = torch.device(name)
+    except (RuntimeError, ValueError):
+        d = None
+    if d is None or d.type not in DEVICE_TYPES:
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name}: CUDA is not available here (torch {torch.__version__}"
+                             f"{', a CPU build' if torch.version.cuda is None else ''}); use --device cpu or auto")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
     return d
 
 

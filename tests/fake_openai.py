@@ -108,9 +108,10 @@ class FakeOpenAI:
                     except OSError:
                         pass
                     outcome = ("trickle",)
-                elif step == "429":
+                elif step.startswith("429"):  # "429" or "429:<Retry-After value>"
                     outcome = ("429",)
-                    self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}}, [("Retry-After", "0")])
+                    after = step.split(":", 1)[1] if ":" in step else "0"
+                    self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}}, [("Retry-After", after)])
                 elif step == "500":
                     outcome = ("500",)
                     self._send(500, {"error": {"message": "boom", "type": "server_error"}})

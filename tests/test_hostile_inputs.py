@@ -498,11 +498,16 @@ def test_predict_never_writes_into_its_photos_or_its_run(world):
     before = tree(photos)
     one_line_error(cli("predict", "--checkpoint", world / "run", photos, "--face", "aligned", "--annotate",
                        photos / "annotated"), "--annotate", "inside the input folder")
-    one_line_error(cli("predict", "--checkpoint", world / "run", f"{photos}/*.png", "--face", "aligned", "--out",
+    one_line_error(cli("predict", "--checkpoint", world / "run", photos, "--face", "aligned", "--out",
                        photos / "faces.csv"), "--out", "inside the input folder")
     one_line_error(cli("predict", "--checkpoint", world / "run", photos, "--face", "aligned", "--plots",
                        world / "run/plots"), "--plots", "inside the --checkpoint folder")
     assert tree(photos) == before
+    # a glob's inputs are its matches: an output it cannot match may sit beside them (issue 21)
+    ok = cli("predict", "--checkpoint", world / "run", f"{photos}/*.png", "--face", "aligned", "--out",
+             photos / "faces.csv")
+    assert ok.exit_code == 0, ok.output
+    assert {k: v for k, v in tree(photos).items() if not k.endswith("faces.csv")} == before
 
 
 def test_predict_with_a_bomb_among_photos_skips_it(world):

@@ -31,13 +31,35 @@ class MalformedOutput(ValueError):
     """The model answered, but not with a usable caption."""
 
 
+def parse_retry_after(value, now: float | None = None) -> float | None:
+    """A Retry-After header as seconds from now (RFC 9110: seconds, or an HTTP date), or None when
+    it says nothing usable. Any value is taken: negative -> 0, NaN or garbage -> None, a date in
+    the past -> 0; a huge one stays huge here (the runner caps it inside its deadline)."""
+    import math
+    import time
+    from email.utils import parsedate_to_datetime
+
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
 def _retry_after(exc) -> float | None:
     response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+    return parse_retry_after(response.headers.get("retry-after") if response is not None else None)
 
 
 class OpenAICaptioner:
@@ -63,8 +85,10 @@ class OpenAICaptioner:
         """What, besides the image and labels, decides the answer (part of the cache key)."""
         return {"model": self.model, "prompt": self.prompts[caption_type].version, "cap": self.caps[caption_type]}
 
-    def caption(self, caption_type: str, row: dict, image_path: Path) -> str:
+    def caption(self, caption_type: str, row: dict, image_path: Path, timeout: float | None = None) -> str:
+        """One request, cut off after ``timeout`` seconds (default: the captioner's)."""
         openai = self._openai
+        limit = self.timeout if timeout is None else max(0.01, min(timeout, self.timeout))
         system, user = self.prompts[caption_type].messages(row["emotion"], row)
         data = base64.b64encode(Path(image_path).read_bytes()).decode()
         mime = mimetypes.guess_type(str(image_path))[0] or "image/jpeg"
@@ -74,10 +98,10 @@ class OpenAICaptioner:
         # One connection per request and a watchdog that closes it when the whole request has taken
         # `timeout` seconds: the client's own timeout bounds each read, so a server that keeps sending
         # without ever finishing would otherwise hold the run forever.
-        http = openai.DefaultHttpxClient(timeout=self.timeout)
-        client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout,
+        http = openai.DefaultHttpxClient(timeout=limit)
+        client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=limit,
                                http_client=http)
-        watchdog = threading.Timer(self.timeout, http.close)
+        watchdog = threading.Timer(limit, http.close)
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -85,7 +109,7 @@ class OpenAICaptioner:
                                                       max_tokens=self.caps[caption_type], temperature=self.temperature)
         except Exception as exc:
             if not watchdog.is_alive():  # the deadline closed the connection under the request
-                raise TransientError(f"no complete answer within {self.timeout:g} s") from None
+                raise TransientError(f"no complete answer within {limit:.3g} s") from None
             self._sort(exc)
         finally:
             watchdog.cancel()

@@ -5,8 +5,13 @@
   image's SHA-256, the caption type, the labels and the backend's identity (model, prompt
   version, token cap). Each answer is stored the moment it arrives (write-then-rename), so a
   killed run loses nothing and a rerun sends only what is still missing.
-* Transient errors are retried with exponential backoff (honouring Retry-After); malformed
-  answers are retried, then recorded as failures and never written as captions.
+* Transient errors are retried with exponential backoff (honouring Retry-After, whatever it
+  says: a negative, NaN, huge or date value is parsed and capped); malformed answers are retried,
+  then recorded as failures and never written as captions. Every caption has a total
+  ``deadline``: its attempts, and every back-off between them, end within it (a server that asks
+  to wait past it is a failure at once). A server that fails ``max_consecutive_failures``
+  captions in a row stops the run with one line (what was answered is cached), so a large
+  manifest does not take hours to fail.
 * ``au_sentences`` (the 12 per-AU sentences of AU-VL) are derived for rows with AU labels.
 """
 
@@ -95,10 +100,18 @@ def cache_key(image_sha: str, caption_type: str, row: dict, identity: dict) -> s
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+MAX_BACKOFF = 60.0  # no single wait between attempts is longer, whatever the server asks
+
+
 def caption_manifest(manifest: Manifest, captioner, types=CAPTION_TYPES, *, cache_dir=None, concurrency: int = 4,
                      max_attempts: int = 6, backoff: float = 1.0, overwrite: bool = False, progress=None,
-                     sleep=time.sleep) -> tuple[list[dict], CaptionReport]:
-    """Caption every row; returns the new rows (captions + au_sentences) and a report."""
+                     sleep=time.sleep, clock=time.monotonic, deadline: float | None = None,
+                     max_consecutive_failures: int = 20) -> tuple[list[dict], CaptionReport]:
+    """Caption every row; returns the new rows (captions + au_sentences) and a report.
+    ``deadline``: the seconds one caption may take in all, attempts and back-off included (default:
+    the captioner's own timeout, or none for offline captioners)."""
+    if deadline is None:
+        deadline = getattr(captioner, "timeout", None)
     unknown = [t for t in types if t not in CAPTION_TYPES]
     if unknown:
         raise ValueError(f"types: unknown caption type(s) {', '.join(unknown)} (expected {', '.join(CAPTION_TYPES)})")
@@ -134,20 +147,35 @@ def caption_manifest(manifest: Manifest, captioner, types=CAPTION_TYPES, *, cach
                 if cached is not None:
                     return i, t, cached, "cache", None
             last = None
+            end = clock() + deadline if deadline is not None else None
+            spent = f"no complete answer within the {deadline:g} s deadline" if deadline is not None else ""
+            least = min(0.05, deadline / 10) if deadline is not None else 0.0  # the shortest attempt worth making
             for attempt in range(max_attempts):
+                left = end - clock() if end is not None else None
+                if left is not None and left < least:
+                    return i, t, None, "failed", f"{spent} ({last})"
                 try:
-                    text = validate_caption(t, captioner.caption(t, row, image), row)
+                    text = validate_caption(t, captioner.caption(t, row, image, timeout=left), row)
                     if cache is not None:
                         cache.put(key, text, {"id": row["id"], "type": t, "backend": captioner.name})
                     return i, t, text, "generated", None
                 except TransientError as exc:
                     last = str(exc)
-                    delay = exc.retry_after if exc.retry_after is not None else backoff * 2 ** attempt
+                    asked = exc.retry_after
+                    delay = asked if asked is not None else backoff * 2 ** attempt
                     with lock:
                         report.retries += 1
                         jitter = 0.5 + rng.random()
-                    if attempt + 1 < max_attempts:
-                        sleep(min(delay * jitter, 60.0))
+                    if attempt + 1 >= max_attempts:
+                        break
+                    wait = min(delay * jitter if asked is None else delay, MAX_BACKOFF)
+                    left = end - clock() if end is not None else None
+                    if left is not None and left < least:
+                        return i, t, None, "failed", f"{spent} ({last})"
+                    if left is not None and wait >= left:
+                        why = f"the server asked to wait {asked:g} s" if asked is not None else f"a {wait:.1f} s back-off"
+                        return i, t, None, "failed", f"{why}, past the {deadline:g} s deadline ({last})"
+                    sleep(wait)
                 except MalformedOutput as exc:
                     last = f"malformed answer: {exc}"
                     with lock:
@@ -156,10 +184,16 @@ def caption_manifest(manifest: Manifest, captioner, types=CAPTION_TYPES, *, cach
         except OSError as exc:  # unreadable image
             return i, t, None, "failed", f"image: {exc.strerror or exc}"
 
+    streak = [0]  # captions failed in a row (in completion order)
+
     def record(result):
         i, t, text, how, reason = result
+        streak[0] = streak[0] + 1 if text is None and not reason.startswith("image:") else 0
         if text is None:
             report.failed.append({"id": rows[i]["id"], "type": t, "reason": reason})
+            if max_consecutive_failures and streak[0] >= max_consecutive_failures:
+                raise CaptionError(f"{captioner.name}: {streak[0]} captions failed in a row (last: {reason}); stopping. "
+                                   "What was answered is cached: run the same command again to continue")
         else:
             rows[i][CAPTION_COLUMN[t]] = text
             if how == "cache":

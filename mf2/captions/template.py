@@ -136,5 +136,5 @@ class TemplateCaptioner:
     name = "template"
     cacheable = False
 
-    def caption(self, caption_type: str, row: dict, image_path=None) -> str:
+    def caption(self, caption_type: str, row: dict, image_path=None, timeout: float | None = None) -> str:
         return TEMPLATES[caption_type](row)

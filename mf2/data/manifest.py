@@ -7,7 +7,10 @@ pixels) and optional captions ``caption_au``, ``caption_emotion``, ``caption_key
 ``au_sentences`` (12 per-AU sentences for AU-VL).
 
 Rows are validated on load. A bad row is a one-line ``ManifestError`` naming file, line and
-column; with ``skip_bad=True`` it becomes a recorded, counted skip instead.
+column; with ``skip_bad=True`` it becomes a recorded, counted skip instead. Two rows that reach
+the same image file (two spellings of a path, a symbolic or hard link) are one image: with the
+same labels the later row is merged into the first (read once, counted in ``Manifest.merged``);
+with other labels it is a bad row (one image cannot be in two classes, nor in two splits).
 """
 
 from __future__ import annotations
@@ -38,12 +41,25 @@ class Manifest:
     root: Path  # folder the image paths are relative to
     path: Path | None = None
     skipped: list[dict] = field(default_factory=list)  # {"line": N, "reason": "..."}
+    merged: list[dict] = field(default_factory=list)  # {"line": N, "same_as": M, "image": ...}: read once
 
     def __len__(self):
         return len(self.rows)
 
     def image_path(self, row: dict) -> Path:
         return self.root / row["image"]
+
+    def notes(self) -> list[str]:
+        """What reading the manifest set aside, as lines for a command's report."""
+        out = []
+        if self.skipped:
+            out.append(f"{len(self.skipped)} bad manifest rows skipped (first: line {self.skipped[0]['line']}: "
+                       f"{self.skipped[0]['reason']})")
+        if self.merged:
+            m = self.merged[0]
+            out.append(f"{len(self.merged)} manifest rows name an image an earlier row names, with the same labels: "
+                       f"read once (first: line {m['line']}, the image of line {m['same_as']})")
+        return out
 
 
 def _load_rows(path: Path):
@@ -167,7 +183,7 @@ def read_manifest(path, *, skip_bad: bool = False, check_images: bool = True) ->
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     root = path.parent
-    rows, skipped, seen = [], [], {}
+    rows, skipped, merged, seen, files = [], [], [], {}, {}
     for number, raw in _load_rows(path):
         try:
             if isinstance(raw, Exception):
@@ -177,17 +193,42 @@ def read_manifest(path, *, skip_bad: bool = False, check_images: bool = True) ->
                 raise ValueError(f"id: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
             if check_images and not (root / row["image"]).is_file():
                 raise ValueError(f"image: missing image file {row['image']!r}")
+            same = _image_identity(root / row["image"], check_images)
+            if same in files:
+                first_line, first = files[same]
+                if _labels(first) != _labels(row):
+                    raise ValueError(f"image: {row['image']!r} is the same file as line {first_line}'s "
+                                     f"({first['image']!r}) with other labels: one image cannot carry two labels "
+                                     "(nor be in two splits)")
+                merged.append({"line": number, "same_as": first_line, "image": row["image"]})
+                continue
         except ValueError as exc:
             if not skip_bad:
                 raise ManifestError(f"{path}:line {number}: {exc}") from None
             skipped.append({"line": number, "reason": str(exc)})
             continue
         seen[row["id"]] = number
+        files[same] = (number, row)
         rows.append(row)
     if not rows:
         detail = f" ({len(skipped)} bad rows skipped)" if skipped else ""
         raise ManifestError(f"{path}: manifest has no usable rows{detail}")
-    return Manifest(rows=rows, root=root, path=path, skipped=skipped)
+    return Manifest(rows=rows, root=root, path=path, skipped=skipped, merged=merged)
+
+
+def _image_identity(path: Path, on_disk: bool):
+    """What tells two rows' images apart: the file itself (device and inode: links and other
+    spellings of one path are the same file) when it is on disk, else its normalised path."""
+    if on_disk:
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    return ("path", os.path.normcase(os.path.abspath(path)))
+
+
+def _labels(row: dict) -> tuple:
+    """The labels of a row that a second row of the same image must repeat (its video need not:
+    the first row's decides the split the image goes to)."""
+    return (row["emotion"], *(row[a] for a in AUS), row.get("split") or "")
 
 
 def write_manifest(rows: list[dict], path) -> Path:

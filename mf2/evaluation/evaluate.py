@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mf2.devices import resolve_precision
+from mf2.devices import resolve_device, resolve_precision
 from mf2.evaluation.metrics import paired_bootstrap
 from mf2.evaluation.predict import explanation_consistency, open_run, run_predictions
 from mf2.evaluation.probe import pooled_feature_probe
@@ -36,6 +36,7 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
     split must hold the same images in the same order, so that the differences stay paired. With
     ``explain`` (a number of rows), the run also explains that many of the split's faces and
     reports how often the explanation names the emotion and AUs its heads chose."""
+    device = str(resolve_device(device))  # before anything is written
     precision = resolve_precision(precision, device)
     folder = Path(folder) if folder else RunFolder(run).eval_folder(split)
     refuse_overlap({"--cache": cache, "--beside": list(beside)}, {"--out": folder})

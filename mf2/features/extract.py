@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter, OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
-import mf2
+from mf2._version import __version__
 from mf2.data.labels import AUS, CAPTION_COLUMN, CAPTION_TYPES, TEXT_CAPS
+from mf2.devices import resolve_device
 from mf2.data.landmarks import au_centres, mirror_landmarks, ruler
 from mf2.data.manifest import Manifest
 from mf2.features.backbones import load_text, load_vision
@@ -41,7 +42,7 @@ class ExtractSettings:
     landmarks: str = "auto"  # 'dlib' | 'manifest' | 'canonical' | 'auto' (manifest when every row has them, else dlib)
     image_size: int = 224
     batch_size: int = 32
-    device: str = "cpu"
+    device: str = "auto"  # the first CUDA GPU, else the CPU
     au_samples: int = 3  # R: R x R samples around each of an AU's two centres
     au_window: float = 1.0  # side of the sampling grid, in rulers (inner-eye-corner distances)
     padding: str = "border"
@@ -103,6 +104,7 @@ def resolve_landmarks(settings: ExtractSettings, manifest: Manifest) -> str:
 def extract_features(manifest: Manifest, out, settings: ExtractSettings | None = None, overwrite: bool = False,
                      progress=None, log=print) -> dict:
     s = settings or ExtractSettings()
+    s = replace(s, device=str(resolve_device(s.device)))  # before anything is written
     if s.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision: expected 'fp32' or 'bf16', got {s.precision!r}")
     if s.face not in ("detect", "aligned"):
@@ -125,6 +127,12 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     n = len(rows)
     types = [t for t in CAPTION_TYPES if any(r.get(CAPTION_COLUMN[t]) for r in rows)]
     has_sentences = any(r.get("au_sentences") for r in rows)
+    text_rows = {**{t: sum(1 for r in rows if r.get(CAPTION_COLUMN[t])) for t in types},
+                 **({"au_sentences": sum(1 for r in rows if r.get("au_sentences"))} if has_sentences else {})}
+    if not text_rows:
+        log(f"warning: {manifest.path or 'the manifest'} holds no captions ({', '.join(CAPTION_COLUMN.values())}, "
+            "au_sentences): the store will hold no text, and MF² pretraining aligns faces with their captions. "
+            "mf2 caption --manifest M writes them (into M's .captioned.jsonl: extract from that)")
     size = s.image_size
     with torch.no_grad():  # probe the backbone's token and map shapes
         tokens, fmap, layout = vision(torch.zeros(1, 3, size, size, device=s.device), au_map=au_map)
@@ -132,7 +140,7 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     C_au = fmap.shape[1] if layout == "BCHW" else fmap.shape[-1]
     RR2 = 2 * s.au_samples ** 2
     signature = {
-        "mf2": mf2.__version__, "manifest": {"rows": n, "digest": _manifest_digest(manifest)},
+        "mf2": __version__, "manifest": {"rows": n, "digest": _manifest_digest(manifest)},
         "vision": {"name": vision.name, "weights": vision.weights_id, "image_size": size},
         "text": {"name": text.name, "weights": text.weights_id, "types": types, "au_sentences": has_sentences,
                  "caps": {k: s.caps[k] for k in [*types, "au_sentences"]}},
@@ -231,6 +239,7 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
             "seconds": round(elapsed, 3), "images_per_second": round(done / elapsed, 2) if elapsed else None,
             "stage_seconds": {k: round(timing[k], 3) for k in STAGES},
             "text_cache": {"encoded": texts.misses, "reused": texts.hits},
+            "captions": {"types": types, "au_sentences": has_sentences, "rows": text_rows},
             "settings": {**asdict(s), "landmarks": landmark_source},
             "backbones": {"vision": f"{vision.name} ({vision.source})", "text": f"{text.name} ({text.source})"},
         }

@@ -62,6 +62,22 @@ class CacheReader:
     def __len__(self):
         return len(self.rows)
 
+    def text_coverage(self) -> dict:
+        """How many of this split's rows carry each text the alignment losses read: name -> rows
+        ('<type> captions' for Emo-VL's caption type, 'per-AU sentences' for AU-VL)."""
+        g, out = self.store.group, {}
+        for present, name, array in ((self.has_emo_text, f"{self.emo_text} captions", f"text/{self.emo_text}/mask"),
+                                     (self.has_au_text, "per-AU sentences", "text/au_sentences/mask")):
+            if present:
+                rows = 0
+                for start in range(0, self.store.count, 4096):
+                    mine = self.rows[(self.rows >= start) & (self.rows < start + 4096)] - start
+                    if len(mine):
+                        first = self.store.read(array, start, min(start + 4096, self.store.count))[mine][..., 0]
+                        rows += int((first.reshape(len(mine), -1).any(1)).sum())
+                out[name] = rows
+        return out
+
     def aus(self) -> np.ndarray:
         """AU labels [N, 12] of this split's rows (-1 = missing)."""
         return self.store.group["meta/aus"][:][self.rows]

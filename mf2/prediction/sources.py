@@ -87,6 +87,9 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
             problems.append((f"<input {k}>", f"not a path, PIL image or array ({type(item).__name__})"))
             continue
         item = str(item)
+        if not item.strip():  # an unset shell variable: not "the current folder"
+            problems.append((repr(item), "an empty path"))
+            continue
         path = Path(item)
         if path.is_dir():
             found = sorted(str(p) for p in path.rglob("*")
@@ -103,12 +106,19 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
                 problems.append((item, "no files match"))
         else:
             problems.append((item, "missing file"))
-    seen, unique = set(), []
-    for item in items:  # a file named twice (a folder and a glob in it) is read once
+    seen, unique = {}, []
+    for item in items:  # a file named twice (a folder and a glob in it, a link, ./a.jpg) is read once, and said so
         if isinstance(item, str):
-            if item in seen:
+            try:
+                st = Path(item).stat()
+                key = (st.st_dev, st.st_ino)
+            except OSError:
+                key = item
+            if key in seen:
+                if seen[key] != item:
+                    problems.append((item, f"the same file as {seen[key]} (read once)"))
                 continue
-            seen.add(item)
+            seen[key] = item
         unique.append(item)
     return unique, problems
 
