@@ -7,12 +7,7 @@ PyTorch references), ``mf2.cli`` (the ``mf2`` command). Importing ``mf2`` itself
 the API is imported on first use, and nothing loads a model or touches a GPU before that.
 """
 
-from importlib import metadata as _metadata
-
-try:
-    __version__ = _metadata.version("mf2")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from mf2._version import __version__
 
 __all__ = ["Detector", "Faces", "__version__", "read_faces"]
 

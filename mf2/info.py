@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-import mf2
+from mf2._version import __version__
 from mf2.ops import _native
 
 
@@ -14,7 +14,7 @@ def environment() -> dict:
     build = _native.build_info()
     cuda_device = torch.cuda.is_available()
     return {
-        "mf2": mf2.__version__,
+        "mf2": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "native_extension": {

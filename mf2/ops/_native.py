@@ -20,7 +20,7 @@ if os.environ.get("MF2_DISABLE_NATIVE", "") not in ("", "0"):
     _load_error = "disabled by MF2_DISABLE_NATIVE"
 else:
     try:
-        from mf2 import _C  # type: ignore[attr-defined,no-redef]
+        import mf2._C as _C  # type: ignore[no-redef]  (the compiled extension)
     except ImportError as exc:  # not built, or built for another Python
         _load_error = f"mf2._C could not be imported ({exc})"
 
