@@ -8,11 +8,12 @@
 # transformers BERT folder (the paper's BERT-base). Random-initialised weights of those shapes
 # measure the same cost. N (default 1600) SynthFACS images at 224 px; EPOCHS (default 2) for each
 # training step; LANDMARKS (default manifest; canonical where dlib's landmark model is absent,
-# prediction then uses the same template).
+# prediction then uses the same template); VISION (default vit_base_patch16_224: the timm name
+# VISION_WEIGHTS are for; the tests run the script with a tiny ViT on the CPU).
 set -euo pipefail
 OUT=${1:?usage: benchmarks/pipeline.sh OUT}
 N=${N:-1600} EPOCHS=${EPOCHS:-2} DEVICE=${DEVICE:-cuda} PRESET=${PRESET:-paper} LANDMARKS=${LANDMARKS:-manifest}
-VISION=(--vision vit_base_patch16_224 --vision-weights "${VISION_WEIGHTS:?set VISION_WEIGHTS}")
+VISION=(--vision "${VISION:-vit_base_patch16_224}" --vision-weights "${VISION_WEIGHTS:?set VISION_WEIGHTS}")
 TEXT=(--text "${TEXT:?set TEXT}")
 mkdir -p "$OUT"
 step() {  # step NAME COMMAND...: run, and print the seconds it took

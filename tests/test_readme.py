@@ -135,3 +135,59 @@ def test_runnable_blocks_run_as_written(lang, body, workdir):
     command = ["bash", "-e", "-o", "pipefail", "-c", body] if lang == "bash" else [sys.executable, "-c", body]
     proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# -- the README's figures are measured ones ------------------------------------------------------------
+def _prose() -> str:
+    """The README without its code blocks and inline code (commands, option values, file names)."""
+    text = re.sub(r"```.*?```", "", (ROOT / "README.md").read_text(), flags=re.S)
+    return re.sub(r"`[^`]*`", "", text)
+
+
+# Numbers of the README that are not measurements: a version, and the paper's own MFA sizes (34,696
+# images; 31,320 // 56 x 30 = 16,770 steps of Table VI), which mf2 quotes beside its own.
+NOT_FIGURES = {"3.10", "34,696", "16,770"}
+NUMBER = re.compile(r"(?<![\w.])[+−-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w.])|(?<![\w.,])[+−-]?\d+\.\d+(?![\w.])")
+
+
+def _measured() -> list[float]:
+    """Every number in benchmarks/results/ (and the paper's own figures, shown beside ours)."""
+    text = "\n".join(p.read_text(errors="replace") for p in sorted((ROOT / "benchmarks/results").iterdir())
+                     if p.suffix in (".json", ".md", ".txt"))
+    text += (ROOT / "mf2/evaluation/paper.py").read_text()
+    return [float(x.replace(",", "")) for x in re.findall(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?", text)]
+
+
+def _found(figure: str, pool: list[float]) -> bool:
+    """``figure`` as shown (its decimals) is one of the measured numbers: as it is, as a percentage,
+    in millions (parameters), thousandths (ms -> s), or its inverse (a ratio shown as 1/x)."""
+    text = figure.replace("−", "-").replace(",", "")
+    x, decimals = abs(float(text)), len(text.split(".")[1]) if "." in text else 0
+    for v in pool:
+        for t in (v, 100 * v, v / 1e6, v / 1e3, 1 / v if v else 0.0):
+            if round(abs(t), decimals) == round(x, decimals):
+                return True
+    return False
+
+
+def test_every_figure_the_readme_quotes_is_in_benchmarks_results():
+    pool = _measured()
+    figures = [n for n in NUMBER.findall(_prose()) if n.replace("−", "-").lstrip("+-") not in NOT_FIGURES]
+    assert len(figures) > 50
+    missing = sorted({f for f in figures if not _found(f, pool)})
+    assert not missing, f"README figures that no file in benchmarks/results/ holds: {missing}"
+
+
+PLACEHOLDER = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b|\b[A-Z]{2,}\b(?= (?:s|ms|faces/s|images/s|GB|MiB|%)\b)|"
+                         r"\b(?:TODO|TBD|FIXME|XXX)\b|\?\?")
+
+
+def test_the_readme_has_no_unfilled_placeholders():
+    """The speed paragraph once shipped 'PHOTOS_NO faces/s', 'after LOAD s of loading'."""
+    found = sorted(set(PLACEHOLDER.findall(_prose())))
+    assert not found, f"unfilled placeholders in the README: {found}"
+
+
+def test_the_checks_see_a_placeholder_and_an_unmeasured_figure():
+    assert PLACEHOLDER.findall("at PHOTOS_NO faces/s after LOAD s of loading") == ["PHOTOS_NO", "LOAD"]
+    assert not _found("123456.789", _measured()) and _found("52.88", _measured())
