@@ -32,7 +32,7 @@ from ._common import one_line_errors, precision_option
                                       "(batched on a GPU); auto: the default, MTCNN.")
 @click.option("--min-face-score", type=float, default=None,
               help="Detection score a face needs [default: the detector's: hog 0.25 (clear faces score about 1 and "
-                   "above), cnn 0.3, mtcnn 0.9 (a probability)]. Faces just under it are counted as near-misses.")
+                   "above), cnn 0.3, mtcnn 0.7 (a probability, as MTCNN publishes it)]. Faces just under it are counted as near-misses.")
 @click.option("--format", "out_format", type=click.Choice(["mf2", "openface"]), default="mf2", show_default=True,
               help="mf2: the results table (CSV or JSON by --out's name); openface: OpenFace 2.x's CSV columns "
                    "(--out x.csv for one input, else a folder with one CSV per source).")

@@ -28,7 +28,7 @@ from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
 from mf2.prediction.annotate import Annotator
 from mf2.prediction.predict import detections
-from mf2.prediction.predictor import DECODINGS, PredictSettings, Predictor
+from mf2.prediction.predictor import DECODINGS, PredictSettings, Predictor, intra_op_threads
 from mf2.prediction.sources import InputError, expand, frames, in_memory_frame, is_video
 from mf2.prediction.table import TableBuilder
 from mf2.prediction.tracking import Tracker, TrackSettings
@@ -142,7 +142,7 @@ class Detector:
     or 'aligned' (each input is one aligned face crop). ``face_detector``: 'hog' (dlib's frontal
     HOG), 'cnn' (dlib's MMOD CNN; slow on a CPU), 'mtcnn' (batched on a GPU) or 'auto' (the
     default detector, MTCNN); ``min_face_score``: None for the detector's own default (HOG 0.25,
-    CNN 0.3, MTCNN 0.9). ``tracking``: True (``TrackSettings()``), False, a ``TrackSettings`` or a
+    CNN 0.3, MTCNN 0.7). ``tracking``: True (``TrackSettings()``), False, a ``TrackSettings`` or a
     dict of its fields (``mf2.prediction.tracking``): one ``track`` id per person in a video. ``threshold``: the AU probability at which an AU is
     active (explained, drawn); None (the default): each AU's threshold tuned on the run's validation
     split (0.5 for runs without them). ``num_workers``: face-finding threads ('auto': the cores but one,
@@ -265,8 +265,10 @@ class Detector:
         near: list[dict] = []
         table = TableBuilder()
         tracks = _Tracks(self.tracking)
+        # torch's threads for the whole run (MTCNN in the face-finding threads, the model here), not only a batch
         with self._bar(progress) as bar, _partial_on_failure(lambda: self._faces(table, counts, skipped, annotator,
-                                                                                 near)):
+                                                                                 near)), \
+                intra_op_threads(self.settings.threads):
             for frame, faces in detections(self.predictor, frames(items, fps or None, skip_frames), batch_size,
                                            decoding, beams, self._workers_pool(), self.workers,
                                            keep_images=annotator is not None, track=tracks):

@@ -96,7 +96,7 @@ class Face:
 # which a face under that threshold counts as a near-miss (reported, not kept).
 DETECTORS = ("hog", "cnn", "mtcnn")
 FACE_DETECTORS = (*DETECTORS, "auto")
-DEFAULT_MIN_SCORE = {"hog": 0.25, "cnn": 0.3, "mtcnn": 0.9}
+DEFAULT_MIN_SCORE = {"hog": 0.25, "cnn": 0.3, "mtcnn": 0.7}  # MTCNN: its O-Net threshold as published
 NEAR_MISS_FLOOR = {"hog": 0.0, "cnn": 0.0, "mtcnn": 0.5}
 # MTCNN's five points -> the square box dlib's 68-point model was trained on (HOG boxes): the
 # centre at 0.525 of the way from the eyes' midpoint to the mouth's, the side 1.256 x that

@@ -125,11 +125,13 @@ class Found:
 
 
 class MTCNN:
-    """The three-stage cascade. ``min_face``: the smallest face side searched for (pixels);
+    """The three-stage cascade. ``min_face``: the smallest face side searched for (pixels; None:
+    a twelfth of the image's shorter side, within 20-40 px -- 30 px in a 360p frame, 40 from
+    480p up -- since the first, largest pyramid level costs the most);
     ``thresholds``: the stages' face probabilities a candidate needs (the last is the lowest score
     reported, so that callers can count near-misses under their own threshold)."""
 
-    def __init__(self, device="cpu", min_face: int = 20, thresholds=(0.6, 0.7, 0.5), factor: float = 0.709):
+    def __init__(self, device="cpu", min_face: int | None = None, thresholds=(0.6, 0.7, 0.5), factor: float = 0.709):
         self.device = torch.device(device)
         self.min_face, self.thresholds, self.factor = min_face, tuple(thresholds), factor
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
@@ -156,11 +158,15 @@ class MTCNN:
         t1, t2, t3 = self.thresholds
         # stage 1: P-Net over an image pyramid, fully convolutional
         boxes, owners = [], []
-        scale = 12.0 / self.min_face
+        min_face = self.min_face or int(np.clip(round(min(h, w) / 12), 20, 40))
+        scale = 12.0 / min_face
         side = min(h, w) * scale
         while side >= 12:
             size = (int(h * scale + 1), int(w * scale + 1))
-            reg, prob = self.pnet(_normalise(F.interpolate(imgs, size=size, mode="area")))
+            # area averaging from the image itself, as the weights were trained (a bilinear pyramid
+            # built level from level is faster and found fewer SynthFACS faces: 29 of 40 against 34)
+            level = F.interpolate(imgs, size=size, mode="area")
+            reg, prob = self.pnet(_normalise(level))
             b, o = _candidates(reg, prob, scale, t1)
             keep = nms(b[:, :4], b[:, 4], 0.5, groups=o)
             boxes.append(b[keep])
@@ -239,19 +245,29 @@ def _square(boxes):
     return out
 
 
-def _crops(imgs, boxes, owners, size: int) -> torch.Tensor:
-    """Each box's pixels (zero outside the image), resized to size x size by area averaging."""
-    _, _, h, w = imgs.shape
-    b = boxes[:, :4].trunc().long().cpu().numpy()
-    out = []
-    for (x0, y0, x1, y1), k in zip(b, owners.cpu().numpy()):
-        x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
-        patch = torch.zeros((3, y1 - y0, x1 - x0), dtype=imgs.dtype, device=imgs.device)
-        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-        if sx1 > sx0 and sy1 > sy0:
-            patch[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = imgs[k, :, sy0:sy1, sx0:sx1]
-        out.append(F.interpolate(patch[None], size=(size, size), mode="area"))
-    return _normalise(torch.cat(out))
+def _crops(imgs, boxes, owners, size: int, supersample: int = 2) -> torch.Tensor:
+    """Each box's pixels (zero outside the image) as size x size: sampled bilinearly at
+    ``supersample`` x the size and averaged down (close to area averaging), all of one image's
+    boxes in one ``grid_sample`` call."""
+    n_img, _, h, w = imgs.shape
+    m = size * supersample
+    t = (torch.arange(m, device=imgs.device, dtype=imgs.dtype) + 0.5) / m  # [m] in (0, 1)
+    b = boxes[:, :4].to(imgs.dtype)
+    out = torch.empty((len(b), 3, size, size), device=imgs.device, dtype=imgs.dtype)
+    for k in range(n_img):
+        mine = (owners == k).nonzero().flatten()
+        if not len(mine):
+            continue
+        bk = b[mine]
+        xs = bk[:, 0:1] + t[None] * (bk[:, 2:3] - bk[:, 0:1] + 1)  # [j, m] pixel coordinates
+        ys = bk[:, 1:2] + t[None] * (bk[:, 3:4] - bk[:, 1:2] + 1)
+        gx = (2 * xs / w - 1)[:, None, :].expand(-1, m, -1)  # normalised, align_corners=False
+        gy = (2 * ys / h - 1)[:, :, None].expand(-1, -1, m)
+        grid = torch.stack([gx, gy], -1).reshape(1, len(mine) * m, m, 2)
+        sampled = F.grid_sample(imgs[k:k + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = sampled.reshape(3, len(mine), m, m).permute(1, 0, 2, 3)
+        out[mine] = F.avg_pool2d(sampled, supersample) if supersample > 1 else sampled
+    return _normalise(out)
 
 
 def _batched(net, x: torch.Tensor, chunk: int = 512):

@@ -2,7 +2,7 @@
 
 Per face: the box with the person's track id, the AU regions the model pooled (the window
 around each AU's two centres, mapped back from the aligned crop; active AUs bold and named; on
-small faces only the active ones, or none), and the top emotion with its probability; lines and
+small faces none, their active AUs listed under the box), and the top emotion with its probability; lines and
 text are sized by the face, so a group photo's labels do not pile up; a legend says what each
 colour is. Images keep their format (PNG or JPEG; others become PNG); video frames are
 written as ``<video>_f<frame>.jpg``; in-memory images as ``image_<k>.png``. Names never
@@ -40,7 +40,8 @@ class Annotator:
     def __init__(self, folder=None, threshold=0.5, au_window: float = 1.0, au_regions: str = "auto"):
         """``folder``: where ``write`` puts images (None: ``draw`` only). ``au_regions``: 'all',
         'active' (only the active AUs' windows), 'none', or 'auto' (all on faces of 160 px and
-        more, the active ones from 48 px, none on smaller faces, where they would hide the face)."""
+        more; none on smaller faces, where 24 windows would hide the face: their active AUs are
+        listed under the box)."""
         if au_regions not in ("auto", "all", "active", "none"):
             raise ValueError(f"au_regions: expected 'auto', 'all', 'active' or 'none', got {au_regions!r}")
         self.au_regions = au_regions
@@ -84,8 +85,7 @@ class Annotator:
             draw.rectangle((x0, y0, x1, y1), outline=BOX, width=2 * fw)
             predicted = face.aus is not None
             active = [a for j, a in enumerate(AUS) if predicted and face.aus[j] >= self.thresholds[j]]
-            regions = self.au_regions if self.au_regions != "auto" else (
-                "all" if side >= 160 else "active" if side >= 48 else "none")
+            regions = self.au_regions if self.au_regions != "auto" else "all" if side >= 160 else "none"
             if regions != "none":
                 inverse = invert(face.transform)
                 scale = float(np.sqrt(abs(np.linalg.det(inverse[:, :2]))))  # crop px -> image px
@@ -106,9 +106,18 @@ class Annotator:
             name = f"#{face.track}" if getattr(face, "track", None) is not None else f"face {k}"
             label = f"{name} {face.emotion} {float(np.max(face.emotions)):.2f}" if predicted else name
             draw.text((x0, y0 - 2 * fw), label, fill=BOX, font=font, anchor="lb", stroke_width=fw, stroke_fill=TEXT_BG)
-            if predicted:
-                draw.text((x0, y1 + 2 * fw), " ".join(active) or "no active AU", fill=ACTIVE, font=font, anchor="lt",
-                          stroke_width=fw, stroke_fill=TEXT_BG)
+            if predicted:  # the active AUs under the box, wrapped to its width
+                lines, line = [], ""
+                for word in active or ["no active AU"]:
+                    trial = f"{line} {word}".strip()
+                    if line and draw.textlength(trial, font=font) > max(x1 - x0, draw.textlength("AU00 AU00", font=font)):
+                        lines.append(line)
+                        line = word
+                    else:
+                        line = trial
+                lines.append(line)
+                draw.multiline_text((x0, y1 + 2 * fw), "\n".join(lines), fill=ACTIVE, font=font, spacing=fw,
+                                    stroke_width=fw, stroke_fill=TEXT_BG)
         if faces:
             self._legend(draw, im.size, regions_drawn, _font(max(10, big // 2 + 2)), w)
         return im

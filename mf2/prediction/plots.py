@@ -177,7 +177,7 @@ def timeline_figure(table, source: str | None = None, face: int | None = 0, aus=
         if isinstance(name, str):
             band.axvspan(edges[k], edges[k + 1], color=EMOTION_COLOURS[name], lw=0)
             seen += [name] if name not in seen else []
-    band.set_yticks([0.5], ["top emotion"], fontsize=8)
+    band.set_yticks([0.5], ["top"], fontsize=8)
     band.set_ylim(0, 1)
     band.set_xlim(edges[0], edges[-1])
     band.tick_params(labelbottom=False)

@@ -40,7 +40,7 @@ class PredictSettings:
     # run's per-AU thresholds, tuned on its validation split; 0.5 for a run without them)
     min_face_score: float | None = None  # detection score a face needs (None: the detector's default,
     # DEFAULT_MIN_SCORE: HOG 0.25 -- dlib's own threshold, 0, admits badges and prints; clear faces
-    # score about 1 and above --, CNN 0.3, MTCNN 0.9, its face probability)
+    # score about 1 and above --, CNN 0.3, MTCNN 0.7, its face probability)
     face_detector: str = "auto"  # 'hog', 'cnn', 'mtcnn' or 'auto' (mf2.features.faces.resolve_detector)
     device: str = "cpu"
     precision: str = "auto"  # of the model's forward (the backbone keeps the cache's precision)
