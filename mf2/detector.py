@@ -75,9 +75,9 @@ class _Tracks:
     """The ``track`` of every face, source by source, in frame order: a video's faces get the ids
     of a ``Tracker``; an image's faces their rank (each face is its own)."""
 
-    def __init__(self, settings: TrackSettings | None):
-        self.settings, self.source, self.tracker = settings, None, None
-        self.descriptors = 0
+    def __init__(self, settings: TrackSettings | None, predictor=None):
+        self.settings, self.source, self.tracker, self.predictor = settings, None, None, predictor
+        self.descriptors = self.recovered = 0
 
     def __call__(self, frame, faces) -> None:
         if frame.frame is None:
@@ -89,10 +89,22 @@ class _Tracks:
         if frame.source != self.source or self.tracker is None:
             self.source, self.tracker = frame.source, Tracker(self.settings)
         before = self.tracker.descriptors_computed
-        ids = self.tracker.update(frame.image, faces, frame.time if frame.time is not None else float(frame.frame))
+        t = frame.time if frame.time is not None else float(frame.frame)
+        ids = self.tracker.update(frame.image, faces, t)
         self.descriptors += self.tracker.descriptors_computed - before
         for f, k in zip(faces, ids):
             f.track = k
+        if self.predictor is not None and frame.near_misses and frame.image is not None:
+            kept = self.tracker.recover(frame.near_misses, t)
+            for near, k in zip(frame.near_misses, kept):
+                if k is not None:
+                    face = self.predictor.aligned(frame.image, near)
+                    face.track = k
+                    faces.append(face)
+            if any(k is not None for k in kept):
+                frame.near_misses = [n for n, k in zip(frame.near_misses, kept) if k is None]
+                faces.sort(key=lambda f: (f.box[2] - f.box[0] + 1) * (f.box[3] - f.box[1] + 1), reverse=True)
+                self.recovered += sum(k is not None for k in kept)
 
 
 def _versions() -> dict:
@@ -264,7 +276,7 @@ class Detector:
         counts = {"files": len(items), "frames": 0, "faces": 0, "frames_without_face": 0, "near_misses": 0}
         near: list[dict] = []
         table = TableBuilder()
-        tracks = _Tracks(self.tracking)
+        tracks = _Tracks(self.tracking, self.predictor)
         # torch's threads for the whole run (MTCNN in the face-finding threads, the model here), not only a batch
         with self._bar(progress) as bar, _partial_on_failure(lambda: self._faces(table, counts, skipped, annotator,
                                                                                  near)), \
@@ -292,7 +304,7 @@ class Detector:
                 bar.set_postfix(frames=counts["frames"], refresh=False)
         if not counts["frames"]:
             raise InputError(f"nothing could be read ({len(skipped)} inputs skipped)")
-        counts["descriptors"] = tracks.descriptors
+        counts["descriptors"], counts["kept_by_tracking"] = tracks.descriptors, tracks.recovered
         faces = self._faces(table, counts, skipped, annotator, near)
         return faces.smooth(smooth) if smooth else faces
 
@@ -321,7 +333,7 @@ class Detector:
         if frame_rate is not None and not (frame_rate > 0 and frame_rate < float("inf")):
             raise ValueError(f"frame_rate: expected a positive number of frames per second, got {frame_rate!r}")
         decoding = _decoding(explain)
-        tracks = _Tracks(self.tracking)
+        tracks = _Tracks(self.tracking, self.predictor)
 
         def numbered():
             for k, image in enumerate(frames_in):

@@ -97,7 +97,7 @@ class Face:
 DETECTORS = ("hog", "cnn", "mtcnn")
 FACE_DETECTORS = (*DETECTORS, "auto")
 DEFAULT_MIN_SCORE = {"hog": 0.25, "cnn": 0.3, "mtcnn": 0.7}  # MTCNN: its O-Net threshold as published
-NEAR_MISS_FLOOR = {"hog": 0.0, "cnn": 0.0, "mtcnn": 0.5}
+NEAR_MISS_FLOOR = {"hog": 0.0, "cnn": 0.0, "mtcnn": 0.3}
 # MTCNN's five points -> the square box dlib's 68-point model was trained on (HOG boxes): the
 # centre at 0.525 of the way from the eyes' midpoint to the mouth's, the side 1.256 x that
 # distance + 1.156 x the eye distance (least squares over 51 faces both detectors found: 50
@@ -181,7 +181,7 @@ class FaceFinder:
             boxes = [(b, s) for b, s in boxes if s >= floor]
             boxes.sort(key=lambda bs: (bs[0][2] - bs[0][0] + 1) * (bs[0][3] - bs[0][1] + 1), reverse=True)  # dlib's area
             faces = [Face(tuple(float(v) for v in b), self.landmarks(image, b), s, self.name) for b, s in boxes if s >= t]
-            near = [Face(tuple(float(v) for v in b), np.zeros((0, 2)), s, self.name) for b, s in boxes if s < t]
+            near = [Face(tuple(float(v) for v in b), self.landmarks(image, b), s, self.name) for b, s in boxes if s < t]
             out.append(Found(faces, near))
         return out
 

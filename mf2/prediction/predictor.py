@@ -154,13 +154,14 @@ class Predictor:
             return out
         out = []
         for image, found in zip(images, self.finder.find(images, self.min_face_score)):
-            faces = []
-            for f in found.faces:
-                crop, lm_crop, m = align(image, f.landmarks, S)
-                faces.append(AlignedFace(tuple(float(c) for c in f.box), f.landmarks, crop, lm_crop, m, round(f.score, 3),
-                                         pose=head_pose(f.landmarks)))
-            out.append((faces, found.near_misses))
+            out.append(([self.aligned(image, f) for f in found.faces], found.near_misses))
         return out
+
+    def aligned(self, image: np.ndarray, face) -> AlignedFace:
+        """A found face (``mf2.features.faces.Face``, e.g. a near-miss kept by tracking) aligned as in extraction."""
+        crop, lm_crop, m = align(image, face.landmarks, self.size)
+        return AlignedFace(tuple(float(c) for c in face.box), face.landmarks, crop, lm_crop, m, round(face.score, 3),
+                           pose=head_pose(face.landmarks))
 
     @torch.no_grad()
     def predict(self, faces: list[AlignedFace], explain: str | None = None, beams: int = 3) -> None:

@@ -22,6 +22,11 @@
    up to ``gallery`` descriptors, one refreshed every ``refresh`` seconds while it is matched
    without doubt, so descriptors cost only at those events, not on every frame.
 
+4. **Low scores where a track is.** Faces the detector scored under the threshold (near-misses)
+   that lie where a live track unmatched in this frame is predicted (IoU >= 0.5) continue that
+   track and are kept (ByteTrack's second association, Zhang et al. 2022): a face a careful
+   annotator would mark because it was there a moment ago.
+
 The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_weight`` 1,
 ``max_distance`` 0.55 (dlib's own same-person threshold on LFW is 0.6), ``memory`` None
 (unbounded), ``gallery`` 4, ``refresh`` 2 s. ``benchmarks/tracking.py`` measures them
@@ -198,6 +203,27 @@ class Tracker:
             matched_tracks.add(tr.id)
             self._observe(tr, faces[i], t, image, described.get(i), True)
         return ids
+
+    def recover(self, candidates: list, t: float, min_iou: float = 0.5) -> list[int | None]:
+        """ByteTrack's second association: faces the detector scored under the threshold
+        (``candidates``, with ``box`` and ``landmarks``) that sit where a live track not seen in
+        this frame is predicted (IoU >= ``min_iou``) continue that track; returns each
+        candidate's track id, or None (left a near-miss). Call after ``update`` for the frame."""
+        s = self.settings
+        waiting = [tr for tr in self.tracks if tr.last_time < t and t - tr.last_time <= s.max_gap]
+        out: list[int | None] = [None] * len(candidates)
+        if not waiting or not candidates:
+            return out
+        overlap = iou(np.array([c.box for c in candidates], float),
+                      np.array([tr.predicted(t, s.max_gap) for tr in waiting]))
+        for flat in np.argsort(-overlap, axis=None):
+            i, j = np.unravel_index(flat, overlap.shape)
+            if overlap[i, j] < min_iou:
+                break
+            if out[i] is None and waiting[j].last_time < t:
+                out[i] = waiting[j].id
+                self._observe(waiting[j], candidates[i], t, None, None, False)
+        return out
 
     def _observe(self, tr: _Track, face, t: float, image, v: np.ndarray | None, may_describe: bool) -> None:
         """The track moves to ``face``; its gallery takes the face's descriptor ``v`` (computed
