@@ -13,8 +13,9 @@ from .options import Number, PathType, Text, device_option
 @click.option("--checkpoint", "run", type=PathType(path_type=Path), required=True,
               help="Run folder (mf2 pretrain or mf2 finetune) or exported model folder (mf2 export).")
 @click.argument("inputs", nargs=-1, required=True, type=Text())
-@click.option("--out", type=PathType(dir_okay=False, path_type=Path),
-              help="results.csv or results.json (default: CSV on stdout).")
+@click.option("--out", type=PathType(path_type=Path),
+              help="results.csv or results.json (default: CSV on stdout); with --format openface, x.csv (one input) "
+                   "or a folder (one CSV per source).")
 @click.option("--annotate", type=PathType(file_okay=False, path_type=Path),
               help="Write annotated images into this folder.")
 @click.option("--plots", type=PathType(file_okay=False, path_type=Path),
@@ -27,9 +28,21 @@ from .options import Number, PathType, Text, device_option
 @click.option("--fps", type=Number(float, min=0), default=1.0, show_default=True,
               help="Video frames sampled per second (0 = every frame).")
 @click.option("--face", type=click.Choice(["detect", "aligned"]), default="detect", show_default=True,
-              help="detect: every face dlib finds; aligned: each input is one aligned face crop.")
-@click.option("--min-face-score", type=Number(float), default=0.25, show_default=True,
-              help="dlib detection score a face needs (clear faces score about 1 and above).")
+              help="detect: every face the face detector finds; aligned: each input is one aligned face crop.")
+@click.option("--face-detector", type=click.Choice(["hog", "cnn", "mtcnn", "auto"]), default="auto",
+              show_default=True, help="hog: dlib's frontal HOG; cnn: dlib's MMOD CNN (slow on a CPU); mtcnn: MTCNN "
+                                      "(batched on a GPU); auto: the default, MTCNN.")
+@click.option("--min-face-score", type=Number(float), default=None,
+              help="Detection score a face needs [default: the detector's: hog 0.25 (clear faces score about 1 and "
+                   "above), cnn 0.3, mtcnn 0.7 (a probability, as MTCNN publishes it)]. Faces just under it are counted "
+                   "as near-misses.")
+@click.option("--format", "out_format", type=click.Choice(["mf2", "openface"]), default="mf2", show_default=True,
+              help="mf2: the results table (CSV or JSON by --out's name); openface: OpenFace 2.x's CSV columns "
+                   "(--out x.csv for one input, else a folder with one CSV per source).")
+@click.option("--tracking/--no-tracking", default=True, show_default=True,
+              help="One track id per person across a video's frames (the 'track' column).")
+@click.option("--smooth", type=Number(float, min=0, min_open=True), default=None,
+              help="Seconds of per-track temporal smoothing of the probabilities (default: off).")
 @click.option("--batch-size", type=Number(int, min=1), default=32, show_default=True, help="Faces per forward pass.")
 @click.option("--workers", default="auto", show_default=True,
               help="Face-finding threads (dlib), or 0 to find faces in the main thread.")
@@ -41,15 +54,19 @@ from .options import Number, PathType, Text, device_option
 @click.option("--vision-weights", type=PathType(dir_okay=False), help="The vision weights file the run's cache used.")
 @click.option("--allow-download", is_flag=True, help="Let missing backbone weights download (off by default).")
 @one_line_errors
-def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, min_face_score, batch_size, workers,
-            threshold, device, precision, vision_weights, allow_download):
+def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, face_detector, min_face_score,
+            out_format, tracking, smooth, batch_size, workers, threshold, device, precision, vision_weights,
+            allow_download):
     """Predict every face in INPUTS: images, folders, globs (quoted) or video files.
 
-    One row per face (source, frame, time, face, status, score, box x/y/w/h, AU01 … AU26
-    probabilities, 8 emotion probabilities, top emotion, with --explain a generated description,
-    and 68 landmarks x_0 … y_67); a frame with no face gets a row saying so; unreadable files are
-    reported on stderr and skipped. The CSV is the table of mf2.Detector.detect (mf2.read_faces
-    reads it back)."""
+    One row per face (source, frame, time, face, track, status, score, box x/y/w/h, head pose, AU01 …
+    AU26 probabilities, 8 emotion probabilities, top emotion, with --explain a generated
+    description, and 68 landmarks x_0 … y_67); a frame with no face gets a row saying so; unreadable
+    files are reported on stderr and skipped. The CSV is the table of mf2.Detector.detect
+    (mf2.read_faces reads it back)."""
+    import sys
+
+    from mf2.detector import Detector
     from mf2.io import exclusive_outputs, refuse_overlap
 
     if workers != "auto":
@@ -57,39 +74,41 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, fa
             workers = int(workers)
         except ValueError:
             raise click.BadParameter(f"expected 'auto' or a number, got {workers!r}", param_hint="--workers") from None
-    refuse_overlap({"--checkpoint": run, "input": list(inputs)}, {"--out": out, "--annotate": annotate, "--plots": plots})
-    with exclusive_outputs({"--out": out, "--annotate": annotate, "--plots": plots}):
-        _predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, min_face_score, batch_size,
-                 workers, threshold, device, precision, vision_weights, allow_download)
-
-
-def _predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, min_face_score, batch_size, workers,
-             threshold, device, precision, vision_weights, allow_download):
-    import sys
-
-    from mf2.detector import Detector
-
-    with Detector.from_run(run, device, precision, face, min_face_score=min_face_score, threshold=threshold,
-                           num_workers=workers, vision_weights=vision_weights, allow_download=allow_download) as det:
+    if out_format == "openface" and out is None:
+        raise click.UsageError("--format openface writes files: give --out x.csv (one input) or --out FOLDER")
+    if out is not None and out.is_dir() and out_format != "openface":
+        raise click.UsageError(f"--out {out} is a folder: give a file (results.csv or results.json)")
+    outputs = {"--out": out, "--annotate": annotate, "--plots": plots}
+    refuse_overlap({"--checkpoint": run, "input": list(inputs)}, outputs)
+    with exclusive_outputs(outputs), Detector.from_run(
+            run, device, precision, face, face_detector=face_detector, min_face_score=min_face_score,
+            threshold=threshold, tracking=tracking, num_workers=workers, vision_weights=vision_weights,
+            allow_download=allow_download) as det:
         try:
             faces = det.detect(list(inputs), batch_size=batch_size, fps=fps, explain=decoding if explain else False,
-                               beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True))
+                               beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True),
+                               smooth=smooth)
         except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, a failure): keep what was predicted
             partial = getattr(exc, "partial", None)
-            if out is not None and partial is not None and len(partial):
+            if out is not None and partial is not None and len(partial) and out_format == "mf2":
                 path = out.with_name(out.name + ".partial")
                 partial.write_json(path) if out.suffix.lower() == ".json" else partial.to_csv(path)
                 click.echo(f"stopped: the {len(partial)} rows predicted so far are in {path}"
                            + (f" ({out} is untouched)" if out.exists() else ""), err=True)
             raise
-    if out is not None and out.suffix.lower() == ".json":
-        faces.write_json(out)
-    else:
-        faces.to_csv(out if out is not None else sys.stdout)
-    written = faces.save_plots(plots) if plots else []
+        if out_format == "openface":
+            written_out = faces.to_openface(out)
+            out = written_out[0] if len(written_out) == 1 else f"{len(written_out)} OpenFace CSVs in {written_out[0].parent}"
+        elif out is not None and out.suffix.lower() == ".json":
+            faces.write_json(out)
+        else:
+            faces.to_csv(out if out is not None else sys.stdout)
+        written = faces.save_plots(plots) if plots else []
     c = faces.attrs["counts"]
     click.echo(f"{c['faces']} faces in {c['frames']} frames of {c['files']} files "
-               f"({c['frames_without_face']} frames without a face, {len(faces.attrs['skipped'])} skipped); "
+               f"({c['frames_without_face']} frames without a face, {len(faces.attrs['skipped'])} skipped"
+               + (f", {c['near_misses']} near-misses under --min-face-score {faces.attrs['min_face_score']:g}"
+                  if c.get("near_misses") else "") + "); "
                f"{len(faces)} rows -> {out or 'stdout'}"
                + (f"; {faces.attrs['annotated']} annotated images in {annotate}" if annotate else "")
                + (f"; {len(written)} plots in {plots}" if plots else ""), err=True)

@@ -4,18 +4,20 @@ folders, globs, videos and frames in memory, with the results as a ``mf2.Faces``
     from mf2 import Detector
 
     det = Detector.from_run("runs/mf2-dfn")              # or Detector.from_pretrained("mf2-model")
-    faces = det.detect(["photos/", "clip.mp4"], fps=2)   # one row per face
-    faces.plot_timeline()
+    faces = det.detect(["photos/", "clip.mp4"], fps=2)   # one row per face, a track per person
+    faces.tracks()                                       # per person: frames, times, mean probabilities
+    faces.plot_timeline(track=0)
 
 ``mf2 predict`` is a thin wrapper over ``detect``: the same frames, batches and numbers.
-Face finding (decoding, dlib's detector and landmarks, the aligned crop) runs in worker threads
+Face finding (decoding, the face detector, dlib's landmarks, the aligned crop) runs in worker threads
 while the backbone and the model run their batch; nothing is downloaded unless asked.
 """
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import dataclasses
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
@@ -26,9 +28,10 @@ from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
 from mf2.prediction.annotate import Annotator
 from mf2.prediction.predict import detections
-from mf2.prediction.predictor import DECODINGS, PredictSettings, Predictor
-from mf2.prediction.sources import InputError, expand, frames, in_memory_frame
+from mf2.prediction.predictor import DECODINGS, PredictSettings, Predictor, intra_op_threads
+from mf2.prediction.sources import InputError, expand, frames, in_memory_frame, is_video
 from mf2.prediction.table import TableBuilder
+from mf2.prediction.tracking import Tracker, TrackSettings
 
 logger = logging.getLogger("mf2")
 
@@ -54,6 +57,66 @@ def _threads(torch_threads, workers: int, device: str) -> int | None:
     if not isinstance(torch_threads, int) or torch_threads < 1:
         raise ValueError(f"torch_threads: expected 'auto', None or a number >= 1, got {torch_threads!r}")
     return torch_threads
+
+
+def _tracking(tracking) -> TrackSettings | None:
+    if tracking is True:
+        return TrackSettings()
+    if tracking is False or tracking is None:
+        return None
+    if isinstance(tracking, TrackSettings):
+        return tracking
+    if isinstance(tracking, dict):
+        return TrackSettings(**tracking)
+    raise ValueError(f"tracking: expected True, False, a TrackSettings or a dict of its fields, got {tracking!r}")
+
+
+class _Tracks:
+    """The ``track`` of every face, source by source, in frame order: a video's faces get the ids
+    of a ``Tracker``; an image's faces their rank (each face is its own)."""
+
+    def __init__(self, settings: TrackSettings | None, predictor=None):
+        self.settings, self.source, self.tracker, self.predictor = settings, None, None, predictor
+        self.descriptors = self.recovered = 0
+
+    def __call__(self, frame, faces) -> None:
+        if frame.frame is None:
+            for i, f in enumerate(faces):
+                f.track = i
+            return
+        if self.settings is None:
+            return
+        if frame.source != self.source or self.tracker is None:
+            self.source, self.tracker = frame.source, Tracker(self.settings)
+        before = self.tracker.descriptors_computed
+        t = frame.time if frame.time is not None else float(frame.frame)
+        ids = self.tracker.update(frame.image, faces, t)
+        self.descriptors += self.tracker.descriptors_computed - before
+        for f, k in zip(faces, ids):
+            f.track = k
+        if self.predictor is not None and frame.near_misses and frame.image is not None:
+            kept = self.tracker.recover(frame.near_misses, t)
+            for near, k in zip(frame.near_misses, kept):
+                if k is not None:
+                    face = self.predictor.aligned(frame.image, near)
+                    face.track = k
+                    faces.append(face)
+            if any(k is not None for k in kept):
+                frame.near_misses = [n for n, k in zip(frame.near_misses, kept) if k is None]
+                faces.sort(key=lambda f: (f.box[2] - f.box[0] + 1) * (f.box[3] - f.box[1] + 1), reverse=True)
+                self.recovered += sum(k is not None for k in kept)
+
+
+def _versions() -> dict:
+    """The versions a result was made with (``Faces.info``)."""
+    import dlib
+
+    import mf2
+
+    return {"mf2": mf2.__version__, "torch": torch.__version__, "dlib": dlib.__version__}
+
+
+MAX_NEAR_MISSES = 1000  # listed in faces.attrs["near_misses"] (all are counted)
 
 
 def _decoding(explain) -> str | None:
@@ -87,8 +150,12 @@ class Detector:
     (``mf2 export``). ``device``: 'auto' (the first GPU, else the CPU), 'cpu', 'cuda', ...;
     ``precision``: 'auto' (bf16 on GPUs that support it, else fp32), 'bf16' or 'fp32', of the
     model's forward (the frozen backbone keeps the precision its features were made in).
-    ``face``: 'detect' (every face dlib finds, scoring at least ``min_face_score``) or 'aligned'
-    (each input is one aligned face crop). ``threshold``: the AU probability at which an AU is
+    ``face``: 'detect' (every face the face detector finds, scoring at least ``min_face_score``)
+    or 'aligned' (each input is one aligned face crop). ``face_detector``: 'hog' (dlib's frontal
+    HOG), 'cnn' (dlib's MMOD CNN; slow on a CPU), 'mtcnn' (batched on a GPU) or 'auto' (the
+    default detector, MTCNN); ``min_face_score``: None for the detector's own default (HOG 0.25,
+    CNN 0.3, MTCNN 0.7). ``tracking``: True (``TrackSettings()``), False, a ``TrackSettings`` or a
+    dict of its fields (``mf2.prediction.tracking``): one ``track`` id per person in a video. ``threshold``: the AU probability at which an AU is
     active (explained, drawn); None (the default): each AU's threshold tuned on the run's validation
     split (0.5 for runs without them). ``num_workers``: face-finding threads ('auto': the cores but one,
     at most 4; 0: in the calling thread). ``torch_threads``: torch's intra-op threads while a batch
@@ -99,14 +166,16 @@ class Detector:
     """
 
     def __init__(self, run, device: str = "auto", precision: str = "auto", face: str = "detect", *,
-                 min_face_score: float = 0.25, threshold: float | None = None, num_workers="auto", torch_threads="auto",
-                 vision_weights: str | None = None, allow_download: bool = False):
+                 face_detector: str = "auto", min_face_score: float | None = None, threshold: float | None = None,
+                 tracking=True, num_workers="auto", torch_threads="auto", vision_weights: str | None = None,
+                 allow_download: bool = False):
         device = str(resolve_device(device))
         self.workers = _workers(num_workers)
         self.settings = PredictSettings(face=face, threshold=threshold, min_face_score=min_face_score, device=device,
-                                        precision=resolve_precision(precision, device),
+                                        precision=resolve_precision(precision, device), face_detector=face_detector,
                                         vision_weights=vision_weights, allow_download=allow_download,
                                         threads=_threads(torch_threads, self.workers, torch.device(device).type))
+        self.tracking = _tracking(tracking)
         self.predictor = Predictor(run, self.settings)
         self.run = str(run)
         self._pool: ThreadPoolExecutor | None = None
@@ -159,25 +228,43 @@ class Detector:
             pool.shutdown(wait=False, cancel_futures=True)
 
     # -- detection ------------------------------------------------------------------------------
-    def detect(self, inputs, *, batch_size: int = 32, fps: float | None = 1.0, explain=False, beams: int = 3,
-               progress: bool | None = True, annotate=None, log=None) -> Faces:
-        """Every face of ``inputs``: an image file (path), a PIL image or an RGB array
-        [H, W, 3] uint8, a folder (searched recursively for images and videos), a glob, a video
-        file, or a list of these. Videos are sampled at ``fps`` frames per second of their own
-        clock (0 or None: every frame) and streamed. ``batch_size`` faces go through the model
-        at a time (the results do not depend on it). ``explain``: True (greedy) or 'greedy' /
-        'beam' (``beams`` wide) adds a generated description per face. ``progress``: a bar with
-        faces/s on stderr (None: only on a terminal). ``annotate``: a folder to write each frame
-        into with its faces drawn (as ``mf2 predict --annotate``).
+    def detect(self, inputs, *, batch_size: int = 32, fps: float | None = 1.0, skip_frames: int | None = None,
+               explain=False, beams: int = 3, progress: bool | None = True, annotate=None, log=None,
+               smooth: float | None = None, data_type: str | None = None) -> Faces:
+        """Every face of ``inputs``: an image file (path), a PIL image or an image array (any
+        dtype, [H, W], [H, W, 3] or [H, W, 4]), a folder (searched recursively for images and
+        videos), a glob, a video file, or a list of these. Videos are sampled at ``fps`` frames
+        per second of their own clock (0 or None: every frame), or every ``skip_frames``-th frame
+        (py-feat's name), and streamed; each person keeps one ``track`` id across a video's frames
+        (``tracking=`` of the Detector). ``batch_size`` faces go through the model at a time (the
+        results do not depend on it). ``explain``: True (greedy) or 'greedy' / 'beam' (``beams``
+        wide) adds a generated description per face. ``progress``: a bar with faces/s on stderr
+        (None: only on a terminal). ``annotate``: a folder to write each frame into with its faces
+        drawn (as ``mf2 predict --annotate``). ``smooth``: seconds of per-track temporal smoothing
+        of the probabilities (``Faces.smooth``; None: off). ``data_type``: 'image' or 'video'
+        refuses inputs of the other kind (py-feat's argument; None: both).
 
         Inputs that cannot be read are skipped, each reported (``log``, default the 'mf2'
         logger) and listed in ``faces.attrs["skipped"]``; ``InputError`` (a ``ValueError``) if
-        nothing at all could be read."""
-        if fps is not None and fps < 0:
+        nothing at all could be read. Faces scoring under ``min_face_score`` but above the
+        detector's floor are counted in ``attrs["counts"]["near_misses"]`` and listed (the first
+        1,000) in ``attrs["near_misses"]``."""
+        if fps is not None and not (fps >= 0):
             raise ValueError(f"fps: expected a positive number (0 = every frame), got {fps}")
+        if skip_frames is not None:
+            if not isinstance(skip_frames, int) or skip_frames < 1:
+                raise ValueError(f"skip_frames: expected a whole number >= 1, got {skip_frames!r}")
+            fps = None
+        if data_type not in (None, "image", "video"):
+            raise ValueError(f"data_type: expected 'image', 'video' or None, got {data_type!r}")
         decoding = _decoding(explain)
         log = log or logger.warning
         items, problems = expand(inputs)
+        if data_type is not None:
+            wrong = [i for i in items if isinstance(i, str) and is_video(i) != (data_type == "video")]
+            if wrong:
+                raise InputError(f"data_type={data_type!r}, but {wrong[0]} is "
+                                 f"{'a video' if data_type == 'image' else 'not a video'}")
         skipped = [{"source": item, "error": why} for item, why in problems]
         for item in skipped:
             log(f"skipped {item['source']}: {item['error']}")
@@ -186,11 +273,17 @@ class Detector:
                                                                if skipped else ""))
         annotator = Annotator(annotate, self.predictor.thresholds, self.predictor.pooling["window_rulers"]) \
             if annotate is not None else None
-        counts = {"files": len(items), "frames": 0, "faces": 0, "frames_without_face": 0}
+        counts = {"files": len(items), "frames": 0, "faces": 0, "frames_without_face": 0, "near_misses": 0}
+        near: list[dict] = []
         table = TableBuilder()
-        with self._bar(progress) as bar, _partial_on_failure(lambda: self._faces(table, counts, skipped, annotator)):
-            for frame, faces in detections(self.predictor, frames(items, fps or None), batch_size, decoding, beams,
-                                           self._workers_pool(), self.workers, keep_images=annotator is not None):
+        tracks = _Tracks(self.tracking, self.predictor)
+        # torch's threads for the whole run (MTCNN in the face-finding threads, the model here), not only a batch
+        with self._bar(progress) as bar, _partial_on_failure(lambda: self._faces(table, counts, skipped, annotator,
+                                                                                 near)), \
+                intra_op_threads(self.settings.threads):
+            for frame, faces in detections(self.predictor, frames(items, fps or None, skip_frames), batch_size,
+                                           decoding, beams, self._workers_pool(), self.workers,
+                                           keep_images=annotator is not None, track=tracks):
                 if faces is None:
                     skipped.append({"source": frame.source, "frame": frame.frame, "error": frame.error})
                     log(f"skipped {frame.source}" + (f" at frame {frame.frame}" if frame.frame is not None else "")
@@ -199,6 +292,10 @@ class Detector:
                 counts["frames"] += 1
                 counts["faces"] += len(faces)
                 counts["frames_without_face"] += not faces
+                counts["near_misses"] += len(frame.near_misses)
+                for f in frame.near_misses[:max(0, MAX_NEAR_MISSES - len(near))]:
+                    near.append({"source": frame.source, "frame": frame.frame, "score": round(f.score, 3),
+                                 "box": [round(v, 1) for v in f.box]})
                 table.add(frame, faces)
                 if annotator:
                     annotator.write(frame, faces)
@@ -207,36 +304,62 @@ class Detector:
                 bar.set_postfix(frames=counts["frames"], refresh=False)
         if not counts["frames"]:
             raise InputError(f"nothing could be read ({len(skipped)} inputs skipped)")
-        return self._faces(table, counts, skipped, annotator)
+        counts["descriptors"], counts["kept_by_tracking"] = tracks.descriptors, tracks.recovered
+        faces = self._faces(table, counts, skipped, annotator, near)
+        return faces.smooth(smooth) if smooth else faces
 
-    def detect_frames(self, frames_in: Iterable, *, batch_size: int = 1, fps: float | None = None, explain=False,
-                      beams: int = 3, source: str = "<frames>") -> Iterator[Faces]:
-        """One ``Faces`` per frame of ``frames_in`` (RGB arrays [H, W, 3] uint8 or PIL images, e.g.
-        a webcam loop; from OpenCV pass ``frame[..., ::-1]``), in order, as soon as its batch of
-        ``batch_size`` faces is through the model. Rows are named ``source``, numbered by
-        ``frame`` from 0, and timed at ``frame / fps`` when ``fps`` (the frames' rate) is given.
-        A frame that is not an image gives a 'not an RGB image array' ``InputError``."""
+    def detect_image(self, inputs, **options) -> Faces:
+        """py-feat's ``detect_image``: ``detect`` on image inputs only (``data_type='image'``)."""
+        return self.detect(inputs, data_type="image", **options)
+
+    def detect_video(self, inputs, *, skip_frames: int | None = None, fps: float | None = None, **options) -> Faces:
+        """py-feat's ``detect_video``: ``detect`` on videos only, every frame unless ``skip_frames``
+        (every n-th frame) or ``fps`` (frames per second of the video's clock) says otherwise."""
+        return self.detect(inputs, data_type="video", skip_frames=skip_frames, fps=fps or None, **options)
+
+    def detect_frames(self, frames_in: Iterable, *, batch_size: int = 1, frame_rate: float | None = None,
+                      explain=False, beams: int = 3, source: str = "<frames>", fps=None) -> Iterator[Faces]:
+        """One ``Faces`` per frame of ``frames_in`` (image arrays of any dtype, PIL images or PyAV
+        video frames, e.g. a webcam loop; from OpenCV pass ``frame[..., ::-1]``), in order, as soon
+        as its batch of ``batch_size`` faces is through the model. Every frame given is read (none
+        is skipped). Rows are named ``source``, numbered by ``frame`` from 0, timed at
+        ``frame / frame_rate`` when ``frame_rate`` (the rate the frames were captured at) is given,
+        and tracked across the frames (``track``). A frame that is not an image gives a 'not an
+        image array' ``InputError``. (``fps=`` was this argument's old name: it is refused, since
+        ``detect``'s ``fps`` samples a video and this one did not.)"""
+        if fps is not None:
+            raise TypeError(f"detect_frames: fps= is now frame_rate= (the rate your frames were captured at, used "
+                            f"only to time them; every frame given is read): pass frame_rate={fps!r}")
+        if frame_rate is not None and not (frame_rate > 0 and frame_rate < float("inf")):
+            raise ValueError(f"frame_rate: expected a positive number of frames per second, got {frame_rate!r}")
         decoding = _decoding(explain)
+        tracks = _Tracks(self.tracking, self.predictor)
 
         def numbered():
             for k, image in enumerate(frames_in):
-                frame = in_memory_frame(source, image, k, round(k / fps, 4) if fps else None)
+                frame = in_memory_frame(source, image, k, round(k / frame_rate, 4) if frame_rate else None)
                 if frame.error:
                     raise InputError(f"{source} frame {k}: {frame.error}")
                 yield frame
 
         for frame, faces in detections(self.predictor, numbered(), batch_size, decoding, beams, self._workers_pool(),
-                                       self.workers):
+                                       self.workers, track=tracks):
             table = TableBuilder()
             table.add(frame, faces)
+            near = [{"source": source, "frame": frame.frame, "score": round(f.score, 3),
+                     "box": [round(v, 1) for v in f.box]} for f in frame.near_misses]
             yield self._faces(table, {"files": 0, "frames": 1, "faces": len(faces),
-                                      "frames_without_face": int(not faces)}, [], None)
+                                      "frames_without_face": int(not faces), "near_misses": len(near)}, [], None, near)
 
-    def _faces(self, table: TableBuilder, counts: dict, skipped: list, annotator) -> Faces:
-        attrs = {"checkpoint": str(self.predictor.checkpoint), "counts": counts,
+    def _faces(self, table: TableBuilder, counts: dict, skipped: list, annotator, near=()) -> Faces:
+        p = self.predictor
+        attrs = {"checkpoint": str(p.checkpoint), "counts": counts,
                  "skipped": [{k: v for k, v in s.items() if v is not None} for s in skipped],
-                 "threshold": self.predictor.thresholds.tolist(), "au_window": self.predictor.pooling["window_rulers"],
-                 "face": self.settings.face}
+                 "near_misses": list(near),
+                 "threshold": p.thresholds.tolist(), "au_window": p.pooling["window_rulers"],
+                 "face": self.settings.face, "face_detector": p.detector_name, "min_face_score": p.min_face_score,
+                 "tracking": None if self.tracking is None else dataclasses.asdict(self.tracking),
+                 "model": type(p.model).__name__, "vision": p.vision.name, "versions": _versions()}
         if annotator is not None:
             attrs["annotated"] = annotator.written
         return Faces.from_columns(table.columns(), attrs)

@@ -1,18 +1,24 @@
 """``mf2.Faces``: the results of ``Detector.detect``, a pandas DataFrame of one row per face.
 
 Columns (``mf2.prediction.table``; OpenFace / py-feat names): ``source, frame, time, face,
-status, face_score, x, y, w, h``, ``AU01 … AU26`` (probabilities), ``neutral, anger, disgust,
+track, status, face_score, x, y, w, h``, ``yaw, pitch, roll`` (head pose, degrees), ``AU01 …
+AU26`` (probabilities), ``neutral, anger, disgust,
 fear, happiness, sadness, surprise, other`` (probabilities), ``emotion`` (the top one),
 ``explanation``, ``explanation_consistent`` (whether the explanation names the heads' emotion and
 active AUs) and the 68 landmarks ``x_0 … x_67, y_0 … y_67`` (image pixels). Probabilities,
 box and landmarks are float32, ``frame`` and ``face`` nullable integers, text columns pandas
 strings. A frame without a face is one row with ``status`` 'no face'.
 
-What ``detect`` knows beyond the rows is in ``faces.attrs``: ``checkpoint``, ``counts`` (files,
-frames, faces, frames without a face) and ``skipped`` (inputs that could not be read, and why).
+What ``detect`` knows beyond the rows is in ``faces.attrs`` (``faces.info`` hands out the part
+that says how the rows were made): ``checkpoint``, ``counts`` (files, frames, faces, frames
+without a face, near-misses), ``skipped`` (inputs that could not be read, and why),
+``near_misses``, ``threshold`` (the per-AU thresholds), ``face_detector``, ``min_face_score``,
+``tracking`` and ``versions``.
 
-``to_csv`` / ``read_faces`` round-trip the table exactly (float32 values are written in their
-shortest exact form); the CSV ``mf2 predict`` writes is this table.
+``to_csv(path)`` / ``read_faces`` round-trip the table exactly (float32 values are written in
+their shortest exact form) and its ``attrs``: beside ``faces.csv`` goes ``faces.csv.json`` (the
+attrs and the CSV's SHA-256), which ``read_faces`` reads back and checks; the CSV ``mf2 predict``
+writes is this table. ``to_openface`` writes OpenFace 2.x's CSV columns (``mf2.prediction.interop``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import pandas as pd
 from mf2.data.labels import AUS, EMOTIONS, per_au
 from mf2.io import AtomicFile
 from mf2.prediction import plots
-from mf2.prediction.table import AU_COLUMNS, COLUMNS, DTYPES, EMOTION_COLUMNS, LANDMARK_COLUMNS, OK
+from mf2.prediction.table import AU_COLUMNS, COLUMNS, DTYPES, EMOTION_COLUMNS, LANDMARK_COLUMNS, OK, POSE_COLUMNS
 
 _CORE = ("source", "frame", "face", "status")  # a selection without these is a plain DataFrame
 
@@ -67,7 +73,9 @@ class Faces(pd.DataFrame):
         # only an empty field is missing: a file may be called "NA.png" and an explanation "None"
         table = pd.read_csv(path, dtype={c: DTYPES.get(c, "string") for c in header}, keep_default_na=False,
                             na_values=[""])
-        return cls(table[list(COLUMNS) + [c for c in header if c not in COLUMNS]])
+        faces = cls(table[list(COLUMNS) + [c for c in header if c not in COLUMNS]])
+        faces.attrs.update(_read_sidecar(path))
+        return faces
 
     @classmethod
     def concat(cls, parts) -> "Faces":
@@ -78,12 +86,25 @@ class Faces(pd.DataFrame):
         return cls(pd.concat(parts, ignore_index=True))
 
     def to_csv(self, path_or_buf=None, *, index: bool = False, **kwargs):
-        """``DataFrame.to_csv`` without the index by default; a path is written atomically."""
+        """``DataFrame.to_csv`` without the index by default; a path is written atomically, with
+        the table's ``attrs`` beside it in ``<path>.json`` (thresholds, model, detector, counts),
+        which ``read_faces`` reads back."""
         if isinstance(path_or_buf, (str, Path)):
+            text = pd.DataFrame.to_csv(self, None, index=index, **kwargs)
             with AtomicFile(path_or_buf, "w") as f:
-                pd.DataFrame.to_csv(self, f, index=index, **kwargs)
+                f.write(text)
+            _write_sidecar(path_or_buf, text, self.attrs)
             return None
         return pd.DataFrame.to_csv(self, path_or_buf, index=index, **kwargs)
+
+    def to_openface(self, path) -> list[Path]:
+        """OpenFace 2.x's CSV (``frame, face_id, timestamp, confidence, success``, pose, landmarks,
+        ``AUxx_c``; see ``mf2.prediction.interop``): one file per source -- ``path`` itself when the
+        table holds one source and ``path`` ends in .csv, else ``path/<name>.csv`` for each, as
+        OpenFace writes a folder. Returns the files written."""
+        from mf2.prediction.interop import write_openface
+
+        return write_openface(self, path, self._threshold)
 
     # -- accessors ------------------------------------------------------------------------
     @property
@@ -101,15 +122,63 @@ class Faces(pd.DataFrame):
         """The 68 landmarks, ``x_0 … x_67, y_0 … y_67`` [rows, 136], image pixels."""
         return pd.DataFrame(self[list(LANDMARK_COLUMNS)])
 
+    @property
+    def poses(self) -> pd.DataFrame:
+        """Head pose in degrees, ``yaw, pitch, roll`` [rows, 3] (py-feat's ``.poses``)."""
+        return pd.DataFrame(self[list(POSE_COLUMNS)])
+
+    @property
+    def facebox(self) -> pd.DataFrame:
+        """py-feat's face box columns: ``FaceRectX, FaceRectY, FaceRectWidth, FaceRectHeight,
+        FaceScore`` (``x, y, w, h, face_score``)."""
+        return pd.DataFrame({"FaceRectX": self["x"], "FaceRectY": self["y"], "FaceRectWidth": self["w"],
+                             "FaceRectHeight": self["h"], "FaceScore": self["face_score"]})
+
+    @property
+    def info(self) -> dict:
+        """How these rows were made: the model (checkpoint, class, vision backbone), the per-AU
+        thresholds, the face detector and its score threshold, tracking, and the versions."""
+        keys = ("checkpoint", "model", "vision", "threshold", "face", "face_detector", "min_face_score", "tracking",
+                "smooth", "versions")
+        return {k: self.attrs[k] for k in keys if k in self.attrs}
+
     def active_aus(self, threshold=None) -> pd.DataFrame:
         """Whether each AU's probability reaches ``threshold`` (one number, or one per AU; default:
         the thresholds the detector used, the run's tuned ones) [rows, 12] (bool; False without a face)."""
         t = self._threshold if threshold is None else per_au(threshold)
         return pd.DataFrame(self.aus.ge(pd.Series(t, index=list(AU_COLUMNS))).fillna(False).astype(bool))
 
-    def summary(self) -> pd.DataFrame:
-        """Per source: frames, faces, the mean of every probability over its faces, and the share of
-        its faces whose top emotion is each emotion (``share_<emotion>``)."""
+    def tracks(self) -> pd.DataFrame:
+        """One row per person (``source``, ``track``): the frames it was seen in, its first and
+        last frame and time, and the mean of every probability over its faces, with its most
+        frequent top emotion."""
+        ok = pd.DataFrame(self[(self["status"] == OK).to_numpy(bool) & self["track"].notna().to_numpy(bool)])
+        keys = ["source", "track"]
+        if ok.empty:
+            return pd.DataFrame(columns=[*keys, "frames", "first_frame", "last_frame", "first_time", "last_time",
+                                         "emotion", *AU_COLUMNS, *EMOTION_COLUMNS]).set_index(keys)
+        g = ok.groupby(keys, sort=True)
+        out = pd.DataFrame({"frames": g.size().astype("int64"), "first_frame": g["frame"].min(),
+                            "last_frame": g["frame"].max(), "first_time": g["time"].min(), "last_time": g["time"].max(),
+                            "emotion": g["emotion"].agg(lambda e: e.value_counts().index[0])})
+        return out.join(g[list(AU_COLUMNS) + list(EMOTION_COLUMNS)].mean())
+
+    def smooth(self, seconds: float) -> "Faces":
+        """The table with each track's AU and emotion probabilities averaged over a centred window
+        of ``seconds`` of its own frames (a face's top ``emotion`` follows); rows without a track
+        or a time are left as they are. ``attrs["smooth"]`` records the window."""
+        from mf2.prediction.interop import smoothed
+
+        return smoothed(self, seconds)
+
+    def summary(self, by: str = "source") -> pd.DataFrame:
+        """Per source (or ``by='track'``: per person, as ``tracks()``): frames, faces, the mean of
+        every probability over its faces, and the share of its faces whose top emotion is each
+        emotion (``share_<emotion>``)."""
+        if by == "track":
+            return self.tracks()
+        if by != "source":
+            raise ValueError(f"by: expected 'source' or 'track', got {by!r}")
         ok = self[(self["status"] == OK).to_numpy(bool)]
         sources = pd.Index(pd.unique(self["source"]), name="source")
         frames = self.drop_duplicates(["source", "frame"]).groupby("source", sort=False).size()
@@ -134,11 +203,14 @@ class Faces(pd.DataFrame):
                                       self.attrs.get("au_window", 1.0))
         return self._saved(fig, path)
 
-    def plot_timeline(self, source: str | None = None, *, face: int = 0, aus=None, path=None):
+    def plot_timeline(self, source: str | None = None, *, track: int | None = None, face: int | None = None, aus=None,
+                      path=None):
         """A video's emotion probabilities and AUs (``aus``: AU column names; default those that
-        reach the threshold) over time, one line each, with the top emotion as a band; for its
-        ``face``-th largest face (default the first video of the table). 1000 x 600 px."""
-        return self._saved(plots.timeline_figure(self, source, face, aus, self._threshold), path)
+        reach the threshold) over time, one line each, with the top emotion as a band and its
+        legend; for one person, ``track`` (default: the track seen in most frames), or with
+        ``face`` the ``face``-th largest face of each frame (default the first video of the
+        table). 1000 x 600 px."""
+        return self._saved(plots.timeline_figure(self, source, face, aus, self._threshold, track=track), path)
 
     def plot_aus(self, *, path=None):
         """Mean AU probabilities over the table's faces as bars. 800 x 400 px."""
@@ -159,9 +231,15 @@ class Faces(pd.DataFrame):
                 k += 1
                 name = f"{base}_{k}"
             used.add(name)
-            if part["frame"].notna().any():  # a video
-                written.append(plots.save_figure(plots.timeline_figure(part, source, 0, None, self._threshold),
-                                                 folder / f"{name}_timeline.png"))
+            if part["frame"].notna().any():  # a video: a timeline per person (the 8 seen longest)
+                people = plots.tracks_by_length(part)
+                if not people:
+                    written.append(plots.save_figure(plots.timeline_figure(part, source, 0, None, self._threshold),
+                                                     folder / f"{name}_timeline.png"))
+                for track in people[:8]:
+                    written.append(plots.save_figure(plots.timeline_figure(part, source, None, None, self._threshold,
+                                                                           track=track),
+                                                     folder / f"{name}_track{track}_timeline.png"))
             elif not str(source).startswith("<"):  # an image file (in-memory images are not kept)
                 written.append(plots.save_figure(plots.detections_figure(part, 0, None, self._threshold,
                                                                          self.attrs.get("au_window", 1.0)),
@@ -172,7 +250,8 @@ class Faces(pd.DataFrame):
 
     @property
     def _threshold(self) -> np.ndarray:
-        """The per-AU thresholds the detector used [12] (0.5 for a table read from CSV)."""
+        """The per-AU thresholds the detector used [12] (0.5 for a table without them, e.g. a CSV
+        read without its ``.json``)."""
         return per_au(self.attrs.get("threshold", 0.5))
 
     @staticmethod
@@ -186,8 +265,10 @@ class Faces(pd.DataFrame):
         """Rows as ``mf2 predict --out x.json`` writes them: ``box`` [x0, y0, x1, y1],
         ``aus`` {AU1: p, …}, ``emotions`` {Neutral: p, …}, ``emotion``, ``landmarks`` [[x, y] × 68]."""
         out = []
-        values = {c: self[c].to_numpy(object) for c in ("source", "frame", "time", "face", "status", "face_score",
-                                                        "emotion", "explanation", "explanation_consistent")}
+        values = {c: self[c].to_numpy(object) for c in ("source", "frame", "time", "face", "track", "status",
+                                                        "face_score", "emotion", "explanation",
+                                                        "explanation_consistent")}
+        pose = self[list(POSE_COLUMNS)].to_numpy(np.float64)
         box = self[["x", "y", "w", "h"]].to_numpy(np.float64)
         aus = self[list(AU_COLUMNS)].to_numpy(np.float64)
         emotions = self[list(EMOTION_COLUMNS)].to_numpy(np.float64)
@@ -197,11 +278,12 @@ class Faces(pd.DataFrame):
             return None if pd.isna(v) else v.item() if isinstance(v, np.generic) else v
 
         for k in range(len(self)):
-            row = {c: plain(values[c][k]) for c in ("source", "frame", "time", "face", "status")}
+            row = {c: plain(values[c][k]) for c in ("source", "frame", "time", "face", "track", "status")}
             if row["status"] == OK:
                 x, y, w, h = box[k]
                 row.update(face_score=plain(values["face_score"][k]),
                            box=[round(float(v), 1) for v in (x, y, x + w, y + h)],
+                           pose={a: None if np.isnan(v) else round(float(v), 2) for a, v in zip(POSE_COLUMNS, pose[k])},
                            aus={a: float(aus[k, j]) for j, a in enumerate(AUS)},
                            emotions={e: float(emotions[k, j]) for j, e in enumerate(EMOTIONS)},
                            emotion=EMOTIONS[int(np.argmax(emotions[k]))],
@@ -215,12 +297,62 @@ class Faces(pd.DataFrame):
     def write_json(self, path) -> Path:
         """``{"checkpoint", "rows": json_rows(), "skipped"}`` to ``path``, atomically."""
         with AtomicFile(path, "w") as f:
-            json.dump({"checkpoint": self.attrs.get("checkpoint"), "rows": self.json_rows(),
-                       "skipped": self.attrs.get("skipped", [])}, f)
+            json.dump({"checkpoint": self.attrs.get("checkpoint"), "info": self.info, "rows": self.json_rows(),
+                       "skipped": self.attrs.get("skipped", []), "near_misses": self.attrs.get("near_misses", [])}, f)
             f.write("\n")
         return Path(path)
 
 
 def read_faces(path) -> Faces:
-    """A results table from CSV (``Faces.to_csv`` or ``mf2 predict --out x.csv``)."""
+    """A results table from CSV (``Faces.to_csv`` or ``mf2 predict --out x.csv``), with its
+    ``attrs`` from ``<path>.json`` when it is there."""
     return Faces.read_csv(path)
+
+
+SIDECAR_FORMAT = "mf2-faces-attrs/1"
+
+
+def sidecar_path(path) -> Path:
+    """Where the attrs of the CSV table ``path`` go: ``<path>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _write_sidecar(path, text: str, attrs: dict) -> None:
+    import hashlib
+
+    body = {"format": SIDECAR_FORMAT, "csv_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "attrs": json.loads(json.dumps(attrs, default=_plain_json))}
+    with AtomicFile(sidecar_path(path), "w") as f:
+        json.dump(body, f)
+        f.write("\n")
+
+
+def _plain_json(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
+def _read_sidecar(path) -> dict:
+    """The attrs saved beside a CSV table (nothing when there is no sidecar), checked against the
+    CSV's bytes: a CSV changed since it was written is refused with its sidecar named."""
+    import hashlib
+
+    side = sidecar_path(path)
+    if not side.is_file():
+        return {}
+    try:
+        body = json.loads(side.read_text())
+        digest, attrs = body["csv_sha256"], body["attrs"]
+        if body.get("format") != SIDECAR_FORMAT or not isinstance(attrs, dict):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ValueError(f"{side}: not the attrs file of an mf2 faces table (delete it to read {path} without "
+                         f"its thresholds)") from None
+    if hashlib.sha256(Path(path).read_bytes()).hexdigest() != digest:
+        raise ValueError(f"{path} changed since it was written beside {side.name} (its thresholds and model "
+                         f"would not be this table's): delete {side.name} to read the CSV alone")
+    return attrs

@@ -131,7 +131,9 @@ def test_columns_dtypes_and_accessors(detector, inputs):
                                ok[ok.source == video].aus.mean().to_numpy(np.float64), rtol=1e-6)
     shares = summary[[f"share_{e}" for e in EMOTION_COLUMNS]]
     assert shares.loc[video].sum() == pytest.approx(1.0)
-    assert faces.attrs["counts"] == {"files": 3, "frames": 8, "faces": 5, "frames_without_face": 3}
+    counts = faces.attrs["counts"]
+    assert {k: counts[k] for k in ("files", "frames", "faces", "frames_without_face", "near_misses")} == {
+        "files": 3, "frames": 8, "faces": 5, "frames_without_face": 3, "near_misses": 0}
 
 
 def test_csv_round_trip_with_explanations(detector, inputs, tmp_path):

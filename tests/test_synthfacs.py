@@ -48,12 +48,13 @@ def _dist(pixels, colour):
     return float(np.linalg.norm(pixels.mean(0) - np.asarray(colour, float)))
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_landmarks_sit_on_the_rendered_features(seed, tmp_path):
+@pytest.mark.parametrize("seed,pitch", [(s, 0.0) for s in range(6)] + [(1, 0.45), (2, -0.45)])
+def test_landmarks_sit_on_the_rendered_features(seed, pitch, tmp_path):
     """Drawn landmark overlays: the lips polygon has the lip colour and the brow polylines the
     hair colour, each far more than a band of skin just outside them; the overlay itself is a
-    valid image with every landmark inside the frame."""
+    valid image with every landmark inside the frame (also with the head pitched up or down)."""
     spec = sf.sample_specs(8, seed)[seed % 8]
+    spec.pose.pitch = pitch
     spec.lighting = sf.Lighting(noise=0.0, background=spec.lighting.background)  # flat light, no noise
     image, lm = sf.render_spec(spec, 224)
     assert np.allclose(lm, sf.landmarks_of(spec, 224))
@@ -76,6 +77,29 @@ def test_landmarks_sit_on_the_rendered_features(seed, tmp_path):
         d.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=(255, 0, 0))
     overlay.save(tmp_path / "overlay.png")
     assert Image.open(tmp_path / "overlay.png").size == (224, 224)
+
+
+def test_pitch_zero_is_the_projection_without_pitch_and_pitch_up_lifts_the_nose():
+    """Pose.pitch defaults to 0, which leaves ``project`` (and so every render) exactly what it was
+    before pitch existed: yaw with depth, then roll. A positive pitch lifts the nose tip against
+    the eyes; a negative one lowers it."""
+    import math
+
+    spec = sf.sample_specs(4, 5)[2]
+    assert spec.pose.pitch == 0.0
+    lm = sf.face_landmarks(spec.identity, spec.expression.intensities)
+    pose = spec.pose
+    x = lm[:, 0] * math.cos(pose.yaw) + sf.DEPTH * math.sin(pose.yaw)
+    c, s = math.cos(pose.roll), math.sin(pose.roll)
+    xr, yr = c * x - s * lm[:, 1], s * x + c * lm[:, 1]
+    before = np.stack([112 * (0.5 + pose.tx) + pose.scale * 112 * xr, 112 * (0.47 + pose.ty) + pose.scale * 112 * yr], 1)
+    assert np.array_equal(sf.project(lm, sf.DEPTH, pose, 112), before)  # bit for bit
+    frontal = sf.Pose()
+    nose = {p: sf.project(lm, sf.DEPTH, sf.Pose(pitch=p), 224) for p in (-0.3, 0.0, 0.3)}
+    eyes = {p: v[[36, 45], 1].mean() for p, v in nose.items()}
+    rise = {p: eyes[p] - v[30, 1] for p, v in nose.items()}  # how far the nose tip sits above the eyes' line
+    assert rise[0.3] > rise[0.0] + 5 > rise[-0.3] + 10, rise
+    assert np.allclose(sf.project(lm, sf.DEPTH, frontal, 224), nose[0.0])
 
 
 @pytest.mark.parametrize("au", AUS)

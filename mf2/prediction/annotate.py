@@ -1,8 +1,10 @@
 """``mf2 predict --annotate DIR``: each frame with its faces drawn, at the input's size.
 
-Per face: the box, the AU regions the model pooled (the window around each AU's two centres,
-mapped back from the aligned crop; active AUs bold and named), and the top emotion with its
-probability. Images keep their format (PNG or JPEG; others become PNG); video frames are
+Per face: the box with the person's track id, the AU regions the model pooled (the window
+around each AU's two centres, mapped back from the aligned crop; active AUs bold and named; on
+small faces none, their active AUs listed under the box), and the top emotion with its probability; lines and
+text are sized by the face, so a group photo's labels do not pile up; a legend says what each
+colour is. Images keep their format (PNG or JPEG; others become PNG); video frames are
 written as ``<video>_f<frame>.jpg``; in-memory images as ``image_<k>.png``. Names never
 overwrite each other within a run.
 
@@ -35,8 +37,14 @@ BOX, ACTIVE, REGION, TEXT_BG = (60, 220, 90), (255, 140, 0), (150, 190, 255), (0
 
 
 class Annotator:
-    def __init__(self, folder=None, threshold=0.5, au_window: float = 1.0):
-        """``folder``: where ``write`` puts images (None: ``draw`` only)."""
+    def __init__(self, folder=None, threshold=0.5, au_window: float = 1.0, au_regions: str = "auto"):
+        """``folder``: where ``write`` puts images (None: ``draw`` only). ``au_regions``: 'all',
+        'active' (only the active AUs' windows), 'none', or 'auto' (all on faces of 160 px and
+        more; none on smaller faces, where 24 windows would hide the face: their active AUs are
+        listed under the box)."""
+        if au_regions not in ("auto", "all", "active", "none"):
+            raise ValueError(f"au_regions: expected 'auto', 'all', 'active' or 'none', got {au_regions!r}")
+        self.au_regions = au_regions
         self.folder = Path(folder) if folder is not None else None
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -64,34 +72,70 @@ class Annotator:
     def draw(self, image: np.ndarray, faces) -> Image.Image:
         im = Image.fromarray(image).convert("RGB")
         draw = ImageDraw.Draw(im)
-        w = max(1, round(min(im.size) / 300))
-        font = _font(max(10, round(min(im.size) / 40)))
+        w = max(1, round(min(im.size) / 400))
+        big = max(10, round(min(im.size) / 40))
         if not faces:
-            draw.text((4 * w, 4 * w), "no face", fill=ACTIVE, font=font, stroke_width=w, stroke_fill=TEXT_BG)
-        for face in faces:
+            draw.text((4 * w, 4 * w), "no face", fill=ACTIVE, font=_font(big), stroke_width=w, stroke_fill=TEXT_BG)
+        regions_drawn = False
+        for k, face in enumerate(faces):
             x0, y0, x1, y1 = face.box
-            draw.rectangle((x0, y0, x1, y1), outline=BOX, width=2 * w)
-            inverse = invert(face.transform)
-            scale = float(np.sqrt(abs(np.linalg.det(inverse[:, :2]))))  # crop px -> image px
-            half = 0.5 * self.au_window * float(ruler(face.crop_landmarks)) * scale
-            centres = apply(inverse, au_centres(face.crop_landmarks))  # [12, 2, 2] image px
+            side = max(1.0, min(x1 - x0, y1 - y0))
+            fw = max(1, round(side / 120))  # lines and text sized by the face, not the picture
+            font = _font(int(np.clip(side / 7, 10, big)))
+            draw.rectangle((x0, y0, x1, y1), outline=BOX, width=2 * fw)
             predicted = face.aus is not None
-            active = [a for k, a in enumerate(AUS) if predicted and face.aus[k] >= self.thresholds[k]]
-            for k, au in enumerate(AUS):
-                on = au in active
-                for cx, cy in centres[k]:
-                    draw.rectangle((cx - half, cy - half, cx + half, cy + half), outline=ACTIVE if on else REGION,
-                                   width=2 * w if on else w)
-                if on:
-                    cx, cy = centres[k].mean(0)
-                    draw.text((cx, cy), au, fill=ACTIVE, font=font, anchor="mm", stroke_width=w, stroke_fill=TEXT_BG)
-            if predicted:
-                label = f"{face.emotion} {float(np.max(face.emotions)):.2f}"
-                draw.text((x0, y0 - 2 * w), label, fill=BOX, font=font, anchor="lb", stroke_width=w,
-                          stroke_fill=TEXT_BG)
-                draw.text((x0, y1 + 2 * w), " ".join(active) or "no active AU", fill=ACTIVE, font=font, anchor="lt",
-                          stroke_width=w, stroke_fill=TEXT_BG)
+            active = [a for j, a in enumerate(AUS) if predicted and face.aus[j] >= self.thresholds[j]]
+            regions = self.au_regions if self.au_regions != "auto" else "all" if side >= 160 else "none"
+            if regions != "none":
+                inverse = invert(face.transform)
+                scale = float(np.sqrt(abs(np.linalg.det(inverse[:, :2]))))  # crop px -> image px
+                half = 0.5 * self.au_window * float(ruler(face.crop_landmarks)) * scale
+                centres = apply(inverse, au_centres(face.crop_landmarks))  # [12, 2, 2] image px
+                for j, au in enumerate(AUS):
+                    on = au in active
+                    if not on and regions == "active":
+                        continue
+                    regions_drawn = True
+                    for cx, cy in centres[j]:
+                        draw.rectangle((cx - half, cy - half, cx + half, cy + half), outline=ACTIVE if on else REGION,
+                                       width=2 * fw if on else fw)
+                    if on and side >= 120:  # names inside the face only where they fit
+                        cx, cy = centres[j].mean(0)
+                        draw.text((cx, cy), au, fill=ACTIVE, font=font, anchor="mm", stroke_width=fw,
+                                  stroke_fill=TEXT_BG)
+            name = f"#{face.track}" if getattr(face, "track", None) is not None else f"face {k}"
+            label = f"{name} {face.emotion} {float(np.max(face.emotions)):.2f}" if predicted else name
+            draw.text((x0, y0 - 2 * fw), label, fill=BOX, font=font, anchor="lb", stroke_width=fw, stroke_fill=TEXT_BG)
+            if predicted:  # the active AUs under the box, wrapped to its width
+                lines, line = [], ""
+                for word in active or ["no active AU"]:
+                    trial = f"{line} {word}".strip()
+                    if line and draw.textlength(trial, font=font) > max(x1 - x0, draw.textlength("AU00 AU00", font=font)):
+                        lines.append(line)
+                        line = word
+                    else:
+                        line = trial
+                lines.append(line)
+                draw.multiline_text((x0, y1 + 2 * fw), "\n".join(lines), fill=ACTIVE, font=font, spacing=fw,
+                                    stroke_width=fw, stroke_fill=TEXT_BG)
+        if faces:
+            self._legend(draw, im.size, regions_drawn, _font(max(10, big // 2 + 2)), w)
         return im
+
+    @staticmethod
+    def _legend(draw, size, regions: bool, font, w: int) -> None:
+        """What each colour means, in the picture's lower left corner."""
+        entries = [(BOX, "face: #track  emotion  probability")]
+        entries += [(ACTIVE, "active AU (named)"), (REGION, "AU region, inactive")] if regions else \
+            [(ACTIVE, "active AUs (below the face)")]
+        line = font.size + 4 * w
+        x, y = 6 * w, size[1] - 6 * w - line * len(entries)
+        width = max(draw.textlength(text, font=font) for _, text in entries) + line + 8 * w
+        draw.rectangle((x - 3 * w, y - 3 * w, x + width, y + line * len(entries)), fill=TEXT_BG)
+        for k, (colour, text) in enumerate(entries):
+            yy = y + k * line
+            draw.rectangle((x, yy + 2 * w, x + font.size, yy + 2 * w + font.size), outline=colour, width=max(2, w))
+            draw.text((x + font.size + 6 * w, yy + 2 * w), text, fill=(255, 255, 255), font=font)
 
     def write(self, frame, faces) -> Path:
         path = self.folder / self._name(frame)
@@ -110,13 +154,15 @@ class DrawnFace:
     crop_landmarks: np.ndarray  # [68, 2]
     aus: np.ndarray | None  # [12]
     emotions: np.ndarray | None  # [8]
+    track: int | None = None
 
     @property
     def emotion(self) -> str | None:
         return None if self.emotions is None else EMOTIONS[int(np.argmax(self.emotions))]
 
 
-def face_from_row(box, landmarks: np.ndarray, aligned: bool, aus=None, emotions=None, size: int = 224) -> DrawnFace:
+def face_from_row(box, landmarks: np.ndarray, aligned: bool, aus=None, emotions=None, size: int = 224,
+                  track: int | None = None) -> DrawnFace:
     """A face to draw from its row: box (x0, y0, x1, y1), landmarks [68, 2] in image pixels, and
     whether it was an aligned input (``face='aligned'``, no detection score). The transform to
     the crop is the one prediction used: the landmarks' similarity fit onto the template for a
@@ -128,4 +174,4 @@ def face_from_row(box, landmarks: np.ndarray, aligned: bool, aus=None, emotions=
     else:
         m = similarity(landmarks[_ALIGN_POINTS], canonical_landmarks()[_ALIGN_POINTS] * size)
     return DrawnFace(tuple(box), m, apply(m, landmarks), None if aus is None else np.asarray(aus),
-                     None if emotions is None else np.asarray(emotions))
+                     None if emotions is None else np.asarray(emotions), track)

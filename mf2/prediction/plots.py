@@ -58,7 +58,8 @@ def drawn_faces(table, rows) -> list:
         box = (row["x"], row["y"], row["x"] + row["w"], row["y"] + row["h"])
         faces.append(face_from_row(box, _landmarks(row), aligned=bool(np.isnan(row["face_score"])),
                                    aus=row[list(AU_COLUMNS)].to_numpy(np.float64),
-                                   emotions=row[list(EMOTION_COLUMNS)].to_numpy(np.float64)))
+                                   emotions=row[list(EMOTION_COLUMNS)].to_numpy(np.float64),
+                                   track=None if pd.isna(row["track"]) else int(row["track"])))
     return faces
 
 
@@ -117,9 +118,21 @@ def chosen_aus(table, threshold: float = 0.5, most: int = 6) -> list[str]:
     return order[:most] if reached else order[:4]
 
 
-def timeline_figure(table, source: str | None = None, face: int = 0, aus=None, threshold: float = 0.5):
-    """Emotion probabilities (one line each) with the top emotion as a band, and the AUs ``aus``
-    (default: ``chosen_aus``) over one video's time, for its ``face``-th largest face."""
+def tracks_by_length(table) -> list[int]:
+    """The track ids of ``table``'s faces, the one seen in most frames first."""
+    ok = table[(table["status"] == OK).to_numpy(bool) & table["track"].notna().to_numpy(bool)]
+    if ok.empty:
+        return []
+    counts = pd.Series(ok["track"].to_numpy(np.int64)).value_counts(sort=False)
+    return sorted(counts.index.tolist(), key=lambda k: (-counts[k], k))
+
+
+def timeline_figure(table, source: str | None = None, face: int | None = 0, aus=None, threshold: float = 0.5,
+                    track: int | None = None):
+    """Emotion probabilities (one line each) with the top emotion as a band (and its legend), and
+    the AUs ``aus`` (default: ``chosen_aus``) over one video's time, for one person: ``track``
+    (default, when ``face`` is None too: the track seen in most frames), or the ``face``-th
+    largest face of each frame."""
     videos = table.loc[table["frame"].notna(), "source"]
     if source is None:
         if videos.empty:
@@ -128,13 +141,27 @@ def timeline_figure(table, source: str | None = None, face: int = 0, aus=None, t
     rows = table[(table["source"] == source).to_numpy(bool)]
     if rows.empty:
         raise ValueError(f"plot_timeline: no rows of {source}")
+    if track is None and face is None:
+        people = tracks_by_length(rows)
+        track, face = (people[0], None) if people else (None, 0)
     frames = rows.drop_duplicates("frame")[["frame", "time"]].sort_values("frame")
-    mine = rows[(rows["status"] == OK).to_numpy(bool) & (rows["face"] == face).fillna(False).to_numpy(bool)]
+    ok = (rows["status"] == OK).to_numpy(bool)
+    if track is not None:
+        chosen = (rows["track"] == track).fillna(False).to_numpy(bool)
+        if not (ok & chosen).any():
+            known = tracks_by_length(rows)
+            raise ValueError(f"plot_timeline: no track {track} in {source} (tracks: "
+                             f"{', '.join(map(str, sorted(known))) or 'none'})")
+        who = f"track {track}"
+    else:
+        chosen = (rows["face"] == face).fillna(False).to_numpy(bool)
+        who = f"face {face} (by size in each frame)"
+    mine = rows[ok & chosen].drop_duplicates("frame")
     mine = frames.merge(mine.drop(columns="time"), on="frame", how="left")  # frames without the face: gaps
     t = mine["time"].to_numpy(np.float64)
     if np.isnan(t).all():
         t = mine["frame"].to_numpy(np.float64)
-    aus = list(aus) if aus is not None else chosen_aus(rows[(rows["status"] == OK).to_numpy(bool)], threshold)
+    aus = list(aus) if aus is not None else chosen_aus(rows[ok & chosen], threshold)
     unknown = [a for a in aus if a not in AU_COLUMNS]
     if unknown:
         raise ValueError(f"aus: expected names among {', '.join(AU_COLUMNS)}, got {', '.join(map(str, unknown))}")
@@ -150,10 +177,16 @@ def timeline_figure(table, source: str | None = None, face: int = 0, aus=None, t
         if isinstance(name, str):
             band.axvspan(edges[k], edges[k + 1], color=EMOTION_COLOURS[name], lw=0)
             seen += [name] if name not in seen else []
-    band.set_yticks([])
+    band.set_yticks([0.5], ["top"], fontsize=8)
+    band.set_ylim(0, 1)
     band.set_xlim(edges[0], edges[-1])
     band.tick_params(labelbottom=False)
-    band.set_title(f"{Path(str(source)).name}: face {face}", fontsize=10)
+    band.set_title(f"{Path(str(source)).name}: {who}", fontsize=10)
+    if seen:  # the band's colours, in the order they first appear
+        from matplotlib.patches import Patch
+
+        band.legend(handles=[Patch(color=EMOTION_COLOURS[e], label=e) for e in seen], loc="lower left",
+                    bbox_to_anchor=(1.01, -0.4), fontsize=8, frameon=False, title="top emotion", title_fontsize=8)
     for e in EMOTION_COLUMNS:
         emo.plot(t, mine[e].to_numpy(np.float64), label=e, color=EMOTION_COLOURS[e], lw=1.2, marker="o", ms=2)
     emo.set_ylim(0, 1)

@@ -44,35 +44,56 @@ def ordered_map(fn, items: Iterable, pool: Executor | None, window: int) -> Iter
             future.cancel()
 
 
+def _chunks(items: Iterable, n: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 32, explain: str | None = None,
-               beams: int = 3, pool: Executor | None = None, workers: int = 0, keep_images: bool = False
-               ) -> Iterator[tuple[Frame, list[AlignedFace] | None]]:
+               beams: int = 3, pool: Executor | None = None, workers: int = 0, keep_images: bool = False,
+               track=None) -> Iterator[tuple[Frame, list[AlignedFace] | None]]:
     """Each frame with its faces, predicted (largest face first; ``[]``: no face), in order.
     A frame that could not be read comes with ``None`` (and ``frame.error``) as soon as it is met.
-    ``pool``: the ``workers`` threads that find faces (None: this thread)."""
+    ``pool``: the ``workers`` threads that find faces (None: this thread). ``track(frame, faces)``:
+    called in frame order, while the frame's pixels are still there, to set each face's ``track``.
+    The near-misses of a frame (faces under the score threshold) are in ``frame.near_misses``."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
 
-    def find(frame: Frame):
-        image = frame.load()
-        if frame.error is not None:
-            return None
-        faces = predictor.faces(image)
-        if not keep_images:
-            frame.image = None
-        return faces
+    def find(chunk: list[Frame]):
+        readable = [f for f in chunk if f.load() is not None and f.error is None]
+        found = dict(zip(map(id, readable), predictor.find([f.image for f in readable]))) if readable else {}
+        out = []
+        for frame in chunk:
+            faces, near = found.get(id(frame), (None, []))
+            frame.near_misses = near
+            if track is None and not keep_images:
+                frame.image = None
+            out.append(faces)
+        return out
 
-    window = batch_size + 2 * workers  # enough found faces for the next batch while this one runs
+    window = max(1, (batch_size + 2 * workers) // predictor.detect_batch)  # found faces for the next batch
     pending, n_pending = [], 0
-    for frame, faces in ordered_map(find, frames, pool, window):
-        if faces is None:
-            yield frame, None
-            continue
-        pending.append((frame, faces))
-        n_pending += max(1, len(faces))
-        if n_pending >= batch_size:
-            predictor.predict([f for _, fs in pending for f in fs], explain, beams)
-            yield from pending
-            pending, n_pending = [], 0
+    for chunk, found in ordered_map(find, _chunks(frames, predictor.detect_batch), pool, window):
+        for frame, faces in zip(chunk, found):
+            if faces is None:
+                yield frame, None
+                continue
+            if track is not None:
+                track(frame, faces)
+                if not keep_images:
+                    frame.image = None
+            pending.append((frame, faces))
+            n_pending += max(1, len(faces))
+            if n_pending >= batch_size:
+                predictor.predict([f for _, fs in pending for f in fs], explain, beams)
+                yield from pending
+                pending, n_pending = [], 0
     predictor.predict([f for _, fs in pending for f in fs], explain, beams)
     yield from pending

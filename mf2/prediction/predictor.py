@@ -24,7 +24,9 @@ from mf2.data.labels import EMOTIONS, per_au
 from mf2.devices import autocast, resolve_precision
 from mf2.features.backbones import BackboneError, load_tokenizer, load_vision
 from mf2.features.extract import visual_features
-from mf2.features.faces import FaceFinder, align, apply, canonical_landmarks, invert, resize_square
+from mf2.features.faces import DEFAULT_MIN_SCORE, FaceFinder, align, apply, canonical_landmarks, invert, \
+    resize_square, resolve_detector
+from mf2.prediction.pose import head_pose
 from mf2.models.explain import Explainer
 from mf2.runs import RunFolder, load_model
 
@@ -36,8 +38,10 @@ class PredictSettings:
     face: str = "detect"  # 'detect': every face dlib finds; 'aligned': each image is one aligned face crop
     threshold: float | None = None  # an AU is active (explained, drawn) at this probability (None: the
     # run's per-AU thresholds, tuned on its validation split; 0.5 for a run without them)
-    min_face_score: float = 0.25  # dlib detection score a face needs (dlib's own threshold, 0, admits
-    # textures such as badges and prints at scores near 0; clear faces score about 1 and above)
+    min_face_score: float | None = None  # detection score a face needs (None: the detector's default,
+    # DEFAULT_MIN_SCORE: HOG 0.25 -- dlib's own threshold, 0, admits badges and prints; clear faces
+    # score about 1 and above --, CNN 0.3, MTCNN 0.7, its face probability)
+    face_detector: str = "auto"  # 'hog', 'cnn', 'mtcnn' or 'auto' (mf2.features.faces.resolve_detector)
     device: str = "cpu"
     precision: str = "auto"  # of the model's forward (the backbone keeps the cache's precision)
     vision_weights: str | None = None  # when the run's cache used --vision-weights FILE
@@ -55,6 +59,8 @@ class AlignedFace:
     crop_landmarks: np.ndarray  # [68, 2] in crop pixels
     transform: np.ndarray  # 2x3, image -> crop
     score: float | None = None  # detection score (None: --face aligned)
+    pose: tuple = (np.nan, np.nan, np.nan)  # (yaw, pitch, roll) degrees, from the landmarks (mf2.prediction.pose)
+    track: int | None = None  # identity within its source (mf2.prediction.tracking); None: not tracked
     aus: np.ndarray | None = None  # [12] AU probabilities, in the order of ``AUS``
     emotions: np.ndarray | None = None  # [8] emotion probabilities, in the order of ``EMOTIONS``
     explanation: str | None = None
@@ -73,6 +79,10 @@ class Predictor:
         s = self.settings = settings or PredictSettings()
         if s.face not in ("detect", "aligned"):
             raise ValueError(f"face: expected 'detect' or 'aligned', got {s.face!r}")
+        self.detector_name = resolve_detector(s.face_detector)
+        self.min_face_score = DEFAULT_MIN_SCORE[self.detector_name] if s.min_face_score is None else s.min_face_score
+        if not np.isfinite(self.min_face_score):
+            raise ValueError(f"min_face_score: expected a number, got {s.min_face_score!r}")
         self.model_precision = resolve_precision(s.precision, s.device)
         self.signature = sig = RunFolder(run).features()
         self.model, self.config, self.checkpoint = load_model(run, s.device)
@@ -98,11 +108,17 @@ class Predictor:
 
     @property
     def finder(self) -> FaceFinder:
-        """dlib's detector and landmark model, loaded on first use in each thread."""
+        """The face detector and dlib's landmark model, loaded on first use in each thread (dlib's
+        detectors are not safe to share; MTCNN runs on the predictor's device)."""
         finder = getattr(self._local, "finder", None)
         if finder is None:
-            finder = self._local.finder = FaceFinder()
+            finder = self._local.finder = FaceFinder(self.detector_name, self.settings.device)
         return finder
+
+    @property
+    def detect_batch(self) -> int:
+        """Frames the face detector takes at once: MTCNN on a GPU batches frames; on a CPU one at a time."""
+        return 8 if self.detector_name == "mtcnn" and torch.device(self.settings.device).type != "cpu" else 1
 
     def explainer(self, decoding: str, beams: int = 3) -> Explainer:
         """The ITG decoder for ``decoding`` ('greedy' or 'beam'), made on first use (a DFN run
@@ -119,18 +135,33 @@ class Predictor:
 
     def faces(self, image: np.ndarray) -> list[AlignedFace]:
         """Every face of an image, aligned as in extraction (largest first)."""
+        return self.find([image])[0][0]
+
+    def find(self, images: list[np.ndarray]) -> list[tuple[list[AlignedFace], list]]:
+        """Per image, its faces aligned as in extraction (largest first) with their head pose, and
+        the near-misses (``mf2.features.faces.Face``s scoring under ``min_face_score``)."""
         S = self.size
         if self.settings.face == "aligned":
-            crop, m = resize_square(image, S)
-            lm_crop = canonical_landmarks() * S if self.canonical else self.finder.landmarks(crop, (0, 0, S - 1, S - 1))
-            inverse = invert(m)
-            corners = apply(inverse, np.array([[0.0, 0.0], [S, S]]))
-            return [AlignedFace(tuple(float(c) for c in corners.ravel()), apply(inverse, lm_crop), crop, lm_crop, m)]
+            out = []
+            for image in images:
+                crop, m = resize_square(image, S)
+                lm_crop = canonical_landmarks() * S if self.canonical else self.finder.landmarks(crop, (0, 0, S - 1, S - 1))
+                inverse = invert(m)
+                corners = apply(inverse, np.array([[0.0, 0.0], [S, S]]))
+                lm = apply(inverse, lm_crop)
+                out.append(([AlignedFace(tuple(float(c) for c in corners.ravel()), lm, crop, lm_crop, m,
+                                         pose=head_pose(lm))], []))
+            return out
         out = []
-        for f in self.finder.detect(image, self.settings.min_face_score):
-            crop, lm_crop, m = align(image, f.landmarks, S)
-            out.append(AlignedFace(tuple(float(c) for c in f.box), f.landmarks, crop, lm_crop, m, round(f.score, 3)))
+        for image, found in zip(images, self.finder.find(images, self.min_face_score)):
+            out.append(([self.aligned(image, f) for f in found.faces], found.near_misses))
         return out
+
+    def aligned(self, image: np.ndarray, face) -> AlignedFace:
+        """A found face (``mf2.features.faces.Face``, e.g. a near-miss kept by tracking) aligned as in extraction."""
+        crop, lm_crop, m = align(image, face.landmarks, self.size)
+        return AlignedFace(tuple(float(c) for c in face.box), face.landmarks, crop, lm_crop, m, round(face.score, 3),
+                           pose=head_pose(face.landmarks))
 
     @torch.no_grad()
     def predict(self, faces: list[AlignedFace], explain: str | None = None, beams: int = 3) -> None:

@@ -14,12 +14,12 @@ with ``error`` set.
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mf2.features.faces import MIN_SIDE, ImageError, load_image
+from mf2.features.pixels import ImageError, load_image, to_rgb
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
@@ -42,9 +42,10 @@ class Frame:
     source: str  # the file, as found (or an in-memory image's name)
     frame: int | None = None  # video frame index (0-based, in decoding order); None for an image
     time: float | None = None  # seconds into the video
-    image: np.ndarray | None = None  # RGB uint8 [H, W, 3]; None until loaded (image files)
+    image: np.ndarray | None = None  # RGB uint8 [H, W, 3], C-contiguous; None until loaded (image files)
     error: str | None = None  # why the input could not be read
     path: str | None = None  # an image file still to decode
+    near_misses: list = field(default_factory=list)  # faces found under the score threshold
 
     def load(self) -> np.ndarray | None:
         """Decode an image file's pixels (once); sets ``error`` instead of raising."""
@@ -63,7 +64,7 @@ def is_video(path) -> bool:
 def _is_image_object(item) -> bool:
     from PIL import Image
 
-    return isinstance(item, (Image.Image, np.ndarray))
+    return isinstance(item, (Image.Image, np.ndarray)) or type(item).__name__ == "VideoFrame"
 
 
 def _flatten(inputs) -> list:
@@ -124,20 +125,9 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
 
 
 def as_rgb(image) -> np.ndarray:
-    """A PIL image (EXIF orientation applied, like a file) or an array [H, W], [H, W, 3] or
-    [H, W, 4] of uint8 -> RGB uint8 [H, W, 3]. Raises ``ImageError`` with what was wrong."""
-    from PIL import Image, ImageOps
-
-    if isinstance(image, Image.Image):
-        rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    else:
-        a = np.asarray(image)
-        if a.dtype != np.uint8 or not (a.ndim == 2 or a.ndim == 3 and a.shape[2] in (3, 4)):
-            raise ImageError(f"not an RGB image array (expected uint8 [H, W, 3], got {a.dtype} {list(a.shape)})")
-        rgb = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
-    if min(rgb.shape[:2]) < MIN_SIDE:
-        raise ImageError(f"image too small ({rgb.shape[1]}x{rgb.shape[0]} px, at least {MIN_SIDE} px a side)")
-    return np.ascontiguousarray(rgb)
+    """A PIL image, an array of any dtype and layout, or a decoded video frame -> contiguous RGB
+    uint8 [H, W, 3] (``mf2.features.pixels.to_rgb``, the one conversion every input goes through)."""
+    return to_rgb(image)
 
 
 def in_memory_frame(name: str, image, frame: int | None = None, time: float | None = None) -> Frame:
@@ -147,8 +137,9 @@ def in_memory_frame(name: str, image, frame: int | None = None, time: float | No
         return Frame(name, frame, time, error=str(exc))
 
 
-def video_frames(path: str, fps: float | None):
-    """Frames of a video at ``fps`` (None or 0: all), decoded one at a time."""
+def video_frames(path: str, fps: float | None, every: int | None = None):
+    """Frames of a video at ``fps`` (None or 0: all), or every ``every``-th decoded frame,
+    decoded one at a time."""
     import av
 
     try:
@@ -169,11 +160,18 @@ def video_frames(path: str, fps: float | None):
             for frame in container.decode(stream):
                 index += 1
                 t = float(frame.time) if frame.time is not None else index / rate
+                if every and index % every:
+                    continue
                 if t + 1e-6 < next_time:
                     continue
                 # the next sample time; after a gap in the video (or with step 0), from this frame
                 next_time = next_time + step if next_time + step > t else t + step
-                yield Frame(path, index, round(t, 4), frame.to_ndarray(format="rgb24"))
+                try:
+                    image = to_rgb(frame)
+                except ImageError as exc:
+                    yield Frame(path, index, round(t, 4), error=str(exc))
+                    continue
+                yield Frame(path, index, round(t, 4), image)
         except av.error.FFmpegError as exc:
             yield Frame(path, index + 1, error=f"video decoding stopped ({str(exc).splitlines()[0]})")
 
@@ -188,12 +186,12 @@ def video_frame(path: str, index: int) -> np.ndarray:
     raise ImageError(f"{path}: no frame {index}")
 
 
-def frames(items: list, fps: float | None):
+def frames(items: list, fps: float | None, every: int | None = None):
     """Every frame to predict on, in the order of ``items`` (paths and ``InMemory`` images)."""
     for item in items:
         if isinstance(item, InMemory):
             yield in_memory_frame(item.name, item.image)
         elif is_video(item):
-            yield from video_frames(item, fps)
+            yield from video_frames(item, fps, every)
         else:
             yield Frame(item, path=item)

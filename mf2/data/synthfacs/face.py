@@ -1,7 +1,7 @@
 """The SynthFACS face model: identity, head pose, and the 68 iBUG landmarks in a *face frame*
 (origin between the eyes and the nose tip, x right, y down, half the face width ~ 1), with the
-12 AUs displacing them; ``project`` maps the face frame to pixels (yaw with per-point depth,
-roll, scale, shift). One transform for the landmarks and everything drawn: the landmarks are
+12 AUs displacing them; ``project`` maps the face frame to pixels (pitch and yaw with per-point
+depth, roll, scale, shift). One transform for the landmarks and everything drawn: the landmarks are
 exact.
 """
 
@@ -66,11 +66,13 @@ class Identity:
 
 @dataclass
 class Pose:
-    roll: float = 0.0  # radians, in-plane
-    yaw: float = 0.0  # radians, out-of-plane (projected with landmark depth)
+    roll: float = 0.0  # radians, in-plane (positive: clockwise in the image)
+    yaw: float = 0.0  # radians, out-of-plane (projected with landmark depth; positive: the nose moves right)
     scale: float = 0.34  # pixels per face unit, as a fraction of the image size
     tx: float = 0.0  # shift of the face origin, fraction of the image size
     ty: float = 0.0
+    pitch: float = 0.0  # radians, about the horizontal axis (positive: chin up, the nose tip moves up);
+    # 0, the default, leaves every render byte-identical to the renders made before the field existed
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Pose":
@@ -166,9 +168,14 @@ def face_landmarks(ident: Identity, au: dict) -> np.ndarray:
 
 
 def project(points: np.ndarray, depth: np.ndarray, pose: Pose, size: int) -> np.ndarray:
-    """Face frame -> image pixels (yaw with depth, roll, scale, shift)."""
-    x = points[:, 0] * math.cos(pose.yaw) + depth * math.sin(pose.yaw)
+    """Face frame -> image pixels: pitch (about the x axis), then yaw (about the y axis), both with
+    per-point depth towards the camera, projected orthographically; then roll, scale, shift.
+    The rotation is ``Rz(roll) @ Ry(yaw) @ Rx(pitch)`` of (x right, y down, depth towards the camera)."""
     y = points[:, 1]
+    if pose.pitch:  # skipped at 0, so that renders without pitch stay byte-identical
+        c, s = math.cos(pose.pitch), math.sin(pose.pitch)
+        y, depth = c * y - s * depth, s * y + c * depth
+    x = points[:, 0] * math.cos(pose.yaw) + depth * math.sin(pose.yaw)
     c, s = math.cos(pose.roll), math.sin(pose.roll)
     xr, yr = c * x - s * y, s * x + c * y
     scale = pose.scale * size

