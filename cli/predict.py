@@ -23,6 +23,9 @@ from ._common import one_line_errors, precision_option
 @click.option("--decoding", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True,
               help="How --explain decodes.")
 @click.option("--beams", type=click.IntRange(min=1), default=3, show_default=True, help="Beam width (--decoding beam).")
+@click.option("--grounding", type=click.Choice(["heads", "none"]), default="heads", show_default=True,
+              help="heads: --explain says what the AU and emotion heads decided, worded by the ITG decoder; none: the "
+                   "ITG decoder alone (can contradict the heads).")
 @click.option("--fps", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Video frames sampled per second (0 = every frame).")
 @click.option("--face", type=click.Choice(["detect", "aligned"]), default="detect", show_default=True,
@@ -40,8 +43,8 @@ from ._common import one_line_errors, precision_option
 @click.option("--vision-weights", type=click.Path(dir_okay=False), help="The vision weights file the run's cache used.")
 @click.option("--allow-download", is_flag=True, help="Let missing backbone weights download (off by default).")
 @one_line_errors
-def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, min_face_score, batch_size, workers,
-            threshold, device, precision, vision_weights, allow_download):
+def predict(run, inputs, out, annotate, plots, explain, decoding, beams, grounding, fps, face, min_face_score, batch_size,
+            workers, threshold, device, precision, vision_weights, allow_download):
     """Predict every face in INPUTS: images, folders, globs (quoted) or video files.
 
     One row per face (source, frame, time, face, status, score, box x/y/w/h, AU01 … AU26
@@ -65,7 +68,8 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, fa
                            num_workers=workers, vision_weights=vision_weights, allow_download=allow_download) as det:
         try:
             faces = det.detect(list(inputs), batch_size=batch_size, fps=fps, explain=decoding if explain else False,
-                               beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True))
+                               beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True),
+                               grounding=grounding)
         except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, a failure): keep what was predicted
             partial = getattr(exc, "partial", None)
             if out is not None and partial is not None and len(partial):

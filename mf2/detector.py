@@ -26,7 +26,7 @@ from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
 from mf2.prediction.annotate import Annotator
 from mf2.prediction.predict import detections
-from mf2.prediction.predictor import DECODINGS, PredictSettings, Predictor
+from mf2.prediction.predictor import DECODINGS, GROUNDINGS, PredictSettings, Predictor
 from mf2.prediction.sources import InputError, expand, frames, in_memory_frame
 from mf2.prediction.table import TableBuilder
 
@@ -56,7 +56,9 @@ def _threads(torch_threads, workers: int, device: str) -> int | None:
     return torch_threads
 
 
-def _decoding(explain) -> str | None:
+def _decoding(explain, grounding: str = "heads") -> str | None:
+    if grounding not in GROUNDINGS:
+        raise ValueError(f"grounding: expected 'heads' or 'none', got {grounding!r}")
     if explain is None or explain is False:
         return None
     if explain is True:
@@ -160,13 +162,14 @@ class Detector:
 
     # -- detection ------------------------------------------------------------------------------
     def detect(self, inputs, *, batch_size: int = 32, fps: float | None = 1.0, explain=False, beams: int = 3,
-               progress: bool | None = True, annotate=None, log=None) -> Faces:
+               progress: bool | None = True, annotate=None, log=None, grounding: str = "heads") -> Faces:
         """Every face of ``inputs``: an image file (path), a PIL image or an RGB array
         [H, W, 3] uint8, a folder (searched recursively for images and videos), a glob, a video
         file, or a list of these. Videos are sampled at ``fps`` frames per second of their own
         clock (0 or None: every frame) and streamed. ``batch_size`` faces go through the model
         at a time (the results do not depend on it). ``explain``: True (greedy) or 'greedy' /
-        'beam' (``beams`` wide) adds a generated description per face. ``progress``: a bar with
+        'beam' (``beams`` wide) adds a generated description per face, worded from what the heads
+        decided (``grounding='heads'``) or by the ITG decoder alone (``'none'``). ``progress``: a bar with
         faces/s on stderr (None: only on a terminal). ``annotate``: a folder to write each frame
         into with its faces drawn (as ``mf2 predict --annotate``).
 
@@ -175,7 +178,7 @@ class Detector:
         nothing at all could be read."""
         if fps is not None and fps < 0:
             raise ValueError(f"fps: expected a positive number (0 = every frame), got {fps}")
-        decoding = _decoding(explain)
+        decoding = _decoding(explain, grounding)
         log = log or logger.warning
         items, problems = expand(inputs)
         skipped = [{"source": item, "error": why} for item, why in problems]
@@ -190,7 +193,8 @@ class Detector:
         table = TableBuilder()
         with self._bar(progress) as bar, _partial_on_failure(lambda: self._faces(table, counts, skipped, annotator)):
             for frame, faces in detections(self.predictor, frames(items, fps or None), batch_size, decoding, beams,
-                                           self._workers_pool(), self.workers, keep_images=annotator is not None):
+                                           self._workers_pool(), self.workers, keep_images=annotator is not None,
+                                           grounding=grounding):
                 if faces is None:
                     skipped.append({"source": frame.source, "frame": frame.frame, "error": frame.error})
                     log(f"skipped {frame.source}" + (f" at frame {frame.frame}" if frame.frame is not None else "")
@@ -210,13 +214,13 @@ class Detector:
         return self._faces(table, counts, skipped, annotator)
 
     def detect_frames(self, frames_in: Iterable, *, batch_size: int = 1, fps: float | None = None, explain=False,
-                      beams: int = 3, source: str = "<frames>") -> Iterator[Faces]:
+                      beams: int = 3, source: str = "<frames>", grounding: str = "heads") -> Iterator[Faces]:
         """One ``Faces`` per frame of ``frames_in`` (RGB arrays [H, W, 3] uint8 or PIL images, e.g.
         a webcam loop; from OpenCV pass ``frame[..., ::-1]``), in order, as soon as its batch of
         ``batch_size`` faces is through the model. Rows are named ``source``, numbered by
         ``frame`` from 0, and timed at ``frame / fps`` when ``fps`` (the frames' rate) is given.
         A frame that is not an image gives a 'not an RGB image array' ``InputError``."""
-        decoding = _decoding(explain)
+        decoding = _decoding(explain, grounding)
 
         def numbered():
             for k, image in enumerate(frames_in):
@@ -226,7 +230,7 @@ class Detector:
                 yield frame
 
         for frame, faces in detections(self.predictor, numbered(), batch_size, decoding, beams, self._workers_pool(),
-                                       self.workers):
+                                       self.workers, grounding=grounding):
             table = TableBuilder()
             table.add(frame, faces)
             yield self._faces(table, {"files": 0, "frames": 1, "faces": len(faces),

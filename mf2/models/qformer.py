@@ -298,23 +298,40 @@ class VLBranch(nn.Module):
         return {"itc": itc, "itm": itm, "itg": itg}, sim_i2t.shape[1]
 
     @torch.no_grad()
-    def generate(self, vision: torch.Tensor, end: int, max_tokens: int, beams: int = 1,
-                 prefix: list[int] = ()) -> list[list[int]]:
+    def continuation_logprob(self, past: list, ids: torch.Tensor, mask: torch.Tensor, start: torch.Tensor):
+        """ITG log-likelihood of texts after the queries, teacher-forced: for each text ids [N, L]
+        (sub-vocabulary, BOS first; mask [N, L]) the sum of log p(w_t | w_<t, Q) -- the terms of
+        L_ITG (Eq. 5) -- over its tokens from position ``start`` [N] on (0 = the first after BOS),
+        and how many tokens that is: (sums [N], counts [N]). ``past``: the image pass's per-block
+        query (keys, values), one row per text. Logits are computed at those positions only."""
+        hidden = self.qformer.decode(None, ids, mask, past)[:, :-1]
+        pos = torch.arange(ids.shape[1] - 1, device=ids.device)
+        take = mask[:, 1:] & (pos[None, :] >= start[:, None])
+        rows, cols = take.nonzero(as_tuple=True)
+        logp = self.lm_head(hidden[rows, cols]).float().log_softmax(-1).gather(1, ids[rows, cols + 1][:, None])[:, 0]
+        sums = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, logp)
+        return sums, take.sum(1)
+
+    @torch.no_grad()
+    def generate(self, vision: torch.Tensor | None, end: int, max_tokens: int, beams: int = 1,
+                 prefix: list[int] = (), past: list | None = None) -> list[list[int]]:
         """ITG decoding: the text each image's queries describe, as sub-vocabulary indices
         (without BOS and ``end``; starting with ``prefix``, a prompt the text continues).
-        vision [B, T, H] is projected (from ``image``). Greedy when ``beams`` is 1, else beam
+        vision [B, T, H] is projected (from ``image``); ``past``, the image pass's per-block
+        query (keys, values), replaces it when given. Greedy when ``beams`` is 1, else beam
         search ranked by mean log-probability per generated token. PAD, BOS and UNK are never
         produced, and ``end`` not as the first token."""
-        B, V = vision.shape[0], self.lm_head.out_features
+        if past is None:
+            _, past = self.qformer.image(vision, keep_kv=True)  # the queries run once, every step reuses them
+        B, V, device = past[0][0].shape[0], self.lm_head.out_features, past[0][0].device
         K = max(1, min(beams, V - 4))
         max_tokens = min(max_tokens, self.cfg.max_text_len - 1 - len(prefix))
-        _, past = self.qformer.image(vision, keep_kv=True)  # the queries run once, every step reuses them
         past = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v in past]
-        ids = torch.tensor([BOS, *prefix], dtype=torch.long, device=vision.device).repeat(B * K, 1)
-        score = torch.zeros(B, K, device=vision.device)
+        ids = torch.tensor([BOS, *prefix], dtype=torch.long, device=device).repeat(B * K, 1)
+        score = torch.zeros(B, K, device=device)
         score[:, 1:] = float("-inf")  # the first step expands one beam
-        done = torch.zeros(B * K, dtype=torch.bool, device=vision.device)
-        length = torch.zeros(B * K, device=vision.device)
+        done = torch.zeros(B * K, dtype=torch.bool, device=device)
+        length = torch.zeros(B * K, device=device)
         for step in range(max_tokens):
             hidden = self.qformer.decode(None, ids, torch.ones_like(ids, dtype=torch.bool), past)[:, -1]
             logp = self.lm_head(hidden).float().log_softmax(-1)
@@ -324,7 +341,7 @@ class VLBranch(nn.Module):
             logp[done] = float("-inf")
             logp[done, PAD] = 0.0  # a finished text stays as it is
             top, index = (score.view(-1, 1) + logp).view(B, K * V).topk(K, dim=1)
-            source = (torch.arange(B, device=vision.device)[:, None] * K + index // V).view(-1)
+            source = (torch.arange(B, device=device)[:, None] * K + index // V).view(-1)
             token = (index % V).view(-1)
             length = length[source] + (~done[source]).float()
             done = done[source] | (token == end)
