@@ -122,10 +122,12 @@ def test_grounded_explanations_say_what_the_heads_decided(opened, decoding):
         Explainer(model, tokenizer, text, decoding, grounding="labels")
 
 
-def test_the_search_finds_the_wording_the_decoder_likes_best(opened):
-    """A beam as wide as the lattice's paths is exact: it returns the path of highest ITG
-    log-likelihood per token, scored here path by path; greedy keeps to a path too."""
-    from mf2.models.explain import Explainer, _padded
+def test_constrained_decoding_finds_the_wording_the_decoder_likes_best(opened):
+    """A beam as wide as the lattice has paths keeps them all: it returns the path of highest
+    ITG log-likelihood per token, scored here path by path; greedy keeps to a path too; and
+    the step-by-step decoder (keys and values kept) reads what a whole pass reads."""
+    from mf2.models.explain import Explainer, Lattice
+    from mf2.models.qformer import BOS
 
     model, tokenizer, text, batch = opened
     feats = model.image_features(batch["tokens"], batch["au_tokens"], keep_kv=True)
@@ -134,12 +136,21 @@ def test_the_search_finds_the_wording_the_decoder_likes_best(opened):
     row = {"id": "", "emotion": 4, **{a: int(a in ("AU6", "AU12")) for a in AUS}}
     parts = lattice(TEMPLATES[model.cfg.emo_text], row)
     paths = _paths(parts)
-    assert len(paths) > 1
+    assert len(paths) == 9
     for face in range(2):
-        ids = [wide.ids(p) + [wide.end] for p in paths]
-        past = [(k[[face] * len(ids)], v[[face] * len(ids)]) for k, v in feats.emo_kv]
-        sums, counts = model.emo_vl.continuation_logprob(past, *_padded(ids, model.cfg.max_text_len, "cpu"),
-                                                         torch.zeros(len(ids), dtype=torch.long))
-        best = paths[int(torch.argmax(sums / counts))]
-        assert wide.search(model.emo_vl, feats.emo_kv, [face], [parts]) == [best]
-        assert greedy.search(model.emo_vl, feats.emo_kv, [face], [parts])[0] in paths
+        past = [(k[[face]], v[[face]]) for k, v in feats.emo_kv]
+        scores = []
+        for p in paths:
+            ids = torch.tensor([[BOS, *wide.ids(p), wide.end]])
+            logp = model.emo_vl.lm_head(model.emo_vl.qformer.decode(None, ids, torch.ones_like(ids, dtype=torch.bool),
+                                                                    past)).log_softmax(-1)[0, :-1]
+            scores.append(float(logp.gather(1, ids[0, 1:, None]).mean().detach()))
+        assert wide.grounded(model.emo_vl, past, [parts]) == [paths[int(np.argmax(scores))]]
+        assert greedy.grounded(model.emo_vl, past, [parts])[0] in paths
+    automaton = Lattice(parts, wide.ids, wide.end)
+    state = automaton.start()
+    for t in wide.ids(paths[4]) + [wide.end]:
+        assert t in automaton.allowed(state) and not automaton.accepting(state)
+        state = automaton.advance(state, t)
+    assert automaton.accepting(state) and automaton.text(wide.ids(paths[4]) + [wide.end]) == paths[4]
+    assert automaton.text(wide.ids(paths[4])[:3]) in paths  # a path cut short is completed

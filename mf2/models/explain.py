@@ -7,9 +7,10 @@ Two decoders (``grounding``):
   classification heads decided -- their emotion and their active AUs -- and the ITG decoder
   chooses how to say it. The template captioner's FACS vocabulary (``mf2.captions.template``)
   lays out every caption it writes for those labels as a lattice (fixed text and wording
-  choices, ``template.lattice``); the decoder searches that lattice for the text with the
-  highest ITG likelihood per token, log p(w | Q) of L_ITG (Eq. 5), greedily or with a beam.
-  Each active AU's sentence is searched the same way over that AU's own active wordings. The
+  choices, ``template.lattice``), and the decoder writes token by token with every token that
+  would leave the lattice masked (constrained greedy or beam decoding of log p(w_t | w_<t, Q),
+  the model L_ITG trains, Eq. 5): where wordings fork, the ITG head's likelier one is taken.
+  Each active AU's sentence is decoded the same way over that AU's own active wordings. The
   text is then consistent with the heads, fluent and without repeats by construction; it can
   say nothing the heads did not decide.
 * ``"none"``: the **ungrounded** decoder, as before: free greedy or beam decoding of the ITG
@@ -32,7 +33,7 @@ from mf2.captions.facs import active_sentence
 from mf2.captions.template import TEMPLATES, lattice
 from mf2.data.labels import AU_NAMES, AUS, EMOTIONS, TEXT_CAPS, per_au
 from mf2.models.mf2 import MF2
-from mf2.models.qformer import BOS, PAD, UNK
+from mf2.models.qformer import UNK
 
 GROUNDINGS = ("heads", "none")
 DECODINGS = ("greedy", "beam")
@@ -106,7 +107,7 @@ class Explainer:
         if self.explains_caption:
             if self.grounding == "heads":
                 write = TEMPLATES[model.cfg.emo_text]
-                texts = self.search(model.emo_vl, feats.emo_kv, list(range(n)), [lattice(write, r) for r in rows])
+                texts = self.grounded(model.emo_vl, feats.emo_kv, [lattice(write, r) for r in rows])
             else:
                 texts = [self.words(s) for s in model.emo_vl.generate(
                     None, self.end, self.caps[model.cfg.emo_text], self.beams, past=feats.emo_kv)]
@@ -117,8 +118,9 @@ class Explainer:
             if len(faces):
                 seq = torch.from_numpy(faces * len(AUS) + ks)  # each active AU's own sequence
                 if self.grounding == "heads":
-                    texts = self.search(model.au_vl, feats.au_kv, seq.tolist(),
-                                        [lattice(active_sentence, AUS[k], "") for k in ks])
+                    index = seq.to(feats.au_vision.device)
+                    texts = self.grounded(model.au_vl, [(a[index], b[index]) for a, b in feats.au_kv],
+                                          [lattice(active_sentence, AUS[k], "") for k in ks])
                 else:
                     texts = []
                     for k in np.unique(ks):  # one prompt per AU: its name, when its tokens are in the vocabulary
@@ -136,33 +138,15 @@ class Explainer:
                                       EMOTIONS[int(emotions[i])])
         return out
 
-    def search(self, branch, past: list, rows: list[int], lattices: list[list[list[str]]]) -> list[str]:
-        """For each lattice (parts, each a list of wordings), the path the ITG decoder finds
-        most likely per token after the queries of ``past``'s row ``rows[j]``: a beam of
-        ``self.beams`` partial paths (1: greedy), each wording choice scored with the fixed
-        text that follows it, all candidates of a step in one teacher-forced pass."""
+    def grounded(self, branch, past: list, lattices: list[list[list[str]]]) -> list[str]:
+        """For each lattice (parts, each the list of its wordings) the text the branch's ITG
+        decoder writes when held to the lattice's paths (constrained greedy or beam decoding
+        after the queries of ``past``'s row of that text)."""
         if not lattices:
             return []
-        device = past[0][0].device
-        steps = [_steps(parts, self.ids, self.end) for parts in lattices]
-        # a hypothesis: (token ids, text, summed log-probability, tokens scored)
-        beams = [[(s[0][0][0], s[0][0][1], 0.0, 0)] for s in steps]
-        for r in range(1, max(len(s) for s in steps)):
-            cands = [(j, h, k) for j, s in enumerate(steps) if r < len(s) for h in beams[j] for k in range(len(s[r]))]
-            ids = [h[0] + steps[j][r][k][0] for j, h, k in cands]
-            index = torch.tensor([rows[j] for j, _, _ in cands], device=device)
-            sums, counts = branch.continuation_logprob([(a[index], b[index]) for a, b in past],
-                                                       *_padded(ids, self.model.cfg.max_text_len, device),
-                                                       # the first step scores the fixed text before it too
-                                                       torch.tensor([len(h[0]) if r > 1 else 0 for _, h, _ in cands],
-                                                                    device=device))
-            sums, counts = sums.tolist(), counts.tolist()
-            grown: dict[int, list] = {}
-            for c, (j, h, k) in enumerate(cands):
-                grown.setdefault(j, []).append((ids[c], h[1] + steps[j][r][k][1], h[2] + sums[c], h[3] + counts[c]))
-            for j, hyps in grown.items():
-                beams[j] = sorted(hyps, key=lambda h: h[2] / max(h[3], 1), reverse=True)[:self.beams]
-        return [max(b, key=lambda h: h[2] / max(h[3], 1))[1] for b in beams]
+        automata = [Lattice(parts, self.ids, self.end) for parts in lattices]
+        seqs = branch.generate(None, self.end, self.model.cfg.max_text_len, self.beams, past=past, constraints=automata)
+        return [a.text(s) for a, s in zip(automata, seqs)]
 
     def ids(self, text: str) -> list[int]:
         """``text`` as ITG sub-vocabulary indices (a word never seen in training is UNK)."""
@@ -183,34 +167,54 @@ class Explainer:
         return tidy(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True))
 
 
-def _steps(parts: list[list[str]], ids, end: int) -> list[list[tuple[list[int], str]]]:
-    """A lattice as search steps: step 0 is the fixed text before the first choice (one option),
-    every later step a choice whose options each carry the fixed text after it up to the next
-    choice (the last with the end token): [[(token ids, text), ...], ...]."""
-    steps: list[list[tuple[list[int], str]]] = [[([], "")]]
-    for options in parts:
-        if len(options) > 1:
-            steps.append([(ids(o), o) for o in options])
-        else:
-            steps[-1] = [(t + ids(options[0]), s + options[0]) for t, s in steps[-1]]
-    if end >= 0:
-        steps[-1] = [(t + [end], s) for t, s in steps[-1]]
-    return steps
+class Lattice:
+    """A lattice of texts (``captions.template.lattice``: parts, each the list of its wordings)
+    as an automaton over ITG sub-vocabulary ids, for constrained decoding
+    (``VLBranch.generate(constraints=...)``). A state is the tuple of places the ids read so far
+    can stand at -- (part, wording, tokens of it read, the wordings chosen before) -- since
+    wordings may begin alike; it accepts once every part is read, and the end token after them
+    when the vocabulary has one."""
 
+    def __init__(self, parts: list[list[str]], ids, end: int = -1):
+        self.texts = [list(options) for options in parts] + [[""]] * (end >= 0)
+        self.tokens = [[ids(o) for o in options] for options in parts] + [[[end]]] * (end >= 0)
 
-def _padded(seqs: list[list[int]], max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[BOS] + each sequence, right-padded (and cut at the decoder's ``max_len`` positions):
-    (ids [N, L], mask [N, L])."""
-    L = min(max_len, 1 + max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        row = [BOS, *s][:L]
-        ids[i, :len(row)] = torch.tensor(row)
-    ids = ids.to(device)
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        mask[i, :min(L, 1 + len(s))] = True
-    return ids, mask
+    def _enter(self, part: int, chosen: tuple) -> list[tuple]:
+        if part == len(self.tokens):
+            return [(part, -1, 0, chosen)]
+        places = []
+        for k, toks in enumerate(self.tokens[part]):
+            places += [(part, k, 0, chosen)] if toks else self._enter(part + 1, chosen + (k,))
+        return places
+
+    def start(self) -> tuple:
+        return tuple(self._enter(0, ()))
+
+    def allowed(self, state: tuple) -> list[int]:
+        return sorted({self.tokens[p][k][i] for p, k, i, _ in state if k >= 0})
+
+    def advance(self, state: tuple, token: int) -> tuple:
+        out = []
+        for p, k, i, chosen in state:
+            if k >= 0 and self.tokens[p][k][i] == token:
+                out += [(p, k, i + 1, chosen)] if i + 1 < len(self.tokens[p][k]) else self._enter(p + 1, chosen + (k,))
+        return tuple(out)
+
+    def accepting(self, state: tuple) -> bool:
+        return any(k < 0 for _, k, _, _ in state)
+
+    def text(self, seq: list[int]) -> str:
+        """The text of the path ``seq`` reads (a path cut short is completed with each
+        remaining part's first wording, so that the text stays whole)."""
+        state = self.start()
+        for t in seq:
+            after = self.advance(state, t)
+            if not after:
+                break
+            state = after
+        p, k, _, chosen = next((place for place in state if place[1] < 0), state[0])
+        chosen = chosen if k < 0 else chosen + (k,) + (0,) * (len(self.texts) - p - 1)
+        return "".join(self.texts[part][c] for part, c in enumerate(chosen))
 
 
 def tidy(text: str) -> str:
