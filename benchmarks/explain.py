@@ -69,7 +69,8 @@ def pipeline(work: Path, images: int, schedules: list[int], tiny: bool) -> tuple
                 t0 = time.perf_counter()
                 sh(*args, "--epochs", epochs, *small, "--overwrite", cwd=work)
                 print(f"{out.name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
-        runs += [(f"MF², {epochs} epochs", mf2), (f"MF² + DFN, {epochs} + {epochs} epochs", dfn)]
+        unit = "epoch" if epochs == 1 else "epochs"
+        runs += [(f"MF², {epochs} {unit}", mf2), (f"MF² + DFN, {epochs} + {epochs} {unit}", dfn)]
     assert all(RunFolder(r).latest_checkpoint() for _, r in runs)
     return cache, runs
 

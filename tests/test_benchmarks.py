@@ -44,3 +44,17 @@ def test_an_unresolved_learning_rate_is_refused_by_the_optimizer():
     with pytest.raises(ValueError, match="still 'auto'"):
         make_optimizer(torch.nn.Linear(2, 2), TrainConfig())
     make_optimizer(torch.nn.Linear(2, 2), TrainConfig().resolved("small", 10))
+
+
+def test_explain_measures_both_decoders_beside_the_heads(tmp_path):
+    run_script("explain.py", "--tiny", "--work", tmp_path / "work", "--out", tmp_path, cwd=tmp_path)
+    result = json.loads((tmp_path / "explain-tiny-cpu.json").read_text())
+    assert [m["run"] for m in result["runs"]] == ["MF², 1 epoch", "MF² + DFN, 1 + 1 epoch"]
+    for m in result["runs"]:
+        assert m["heads_unchanged_by_explaining"] and m["heads"]["au_f1"] == m["logged"]["au_f1"]
+        grounded, alone = m["explanations"]["decoders"]["heads"], m["explanations"]["decoders"]["none"]
+        assert m["explanations"]["faces"] == 8
+        assert grounded["consistent"] == 1.0 and grounded["au_sentences_correct"] in (1.0, None)
+        assert grounded["repeated_ngrams"] == 0.0 and grounded["explanations_per_s"] > 0
+        assert {"bleu4", "rouge_l", "cider"} <= set(alone)
+    assert "| run | decoder |" in (tmp_path / "explain-tiny-cpu.md").read_text()
