@@ -113,6 +113,7 @@ def rows_of(measured: list[dict]) -> list[dict]:
             rows.append({"run": m["run"], "decoder": {"heads": "grounded (heads)", "none": "decoder alone"}[g],
                          "AU F1": m["heads"]["au_f1"], "emotion acc.": m["heads"]["emotion_mean_acc"],
                          "consistent": d["consistent"], "emotion named": d["emotion"], "only active AUs": d["cues"],
+                         "no active AU at rest": d["au_sentences"],
                          "AU sentences correct": d["au_sentences_correct"], "repeated 3-grams": d["repeated_ngrams"],
                          "BLEU-4": d["bleu4"], "ROUGE-L": d["rouge_l"], "CIDEr": d["cider"],
                          "explanations/s": d["explanations_per_s"]})
