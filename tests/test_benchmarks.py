@@ -53,7 +53,7 @@ def test_explain_measures_both_decoders_beside_the_heads(tmp_path):
     for m in result["runs"]:
         assert m["heads_unchanged_by_explaining"] and m["heads"]["au_f1"] == m["logged"]["au_f1"]
         grounded, alone = m["explanations"]["decoders"]["heads"], m["explanations"]["decoders"]["none"]
-        assert m["explanations"]["faces"] == 8
+        assert 0 < m["explanations"]["faces"] <= 8  # the val split may hold fewer
         assert grounded["consistent"] == 1.0 and grounded["au_sentences_correct"] in (1.0, None)
         assert grounded["repeated_ngrams"] == 0.0 and grounded["explanations_per_s"] > 0
         assert {"bleu4", "rouge_l", "cider"} <= set(alone)
