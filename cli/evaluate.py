@@ -28,10 +28,14 @@ from .options import Number, PathType, device_option
 @click.option("--out", type=PathType(file_okay=False, path_type=Path), default=None,
               help="Results folder (default: RUN/eval_<split>; name another for another cache).")
 @click.option("--explain", type=Number(int, min=0), default=0, show_default=True, metavar="N",
-              help="Also explain the split's first N faces (greedy ITG) and report how often the explanation names "
-                   "the emotion and AUs the heads chose; 0 = off.")
+              help="Also explain the split's first N faces with each decoder (grounded in the heads, and the ITG "
+                   "decoder alone) and report consistency with the heads, per-AU sentence correctness, repeated "
+                   "n-grams, BLEU-4 / ROUGE-L / CIDEr against the split's captions and explanations/s; 0 = off.")
+@click.option("--decoding", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True,
+              help="How --explain decodes.")
 @one_line_errors
-def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cache, transition, bootstrap, out, explain):
+def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cache, transition, bootstrap, out, explain,
+             decoding):
     """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/ (or --out)."""
     from mf2.evaluation.evaluate import evaluate as run_eval
 
@@ -41,7 +45,7 @@ def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cac
     with exclusive_outputs({"--out": out or RunFolder(run).eval_folder(split)}):
         result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition,
                           bootstrap=bootstrap, folder=out, precision=precision, beside_own_cache=beside_own_cache,
-                          explain=explain)
+                          explain=explain, decoding=decoding)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")
@@ -51,4 +55,7 @@ def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cac
                    f"emotion mean accuracy {p['emotion']['mean_accuracy']:.4f}")
     if explain:
         x = result["explanations"]
-        click.echo(f"explanations consistent with the heads: {x['consistent']:.1%} of {x['faces']} faces")
+        for g, d in x["decoders"].items():
+            click.echo(f"explanations consistent with the heads ({g}): {d['consistent']:.1%} of {x['faces']} faces; "
+                       f"AU sentences correct {d['au_sentences_correct'] or 0:.1%}, repeated 3-grams "
+                       f"{d['repeated_ngrams']:.1%} of sentences, CIDEr {d['cider']:.3f}")

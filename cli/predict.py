@@ -25,6 +25,9 @@ from .options import Number, PathType, Text, device_option
 @click.option("--decoding", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True,
               help="How --explain decodes.")
 @click.option("--beams", type=Number(int, min=1), default=3, show_default=True, help="Beam width (--decoding beam).")
+@click.option("--grounding", type=click.Choice(["heads", "none"]), default="heads", show_default=True,
+              help="heads: --explain says what the AU and emotion heads decided, worded by the ITG decoder; none: the "
+                   "ITG decoder alone (can contradict the heads).")
 @click.option("--fps", type=Number(float, min=0), default=1.0, show_default=True,
               help="Video frames sampled per second (0 = every frame).")
 @click.option("--face", type=click.Choice(["detect", "aligned"]), default="detect", show_default=True,
@@ -54,9 +57,9 @@ from .options import Number, PathType, Text, device_option
 @click.option("--vision-weights", type=PathType(dir_okay=False), help="The vision weights file the run's cache used.")
 @click.option("--allow-download", is_flag=True, help="Let missing backbone weights download (off by default).")
 @one_line_errors
-def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, face_detector, min_face_score,
-            out_format, tracking, smooth, batch_size, workers, threshold, device, precision, vision_weights,
-            allow_download):
+def predict(run, inputs, out, annotate, plots, explain, decoding, beams, grounding, fps, face, face_detector,
+            min_face_score, out_format, tracking, smooth, batch_size, workers, threshold, device, precision,
+            vision_weights, allow_download):
     """Predict every face in INPUTS: images, folders, globs (quoted) or video files.
 
     One row per face (source, frame, time, face, track, status, score, box x/y/w/h, head pose, AU01 …
@@ -87,7 +90,7 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, fa
         try:
             faces = det.detect(list(inputs), batch_size=batch_size, fps=fps, explain=decoding if explain else False,
                                beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True),
-                               smooth=smooth)
+                               smooth=smooth, grounding=grounding)
         except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, a failure): keep what was predicted
             partial = getattr(exc, "partial", None)
             if out is not None and partial is not None and len(partial) and out_format == "mf2":

@@ -28,7 +28,7 @@ from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
 from mf2.prediction.annotate import Annotator
 from mf2.prediction.predict import detections
-from mf2.prediction.predictor import DECODINGS, PredictSettings, Predictor, intra_op_threads
+from mf2.prediction.predictor import DECODINGS, GROUNDINGS, PredictSettings, Predictor, intra_op_threads
 from mf2.prediction.sources import InputError, expand, frames, in_memory_frame, is_video
 from mf2.prediction.table import TableBuilder
 from mf2.prediction.tracking import Tracker, TrackSettings
@@ -119,7 +119,9 @@ def _versions() -> dict:
 MAX_NEAR_MISSES = 1000  # listed in faces.attrs["near_misses"] (all are counted)
 
 
-def _decoding(explain) -> str | None:
+def _decoding(explain, grounding: str = "heads") -> str | None:
+    if grounding not in GROUNDINGS:
+        raise ValueError(f"grounding: expected 'heads' or 'none', got {grounding!r}")
     if explain is None or explain is False:
         return None
     if explain is True:
@@ -230,7 +232,7 @@ class Detector:
     # -- detection ------------------------------------------------------------------------------
     def detect(self, inputs, *, batch_size: int = 32, fps: float | None = 1.0, skip_frames: int | None = None,
                explain=False, beams: int = 3, progress: bool | None = True, annotate=None, log=None,
-               smooth: float | None = None, data_type: str | None = None) -> Faces:
+               smooth: float | None = None, data_type: str | None = None, grounding: str = "heads") -> Faces:
         """Every face of ``inputs``: an image file (path), a PIL image or an image array (any
         dtype, [H, W], [H, W, 3] or [H, W, 4]), a folder (searched recursively for images and
         videos), a glob, a video file, or a list of these. Videos are sampled at ``fps`` frames
@@ -238,7 +240,8 @@ class Detector:
         (py-feat's name), and streamed; each person keeps one ``track`` id across a video's frames
         (``tracking=`` of the Detector). ``batch_size`` faces go through the model at a time (the
         results do not depend on it). ``explain``: True (greedy) or 'greedy' / 'beam' (``beams``
-        wide) adds a generated description per face. ``progress``: a bar with faces/s on stderr
+        wide) adds a generated description per face, worded from what the heads decided
+        (``grounding='heads'``) or by the ITG decoder alone (``'none'``). ``progress``: a bar with faces/s on stderr
         (None: only on a terminal). ``annotate``: a folder to write each frame into with its faces
         drawn (as ``mf2 predict --annotate``). ``smooth``: seconds of per-track temporal smoothing
         of the probabilities (``Faces.smooth``; None: off). ``data_type``: 'image' or 'video'
@@ -257,7 +260,7 @@ class Detector:
             fps = None
         if data_type not in (None, "image", "video"):
             raise ValueError(f"data_type: expected 'image', 'video' or None, got {data_type!r}")
-        decoding = _decoding(explain)
+        decoding = _decoding(explain, grounding)
         log = log or logger.warning
         items, problems = expand(inputs)
         if data_type is not None:
@@ -283,7 +286,8 @@ class Detector:
                 intra_op_threads(self.settings.threads):
             for frame, faces in detections(self.predictor, frames(items, fps or None, skip_frames), batch_size,
                                            decoding, beams, self._workers_pool(), self.workers,
-                                           keep_images=annotator is not None, track=tracks):
+                                           keep_images=annotator is not None, track=tracks,
+                                           grounding=grounding):
                 if faces is None:
                     skipped.append({"source": frame.source, "frame": frame.frame, "error": frame.error})
                     log(f"skipped {frame.source}" + (f" at frame {frame.frame}" if frame.frame is not None else "")
@@ -318,7 +322,8 @@ class Detector:
         return self.detect(inputs, data_type="video", skip_frames=skip_frames, fps=fps or None, **options)
 
     def detect_frames(self, frames_in: Iterable, *, batch_size: int = 1, frame_rate: float | None = None,
-                      explain=False, beams: int = 3, source: str = "<frames>", fps=None) -> Iterator[Faces]:
+                      explain=False, beams: int = 3, source: str = "<frames>", fps=None,
+                      grounding: str = "heads") -> Iterator[Faces]:
         """One ``Faces`` per frame of ``frames_in`` (image arrays of any dtype, PIL images or PyAV
         video frames, e.g. a webcam loop; from OpenCV pass ``frame[..., ::-1]``), in order, as soon
         as its batch of ``batch_size`` faces is through the model. Every frame given is read (none
@@ -332,7 +337,7 @@ class Detector:
                             f"only to time them; every frame given is read): pass frame_rate={fps!r}")
         if frame_rate is not None and not (frame_rate > 0 and frame_rate < float("inf")):
             raise ValueError(f"frame_rate: expected a positive number of frames per second, got {frame_rate!r}")
-        decoding = _decoding(explain)
+        decoding = _decoding(explain, grounding)
         tracks = _Tracks(self.tracking, self.predictor)
 
         def numbered():
@@ -343,7 +348,7 @@ class Detector:
                 yield frame
 
         for frame, faces in detections(self.predictor, numbered(), batch_size, decoding, beams, self._workers_pool(),
-                                       self.workers, track=tracks):
+                                       self.workers, track=tracks, grounding=grounding):
             table = TableBuilder()
             table.add(frame, faces)
             near = [{"source": source, "frame": frame.frame, "score": round(f.score, 3),

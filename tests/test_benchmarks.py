@@ -78,3 +78,15 @@ def test_pipeline_script_runs_every_readme_step(tmp_path):
     steps = [line.split()[1] for line in (tmp_path / "out/times.txt").read_text().splitlines()]
     assert steps == ["synth", "build-dataset", "caption", "extract-features", "pretrain", "finetune-dfn",
                      "finetune-full", "evaluate", "predict"]
+def test_explain_measures_both_decoders_beside_the_heads(tmp_path):
+    run_script("explain.py", "--tiny", "--work", tmp_path / "work", "--out", tmp_path, cwd=tmp_path)
+    result = json.loads((tmp_path / "explain-tiny-cpu.json").read_text())
+    assert [m["run"] for m in result["runs"]] == ["MF², 1 epoch", "MF² + DFN, 1 + 1 epoch"]
+    for m in result["runs"]:
+        assert m["heads_unchanged_by_explaining"] and m["heads"]["au_f1"] == m["logged"]["au_f1"]
+        grounded, alone = m["explanations"]["decoders"]["heads"], m["explanations"]["decoders"]["none"]
+        assert 0 < m["explanations"]["faces"] <= 8  # the val split may hold fewer
+        assert grounded["consistent"] == 1.0 and grounded["au_sentences_correct"] in (1.0, None)
+        assert grounded["repeated_ngrams"] == 0.0 and grounded["explanations_per_s"] > 0
+        assert {"bleu4", "rouge_l", "cider"} <= set(alone)
+    assert "| run | decoder |" in (tmp_path / "explain-tiny-cpu.md").read_text()

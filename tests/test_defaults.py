@@ -229,7 +229,8 @@ def test_the_consistency_column_and_evaluates_rate(pretrained, tmp_path):
         explainer = det.predictor.explainer("greedy")
     assert plain["explanation_consistent"].isna().all()
     assert str(explained["explanation_consistent"].dtype) == "boolean" and explained["explanation_consistent"].notna().all()
-    assert isinstance(explainer, Explainer)
+    assert isinstance(explainer, Explainer) and explainer.grounding == "heads"
+    assert explained["explanation_consistent"].all()  # grounded (the default): what the heads decided
     # the column is the consistency check of the explanation's parts against the heads' choices
     row = explained.iloc[0]
     emotion = EMOTIONS[int(np.argmax(explained.emotions.iloc[0].to_numpy()))]
@@ -249,10 +250,16 @@ def test_the_consistency_column_and_evaluates_rate(pretrained, tmp_path):
                                        "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "eval/metrics.json").read_text())["explanations"]
-    assert summary["faces"] == 5 and 0.0 <= summary["consistent"] <= summary["emotion"] <= 1.0
-    assert summary["thresholds"] in ("tuned", 0.5) and len(summary["examples"]) == 5
-    assert all(ex["consistent"] == (ex["emotion"] and ex["cues"] and ex["au_sentences"]) for ex in summary["examples"])
-    assert "explanations consistent with the heads" in result.output and "## Explanations" in \
+    assert summary["faces"] == 5 and summary["thresholds"] in ("tuned", 0.5) and set(summary["decoders"]) == {"heads", "none"}
+    for d in summary["decoders"].values():
+        assert 0.0 <= d["consistent"] <= d["emotion"] <= 1.0 and len(d["examples"]) == 5
+        assert all(ex["consistent"] == (ex["emotion"] and ex["cues"] and ex["au_sentences"]) for ex in d["examples"])
+        assert 0.0 <= d["bleu4"] <= 1.0 and 0.0 <= d["rouge_l"] <= 1.0 and d["cider"] >= 0.0 and d["explanations_per_s"] > 0
+    # grounded explanations say what the heads decided, in the FACS vocabulary, whatever the model learned
+    grounded = summary["decoders"]["heads"]
+    assert grounded["consistent"] == 1.0 and grounded["au_sentences_correct"] in (1.0, None)
+    assert grounded["repeated_ngrams"] == 0.0
+    assert "explanations consistent with the heads (heads): 100.0%" in result.output and "## Explanations" in \
         (tmp_path / "eval/tables.md").read_text()
 
 

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from mf2.captions.consistency import au_sentence_correct, sentences
 from mf2.cli.main import main
 from mf2.data.labels import AUS
 from mf2.evaluation.predict import predict_split
@@ -77,11 +78,21 @@ def test_astronaut_one_face_valid_probabilities_and_explanation(pretrained, astr
     x0, y0, x1, y1 = row["box"]
     assert 150 < (x0 + x1) / 2 < 300 and 60 < (y0 + y1) / 2 < 200  # her face, not the flag or the shuttle
     text = row["explanation"]
-    assert text.strip()
-    model, _, _ = load_model(pretrained / "run")
-    tokenizer = load_tokenizer(json.loads((pretrained / "run/config.json").read_text())["features"]["text"]["name"])
-    pieces = {t.removeprefix("##") for t in tokenizer.convert_ids_to_tokens([i for i in model.cfg.vocab if i > 0])}
-    assert all(_made_of(word.lower(), pieces) for word in text.split()), text  # made of the ITG vocabulary
+    # grounded (the default): the heads' emotion and active AUs, each AU in its own words
+    assert row["explanation_consistent"] is True, text
+    said = sentences(text)
+    assert said[0].startswith(("The person", "This face", "The expression")) and not said[1].startswith("AU"), text
+    for sentence in said[2:]:
+        assert au_sentence_correct(sentence.split(" ", 1)[0], sentence, True), sentence
+    if kind == "mf2":  # the decoder alone writes words of the ITG vocabulary
+        result = _predict("--checkpoint", run, astronaut, "--out", out, "--explain", "--grounding", "none")
+        assert result.exit_code == 0, result.output
+        text = json.loads(out.read_text())["rows"][0]["explanation"]
+        assert text.strip()
+        model, _, _ = load_model(pretrained / "run")
+        tokenizer = load_tokenizer(json.loads((pretrained / "run/config.json").read_text())["features"]["text"]["name"])
+        pieces = {t.removeprefix("##") for t in tokenizer.convert_ids_to_tokens([i for i in model.cfg.vocab if i > 0])}
+        assert all(_made_of(word.lower(), pieces) for word in text.split()), text  # made of the ITG vocabulary
     with Image.open(ann / "astronaut.png") as im:
         assert im.format == "PNG" and im.size == Image.open(astronaut).size
 

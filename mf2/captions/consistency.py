@@ -14,6 +14,11 @@ module reads an explanation back with the caption vocabulary and checks three th
 A face whose explanation passes all three is ``consistent``. The lexicon is the template
 captioner's; captions from a language model are read with the same words, so phrasing it does
 not use is not counted against it (a caption that names no emotion fails the emotion check).
+
+Two more readings measure the text itself (``mf2 evaluate --explain``): whether each AU
+sentence is that AU's own, in its state (``au_sentence_correct``: "AU12 (Lip Corner Puller): "
+followed by one of AU12's active descriptions in the FACS vocabulary, or its at-rest one for an
+AU at rest), and whether a sentence repeats a word n-gram (``repeats``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mf2.captions.facs import ADJECTIVE, CUE, EMOTION_READING
+from mf2.captions.facs import ACTIVE, ADJECTIVE, CUE, EMOTION_READING, REST_FORMS, AT_REST as REST_WORDS
 from mf2.data.labels import AU_NAMES, AUS, EMOTIONS
 
 
@@ -41,6 +46,50 @@ def _emotion_words() -> dict[str, list[str]]:
 EMOTION_WORDS = _emotion_words()
 AU_WORDS = {au: [au.lower(), AU_NAMES[au].lower(), CUE[au].lower()] for au in AUS}
 AT_REST = re.compile(r"\b(at rest|not active|no movement|is not|are not)\b")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words and numbers (punctuation and case dropped): how texts are compared."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+_LABEL = re.compile(r"^\s*au\s?(\d+)\b(?:\s*\(([^)]*)\))?(.*)$", re.I | re.S)
+
+
+def _descriptions(au: str) -> tuple[list, list]:
+    """(active, at rest) descriptions of ``au`` as word lists, after its label."""
+    active = [words(t) for t in ACTIVE[au]] + [words(CUE[au])]
+    label = len(words(f"{au} ({AU_NAMES[au]})"))
+    rest = [words(f.format(au=au, name=AU_NAMES[au], what=REST_WORDS[au]))[label:] for f in REST_FORMS]
+    return active, rest
+
+
+DESCRIPTIONS = {au: _descriptions(au) for au in AUS}
+
+
+def au_sentence_correct(au: str, sentence: str, active: bool) -> bool:
+    """``sentence`` is AU ``au``'s own and says its state: it opens with the AU's label ("AU12",
+    with its FACS name when it gives one) and goes on with one of that AU's descriptions in the
+    FACS vocabulary -- an active wording or its cue when ``active``, its at-rest sentence when
+    not (case and punctuation aside)."""
+    m = _LABEL.match(sentence)
+    if not m or f"AU{int(m.group(1))}" != au:
+        return False
+    if m.group(2) is not None and words(m.group(2)) != words(AU_NAMES[au]):
+        return False
+    return words(m.group(3)) in DESCRIPTIONS[au][0 if active else 1]
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` split into sentences (at '.', '!' or '?' before a space, and at line breaks)."""
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+
+
+def repeats(sentence: str, n: int = 3) -> bool:
+    """Whether a word n-gram occurs twice in ``sentence``."""
+    w = words(sentence)
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    return len(set(grams)) < len(grams)
 
 
 def _says(text: str, phrase: str) -> bool:

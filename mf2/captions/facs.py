@@ -70,13 +70,14 @@ def au_label(au: str) -> str:
     return f"{au} ({AU_NAMES[au]})"
 
 
-def active_sentence(au: str, key: str) -> str:
-    text = pick(ACTIVE[au], key, au)
-    return f"{au_label(au)}: {text[0].upper()}{text[1:]}."
+def active_sentence(au: str, key: str, choose=pick) -> str:
+    """'AU12 (Lip Corner Puller): The lip corners are pulled up and back.' (``choose``: how a
+    wording is chosen; ``pick`` by default)."""
+    return f"{au_label(au)}: " + choose([text[0].upper() + text[1:] for text in ACTIVE[au]], key, au) + "."
 
 
-def rest_sentence(au: str, key: str) -> str:
-    return pick(REST_FORMS, key, au, "rest").format(au=au, name=AU_NAMES[au], what=AT_REST[au])
+def rest_sentence(au: str, key: str, choose=pick) -> str:
+    return choose([form.format(au=au, name=AU_NAMES[au], what=AT_REST[au]) for form in REST_FORMS], key, au, "rest")
 
 
 def key_aus(emotion: int, active: list[str]) -> list[str]:

@@ -18,23 +18,25 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def au_caption(row: dict) -> str:
+def au_caption(row: dict, choose=pick) -> str:
     """A numbered list, one line per active AU (FACS name + what it looks like), like the
-    paper's AU captions; long lists use the short cue so the caption stays under 169 tokens."""
+    paper's AU captions; long lists use the short cue so the caption stays under 169 tokens.
+    ``choose(options, *key)`` picks each wording (every caption function takes it; ``pick``,
+    a stable hash of the image id, by default)."""
     key, active = row["id"], _active(row)
     if not active:
-        return pick(["No facial action unit is active: the face is relaxed and every muscle is at rest.",
+        return choose(["No facial action unit is active: the face is relaxed and every muscle is at rest.",
                      "The face is at rest; none of the twelve action units is active.",
                      "All facial muscles are relaxed and no action unit is visible."], key, "none")
-    intro = pick(["The face shows these facial action units:", "Active facial action units in this image:",
+    intro = choose(["The face shows these facial action units:", "Active facial action units in this image:",
                   "The following FACS action units are visible:"], key, "intro")
     if len(active) <= 6:
-        lines = [f"{i}. {active_sentence(au, key)}" for i, au in enumerate(active, 1)]
+        lines = [f"{i}. {active_sentence(au, key, choose)}" for i, au in enumerate(active, 1)]
     else:  # long lists: the AU and its cue only
         lines = [f"{i}. {au}: {CUE[au]}." for i, au in enumerate(active, 1)]
     if len(active) == len(AUS):
         return "\n".join([intro, *lines])
-    outro = pick(["All other facial muscles are at rest.", "The remaining action units are inactive.",
+    outro = choose(["All other facial muscles are at rest.", "The remaining action units are inactive.",
                   "No other action unit is active."], key, "outro")
     return "\n".join([intro, *lines, outro])
 
@@ -47,21 +49,21 @@ def _emotion_facts(row: dict, caption: str) -> tuple:
     return row["id"], EMOTIONS[row["emotion"]], active, key_aus(row["emotion"], active)
 
 
-def emotion_caption(row: dict) -> str:
+def emotion_caption(row: dict, choose=pick) -> str:
     """Two sentences: the emotion, then the visible cues that show it (under 61 tokens)."""
     key, name, active, decisive = _emotion_facts(row, "emotion")
     cues = [CUE[au] for au in (decisive + [a for a in active if a not in decisive])][:3]
-    opening = pick([f"The person in the image appears {ADJECTIVE[name]}.", f"This face looks {ADJECTIVE[name]}.",
+    opening = choose([f"The person in the image appears {ADJECTIVE[name]}.", f"This face looks {ADJECTIVE[name]}.",
                     f"The expression conveys {EMOTION_READING[name]}."], key, "open")
     if name == "Neutral":
         rest = (f"Only slight signs such as {_join(cues)} show, too little for a clear emotion." if cues else
-                pick(["The face is relaxed, with no visible muscle movement.",
+                choose(["The face is relaxed, with no visible muscle movement.",
                       "The brows, eyes and mouth are at rest."], key, "neutral"))
     elif name == "Other":
         rest = (f"The {_join(cues)} do not add up to a basic emotion." if cues else
                 "The face shows no pattern of a basic emotion.")
     elif cues:
-        rest = pick([f"The {_join(cues)} point to {EMOTION_READING[name]}.",
+        rest = choose([f"The {_join(cues)} point to {EMOTION_READING[name]}.",
                      f"This is shown by {_join(cues)}.",
                      f"Cues such as {_join(cues)} suggest {EMOTION_READING[name]}."], key, "cues")
     else:
@@ -69,11 +71,11 @@ def emotion_caption(row: dict) -> str:
     return f"{opening} {rest}"
 
 
-def key_au_caption(row: dict) -> str:
+def key_au_caption(row: dict, choose=pick) -> str:
     """Which active AUs decide the emotion, and why."""
     key, name, active, decisive = _emotion_facts(row, "key-AU")
-    opening = pick([f"The person in the image appears {ADJECTIVE[name]}.",
-                    f"The person appears to be experiencing {EMOTION_READING[name]}."], key, "key-open")
+    opening = choose([f"The person in the image appears {ADJECTIVE[name]}.",
+                      f"The person appears to be experiencing {EMOTION_READING[name]}."], key, "key-open")
     listed = _join([au_label(au) for au in active]) if active else ""
     if name == "Neutral":
         tail = ("No action unit is decisively active, which is what marks the expression as neutral." if not active else
@@ -128,6 +130,25 @@ def au_sentences(row: dict, caption_au: str | None = None) -> list[str]:
 
 
 TEMPLATES = {"au": au_caption, "emotion": emotion_caption, "key_au": key_au_caption}
+_SLOT = re.compile("\x00(\\d+)\x00")
+
+
+def lattice(write, *args) -> list[list[str]]:
+    """Every text that ``write(*args, choose=...)`` (a caption function above, or
+    ``facs.active_sentence``) can produce, as a sequence of parts, each the list of its wordings
+    (a fixed piece of text has one): each path through the parts is one caption the template
+    writes for these labels, whatever the image id. ``lattice(emotion_caption, row)`` is what
+    grounded explanations decode over (``mf2.models.explain``)."""
+    options: list[list[str]] = []
+
+    def slot(choices, *key):
+        if any(_SLOT.search(c) for c in choices):
+            raise ValueError("a wording choice inside another one cannot be laid out as a lattice")
+        options.append(list(choices))
+        return f"\x00{len(options) - 1}\x00"
+
+    pieces = _SLOT.split(write(*args, choose=slot))
+    return [options[int(p)] if i % 2 else [p] for i, p in enumerate(pieces) if i % 2 or p]
 
 
 class TemplateCaptioner:

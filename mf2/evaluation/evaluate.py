@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mf2.devices import resolve_device, resolve_precision
 from mf2.evaluation.metrics import paired_bootstrap
-from mf2.evaluation.predict import explanation_consistency, open_run, run_predictions
+from mf2.evaluation.predict import explanation_scores, open_run, run_predictions
 from mf2.evaluation.probe import pooled_feature_probe
 from mf2.evaluation.report import markdown_tables, plots
 from mf2.io import atomic_write_text, refuse_overlap
@@ -28,14 +28,16 @@ def _paired(this: dict, other: dict, resamples: int) -> dict:
 
 def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False,
              beside=(), transition: bool = False, bootstrap: int = 1000, folder=None, precision: str = "auto",
-             beside_own_cache: bool = False, explain: int = 0) -> dict:
+             beside_own_cache: bool = False, explain: int = 0, decoding: str = "greedy") -> dict:
     """Scores of ``run`` (and of the ``beside`` runs, with paired bootstrap intervals of run − each
     over ``bootstrap`` resamples of the split's videos; 0 = none) written to ``folder``
     (default ``<run>/eval_<split>/``). With ``beside_own_cache`` each beside run is scored on the
     cache it was trained on (another backbone, AU map or augmentation of the same images): the
     split must hold the same images in the same order, so that the differences stay paired. With
-    ``explain`` (a number of rows), the run also explains that many of the split's faces and
-    reports how often the explanation names the emotion and AUs its heads chose."""
+    ``explain`` (a number of rows), the run also explains that many of the split's faces with
+    each decoder (grounded in the heads, and the decoder alone; ``decoding`` greedy or beam) and
+    reports how often the explanation says what its heads chose, how well its sentences read, and
+    how close it is to the split's reference captions (``explanation_scores``)."""
     device = str(resolve_device(device))  # before anything is written
     precision = resolve_precision(precision, device)
     folder = Path(folder) if folder else RunFolder(run).eval_folder(split)
@@ -60,7 +62,8 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
     if probe:
         result["probe"] = pooled_feature_probe(cache, split)
     if explain:
-        result["explanations"] = explanation_consistency(run, cache, split, device, precision, explain, opened=opened)
+        result["explanations"] = explanation_scores(run, cache, split, device, precision, explain, decoding,
+                                                    opened=opened)
     atomic_write_text(folder / "metrics.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe"), others, transition,
                                                             tuned=this["au_tuned"], split=split)
@@ -70,13 +73,24 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
     return result
 
 
+DECODER_NAMES = {"heads": "grounded in the heads", "none": "decoder alone"}
+
+
 def explanation_lines(summary: dict | None) -> str:
-    """The explanation-consistency summary as a few Markdown lines (empty without one)."""
+    """The explanations' scores, one row per decoder, as Markdown (empty without any)."""
     if not summary or not summary.get("faces"):
         return ""
-    return (f"\n## Explanations ({summary['faces']} {summary['decoding']} explanations, AU thresholds "
-            f"{summary['thresholds']})\n\n"
-            f"| consistent | names the chosen emotion only | names only active AUs | no active AU 'at rest' |\n"
-            f"|---|---|---|---|\n"
-            f"| {summary['consistent']:.1%} | {summary['emotion']:.1%} | {summary['cues']:.1%} | "
-            f"{summary['au_sentences']:.1%} |\n")
+    lines = [f"\n## Explanations ({summary['faces']} faces, {summary['decoding']} decoding, AU thresholds "
+             f"{summary['thresholds']})", "",
+             "| decoder | consistent | names the chosen emotion only | names only active AUs | no active AU 'at rest' "
+             "| AU sentences correct | sentences with a repeated 3-gram | BLEU-4 | ROUGE-L | CIDEr | explanations/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for g, d in summary["decoders"].items():
+        correct = "–" if d["au_sentences_correct"] is None else f"{d['au_sentences_correct']:.1%}"
+        lines.append(f"| {DECODER_NAMES.get(g, g)} (`{g}`) | {d['consistent']:.1%} | {d['emotion']:.1%} | {d['cues']:.1%} | "
+                     f"{d['au_sentences']:.1%} | {correct} of {d['active_aus']} | {d['repeated_ngrams']:.1%} of "
+                     f"{d['sentences']} | {d['bleu4']:.3f} | {d['rouge_l']:.3f} | {d['cider']:.3f} | "
+                     f"{d['explanations_per_s']:.1f} |")
+    lines += ["", "References: the split's own captions (the cache's caption of each face and the sentences of its "
+              "labelled active AUs); BLEU-4, ROUGE-L and CIDEr-D by pycocoevalcap."]
+    return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 * AU (Table II): F1 per AU at a 0.5 threshold on probabilities, and their mean.
 * Emotion (Table III): accuracy of each class (its recall), their mean, plus overall accuracy
   and macro-F1.
+* Captions (explanations): BLEU-4, ROUGE-L and CIDEr-D from the COCO caption evaluation code.
 A score with nothing to score (no labelled samples; F1 with no positives and no predicted
 positives) is NaN and left out of the means.
 """
@@ -184,3 +185,23 @@ def paired_bootstrap(a: tuple, b: tuple, labels: tuple, groups=None, resamples: 
             low, high = np.nanpercentile(np.concatenate(diffs[name]), [2.5, 97.5])
             result[name] = {"a": sa, "b": sb, "diff": sa - sb, "low": float(low), "high": float(high)}
     return result
+
+
+def caption_scores(hypotheses: list[str], references: list[list[str]]) -> dict:
+    """BLEU-4, ROUGE-L and CIDEr-D of each generated text against its references, over the
+    corpus, by the COCO caption evaluation code (``pycocoevalcap``). Texts are compared as
+    lower-case words without punctuation, what its PTB tokenizer (which needs Java) gives."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    from mf2.captions.consistency import words
+
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ValueError(f"caption scores need one or more texts, each with references: got {len(hypotheses)} texts, "
+                         f"{len(references)} reference lists")
+    res = {i: [" ".join(words(h)) or "."] for i, h in enumerate(hypotheses)}  # an empty text scores 0, not an error
+    gts = {i: [" ".join(words(r)) or "." for r in refs] for i, refs in enumerate(references)}
+    bleu = Bleu(4).compute_score(gts, res, verbose=0)[0][3]
+    return {"bleu4": float(bleu), "rouge_l": float(Rouge().compute_score(gts, res)[0]),
+            "cider": float(Cider().compute_score(gts, res)[0])}

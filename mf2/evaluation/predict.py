@@ -4,14 +4,16 @@ validation and ``mf2 evaluate`` score."""
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import torch
 
 from mf2.devices import autocast
-from mf2.evaluation.metrics import au_f1, emotion_scores, validation_row
+from mf2.evaluation.metrics import au_f1, caption_scores, emotion_scores, validation_row
 from mf2.features.reader import CacheReader, prefetch
 from mf2.data.labels import AUS
+from mf2.models.explain import GROUNDINGS
 from mf2.runs import RunFolder, check_features, load_model
 
 
@@ -60,15 +62,27 @@ def run_predictions(run, cache, split: str, device, precision: str = "fp32", ope
 
 
 @torch.no_grad()
-def explanation_consistency(run, cache, split: str, device, precision: str = "fp32", limit: int | None = 200,
-                            decoding: str = "greedy", allow_download: bool = False, opened=None) -> dict:
-    """How often a run's explanations (``predict --explain``) say what its heads say, on the
-    first ``limit`` rows of a cache split (None: all): the rates of ``captions.consistency``,
-    with each AU active at the run's tuned threshold (0.5 where it has none). ``opened``: as in
-    ``run_predictions``."""
-    from mf2.captions.consistency import summarise
+def explanation_scores(run, cache, split: str, device, precision: str = "fp32", limit: int | None = 200,
+                       decoding: str = "greedy", groundings=GROUNDINGS, allow_download: bool = False,
+                       opened=None) -> dict:
+    """A run's explanations (``predict --explain``) on the first ``limit`` rows of a cache split
+    (None: all), measured per decoder (``groundings``: 'heads', the grounded default, and 'none',
+    the decoder alone), each AU active at the run's tuned threshold (0.5 where it has none):
+
+    * ``consistent``, ``emotion``, ``cues``, ``au_sentences``: the rates of
+      ``captions.consistency`` over faces (the heads' emotion named and no other; only active
+      AUs named; no active AU called at rest);
+    * ``au_sentences_correct``: of the heads' active AUs, those whose sentence is the AU's own
+      description of that state in the FACS vocabulary (``consistency.au_sentence_correct``);
+    * ``repeated_ngrams``: sentences that repeat a word 3-gram, over all sentences;
+    * ``bleu4``, ``rouge_l``, ``cider``: the explanation against the split's own reference text
+      (the cache's caption of the face and the per-AU sentences of its labelled active AUs);
+    * ``explanations_per_s``: faces explained per second (the explanation alone, after the heads).
+
+    ``opened``: as in ``run_predictions``."""
+    from mf2.captions.consistency import au_sentence_correct, repeats, sentences, summarise
     from mf2.features.backbones import load_tokenizer
-    from mf2.models.explain import Explainer
+    from mf2.models.explain import Explainer, tidy
 
     model, ckpt, reader = opened or open_run(run, cache, split, device)
     signature = RunFolder(run).features()
@@ -76,15 +90,49 @@ def explanation_consistency(run, cache, split: str, device, precision: str = "fp
         reader = copy.copy(reader)
         reader.rows = reader.rows[:limit]
     thresholds = RunFolder.checkpoint_state(ckpt).get("au_thresholds") or 0.5
-    explainer = Explainer(getattr(model, "mf2", model), load_tokenizer(signature["text"]["name"], allow_download),
-                          signature["text"], decoding, threshold=thresholds)
-    checks, examples = [], []
+    tokenizer = load_tokenizer(signature["text"]["name"], allow_download)
+    mf2 = getattr(model, "mf2", model)
+    explainers = {g: Explainer(mf2, tokenizer, signature["text"], decoding, threshold=thresholds, grounding=g)
+                  for g in groundings}
+    references = _reference_texts(reader, mf2.cfg.emo_text, tokenizer, tidy)
+    made = {g: [] for g in groundings}
+    seconds = dict.fromkeys(groundings, 0.0)
     device = torch.device(device)
     for batch in prefetch(reader.batches(32, shuffle=False, drop_last=False), device):
         with autocast(precision, device):
             emo, au = (t.float().cpu().numpy() for t in model.predict(batch["tokens"], batch["au_tokens"]))
-            explained = explainer.explain(batch["tokens"], batch["au_tokens"], au, emo)
-        checks += [e.consistency for e in explained]
-        examples += [{"text": e.text, **e.consistency.as_dict()} for e in explained[:max(0, 5 - len(examples))]]
-    return {**summarise(checks), "thresholds": "tuned" if isinstance(thresholds, list) else 0.5,
-            "decoding": decoding, "examples": examples}
+            for g, explainer in explainers.items():
+                t0 = time.perf_counter()
+                made[g] += [(e, au[i] >= explainer.thresholds) for i, e in enumerate(
+                    explainer.explain(batch["tokens"], batch["au_tokens"], au, emo))]
+                seconds[g] += time.perf_counter() - t0
+    out = {}
+    for g, pairs in made.items():
+        said = [sentences(e.text) for e, _ in pairs]
+        active = [(a, e.au_sentences.get(a, "")) for e, on in pairs for a, is_on in zip(AUS, on) if is_on]
+        n_sentences = sum(map(len, said))
+        out[g] = {**summarise([e.consistency for e, _ in pairs]),
+                  "au_sentences_correct": round(sum(au_sentence_correct(a, s, True) for a, s in active) / len(active), 4)
+                  if active else None, "active_aus": len(active),
+                  "repeated_ngrams": round(sum(repeats(s) for ss in said for s in ss) / max(n_sentences, 1), 4),
+                  "sentences": n_sentences,
+                  **{k: round(v, 4) for k, v in caption_scores([e.text for e, _ in pairs], references).items()},
+                  "explanations_per_s": round(len(pairs) / max(seconds[g], 1e-9), 2),
+                  "examples": [{"text": e.text, **e.consistency.as_dict()} for e, _ in pairs[:5]]}
+    return {"faces": len(reader.rows), "decoding": decoding, "thresholds": "tuned" if isinstance(thresholds, list) else 0.5,
+            "decoders": out}
+
+
+def _reference_texts(reader: CacheReader, emo_text: str, tokenizer, tidy) -> list[list[str]]:
+    """Each row's reference explanation, from the cache's own text: its ``emo_text`` caption and
+    the sentences of the AUs its labels call active (as the frozen text encoder's tokens)."""
+    g, rows = reader.store.group, reader.rows
+    labels = g["meta/aus"][:][rows]
+
+    def text(ids):
+        return tidy(tokenizer.decode([int(i) for i in ids if i > 0], skip_special_tokens=True))
+
+    caps = [text(ids) for ids in g[f"text/{emo_text}/ids"][:][rows]] if f"text/{emo_text}/ids" in g else [""] * len(rows)
+    per_au = g["text/au_sentences/ids"][:][rows] if "text/au_sentences/ids" in g else None
+    return [[" ".join([caps[i]] * bool(caps[i]) + ([text(per_au[i, k]) for k in np.flatnonzero(labels[i] == 1)]
+                                                   if per_au is not None else []))] for i in range(len(rows))]

@@ -168,19 +168,23 @@ class QFormer(nn.Module):
         keys = torch.cat([mask.new_ones(B, Q), mask], 1)[:, None, None, :]
         return self._run(x, Q, keys, vision, itm=True)[0][:, :Q]
 
-    def decode(self, vision, ids, mask, past=None) -> torch.Tensor:
+    def decode(self, vision, ids, mask, past=None, start: int = 0, keep_kv: bool = False):
         """Causal text from token ids [B, L] (sub-vocabulary) after the queries of the image
         pass -> text outputs [B, L, H]. ``past`` is the image pass's per-block query (keys,
-        values) (``image(..., keep_kv=True)``); computed from ``vision`` when not given."""
+        values) (``image(..., keep_kv=True)``); computed from ``vision`` when not given. For
+        step-by-step decoding ``past`` may also hold the keys and values of the ``start`` text
+        positions decoded before (every one of them valid), and with ``keep_kv`` this pass's
+        per-block (keys, values) of its L positions are returned too, to extend it."""
         if past is None:
             past = self.image(vision, keep_kv=True)[1]
         B, L = ids.shape
-        Q = past[0][0].shape[2]
-        pos = torch.arange(L, device=ids.device)
+        P = past[0][0].shape[2]  # the queries, then any earlier text
+        pos = torch.arange(start, start + L, device=ids.device)
         x = self.ln_text(self.tok_embed(ids) + self.pos_embed(pos))
         causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=ids.device))
-        allow = torch.cat([mask.new_ones(B, L, Q), causal & mask[:, None, :]], 2)  # text sees every query
-        return self._run(x, 0, allow[:, None], None, past=past)[0]
+        allow = torch.cat([mask.new_ones(B, L, P), causal & mask[:, None, :]], 2)  # text sees every query
+        out, kvs = self._run(x, 0, allow[:, None], None, past=past, keep_kv=keep_kv)
+        return (out, kvs) if keep_kv else out
 
 
 def _smoothed_ce(logits, targets, allowed, eps: float):
@@ -298,44 +302,84 @@ class VLBranch(nn.Module):
         return {"itc": itc, "itm": itm, "itg": itg}, sim_i2t.shape[1]
 
     @torch.no_grad()
-    def generate(self, vision: torch.Tensor, end: int, max_tokens: int, beams: int = 1,
-                 prefix: list[int] = ()) -> list[list[int]]:
+    def generate(self, vision: torch.Tensor | None, end: int, max_tokens: int, beams: int = 1,
+                 prefix: list[int] = (), past: list | None = None, constraints: list | None = None) -> list[list[int]]:
         """ITG decoding: the text each image's queries describe, as sub-vocabulary indices
         (without BOS and ``end``; starting with ``prefix``, a prompt the text continues).
-        vision [B, T, H] is projected (from ``image``). Greedy when ``beams`` is 1, else beam
-        search ranked by mean log-probability per generated token. PAD, BOS and UNK are never
-        produced, and ``end`` not as the first token."""
-        B, V = vision.shape[0], self.lm_head.out_features
+        vision [B, T, H] is projected (from ``image``); ``past``, the image pass's per-block
+        query (keys, values), replaces it when given. Greedy when ``beams`` is 1, else beam
+        search ranked by mean log-probability per generated token; each step runs the new token
+        only (the earlier ones' keys and values are kept). PAD, BOS and UNK are never produced,
+        and ``end`` not as the first token.
+
+        ``constraints`` (one per image): constrained decoding. Each is an automaton over token
+        ids with ``start()``, ``allowed(state)`` (the ids that may come next), ``advance(state,
+        id)`` and ``accepting(state)``; every other token is masked, and a text ends when its
+        automaton accepts (``mf2.models.explain.Lattice``: the texts consistent with the heads).
+        The sequences are returned as generated (``end`` included where the automaton reads it)."""
+        if past is None:
+            past = self.qformer.image(vision, keep_kv=True)[1]  # the queries run once, every step reuses them
+        B, V, device = past[0][0].shape[0], self.lm_head.out_features, past[0][0].device
         K = max(1, min(beams, V - 4))
         max_tokens = min(max_tokens, self.cfg.max_text_len - 1 - len(prefix))
-        _, past = self.qformer.image(vision, keep_kv=True)  # the queries run once, every step reuses them
         past = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v in past]
-        ids = torch.tensor([BOS, *prefix], dtype=torch.long, device=vision.device).repeat(B * K, 1)
-        score = torch.zeros(B, K, device=vision.device)
+        ids = torch.tensor([BOS, *prefix], dtype=torch.long, device=device).repeat(B * K, 1)
+        score = torch.zeros(B, K, device=device)
         score[:, 1:] = float("-inf")  # the first step expands one beam
-        done = torch.zeros(B * K, dtype=torch.bool, device=vision.device)
-        length = torch.zeros(B * K, device=vision.device)
+        done = torch.zeros(B * K, dtype=torch.bool, device=device)
+        length = torch.zeros(B * K, device=device)
+        states = [c.start() for c in constraints for _ in range(K)] if constraints is not None else None
+        new = ids
         for step in range(max_tokens):
-            hidden = self.qformer.decode(None, ids, torch.ones_like(ids, dtype=torch.bool), past)[:, -1]
-            logp = self.lm_head(hidden).float().log_softmax(-1)
-            logp[:, [PAD, BOS, UNK]] = float("-inf")
-            if step == 0 and not prefix and 0 <= end < V:
-                logp[:, end] = float("-inf")
+            hidden, kv = self.qformer.decode(None, new, torch.ones_like(new, dtype=torch.bool), past,
+                                             start=ids.shape[1] - new.shape[1], keep_kv=True)
+            past = [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(past, kv)]
+            logp = self.lm_head(hidden[:, -1]).float().log_softmax(-1)
+            if states is None:
+                logp[:, [PAD, BOS, UNK]] = float("-inf")
+                if step == 0 and not prefix and 0 <= end < V:
+                    logp[:, end] = float("-inf")
+            else:
+                rows, cols = [], []
+                for r, s in enumerate(states):
+                    nxt = constraints[r // K].allowed(s)
+                    rows += [r] * len(nxt)
+                    cols += nxt
+                allowed = torch.zeros_like(logp, dtype=torch.bool)
+                allowed[rows, cols] = True
+                logp = logp.masked_fill(~allowed, float("-inf"))
             logp[done] = float("-inf")
             logp[done, PAD] = 0.0  # a finished text stays as it is
             top, index = (score.view(-1, 1) + logp).view(B, K * V).topk(K, dim=1)
-            source = (torch.arange(B, device=vision.device)[:, None] * K + index // V).view(-1)
+            source = (torch.arange(B, device=device)[:, None] * K + index // V).view(-1)
             token = (index % V).view(-1)
             length = length[source] + (~done[source]).float()
-            done = done[source] | (token == end)
-            ids = torch.cat([ids[source], token[:, None]], 1)
+            if states is None:
+                done = done[source] | (token == end)
+            else:
+                was = done[source].tolist()
+                states = [states[s] if d else constraints[r // K].advance(states[s], t)
+                          for r, (s, t, d) in enumerate(zip(source.tolist(), token.tolist(), was))]
+                done = done[source] | torch.tensor([constraints[r // K].accepting(s) for r, s in enumerate(states)],
+                                                   device=device)
             score = top
+            done |= ~torch.isfinite(score.view(-1))  # no path left (a constraint allowed fewer than K tokens)
+            ids = torch.cat([ids[source], token[:, None]], 1)
+            past = [(k[source], v[source]) for k, v in past]
+            new = token[:, None]
             if done.all():
                 break
-        best = (score / length.view(B, K).clamp(min=1)).argmax(1)
+        rank = score / length.view(B, K).clamp(min=1)
+        if states is not None:  # a text its automaton accepted beats one cut off at max_tokens
+            accepted = torch.tensor([constraints[r // K].accepting(s) for r, s in enumerate(states)], device=device)
+            rank = rank.masked_fill(~accepted.view(B, K) & accepted.view(B, K).any(1, keepdim=True), float("-inf"))
+        best = rank.argmax(1)
         out = []
         for i, k in enumerate(best.tolist()):
             seq = ids[i * K + k, 1 + len(prefix):].tolist()
-            stop = next((j for j, t in enumerate(seq) if t in (end, PAD)), len(seq))
-            out.append(list(prefix) + seq[:stop])
+            if states is None:
+                seq = seq[:next((j for j, t in enumerate(seq) if t in (end, PAD)), len(seq))]
+            else:
+                seq = seq[:int(length[i * K + k])]
+            out.append(list(prefix) + seq)
         return out

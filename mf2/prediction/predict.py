@@ -57,7 +57,7 @@ def _chunks(items: Iterable, n: int) -> Iterator[list]:
 
 def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 32, explain: str | None = None,
                beams: int = 3, pool: Executor | None = None, workers: int = 0, keep_images: bool = False,
-               track=None) -> Iterator[tuple[Frame, list[AlignedFace] | None]]:
+               track=None, grounding: str = "heads") -> Iterator[tuple[Frame, list[AlignedFace] | None]]:
     """Each frame with its faces, predicted (largest face first; ``[]``: no face), in order.
     A frame that could not be read comes with ``None`` (and ``frame.error``) as soon as it is met.
     ``pool``: the ``workers`` threads that find faces (None: this thread). ``track(frame, faces)``:
@@ -92,8 +92,8 @@ def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 
             pending.append((frame, faces))
             n_pending += max(1, len(faces))
             if n_pending >= batch_size:
-                predictor.predict([f for _, fs in pending for f in fs], explain, beams)
+                predictor.predict([f for _, fs in pending for f in fs], explain, beams, grounding)
                 yield from pending
                 pending, n_pending = [], 0
-    predictor.predict([f for _, fs in pending for f in fs], explain, beams)
+    predictor.predict([f for _, fs in pending for f in fs], explain, beams, grounding)
     yield from pending

@@ -27,10 +27,9 @@ from mf2.features.extract import visual_features
 from mf2.features.faces import DEFAULT_MIN_SCORE, FaceFinder, align, apply, canonical_landmarks, invert, \
     resize_square, resolve_detector
 from mf2.prediction.pose import head_pose
-from mf2.models.explain import Explainer
+from mf2.models.explain import DECODINGS, GROUNDINGS, Explainer
 from mf2.runs import RunFolder, load_model
 
-DECODINGS = ("greedy", "beam")
 
 
 @dataclass
@@ -120,17 +119,20 @@ class Predictor:
         """Frames the face detector takes at once: MTCNN on a GPU batches frames; on a CPU one at a time."""
         return 8 if self.detector_name == "mtcnn" and torch.device(self.settings.device).type != "cpu" else 1
 
-    def explainer(self, decoding: str, beams: int = 3) -> Explainer:
-        """The ITG decoder for ``decoding`` ('greedy' or 'beam'), made on first use (a DFN run
-        explains with its frozen MF²)."""
+    def explainer(self, decoding: str, beams: int = 3, grounding: str = "heads") -> Explainer:
+        """The ITG decoder for ``decoding`` ('greedy' or 'beam') and ``grounding`` ('heads':
+        worded from the heads' decisions; 'none': the decoder alone), made on first use (a DFN
+        run explains with its frozen MF²)."""
         if decoding not in DECODINGS:
             raise ValueError(f"explain: expected 'greedy' or 'beam', got {decoding!r}")
-        key = (decoding, beams)
+        if grounding not in GROUNDINGS:
+            raise ValueError(f"grounding: expected 'heads' or 'none', got {grounding!r}")
+        key = (decoding, beams, grounding)
         if key not in self._explainers:
             if self._tokenizer is None:
                 self._tokenizer = load_tokenizer(self.tokenizer_source, self.settings.allow_download)
             self._explainers[key] = Explainer(getattr(self.model, "mf2", self.model), self._tokenizer,
-                                              self.signature["text"], decoding, beams, self.thresholds)
+                                              self.signature["text"], decoding, beams, self.thresholds, grounding)
         return self._explainers[key]
 
     def faces(self, image: np.ndarray) -> list[AlignedFace]:
@@ -164,15 +166,17 @@ class Predictor:
                            pose=head_pose(face.landmarks))
 
     @torch.no_grad()
-    def predict(self, faces: list[AlignedFace], explain: str | None = None, beams: int = 3) -> None:
+    def predict(self, faces: list[AlignedFace], explain: str | None = None, beams: int = 3,
+                grounding: str = "heads") -> None:
         """Fill each face's AU and emotion probabilities (and with ``explain``, 'greedy' or
-        'beam', its explanation) from its crop, in one batch; the crops are then dropped."""
+        'beam', its explanation, ``grounding`` as in ``explainer``) from its crop, in one batch;
+        the crops are then dropped."""
         if not faces:
             return
         with intra_op_threads(self.settings.threads):
-            self._predict(faces, explain, beams)
+            self._predict(faces, explain, beams, grounding)
 
-    def _predict(self, faces: list[AlignedFace], explain: str | None, beams: int) -> None:
+    def _predict(self, faces: list[AlignedFace], explain: str | None, beams: int, grounding: str = "heads") -> None:
         p = self.pooling
         tokens, au_tokens = visual_features(self.vision, np.stack([f.crop for f in faces]),
                                             np.stack([f.crop_landmarks for f in faces]), p["R"], p["window_rulers"],
@@ -180,7 +184,7 @@ class Predictor:
         device = self.settings.device
         tokens = torch.from_numpy(tokens.astype(np.float32)).to(device)
         au_tokens = torch.from_numpy(au_tokens.astype(np.float32)).to(device)
-        explainer = self.explainer(explain, beams) if explain else None
+        explainer = self.explainer(explain, beams, grounding) if explain else None
         with autocast(self.model_precision, device):
             emo, au = (t.cpu().numpy() for t in self.model.predict(tokens, au_tokens))
             explained = explainer.explain(tokens, au_tokens, au, emo) if explainer else [None] * len(faces)
