@@ -87,9 +87,11 @@ deterministic_option = click.option(
     help="Deterministic algorithms: the same seed on the same machine gives the same run, bit for bit. "
          "Default: on for CPUs (about 4% slower), off for GPUs (where it costs more; see README).")
 checkpointing_option = click.option(
-    "--activation-checkpointing", type=click.Choice(["auto", "none", "itm", "all"]), default="auto", show_default=True,
+    "--activation-checkpointing", type=click.Choice(["auto", "none", "itm", "all", "itm-selective", "all-selective"]),
+    default="auto", show_default=True,
     help="Recompute Q-Former blocks in the backward to save memory: the ITM passes (most of it) or every "
-         "pass. Same losses and gradients; more compute. auto = itm for the paper preset on a GPU, else none.")
+         "pass; -selective: only their element-wise operations (matrix products and attention kept). Same "
+         "losses and gradients; more compute. auto = itm for the paper preset on a GPU, else none.")
 
 
 compile_option = click.option(
