@@ -49,7 +49,6 @@ from baseline_step import QFormer as BaselineQFormer  # noqa: E402
 
 from mf2.devices import autocast  # noqa: E402
 from mf2.models import qformer  # noqa: E402
-from mf2.models.mf2 import MF2  # noqa: E402
 
 PASSES = ("image", "text", "joint", "decode")
 SYNCS = {"nonzero", "_unique2", "unique_dim", "unique_consecutive", "_local_scalar_dense", "masked_select"}

@@ -262,6 +262,22 @@ class Writer:
             raise self.error
 
 
+@dataclass
+class _Job:
+    """What every step of one extraction reads: its settings, inputs and backbones."""
+
+    s: ExtractSettings
+    manifest: Manifest
+    vision: object
+    text: object
+    au_map: str
+    precision: str
+    workers: int
+    landmark_source: str
+    types: list
+    has_sentences: bool
+
+
 def extract_features(manifest: Manifest, out, settings: ExtractSettings | None = None, overwrite: bool = False,
                      progress=None, log=print) -> dict:
     s = settings or ExtractSettings()
@@ -284,51 +300,16 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     if unknown:
         raise ValueError(f"augment: expected {', '.join(AUGMENTATIONS)}, got {', '.join(sorted(unknown))}")
     vision = load_vision(s.vision, s.vision_weights, s.allow_download, device)
-    au_map = vision.resolve_au_map(s.au_map)
     text = load_text(s.text, s.allow_download, device)
     if rank == 0:
         log(f"vision: {vision.name} ({vision.source}); text: {text.name} ({text.source}); {precision}"
             + (f"; {world} processes" if world > 1 else ""))
     rows = manifest.rows
+    job = _Job(s, manifest, vision, text, vision.resolve_au_map(s.au_map), precision, workers, landmark_source,
+               [t for t in CAPTION_TYPES if any(r.get(CAPTION_COLUMN[t]) for r in rows)],
+               any(r.get("au_sentences") for r in rows))
     n = len(rows)
-    types = [t for t in CAPTION_TYPES if any(r.get(CAPTION_COLUMN[t]) for r in rows)]
-    has_sentences = any(r.get("au_sentences") for r in rows)
-    size = s.image_size
-    with torch.no_grad():  # probe the backbone's token and map shapes
-        tokens, fmap, layout = vision(torch.zeros(1, 3, size, size, device=device), au_map=au_map)
-    T, C = tokens.shape[1:]
-    C_au = fmap.shape[1] if layout == "BCHW" else fmap.shape[-1]
-    RR2 = 2 * s.au_samples ** 2
-    signature = {
-        "mf2": mf2.__version__, "manifest": {"rows": n, "digest": _manifest_digest(manifest)},
-        "vision": {"name": vision.name, "weights": vision.weights_id, "image_size": size},
-        "text": {"name": text.name, "weights": text.weights_id, "types": types, "au_sentences": has_sentences,
-                 "caps": {k: s.caps[k] for k in [*types, "au_sentences"]}},
-        "face": s.face, "landmarks": landmark_source, "au_set": list(AUS), "precision": precision,
-        "pooling": {"R": s.au_samples, "window_rulers": s.au_window, "padding": s.padding, "tokens_per_au": RR2,
-                    "au_map": au_map, "map_size": list(fmap.shape[2:] if layout == "BCHW" else fmap.shape[1:3]),
-                    "channels": C_au},
-        "augment": sorted(s.augment),
-    }
-    meta = {"meta/ids": [r["id"] for r in rows], "meta/video": [r["video"] for r in rows],
-            "meta/split": [r["split"] or "" for r in rows], "meta/image": [r["image"] for r in rows],
-            "meta/emotion": np.array([r["emotion"] for r in rows], np.int8),
-            "meta/aus": np.array([[r[a] for a in AUS] for r in rows], np.int8)}
-    layout_spec = {"meta/face_found": ((), bool), "meta/valid": ((), bool), "meta/error": ((), str),
-                   "vision/tokens": ((T, C), np.float16), "vision/au_tokens": ((len(AUS), RR2, C_au), np.float16),
-                   "vision/landmarks": ((68, 2), np.float32)}
-    if "flip" in s.augment:
-        layout_spec.update({"vision/tokens_flip": ((T, C), np.float16),
-                            "vision/au_tokens_flip": ((len(AUS), RR2, C_au), np.float16)})
-    for t in types:
-        L = s.caps[t]
-        layout_spec.update({f"text/{t}/ids": ((L,), np.int32), f"text/{t}/mask": ((L,), bool),
-                            f"text/{t}/hidden": ((L, text.dim), np.float16)})
-    if has_sentences:
-        L = s.caps["au_sentences"]
-        layout_spec.update({"text/au_sentences/ids": ((len(AUS), L), np.int32),
-                            "text/au_sentences/mask": ((len(AUS), L), bool),
-                            "text/au_sentences/hidden": ((len(AUS), L, text.dim), np.float16)})
+    signature, meta, layout_spec = _layout(job, device)
     # a second extract-features into it stops at once (each process of a torchrun holds a lock of
     # its own); a full disk names the store
     with exclusive(out if rank == 0 else Path(f"{out}.rank{rank}"), "this feature store"), naming(out):
@@ -342,108 +323,170 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
         if rank == 0 and already:
             log(f"{out}: resuming at row {store.count} of {n}" if done == [[0, store.count]] else
                 f"{out}: resuming with {already} of {n} rows written")
-        mine = plan(n, done, store.alignment(layout_spec), world)[rank]
-        blocks = [(i, min(b, i + s.batch_size)) for a, b in mine for i in range(a, b, s.batch_size)]
-        unit = store.unit or s.batch_size  # stores from before units: texts per block, as they were written
-        texts = UnitTexts(text, precision)
-        timing, recorded = Counter(), Counter()
-        intervals = [[a, b, 0] for a, b in mine]
-
-        def advance(start, b, block_counts):
-            for iv in intervals:
-                if iv[0] <= start < iv[1]:
-                    iv[2] = start + b - iv[0]
-            if rank == 0 and start == store.count:  # the prefix a reader trusts, moved as by one process
-                partial = Counter(dict(store.group.attrs.get("partial_counts", {})))
-                partial.update(block_counts)
-                store.group.attrs.update({"count": start + b, "partial_counts": dict(partial)})
-            else:
-                recorded.update(block_counts)
-                store.record(rank, intervals, recorded)
-
-        loader = torch.utils.data.DataLoader(Faces(manifest, blocks, s.face, landmark_source, size), batch_size=None,
-                                             collate_fn=_as_is, num_workers=workers,
-                                             prefetch_factor=2 if workers else None)
-        writer = Writer(store, advance)
         t_run = time.perf_counter()
-        current_unit = None
-        try:
-            it = iter(loader)
-            for _ in blocks:
-                t0 = time.perf_counter()
-                item = next(it)
-                if workers:  # (without workers, the block's decode and face seconds are this wait)
-                    timing["wait"] += time.perf_counter() - t0
-                timing.update(item["seconds"])
-                start = item["start"]
-                b = len(item["valid"])
-                valid = item["valid"]
-                t2 = time.perf_counter()
-                if start // unit != current_unit:  # the unit's texts, encoded together
-                    current_unit = start // unit
-                    texts.load(_unit_texts(rows[current_unit * unit:(current_unit + 1) * unit], types,
-                                           has_sentences, s.caps))
-                timing["text"] += time.perf_counter() - t2
-                crops, lms = item["crops"], item["landmarks"]
-                tokens_np, au_np = visual_features(vision, crops, lms, s.au_samples, s.au_window, s.padding, precision,
-                                                   timing, au_map)
-                tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
-                arrays = {"meta/face_found": item["found"], "meta/valid": valid, "meta/error": item["errors"],
-                          "vision/tokens": tokens_np, "vision/au_tokens": au_np,
-                          "vision/landmarks": lms.astype(np.float32)}
-                if "flip" in s.augment:  # the mirrored face: same labels (the 12 AUs are bilateral)
-                    flip_tokens, flip_au = visual_features(vision, crops[:, :, ::-1], mirror_landmarks(lms, size),
-                                                           s.au_samples, s.au_window, s.padding, precision, timing,
-                                                           au_map)
-                    flip_tokens[~valid], flip_au[~valid] = 0, 0
-                    arrays.update({"vision/tokens_flip": flip_tokens, "vision/au_tokens_flip": flip_au})
-                t3 = time.perf_counter()
-                block = rows[start:start + b]
-                for t in types:
-                    arrays.update(texts.arrays([r.get(CAPTION_COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
-                if has_sentences:
-                    flat = [sent for r in block for sent in (r.get("au_sentences") or [None] * len(AUS))]
-                    enc = texts.arrays(flat, s.caps["au_sentences"], "text/au_sentences")
-                    arrays.update({k: v.reshape(b, len(AUS), *v.shape[1:]) for k, v in enc.items()})
-                timing["text"] += time.perf_counter() - t3
-                t4 = time.perf_counter()
-                writer.put(start, arrays, Counter(item["counts"]))
-                timing["write_wait"] += time.perf_counter() - t4
-                if progress and rank == 0:
-                    progress(b)
-        finally:
-            writer.close()
-        timing["write"] += writer.seconds
-        stats = {"seconds": time.perf_counter() - t_run, "rows": sum(b - a for a, b in mine), "timing": dict(timing),
-                 "encoded": texts.encoded, "reused": texts.reused}
+        mine = plan(n, done, store.alignment(layout_spec), world)[rank]
+        stats = _extract(job, store, mine, rank, progress if rank == 0 else None)
         if world > 1:
-            store.record(rank, intervals, recorded, finished=True, stats=stats)
+            store.record(rank, stats.pop("intervals"), stats.pop("counts"), finished=True, stats=stats)
         if rank != 0:
             return {}
         records = _await(store, world) if world > 1 else {0: {"stats": stats}}
         store.consolidate(world)
-        all_stats = [r["stats"] for r in records.values() if "stats" in r]
-        timing_all = sum((Counter(x["timing"]) for x in all_stats), Counter())
-        done_now = sum(x["rows"] for x in all_stats)
-        attrs = store.group.attrs
-        valid_all = store["meta/valid"][:]
-        wall = time.perf_counter() - t_run
-        summary = {
-            "rows": n, "extracted_this_run": done_now, "resumed_from": already, "processes": world,
-            "faces_not_found": int((~store["meta/face_found"][:] & valid_all).sum()),
-            "skipped": {k.split(": ", 1)[1]: v for k, v in attrs["partial_counts"].items() if k.startswith("skipped: ")},
-            "landmarks": {k.split(": ", 1)[1]: v for k, v in attrs["partial_counts"].items()
-                          if k.startswith("landmarks: ")},
-            "seconds": round(wall, 3), "images_per_second": round(done_now / wall, 2) if wall else None,
-            "stage_seconds": {k: round(timing_all[k], 3) for k in STAGES},
-            **stage_shares(timing_all, workers),
-            "text_cache": {"encoded": sum(x["encoded"] for x in all_stats),
-                           "reused": sum(x["reused"] for x in all_stats)},
-            "settings": {**asdict(s), "landmarks": landmark_source, "precision": precision, "workers": workers},
-            "backbones": {"vision": f"{vision.name} ({vision.source})", "text": f"{text.name} ({text.source})"},
-        }
+        summary = _summary(job, store, [r["stats"] for r in records.values() if "stats" in r], already, world,
+                           time.perf_counter() - t_run)
         store.finish(summary)
         return summary
+
+
+def _layout(job: _Job, device: str) -> tuple[dict, dict, dict]:
+    """The store's signature, the arrays written at its creation, and its per-row arrays
+    (name -> (per-row shape, dtype)), from the backbones' output shapes."""
+    s, rows = job.s, job.manifest.rows
+    size = s.image_size
+    with torch.no_grad():  # probe the backbone's token and map shapes
+        tokens, fmap, layout = job.vision(torch.zeros(1, 3, size, size, device=device), au_map=job.au_map)
+    T, C = tokens.shape[1:]
+    C_au = fmap.shape[1] if layout == "BCHW" else fmap.shape[-1]
+    RR2 = 2 * s.au_samples ** 2
+    vision, text = job.vision, job.text
+    signature = {
+        "mf2": mf2.__version__, "manifest": {"rows": len(rows), "digest": _manifest_digest(job.manifest)},
+        "vision": {"name": vision.name, "weights": vision.weights_id, "image_size": size},
+        "text": {"name": text.name, "weights": text.weights_id, "types": job.types, "au_sentences": job.has_sentences,
+                 "caps": {k: s.caps[k] for k in [*job.types, "au_sentences"]}},
+        "face": s.face, "landmarks": job.landmark_source, "au_set": list(AUS), "precision": job.precision,
+        "pooling": {"R": s.au_samples, "window_rulers": s.au_window, "padding": s.padding, "tokens_per_au": RR2,
+                    "au_map": job.au_map, "map_size": list(fmap.shape[2:] if layout == "BCHW" else fmap.shape[1:3]),
+                    "channels": C_au},
+        "augment": sorted(s.augment),
+    }
+    meta = {"meta/ids": [r["id"] for r in rows], "meta/video": [r["video"] for r in rows],
+            "meta/split": [r["split"] or "" for r in rows], "meta/image": [r["image"] for r in rows],
+            "meta/emotion": np.array([r["emotion"] for r in rows], np.int8),
+            "meta/aus": np.array([[r[a] for a in AUS] for r in rows], np.int8)}
+    layout_spec = {"meta/face_found": ((), bool), "meta/valid": ((), bool), "meta/error": ((), str),
+                   "vision/tokens": ((T, C), np.float16), "vision/au_tokens": ((len(AUS), RR2, C_au), np.float16),
+                   "vision/landmarks": ((68, 2), np.float32)}
+    if "flip" in s.augment:
+        layout_spec.update({"vision/tokens_flip": ((T, C), np.float16),
+                            "vision/au_tokens_flip": ((len(AUS), RR2, C_au), np.float16)})
+    for t in job.types:
+        L = s.caps[t]
+        layout_spec.update({f"text/{t}/ids": ((L,), np.int32), f"text/{t}/mask": ((L,), bool),
+                            f"text/{t}/hidden": ((L, text.dim), np.float16)})
+    if job.has_sentences:
+        L = s.caps["au_sentences"]
+        layout_spec.update({"text/au_sentences/ids": ((len(AUS), L), np.int32),
+                            "text/au_sentences/mask": ((len(AUS), L), bool),
+                            "text/au_sentences/hidden": ((len(AUS), L, text.dim), np.float16)})
+    return signature, meta, layout_spec
+
+
+def _extract(job: _Job, store: FeatureStore, mine: list, rank: int, progress=None) -> dict:
+    """This process's rows ``mine`` (intervals) into the store, block by block: faces from the
+    workers, the backbones here, the writes in the writer thread, which then moves this
+    process's progress. Returns its statistics, intervals and counts."""
+    s, rows = job.s, job.manifest.rows
+    blocks = [(i, min(b, i + s.batch_size)) for a, b in mine for i in range(a, b, s.batch_size)]
+    unit = store.unit or s.batch_size  # stores from before units: texts per block, as they were written
+    texts = UnitTexts(job.text, job.precision)
+    timing, recorded = Counter(), Counter()
+    intervals = [[a, b, 0] for a, b in mine]
+
+    def advance(start, b, block_counts):
+        for iv in intervals:
+            if iv[0] <= start < iv[1]:
+                iv[2] = start + b - iv[0]
+        if rank == 0 and start == store.count:  # the prefix a reader trusts, moved as by one process
+            partial = Counter(dict(store.group.attrs.get("partial_counts", {})))
+            partial.update(block_counts)
+            store.group.attrs.update({"count": start + b, "partial_counts": dict(partial)})
+        else:
+            recorded.update(block_counts)
+            store.record(rank, intervals, recorded)
+
+    loader = torch.utils.data.DataLoader(Faces(job.manifest, blocks, s.face, job.landmark_source, s.image_size),
+                                         batch_size=None, collate_fn=_as_is, num_workers=job.workers,
+                                         prefetch_factor=2 if job.workers else None)
+    writer = Writer(store, advance)
+    t_run, current_unit = time.perf_counter(), None
+    try:
+        it = iter(loader)
+        for _ in blocks:
+            t0 = time.perf_counter()
+            item = next(it)
+            if job.workers:  # (without workers, the block's decode and face seconds are this wait)
+                timing["wait"] += time.perf_counter() - t0
+            timing.update(item["seconds"])
+            start = item["start"]
+            t1 = time.perf_counter()
+            if start // unit != current_unit:  # the unit's texts, encoded together
+                current_unit = start // unit
+                texts.load(_unit_texts(rows[current_unit * unit:(current_unit + 1) * unit], job.types,
+                                       job.has_sentences, s.caps))
+            timing["text"] += time.perf_counter() - t1
+            arrays = _block_arrays(job, item, texts, timing)
+            t2 = time.perf_counter()
+            writer.put(start, arrays, Counter(item["counts"]))
+            timing["write_wait"] += time.perf_counter() - t2
+            if progress:
+                progress(len(item["valid"]))
+    finally:
+        writer.close()
+    timing["write"] += writer.seconds
+    return {"seconds": time.perf_counter() - t_run, "rows": sum(b - a for a, b in mine), "timing": dict(timing),
+            "encoded": texts.encoded, "reused": texts.reused, "intervals": intervals, "counts": dict(recorded)}
+
+
+def _block_arrays(job: _Job, item: dict, texts: UnitTexts, timing: Counter) -> dict:
+    """Every per-row array of one block: the faces' visual features (and their mirrored views')
+    and the block's texts."""
+    s = job.s
+    valid, crops, lms = item["valid"], item["crops"], item["landmarks"]
+    tokens_np, au_np = visual_features(job.vision, crops, lms, s.au_samples, s.au_window, s.padding, job.precision,
+                                       timing, job.au_map)
+    tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
+    arrays = {"meta/face_found": item["found"], "meta/valid": valid, "meta/error": item["errors"],
+              "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
+    if "flip" in s.augment:  # the mirrored face: same labels (the 12 AUs are bilateral)
+        flip_tokens, flip_au = visual_features(job.vision, crops[:, :, ::-1], mirror_landmarks(lms, s.image_size),
+                                               s.au_samples, s.au_window, s.padding, job.precision, timing, job.au_map)
+        flip_tokens[~valid], flip_au[~valid] = 0, 0
+        arrays.update({"vision/tokens_flip": flip_tokens, "vision/au_tokens_flip": flip_au})
+    t0 = time.perf_counter()
+    b = len(valid)
+    block = job.manifest.rows[item["start"]:item["start"] + b]
+    for t in job.types:
+        arrays.update(texts.arrays([r.get(CAPTION_COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
+    if job.has_sentences:
+        flat = [sent for r in block for sent in (r.get("au_sentences") or [None] * len(AUS))]
+        enc = texts.arrays(flat, s.caps["au_sentences"], "text/au_sentences")
+        arrays.update({k: v.reshape(b, len(AUS), *v.shape[1:]) for k, v in enc.items()})
+    timing["text"] += time.perf_counter() - t0
+    return arrays
+
+
+def _summary(job: _Job, store: FeatureStore, stats: list, already: int, world: int, seconds: float) -> dict:
+    """The run's summary (``extract-features`` prints it; the store keeps it), over every
+    process's statistics."""
+    timing = sum((Counter(x["timing"]) for x in stats), Counter())
+    done_now = sum(x["rows"] for x in stats)
+    counts = store.group.attrs["partial_counts"]
+    valid = store["meta/valid"][:]
+    return {
+        "rows": len(store), "extracted_this_run": done_now, "resumed_from": already, "processes": world,
+        "faces_not_found": int((~store["meta/face_found"][:] & valid).sum()),
+        "skipped": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("skipped: ")},
+        "landmarks": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("landmarks: ")},
+        "seconds": round(seconds, 3), "images_per_second": round(done_now / seconds, 2) if seconds else None,
+        "stage_seconds": {k: round(timing[k], 3) for k in STAGES},
+        **stage_shares(timing, job.workers),
+        "text_cache": {"encoded": sum(x["encoded"] for x in stats), "reused": sum(x["reused"] for x in stats)},
+        "settings": {**asdict(job.s), "landmarks": job.landmark_source, "precision": job.precision,
+                     "workers": job.workers},
+        "backbones": {"vision": f"{job.vision.name} ({job.vision.source})",
+                      "text": f"{job.text.name} ({job.text.source})"},
+    }
 
 
 def stage_shares(timing: Counter, workers: int) -> dict:

@@ -12,9 +12,10 @@ moves forward, so a killed run resumes at the last complete block. The ``unit`` 
 a multiple of the block size) is the grain several processes split a store at
 (``torchrun ... mf2 extract-features``): every row-wise array's chunk holds a divisor of it, so
 two processes never write one chunk. Each process records what it has written beyond ``count``
-in a group of its own (``progress/<rank>``, attributes only: no two processes write one file);
-``consolidate`` folds those records into the root attributes (``done``, ``partial_counts``),
-and a complete store has none left. The ``signature``
+in a group of its own (``progress/<rank>``, its attributes: no two processes write one file; the
+metadata file is replaced atomically, so a kill leaves the last whole record); ``consolidate``
+folds those records into the root attributes (``done``, ``partial_counts``), and a complete store
+has none left. The ``signature``
 attribute is written at creation and ``complete`` when the last block is in: a store whose
 signature differs from the run's is refused, naming the field. Every chunk carries a CRC32C that is
 checked when it is read (a changed byte is an error naming the array and rows). Every chunk is written, empty ones
@@ -24,7 +25,9 @@ complete store with a missing chunk is an error naming the array and its rows, n
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -58,6 +61,15 @@ def merge_intervals(intervals) -> list[list[int]]:
         else:
             out.append([a, b])
     return out
+
+
+def _write_group(folder: Path, attributes: dict) -> None:
+    """A Zarr group's metadata with these attributes, written whole or not at all (a temporary
+    file renamed over the last one)."""
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".zarr.json.{os.getpid()}"
+    tmp.write_text(json.dumps({"attributes": attributes, "zarr_format": 3, "node_type": "group"}))
+    os.replace(tmp, folder / "zarr.json")
 
 
 class StoreError(ValueError):
@@ -236,11 +248,17 @@ class FeatureStore:
         self.group.attrs["count"] = start + self.write_rows(start, arrays)
 
     # -- several processes ------------------------------------------------------------------
+    @property
+    def _progress(self) -> Path:
+        return store_path(self.group) / "progress"
+
     def records(self) -> dict[int, dict]:
-        """Every process's progress record (rank -> attributes) left in the store."""
-        if "progress" not in self.group:
-            return {}
-        return {int(name): dict(sub.attrs) for name, sub in self.group["progress"].groups()}
+        """Every process's progress record (rank -> its fields) left in the store."""
+        out = {}
+        for path in sorted(self._progress.glob("*/zarr.json")) if self._progress.is_dir() else []:
+            if path.parent.name.isdigit():
+                out[int(path.parent.name)] = json.loads(path.read_text())["attributes"]
+        return out
 
     def done(self) -> list[list[int]]:
         """The rows written so far, as merged [start, stop) intervals: ``count``'s prefix, the
@@ -255,26 +273,28 @@ class FeatureStore:
         ones (one process only, while the others wait); returns the rows done so far. A kill
         in between loses nothing: the records are emptied after the root holds what they said."""
         done = self.done()
-        counts = Counter(dict(self.group.attrs.get("partial_counts", {})))
         records = self.records()
+        counts = Counter(dict(self.group.attrs.get("partial_counts", {})))
         for record in records.values():
             counts.update(record.get("counts", {}))
         count = done[0][1] if done and done[0][0] == 0 else 0
         self.group.attrs.update({"count": count, "done": [iv for iv in done if iv[0] > 0],
                                  "partial_counts": dict(counts)})
-        progress = self.group.require_group("progress")
-        for rank in set(records) | set(range(world)):
-            progress.require_group(str(rank)).attrs.put({"intervals": [], "counts": {}, "finished": False})
         for rank in set(records) - set(range(world)):  # ranks of an earlier, wider run
-            shutil.rmtree(store_path(self.group) / "progress" / str(rank), ignore_errors=True)
+            shutil.rmtree(self._progress / str(rank))
+        for rank in range(world):
+            self.record(rank, [], {})
         return done
 
     def record(self, rank: int, intervals: list, counts: dict, finished: bool = False, **extra) -> None:
         """Process ``rank``'s progress: intervals [start, stop, rows written from start], the
-        counts of what its written rows hold, and whether it is done."""
-        self.group["progress"][str(rank)].attrs.put({"intervals": intervals, "counts": dict(counts),
-                                                    "finished": finished, **extra})
+        counts of what its written rows hold, and whether it is done (written to a temporary
+        file, then renamed over the last record)."""
+        if not (self._progress / "zarr.json").is_file():
+            _write_group(self._progress, {})
+        _write_group(self._progress / str(rank), {"intervals": intervals, "counts": dict(counts),
+                                                  "finished": finished, **extra})
 
     def finish(self, summary: dict) -> None:
         self.group.attrs.update({"summary": summary, "complete": True, "count": len(self), "done": []})
-        shutil.rmtree(store_path(self.group) / "progress", ignore_errors=True)
+        shutil.rmtree(self._progress, ignore_errors=True)
