@@ -316,15 +316,19 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
         store, done = _open(out, signature, meta, layout_spec, overwrite, s.unit or unit_rows(n, s.batch_size), rank,
                             world)
         if store.complete:
-            if rank == 0:
-                log(f"{out}: already complete ({n} rows)")
+            if rank != 0:
+                return {}
+            log(f"{out}: already complete ({n} rows)")
             return dict(store.group.attrs["summary"])
         already = sum(b - a for a, b in done)
         if rank == 0 and already:
             log(f"{out}: resuming at row {store.count} of {n}" if done == [[0, store.count]] else
                 f"{out}: resuming with {already} of {n} rows written")
         t_run = time.perf_counter()
-        mine = plan(n, done, store.alignment(layout_spec), world)[rank]
+        alignment = store.alignment(layout_spec)
+        if rank == 0 and world > 1 and store.unit is None and alignment >= n:
+            log(f"{out}: its chunks (a store begun before units) let one process write it; the others wait")
+        mine = plan(n, done, alignment, world)[rank]
         stats = _extract(job, store, mine, rank, progress if rank == 0 else None)
         if world > 1:
             store.record(rank, stats.pop("intervals"), stats.pop("counts"), finished=True, stats=stats)
