@@ -28,6 +28,23 @@ def median_ms(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def paired_median_ms(fns: dict, device: torch.device, repeats: int, warmup: int = 3) -> dict:
+    """Median wall time (ms) of each of ``fns`` (name -> callable), the calls taken in turn
+    (A B A B ...) so that a machine whose speed drifts slows each alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def machine(device: torch.device) -> dict:
     info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine()}

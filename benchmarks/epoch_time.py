@@ -3,7 +3,8 @@ trainable parameters (TP) for MF² (Fine-Tuning, DFN), w/o DFN, w/o Emo-VL and w
 MF² pretraining itself; per precision, with peak memory and achieved TFLOP/s.
 
     python benchmarks/epoch_time.py [--preset small|paper] [--device cpu|cuda] [--precision fp32,bf16]
-                                    [--batch N] [--activation-checkpointing none|itm|all] [--steps S]
+                                    [--batch N] [--activation-checkpointing auto|none|itm|all|itm-selective|all-selective]
+                                    [--steps S] [--rows pretrain,dfn,full,no_emo,no_au] [--compile] [--baseline]
 
 Readings (see README):
 * MF² pretraining: one step of ``mf2 pretrain`` (ITC/ITM/ITG + classifiers, both branches).
@@ -23,8 +24,10 @@ warm-up) are extrapolated to the paper's 31,320 training and 3,376 validation im
 FLOPs of a step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products
 and attention; with activation checkpointing off, so they are the model's FLOPs, not the
 recomputed ones); achieved TFLOP/s = those FLOPs / step time, beside the bf16 matrix-product
-rate measured on the same device in the same run. Writes
-benchmarks/results/epoch_time-<preset>-<device>.{json,md}.
+rate measured on the same device in the same run. ``--baseline`` adds, beside every row, the same
+row run by the code from before issue 26 (``baseline_step.py``: the same weights and batch, the
+two steps timed in turn) and the ratio of their times. Writes
+benchmarks/results/epoch_time-<preset>-<device>[-baseline].{json,md}.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine, median_ms, table  # noqa: E402
+from _timing import machine, median_ms, paired_median_ms, table  # noqa: E402
 
 from mf2.devices import autocast  # noqa: E402
 from mf2.evaluation.paper import TABLE_IV  # noqa: E402
@@ -63,6 +66,19 @@ def model(preset, **kw):
     kw = {**(TOY_MODEL if TOY else {}), **kw}
     cfg = MF2Config.from_preset(preset, vision_dim=s["C"], text_dim=s["D"], vocab=[0, -1, -2] + list(range(3, 2000)), **kw)
     return MF2(cfg)
+
+
+def baseline_of(net):
+    """The same model (weights, mode, checkpointing) running the frozen code from before issue 26
+    (``baseline_step.BaselineMF2``)."""
+    from baseline_step import BaselineMF2
+
+    old = BaselineMF2(net.cfg).to(next(net.parameters()).device)
+    old.load_state_dict(net.state_dict())
+    old.train(net.training).requires_grad_(next(net.parameters()).requires_grad)
+    old.set_activation_checkpointing(net.emo_vl.qformer.checkpointing if net.emo_vl is not None
+                                     else net.au_vl.qformer.checkpointing)
+    return old
 
 
 def batch(preset, B, device):
@@ -144,11 +160,12 @@ def reset_peak(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def pretrain_flops(preset, device, precision, B, counted: int = 8) -> float:
+def pretrain_flops(preset, device, precision, B, counted: int = 8, baseline: bool = False) -> float:
     """The FLOPs of one pretraining step at batch B, without recomputation: counted on a plain
     step at a small batch (which fits in memory) and scaled (every term but the tiny ITC
     similarity matrix is linear in the batch)."""
     net = model(preset).to(device).train()
+    net = baseline_of(net) if baseline else net
     n = min(counted, B)
     return flops_of(step_of(net, batch(preset, n, device), device, precision, align=True)) * B / n
 
@@ -173,6 +190,34 @@ def measure_row(name, make, infer, tp, B, a, device, precision, flops=None):
     return row
 
 
+def measure_pair(name, variants, tp, B, a, device, precision, flops=None):
+    """``measure_row`` for the current code and the code before issue 26 side by side: the two
+    training steps (and the two inference steps) timed in turn, so that a machine whose speed
+    drifts slows both alike. variants: code -> (make a step, inference step, FLOPs or None)."""
+    rows = {code: {"model": name, "code": code, "precision": precision, "batch": B, "tp": tp} for code in variants}
+    reset_peak(device)
+    try:
+        steps = {code: make() for code, (make, _, _) in variants.items()}
+        for code, ms in paired_median_ms(steps, device, a.steps, warmup=3).items():
+            rows[code]["tt_ms_step"] = ms
+        for code, step in steps.items():
+            reset_peak(device)
+            step()
+            rows[code]["peak_gb"], rows[code]["reserved_gb"] = peak_gb(device), reserved_gb(device)
+        del steps
+        reset_peak(device)
+        with torch.no_grad(), autocast(precision, device):
+            for code, ms in paired_median_ms({c: v[1] for c, v in variants.items()}, device, a.steps).items():
+                rows[code]["it_ms_step"] = ms
+        for code, (make, _, fl) in variants.items():
+            rows[code]["flops_step"] = fl() if fl else flops_of(make())
+    except torch.OutOfMemoryError:
+        for row in rows.values():
+            row["oom"] = True
+    reset_peak(device)
+    return list(rows.values())
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["small", "paper"], default="small")
@@ -195,6 +240,9 @@ def main():
     p.add_argument("--epochs", type=int, default=1, help="Report time for this many epochs (extrapolated).")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--baseline", action="store_true",
+                   help="Beside every row, the same row with the code from before issue 26 (benchmarks/baseline_step.py), "
+                        "the two timed in turn, and the ratio.")
     p.add_argument("--toy", action="store_true",
                    help="Toy widths and batches (each preset's code path in seconds; for the tests: the figures mean "
                         "nothing). Writes epoch_time-<preset>-<device>-toy.*")
@@ -223,13 +271,26 @@ def main():
         if "pretrain" in wanted:  # MF² pretraining (ITC/ITM/ITG + classifiers)
             net = model(a.preset).to(device).train()
             net.set_activation_checkpointing(a.activation_checkpointing)
+            old = baseline_of(net) if a.baseline else None
             if a.compile:
                 net.compile_blocks()
-            row = measure_row(PRETRAIN, lambda: step_of(net, b, device, precision, align=True),
-                              lambda: net.predict(b["tokens"], b["au_tokens"]), count_parameters(net)["mf2"], B, a,
-                              device, precision, flops=lambda: pretrain_flops(a.preset, device, precision, B))
-            rows.append({**row, "activation_checkpointing": a.activation_checkpointing, "compiled": a.compile})
-            net = None
+            settings_of = {"activation_checkpointing": a.activation_checkpointing, "compiled": a.compile}
+            if old is None:
+                row = measure_row(PRETRAIN, lambda: step_of(net, b, device, precision, align=True),
+                                  lambda: net.predict(b["tokens"], b["au_tokens"]), count_parameters(net)["mf2"], B, a,
+                                  device, precision, flops=lambda: pretrain_flops(a.preset, device, precision, B))
+                rows.append({**row, **settings_of})
+            else:
+                pair = measure_pair(PRETRAIN, {
+                    "after": (lambda: step_of(net, b, device, precision, align=True),
+                              lambda: net.predict(b["tokens"], b["au_tokens"]),
+                              lambda: pretrain_flops(a.preset, device, precision, B)),
+                    "before": (lambda: step_of(old, b, device, precision, align=True),
+                               lambda: old.predict(b["tokens"], b["au_tokens"]),
+                               lambda: pretrain_flops(a.preset, device, precision, B, baseline=True))},
+                    count_parameters(net)["mf2"], B, a, device, precision)
+                rows += [{**r, **settings_of, "compiled": a.compile and r["code"] == "after"} for r in pair]
+            net = old = None
         if "dfn" in wanted:  # MF² (Fine-Tuning, DFN): a step on cached block outputs; IT through the live frozen path
             mf2 = model(a.preset).to(device).eval().requires_grad_(False)
             db = batch(a.preset, a.dfn_batch, device)
@@ -238,21 +299,37 @@ def main():
             cached = type(cached)(**{k: v.float() if v.is_floating_point() else v for k, v in cached.arrays().items()})
             dfn = DFN(mf2.cfg, DFNConfig()).to(device)
             opt = make_optimizer(dfn, settings(device, precision))
-            rows.append(measure_row(
-                "MF2 (Fine-Tuning, DFN)",
-                lambda: (lambda: train_step(cached, lambda x: dfn(x, "both"), opt, 1e-4, precision, device)),
-                lambda: dfn.heads(vision_block_outputs(mf2, db["tokens"], db["au_tokens"])),
-                trainable(dfn), a.dfn_batch, a, device, precision))
-            mf2 = dfn = opt = cached = None
+            make = lambda: (lambda: train_step(cached, lambda x: dfn(x, "both"), opt, 1e-4, precision, device))  # noqa: E731
+            if a.baseline:  # the DFN step itself is the same code; its inference reads the frozen MF²'s passes
+                old = baseline_of(mf2)
+                rows += measure_pair("MF2 (Fine-Tuning, DFN)", {
+                    "after": (make, lambda: dfn.heads(vision_block_outputs(mf2, db["tokens"], db["au_tokens"])), None),
+                    "before": (make, lambda: dfn.heads(vision_block_outputs(old, db["tokens"], db["au_tokens"])), None)},
+                    trainable(dfn), a.dfn_batch, a, device, precision)
+            else:
+                rows.append(measure_row(
+                    "MF2 (Fine-Tuning, DFN)", make,
+                    lambda: dfn.heads(vision_block_outputs(mf2, db["tokens"], db["au_tokens"])),
+                    trainable(dfn), a.dfn_batch, a, device, precision))
+            mf2 = dfn = opt = cached = old = None
         for key, name, kw in (("full", "w/o DFN", {}), ("no_emo", "w/o Emo-VL", {"emo_vl": False}),
                               ("no_au", "w/o AU-VL", {"au_vl": False})):
             if key not in wanted:
                 continue
             net = model(a.preset, **kw).to(device).train()
-            rows.append(measure_row(name, lambda: step_of(net, b, device, precision, align=False),
-                                    lambda: net.predict(b["tokens"], b["au_tokens"]),
-                                    count_parameters(net)["mf2"], B, a, device, precision))
-            net = None
+            if a.baseline:
+                old = baseline_of(net)
+                rows += measure_pair(name, {
+                    "after": (lambda: step_of(net, b, device, precision, align=False),
+                              lambda: net.predict(b["tokens"], b["au_tokens"]), None),
+                    "before": (lambda: step_of(old, b, device, precision, align=False),
+                               lambda: old.predict(b["tokens"], b["au_tokens"]), None)},
+                    count_parameters(net)["mf2"], B, a, device, precision)
+            else:
+                rows.append(measure_row(name, lambda: step_of(net, b, device, precision, align=False),
+                                        lambda: net.predict(b["tokens"], b["au_tokens"]),
+                                        count_parameters(net)["mf2"], B, a, device, precision))
+            net = old = None
     for r in rows:
         paper = TABLE_IV.get(r["model"], {})
         r.update({"tp_M": r["tp"] / 1e6, "paper_tt_min": paper.get("tt_min"), "paper_it_min": paper.get("it_min"),
@@ -265,11 +342,17 @@ def main():
                   "tflops": r["flops_step"] / (r["tt_ms_step"] / 1e3) / 1e12})
         if extra["matmul_bf16_tflops"]:
             r["fraction_of_bf16_matmul"] = r["tflops"] / extra["matmul_bf16_tflops"]
+    for r in rows:  # with --baseline: the current code over the code before issue 26
+        before = next((x for x in rows if x.get("code") == "before" and x["model"] == r["model"]
+                       and x["precision"] == r["precision"]), None) if r.get("code") == "after" else None
+        if before and "oom" not in r and "oom" not in before:
+            r["tt_after_over_before"] = r["tt_ms_step"] / before["tt_ms_step"]
+            r["it_after_over_before"] = r["it_ms_step"] / before["it_ms_step"]
     for precision in precisions:
         dfn_row = next((r for r in rows if r["model"] == "MF2 (Fine-Tuning, DFN)" and r["precision"] == precision
-                        and "oom" not in r), None)
-        full_row = next((r for r in rows if r["model"] == "w/o DFN" and r["precision"] == precision and "oom" not in r),
-                        None)
+                        and "oom" not in r and r.get("code", "after") == "after"), None)
+        full_row = next((r for r in rows if r["model"] == "w/o DFN" and r["precision"] == precision and "oom" not in r
+                         and r.get("code", "after") == "after"), None)
         if dfn_row and full_row:
             extra[f"dfn_over_full_time_{precision}"] = dfn_row["tt_min_epoch"] / full_row["tt_min_epoch"]
     extra["paper_dfn_over_full_time"] = TABLE_IV["MF2 (Fine-Tuning, DFN)"]["tt_min"] / TABLE_IV["w/o DFN"]["tt_min"]
@@ -332,6 +415,9 @@ def write(a, device, rows, extra, precisions, B):
             "paper_tp_M"]
     if device.type == "cuda":
         cols += ["samples_per_s", "peak_gb", "tflops", "fraction_of_bf16_matmul"]
+    if a.baseline:
+        cols[1:1] = ["code"]
+        cols += ["tt_after_over_before", "it_after_over_before"]
     shown = [{**r, "tt_min_epoch": "out of memory"} if "oom" in r else r for r in rows]
     md = [f"# Table IV measured here ({a.preset} preset, {device}: {where}; minutes per epoch extrapolated from "
           f"per-sample step times to {TRAIN_IMAGES:,} train / {VAL_IMAGES:,} val images; the paper's figures are on an "
@@ -342,6 +428,9 @@ def write(a, device, rows, extra, precisions, B):
                   "recomputation) over the step time.")
     if a.activation_checkpointing != "none":
         md.append(f"MF² pretraining ran with activation checkpointing '{a.activation_checkpointing}'.")
+    if a.baseline:
+        md.append("code: 'after' = this tree, 'before' = the code before issue 26 (benchmarks/baseline_step.py), the "
+                  "same weights and batch, the two steps timed in turn; *_after_over_before: time ratios (< 1 = faster).")
     for precision in precisions:
         ratio = extra.get(f"dfn_over_full_time_{precision}")
         if ratio:
@@ -352,7 +441,7 @@ def write(a, device, rows, extra, precisions, B):
                f"{extra['cached_vs_uncached'][0]['batch']}, ms per step):", "",
                table(extra["cached_vs_uncached"], ["step", "cached_ms", "uncached_ms", "uncached_over_cached"])]
     a.out.mkdir(parents=True, exist_ok=True)
-    name = f"epoch_time-{a.preset}-{device.type}" + ("-toy" if a.toy else "")
+    name = f"epoch_time-{a.preset}-{device.type}" + ("-baseline" if a.baseline else "") + ("-toy" if a.toy else "")
     (a.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     (a.out / f"{name}.md").write_text("\n".join(md) + "\n")
     print(json.dumps(result, indent=2))

@@ -32,25 +32,40 @@ from .options import Number, PathType, device_option
 @click.option("--augment", type=click.Choice(["flip"]), multiple=True,
               help="flip: also store each face's mirrored view (landmarks mirrored, each AU's two centres swapped); "
                    "training samples from both, evaluation reads the originals.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: autocast the frozen backbones (faster on CPUs with AVX512-BF16 and on GPUs).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="bf16: autocast the frozen backbones (faster on GPUs and on CPUs with AVX512-BF16); auto = bf16 on "
+                   "GPUs that support it, fp32 on CPUs.")
+@click.option("--workers", default="auto", show_default=True,
+              help="Processes that decode images and find faces ahead of the backbones; auto = none on a CPU, up to 8 "
+                   "of this process's cores on a GPU.")
 @click.option("--allow-download", is_flag=True, help="Let timm/transformers download weights that are not on disk.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing store and start again.")
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) bad manifest rows instead of stopping.")
 @one_line_errors
 def extract_features(manifest, out, vision, vision_weights, text, face, landmarks, image_size, batch_size, device,
-                     au_samples, au_window, au_map, augment, precision, allow_download, overwrite, skip_bad):
-    """Faces -> landmarks -> frozen vision backbone -> AU-region pooling -> frozen text encoder -> Zarr."""
+                     au_samples, au_window, au_map, augment, precision, workers, allow_download, overwrite, skip_bad):
+    """Faces -> landmarks -> frozen vision backbone -> AU-region pooling -> frozen text encoder -> Zarr.
+
+    Under torchrun (one process per GPU, one node or several sharing the file system) the
+    processes split the rows and write one store, the same as one process would."""
+    import os
+
     from mf2.data.manifest import read_manifest
     from mf2.features.extract import ExtractSettings, extract_features as run
 
+    if workers != "auto" and not (workers.isdigit()):
+        raise click.BadParameter(f"expected 'auto' or a number >= 0, got {workers!r}", param_hint="--workers")
     m = read_manifest(manifest, skip_bad=skip_bad)
     settings = ExtractSettings(vision=vision, vision_weights=str(vision_weights) if vision_weights else None, text=text,
                                face=face, landmarks=landmarks, image_size=image_size, batch_size=batch_size,
                                device=device, au_samples=au_samples, au_window=au_window, precision=precision,
-                               allow_download=allow_download, au_map=au_map, augment=tuple(augment))
-    with progress_bar(len(m), "extract") as bar:
+                               allow_download=allow_download, au_map=au_map, augment=tuple(augment),
+                               workers=workers if workers == "auto" else int(workers))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    with progress_bar(-(-len(m) // world), "extract") as bar:  # under torchrun: the first process's share
         summary = run(m, out, settings, overwrite=overwrite, progress=bar.update, log=click.echo)
+    if not summary:  # not the first process of a torchrun: it reports for all
+        return
     skipped = sum(summary["skipped"].values())
     click.echo(f"{summary['rows']} rows -> {out}: {summary['extracted_this_run']} extracted this run "
                f"({summary['images_per_second']} images/s), {summary['faces_not_found']} faces not found, "
@@ -64,3 +79,7 @@ def extract_features(manifest, out, vision, vision_weights, text, face, landmark
                    "manifest first (mf2 caption) and extract from its .captioned.jsonl", err=True)
     for line in m.notes():
         click.echo(line, err=True)
+    if "stage_shares" in summary:
+        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in summary["stage_shares"].items())
+        click.echo(f"time: {shares} (writer thread busy {100 * summary['writer_busy']:.0f}%); bound by "
+                   f"{summary['bound_by']}")

@@ -22,26 +22,30 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def init_from_env(device: str = "cpu") -> tuple[int, int]:
+def init_from_env(device: str = "cpu", backend: str | None = None) -> tuple[int, int]:
     """(rank, world size) of this process; under torchrun (WORLD_SIZE > 1) the process group is
-    created on first call, NCCL when ``device`` is CUDA (and torch has it), gloo otherwise."""
+    created on first call, NCCL when ``device`` is CUDA (and torch has it), gloo otherwise; or
+    ``backend`` when given ("gloo" for the processes of ``extract-features``, which only wait
+    for each other and may share a GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     if not dist.is_initialized():
         cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
-        backend = "nccl" if cuda and os.environ.get("MF2_DIST_BACKEND") != "gloo" else "gloo"
-        if cuda:  # one GPU per process: LOCAL_RANK picks it
+        backend = backend or ("nccl" if cuda and os.environ.get("MF2_DIST_BACKEND") != "gloo" else "gloo")
+        if cuda and backend == "nccl":  # one GPU per process: LOCAL_RANK picks it
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
 
 
-def local_device(device: str) -> torch.device:
-    """The device this process uses: under torchrun with CUDA, the GPU of its LOCAL_RANK."""
+def local_device(device: str, share: bool = False) -> torch.device:
+    """The device this process uses: under torchrun with CUDA, the GPU of its LOCAL_RANK (with
+    ``share``, LOCAL_RANK modulo the GPUs there are: several processes to a GPU)."""
     d = torch.device(device)
     if d.type == "cuda" and d.index is None and world_size() > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local % max(1, torch.cuda.device_count()) if share else local)
     return d
 
 

@@ -90,3 +90,41 @@ def test_explain_measures_both_decoders_beside_the_heads(tmp_path):
         assert grounded["repeated_ngrams"] == 0.0 and grounded["explanations_per_s"] > 0
         assert {"bleu4", "rouge_l", "cider"} <= set(alone)
     assert "| run | decoder |" in (tmp_path / "explain-tiny-cpu.md").read_text()
+def test_epoch_time_side_by_side_with_the_code_before(tmp_path):
+    run_script("epoch_time.py", "--preset", "paper", "--toy", "--steps", "1", "--baseline", "--rows", "pretrain,full",
+               "--out", tmp_path, cwd=tmp_path)
+    result = json.loads((tmp_path / "epoch_time-paper-cpu-baseline-toy.json").read_text())
+    rows = {(r["model"], r["code"]): r for r in result["rows"]}
+    assert set(rows) == {(m, c) for m in ("MF2 pretraining", "w/o DFN") for c in ("after", "before")}
+    assert rows["MF2 pretraining", "after"]["tt_after_over_before"] > 0
+    # the FLOPs of the two steps: the current one does less (ITM reuses the image pass's keys and values)
+    assert rows["MF2 pretraining", "after"]["flops_step"] < rows["MF2 pretraining", "before"]["flops_step"]
+
+
+def test_step_profile_counts_both_steps(tmp_path):
+    run_script("step_profile.py", "--toy", "--steps", "1", "--checkpointing", "none,itm-selective", "--out", tmp_path,
+               cwd=tmp_path)
+    result = json.loads((tmp_path / "step_profile-small-cpu-toy.json").read_text())
+    rows = {(r["step"], r["checkpointing"], r["batch"]): r for r in result["rows"]}
+    before, after = rows["before", "none", 2], rows["after", "none", 2]
+    assert after["host_syncs"] == before["host_syncs"] - 2  # duplicate texts found without torch.unique
+    assert after["gflop"] < before["gflop"] and after["mb_written"] < before["mb_written"]
+    assert before["joint_launches"] > 0 and after["backward_launches"] > 0 and after["peak_mb"] > 0
+    assert ("after", "itm-selective", 2) in rows and ("before", "itm-selective", 2) not in rows
+
+
+def test_extract_benchmark_runs(tmp_path):
+    run_script("extract.py", "--tiny", "--workers", "0", "1", "--out", tmp_path, cwd=tmp_path)
+    result = json.loads((tmp_path / "extract-cpu-tiny.json").read_text())
+    assert [r["workers"] for r in result["runs"]] == [0, 1]
+    for r in result["runs"]:
+        assert r["images_per_s"] > 0 and r["precision"] == "fp32" and r["bound_by"] in r["shares"]
+
+
+def test_predict_benchmark_runs(pretrained, tmp_path):
+    run_script("predict.py", "--tiny", "--baseline", "--checkpoint", pretrained / "run", "--out", tmp_path,
+               "--work", tmp_path / "work", cwd=tmp_path)
+    result = json.loads((tmp_path / "predict-cpu-tiny.json").read_text())
+    frames = [r for r in result["runs"] if "in memory" in r["input"]]
+    assert sorted({r["batch"] for r in frames}) == [1, 2] and {r["code"] for r in frames} == {"after", "before"}
+    assert all(r["faces"] == 4 and r["faces_per_s"] > 0 for r in frames)

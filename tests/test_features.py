@@ -122,7 +122,7 @@ def test_store_layout_and_settings(captioned, tmp_path):
     assert attrs["complete"] and attrs["count"] == n and attrs["signature"]["landmarks"] == "manifest"
     assert attrs["signature"]["pooling"]["au_map"] == "stride16"
     assert attrs["signature"]["vision"]["name"] == "efficientnet_lite0" and attrs["signature"]["text"]["name"] == "minilm"
-    assert set(summary["stage_seconds"]) == {"decode", "face", "vision", "pooling", "text", "write"}
+    assert set(summary["stage_seconds"]) == {"decode", "face", "wait", "vision", "pooling", "text", "write"}
     assert summary["text_cache"]["reused"] > 0  # repeated per-AU sentences were encoded once
     # manifest landmarks scaled into the 224 crop: the AU tokens really sample around the AU centres
     np.testing.assert_allclose(arrays["vision/landmarks"][0], np.asarray(m.rows[0]["landmarks"]) * 2, atol=0.01)

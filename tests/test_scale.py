@@ -35,7 +35,7 @@ def _losses_and_grads(model, batch, seed=1):
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("mode", ["itm", "all"])
+@pytest.mark.parametrize("mode", ["itm", "all", "itm-selective", "all-selective"])
 def test_activation_checkpointing_equals_the_plain_path(mode):
     batch = epoch_time.batch("small", 6, "cpu")
     plain, g_plain = _losses_and_grads(_model(), batch)

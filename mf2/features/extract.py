@@ -2,35 +2,57 @@
 
 Per block of rows: decode -> face crop + 68 landmarks -> frozen vision backbone (global tokens
 and spatial map) -> AU centres -> ``au_region_pool`` (native op) at both centres of each AU ->
-frozen text encoder on every caption type and every AU's own sentence -> store. Identical
-texts in a block are encoded once (template captions and per-AU sentences repeat). Bad images are
+frozen text encoder on every caption type and every AU's own sentence -> store. Bad images are
 recorded (``meta/valid`` false, ``meta/error``) and counted; faces not found keep a fallback
 crop and the canonical landmarks (``meta/face_found`` false) and are counted too.
+
+* Decoding, face finding and landmarks run in ``workers`` processes (a ``DataLoader`` over the
+  blocks), a block or two ahead of the backbones; the store is written by a thread of its own.
+* Texts are encoded per *unit* of rows (the store's ``unit`` attribute: a multiple of the block
+  size, up to 512 rows): every distinct text of a unit once, in batches of similar token
+  length. A text's float values depend (in the last bits) on the batch it was encoded in, so a
+  unit's texts are a function of that unit's rows alone: a resumed run re-encodes the unit it
+  stopped in and writes the same bits as an uninterrupted one.
+* Several processes (``torchrun --nproc_per_node N --no-python mf2 extract-features ...``, one
+  node or several sharing a file system): the rows not yet written are cut at the store's
+  alignment (unit and chunk edges) and dealt out contiguously; each process writes its own
+  chunks and its own progress record (``FeatureStore.record``), the first process folds the
+  records in at the start and finishes the store once every process has. Each process's
+  blocks are the one-process run's blocks, so the store is the same, bit for bit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import queue
+import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from mf2._version import __version__
+from mf2 import distributed
 from mf2.data.labels import AUS, CAPTION_COLUMN, CAPTION_TYPES, TEXT_CAPS
 from mf2.devices import resolve_device
 from mf2.data.landmarks import au_centres, mirror_landmarks, ruler
 from mf2.data.manifest import Manifest
+from mf2.devices import resolve_precision
 from mf2.features.backbones import load_text, load_vision
 from mf2.features.faces import FaceFinder, ImageError, align, apply, canonical_landmarks, load_image, resize_square
-from mf2.features.store import FeatureStore
+from mf2.features.store import FeatureStore, merge_intervals
 from mf2.io import exclusive, naming, refuse_overlap
 from mf2.ops import au_region_pool
 
-STAGES = ("decode", "face", "vision", "pooling", "text", "write")
+# decode and face run in the workers (worker-seconds); wait = the backbones waiting for them
+STAGES = ("decode", "face", "wait", "vision", "pooling", "text", "write")
 AUGMENTATIONS = ("flip",)
+UNIT_ROWS = 512  # the most rows a unit holds (texts encoded together; the grain ranks split at)
+TEXT_BATCH = 256  # texts per text-encoder call (sorted by token length)
 
 
 @dataclass
@@ -47,45 +69,84 @@ class ExtractSettings:
     au_window: float = 1.0  # side of the sampling grid, in rulers (inner-eye-corner distances)
     padding: str = "border"
     caps: dict = field(default_factory=lambda: dict(TEXT_CAPS))
-    precision: str = "fp32"  # 'bf16': autocast both backbones (~1.8x faster text on CPUs with AVX512-BF16)
+    # 'auto': bf16 autocast of both backbones on GPUs that support it, fp32 elsewhere; 'bf16' also
+    # on CPUs (~1.8x faster text on CPUs with AVX512-BF16)
+    precision: str = "auto"
     allow_download: bool = False
     # the map AU regions are pooled from: last | stride16 | stride8; auto = stride16 for a CNN (its
     # last map is 7 x 7 at 224 px), the patch grid for a ViT
     au_map: str = "auto"
     augment: tuple = ()  # 'flip': also store each image's mirrored view (training samples from both)
+    workers: int | str = "auto"  # decoding + face processes; auto: see ``resolve_workers``
+    unit: int | None = None  # a new store's unit (rows, a multiple of batch_size); None = ``unit_rows``
 
 
-class TextCache:
-    """Encoded texts by content (bounded LRU), so repeated texts are encoded once. New texts
-    are encoded in batches of similar length (less padding).
+def resolve_workers(workers, device: str) -> int:
+    """Processes that decode images and find faces. 'auto': none on a CPU (the backbones use
+    every core there), else up to 8 of this process's share of the cores (one core stays with
+    the process that feeds the GPU)."""
+    if workers != "auto":
+        n = int(workers)
+        if n < 0:
+            raise ValueError(f"workers: expected 'auto' or a number >= 0, got {workers!r}")
+        return n
+    if torch.device(device).type == "cpu":
+        return 0
+    share = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, share - 1))
 
-    The extractor clears it at every block: a text's float values depend (in the last bits) on
-    the batch it was encoded in, so a cache carried across blocks would make a resumed run
-    differ from an uninterrupted one. Per block, every output is a function of that block's
-    rows alone."""
 
-    def __init__(self, encoder, precision: str = "fp32", max_items: int = 8192):
-        self.encoder, self.precision, self.max_items, self.items = encoder, precision, max_items, OrderedDict()
-        self.hits = self.misses = 0
+def unit_rows(n: int, batch_size: int) -> int:
+    """A new store's unit: the block size times the largest power of two that keeps it within
+    ``UNIT_ROWS`` and gives the store at least 16 units (so that small stores still split
+    across processes)."""
+    m = 1
+    while batch_size * m * 2 <= min(UNIT_ROWS, n // 16):
+        m *= 2
+    return batch_size * m
 
-    def clear(self) -> None:
-        self.items.clear()
 
-    def encode(self, texts: list[str], max_length: int):
-        missing = sorted(dict.fromkeys(t for t in texts if (t, max_length) not in self.items), key=len)
-        self.hits += len(texts) - len(missing)
-        self.misses += len(missing)
-        for i in range(0, len(missing), 64):
-            chunk = missing[i:i + 64]
-            ids, mask, hidden = self.encoder.encode(chunk, max_length, self.precision)
-            for j, t in enumerate(chunk):
-                self.items[(t, max_length)] = (ids[j], mask[j], hidden[j].astype(np.float16))
-                if len(self.items) > self.max_items:
-                    self.items.popitem(last=False)
-        rows = [self.items[(t, max_length)] for t in texts]
-        for t in texts:
-            self.items.move_to_end((t, max_length))
-        return tuple(np.stack(x) for x in zip(*rows))
+class UnitTexts:
+    """The encoded texts of one unit of rows: every distinct (text, token cap) once, sorted by
+    token length and encoded in batches of ``TEXT_BATCH``; a text's states are kept at its own
+    length and padded to the cap when a block asks for it."""
+
+    def __init__(self, encoder, precision: str):
+        self.encoder, self.precision = encoder, precision
+        self.items: dict = {}
+        self.encoded = self.reused = 0
+
+    def load(self, wanted: dict) -> None:
+        """wanted: cap -> texts (repeats allowed) of the unit; replaces what was held."""
+        self.items = {}
+        tokenizer = self.encoder.tokenizer
+        for cap, texts in wanted.items():
+            unique = list(dict.fromkeys(texts))
+            self.reused += len(texts) - len(unique)
+            self.encoded += len(unique)
+            if not unique:
+                continue
+            lengths = [len(x) for x in tokenizer(unique, truncation=True, max_length=cap)["input_ids"]]
+            order = sorted(range(len(unique)), key=lambda i: (lengths[i], unique[i]))
+            for i in range(0, len(order), TEXT_BATCH):
+                chunk = [unique[j] for j in order[i:i + TEXT_BATCH]]
+                ids, mask, hidden = self.encoder.encode(chunk, cap, self.precision)
+                for j, t in enumerate(chunk):
+                    k = int(mask[j].sum())
+                    self.items[(t, cap)] = (ids[j, :k], hidden[j, :k].astype(np.float16))
+
+    def arrays(self, texts: list, cap: int, prefix: str) -> dict:
+        """ids/mask/hidden [len(texts), cap, ...] for a block; None (no caption) gives zeros."""
+        n = len(texts)
+        ids = np.zeros((n, cap), np.int32)
+        mask = np.zeros((n, cap), bool)
+        hidden = np.zeros((n, cap, self.encoder.dim), np.float16)
+        for i, t in enumerate(texts):
+            if t:
+                row_ids, row_hidden = self.items[(t, cap)]
+                k = len(row_ids)
+                ids[i, :k], mask[i, :k], hidden[i, :k] = row_ids, True, row_hidden
+        return {f"{prefix}/ids": ids, f"{prefix}/mask": mask, f"{prefix}/hidden": hidden}
 
 
 def _manifest_digest(manifest: Manifest) -> str:
@@ -101,14 +162,135 @@ def resolve_landmarks(settings: ExtractSettings, manifest: Manifest) -> str:
     return "manifest" if all("landmarks" in r for r in manifest.rows) else "dlib"
 
 
+class Faces(torch.utils.data.Dataset):
+    """Blocks of rows -> face crops [b, S, S, 3] uint8, landmarks in the crop [b, 68, 2], found /
+    valid flags, errors, counts and the seconds spent decoding and finding faces. Runs in the
+    ``DataLoader``'s worker processes (each loads dlib's models once, on first use)."""
+
+    def __init__(self, manifest: Manifest, blocks: list, face: str, landmark_source: str, size: int):
+        self.manifest, self.blocks, self.face, self.landmark_source, self.size = \
+            manifest, blocks, face, landmark_source, size
+        self.finder = None
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict:
+        start, stop = self.blocks[i]
+        if self.finder is None and (self.face == "detect" or self.landmark_source == "dlib"):
+            self.finder = FaceFinder()
+        size = self.size
+        canon = canonical_landmarks() * size
+        b = stop - start
+        crops = np.zeros((b, size, size, 3), np.uint8)
+        lms = np.repeat(canon[None], b, 0).astype(np.float64)
+        found, valid, errors = np.zeros(b, bool), np.ones(b, bool), [""] * b
+        counts, seconds = Counter(), Counter()
+        for i, row in enumerate(self.manifest.rows[start:stop]):
+            t0 = time.perf_counter()
+            try:
+                image = load_image(self.manifest.image_path(row))
+            except ImageError as exc:
+                valid[i], errors[i] = False, str(exc)
+                counts[f"skipped: {str(exc).split(' (')[0]}"] += 1
+                seconds["decode"] += time.perf_counter() - t0
+                continue
+            t1 = time.perf_counter()
+            seconds["decode"] += t1 - t0
+            crops[i], lms[i], found[i] = _face(image, row, self.face, self.landmark_source, self.finder, size, canon,
+                                               counts)
+            seconds["face"] += time.perf_counter() - t1
+        return {"start": start, "crops": crops, "landmarks": lms, "found": found, "valid": valid,
+                "errors": np.array(errors, dtype=object), "counts": dict(counts), "seconds": dict(seconds)}
+
+
+def plan(n: int, done: list, alignment: int, world: int) -> list[list[list[int]]]:
+    """The rows not in ``done`` (merged [start, stop) intervals), cut at multiples of
+    ``alignment`` and dealt out contiguously to ``world`` processes by row count: per process,
+    its intervals."""
+    pieces, cursor = [], 0
+    for a, b in [*done, [n, n]]:
+        while cursor < a:
+            hi = min(a, (cursor // alignment + 1) * alignment)
+            pieces.append((cursor, hi))
+            cursor = hi
+        cursor = max(cursor, b)
+    total = sum(hi - lo for lo, hi in pieces)
+    out, seen = [[] for _ in range(world)], 0
+    for lo, hi in pieces:
+        out[min(world - 1, seen * world // total)].append([lo, hi])
+        seen += hi - lo
+    return [merge_intervals(x) for x in out]
+
+
+class Writer:
+    """Writes blocks to the store in a thread of its own (compression and disk off the loop that
+    feeds the backbones), in order; then moves this process's progress (``count`` or its
+    record). An error there is raised in the loop at its next block or at ``close``."""
+
+    def __init__(self, store: FeatureStore, progress):
+        self.store, self.progress, self.error = store, progress, None
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.seconds = 0.0
+        self.thread = threading.Thread(target=self._run, name="mf2-store-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                t0 = time.perf_counter()
+                start, arrays, counts = item
+                self.store.write_rows(start, arrays)
+                self.progress(start, len(arrays["meta/valid"]), counts)
+                self.seconds += time.perf_counter() - t0
+            except BaseException as exc:  # handed to the loop
+                self.error = exc
+
+    def put(self, start: int, arrays: dict, counts: Counter) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((start, arrays, counts))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+@dataclass
+class _Job:
+    """What every step of one extraction reads: its settings, inputs and backbones."""
+
+    s: ExtractSettings
+    manifest: Manifest
+    vision: object
+    text: object
+    au_map: str
+    precision: str
+    workers: int
+    landmark_source: str
+    types: list
+    has_sentences: bool
+
+
 def extract_features(manifest: Manifest, out, settings: ExtractSettings | None = None, overwrite: bool = False,
                      progress=None, log=print) -> dict:
     s = settings or ExtractSettings()
     s = replace(s, device=str(resolve_device(s.device)))  # before anything is written
-    if s.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision: expected 'fp32' or 'bf16', got {s.precision!r}")
+    rank, world = distributed.init_from_env(s.device, backend="gloo")  # the processes only wait for each other
+    device = str(distributed.local_device(s.device, share=True))
+    precision = resolve_precision(s.precision, device)
     if s.face not in ("detect", "aligned"):
         raise ValueError(f"face: expected 'detect' or 'aligned', got {s.face!r}")
+    workers = resolve_workers(s.workers, device)
+    if s.unit is not None and (s.unit < 1 or s.unit % s.batch_size):
+        raise ValueError(f"unit: expected a multiple of batch_size {s.batch_size}, got {s.unit!r}")
     refuse_overlap({"--manifest": manifest.path, "images": [manifest.image_path(r) for r in manifest.rows],
                     "--vision-weights": s.vision_weights}, {"--out": out})
     landmark_source = resolve_landmarks(s, manifest)
@@ -119,34 +301,72 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     unknown = set(s.augment) - set(AUGMENTATIONS)
     if unknown:
         raise ValueError(f"augment: expected {', '.join(AUGMENTATIONS)}, got {', '.join(sorted(unknown))}")
-    vision = load_vision(s.vision, s.vision_weights, s.allow_download, s.device)
-    au_map = vision.resolve_au_map(s.au_map)
-    text = load_text(s.text, s.allow_download, s.device)
-    log(f"vision: {vision.name} ({vision.source}); text: {text.name} ({text.source})")
+    vision = load_vision(s.vision, s.vision_weights, s.allow_download, device)
+    text = load_text(s.text, s.allow_download, device)
+    if rank == 0:
+        log(f"vision: {vision.name} ({vision.source}); text: {text.name} ({text.source}); {precision}"
+            + (f"; {world} processes" if world > 1 else ""))
     rows = manifest.rows
+    job = _Job(s, manifest, vision, text, vision.resolve_au_map(s.au_map), precision, workers, landmark_source,
+               [t for t in CAPTION_TYPES if any(r.get(CAPTION_COLUMN[t]) for r in rows)],
+               any(r.get("au_sentences") for r in rows))
     n = len(rows)
-    types = [t for t in CAPTION_TYPES if any(r.get(CAPTION_COLUMN[t]) for r in rows)]
-    has_sentences = any(r.get("au_sentences") for r in rows)
-    text_rows = {**{t: sum(1 for r in rows if r.get(CAPTION_COLUMN[t])) for t in types},
-                 **({"au_sentences": sum(1 for r in rows if r.get("au_sentences"))} if has_sentences else {})}
-    if not text_rows:
+    if rank == 0 and not (job.types or job.has_sentences):
         log(f"warning: {manifest.path or 'the manifest'} holds no captions ({', '.join(CAPTION_COLUMN.values())}, "
             "au_sentences): the store will hold no text, and MF² pretraining aligns faces with their captions. "
             "mf2 caption --manifest M writes them (into M's .captioned.jsonl: extract from that)")
+    signature, meta, layout_spec = _layout(job, device)
+    # a second extract-features into it stops at once (each process of a torchrun holds a lock of
+    # its own); a full disk names the store
+    with exclusive(out if rank == 0 else Path(f"{out}.rank{rank}"), "this feature store"), naming(out):
+        store, done = _open(out, signature, meta, layout_spec, overwrite, s.unit or unit_rows(n, s.batch_size), rank,
+                            world)
+        if store.complete:
+            if rank != 0:
+                return {}
+            log(f"{out}: already complete ({n} rows)")
+            return dict(store.group.attrs["summary"])
+        already = sum(b - a for a, b in done)
+        if rank == 0 and already:
+            log(f"{out}: resuming at row {store.count} of {n}" if done == [[0, store.count]] else
+                f"{out}: resuming with {already} of {n} rows written")
+        t_run = time.perf_counter()
+        alignment = store.alignment(layout_spec)
+        if rank == 0 and world > 1 and store.unit is None and alignment >= n:
+            log(f"{out}: its chunks (a store begun before units) let one process write it; the others wait")
+        mine = plan(n, done, alignment, world)[rank]
+        stats = _extract(job, store, mine, rank, progress if rank == 0 else None)
+        if world > 1:
+            store.record(rank, stats.pop("intervals"), stats.pop("counts"), finished=True, stats=stats)
+        if rank != 0:
+            return {}
+        records = _await(store, world) if world > 1 else {0: {"stats": stats}}
+        store.consolidate(world)
+        summary = _summary(job, store, [r["stats"] for r in records.values() if "stats" in r], already, world,
+                           time.perf_counter() - t_run)
+        store.finish(summary)
+        return summary
+
+
+def _layout(job: _Job, device: str) -> tuple[dict, dict, dict]:
+    """The store's signature, the arrays written at its creation, and its per-row arrays
+    (name -> (per-row shape, dtype)), from the backbones' output shapes."""
+    s, rows = job.s, job.manifest.rows
     size = s.image_size
     with torch.no_grad():  # probe the backbone's token and map shapes
-        tokens, fmap, layout = vision(torch.zeros(1, 3, size, size, device=s.device), au_map=au_map)
+        tokens, fmap, layout = job.vision(torch.zeros(1, 3, size, size, device=device), au_map=job.au_map)
     T, C = tokens.shape[1:]
     C_au = fmap.shape[1] if layout == "BCHW" else fmap.shape[-1]
     RR2 = 2 * s.au_samples ** 2
+    vision, text = job.vision, job.text
     signature = {
-        "mf2": __version__, "manifest": {"rows": n, "digest": _manifest_digest(manifest)},
+        "mf2": __version__, "manifest": {"rows": len(rows), "digest": _manifest_digest(job.manifest)},
         "vision": {"name": vision.name, "weights": vision.weights_id, "image_size": size},
-        "text": {"name": text.name, "weights": text.weights_id, "types": types, "au_sentences": has_sentences,
-                 "caps": {k: s.caps[k] for k in [*types, "au_sentences"]}},
-        "face": s.face, "landmarks": landmark_source, "au_set": list(AUS), "precision": s.precision,
+        "text": {"name": text.name, "weights": text.weights_id, "types": job.types, "au_sentences": job.has_sentences,
+                 "caps": {k: s.caps[k] for k in [*job.types, "au_sentences"]}},
+        "face": s.face, "landmarks": job.landmark_source, "au_set": list(AUS), "precision": job.precision,
         "pooling": {"R": s.au_samples, "window_rulers": s.au_window, "padding": s.padding, "tokens_per_au": RR2,
-                    "au_map": au_map, "map_size": list(fmap.shape[2:] if layout == "BCHW" else fmap.shape[1:3]),
+                    "au_map": job.au_map, "map_size": list(fmap.shape[2:] if layout == "BCHW" else fmap.shape[1:3]),
                     "channels": C_au},
         "augment": sorted(s.augment),
     }
@@ -160,91 +380,201 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     if "flip" in s.augment:
         layout_spec.update({"vision/tokens_flip": ((T, C), np.float16),
                             "vision/au_tokens_flip": ((len(AUS), RR2, C_au), np.float16)})
-    for t in types:
+    for t in job.types:
         L = s.caps[t]
         layout_spec.update({f"text/{t}/ids": ((L,), np.int32), f"text/{t}/mask": ((L,), bool),
                             f"text/{t}/hidden": ((L, text.dim), np.float16)})
-    if has_sentences:
+    if job.has_sentences:
         L = s.caps["au_sentences"]
         layout_spec.update({"text/au_sentences/ids": ((len(AUS), L), np.int32),
                             "text/au_sentences/mask": ((len(AUS), L), bool),
                             "text/au_sentences/hidden": ((len(AUS), L, text.dim), np.float16)})
-    # a second extract-features into it stops at once; a full disk names the store
-    with exclusive(out, "this feature store"), naming(out):
-        store = FeatureStore.create_or_resume(out, signature, meta, layout_spec, overwrite)
-        start0 = store.count
-        if store.complete:
-            log(f"{out}: already complete ({n} rows)")
-            return dict(store.group.attrs["summary"])
-        if start0:
-            log(f"{out}: resuming at row {start0} of {n}")
-        finder = FaceFinder() if (s.face == "detect" or landmark_source == "dlib") else None
-        texts = TextCache(text, s.precision)
-        timing = Counter()
-        counts = Counter(dict(store.group.attrs.get("partial_counts", {})))
-        canon = canonical_landmarks() * size
-        t_run = time.perf_counter()
-        for start in range(start0, n, s.batch_size):
-            block = rows[start:start + s.batch_size]
-            b = len(block)
-            texts.clear()
-            crops = np.zeros((b, size, size, 3), np.uint8)
-            lms = np.repeat(canon[None], b, 0).astype(np.float64)
-            found, valid, errors = np.zeros(b, bool), np.ones(b, bool), [""] * b
-            for i, row in enumerate(block):
-                t0 = time.perf_counter()
-                try:
-                    image = load_image(manifest.image_path(row))
-                except ImageError as exc:
-                    valid[i], errors[i] = False, str(exc)
-                    counts[f"skipped: {str(exc).split(' (')[0]}"] += 1
-                    timing["decode"] += time.perf_counter() - t0
-                    continue
-                t1 = time.perf_counter()
-                timing["decode"] += t1 - t0
-                crops[i], lms[i], found[i] = _face(image, row, s.face, landmark_source, finder, size, canon, counts)
-                timing["face"] += time.perf_counter() - t1
-            tokens_np, au_np = visual_features(vision, crops, lms, s.au_samples, s.au_window, s.padding, s.precision,
-                                               timing, au_map)
-            tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
-            arrays = {"meta/face_found": found, "meta/valid": valid, "meta/error": np.array(errors, dtype=object),
-                      "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
-            if "flip" in s.augment:  # the mirrored face: same labels (the 12 AUs are bilateral)
-                flip_tokens, flip_au = visual_features(vision, crops[:, :, ::-1], mirror_landmarks(lms, size), s.au_samples,
-                                                       s.au_window, s.padding, s.precision, timing, au_map)
-                flip_tokens[~valid], flip_au[~valid] = 0, 0
-                arrays.update({"vision/tokens_flip": flip_tokens, "vision/au_tokens_flip": flip_au})
+    return signature, meta, layout_spec
+
+
+def _extract(job: _Job, store: FeatureStore, mine: list, rank: int, progress=None) -> dict:
+    """This process's rows ``mine`` (intervals) into the store, block by block: faces from the
+    workers, the backbones here, the writes in the writer thread, which then moves this
+    process's progress. Returns its statistics, intervals and counts."""
+    s, rows = job.s, job.manifest.rows
+    blocks = [(i, min(b, i + s.batch_size)) for a, b in mine for i in range(a, b, s.batch_size)]
+    unit = store.unit or s.batch_size  # stores from before units: texts per block, as they were written
+    texts = UnitTexts(job.text, job.precision)
+    timing, recorded = Counter(), Counter()
+    intervals = [[a, b, 0] for a, b in mine]
+
+    def advance(start, b, block_counts):
+        for iv in intervals:
+            if iv[0] <= start < iv[1]:
+                iv[2] = start + b - iv[0]
+        if rank == 0 and start == store.count:  # the prefix a reader trusts, moved as by one process
+            partial = Counter(dict(store.group.attrs.get("partial_counts", {})))
+            partial.update(block_counts)
+            store.group.attrs.update({"count": start + b, "partial_counts": dict(partial)})
+        else:
+            recorded.update(block_counts)
+            store.record(rank, intervals, recorded)
+
+    loader = torch.utils.data.DataLoader(Faces(job.manifest, blocks, s.face, job.landmark_source, s.image_size),
+                                         batch_size=None, collate_fn=_as_is, num_workers=job.workers,
+                                         prefetch_factor=2 if job.workers else None)
+    writer = Writer(store, advance)
+    t_run, current_unit = time.perf_counter(), None
+    try:
+        it = iter(loader)
+        for _ in blocks:
+            t0 = time.perf_counter()
+            item = next(it)
+            if job.workers:  # (without workers, the block's decode and face seconds are this wait)
+                timing["wait"] += time.perf_counter() - t0
+            timing.update(item["seconds"])
+            start = item["start"]
+            t1 = time.perf_counter()
+            if start // unit != current_unit:  # the unit's texts, encoded together
+                current_unit = start // unit
+                texts.load(_unit_texts(rows[current_unit * unit:(current_unit + 1) * unit], job.types,
+                                       job.has_sentences, s.caps))
+            timing["text"] += time.perf_counter() - t1
+            arrays = _block_arrays(job, item, texts, timing)
             t2 = time.perf_counter()
-            for t in types:
-                arrays.update(_encode_texts(texts, [r.get(CAPTION_COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
-            if has_sentences:
-                flat = [sent for r in block for sent in (r.get("au_sentences") or [None] * len(AUS))]
-                enc = _encode_texts(texts, flat, s.caps["au_sentences"], "text/au_sentences")
-                arrays.update({k: v.reshape(b, len(AUS), *v.shape[1:]) for k, v in enc.items()})
-            t3 = time.perf_counter()
-            timing["text"] += t3 - t2
-            store.write_block(start, arrays)
-            store.group.attrs["partial_counts"] = dict(counts)
-            timing["write"] += time.perf_counter() - t3
+            writer.put(start, arrays, Counter(item["counts"]))
+            timing["write_wait"] += time.perf_counter() - t2
             if progress:
-                progress(b)
-        elapsed = time.perf_counter() - t_run
-        done = n - start0
-        valid_all = store["meta/valid"][:]
-        summary = {
-            "rows": n, "extracted_this_run": done, "resumed_from": start0,
-            "faces_not_found": int((~store["meta/face_found"][:] & valid_all).sum()),
-            "skipped": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("skipped: ")},
-            "landmarks": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("landmarks: ")},
-            "seconds": round(elapsed, 3), "images_per_second": round(done / elapsed, 2) if elapsed else None,
-            "stage_seconds": {k: round(timing[k], 3) for k in STAGES},
-            "text_cache": {"encoded": texts.misses, "reused": texts.hits},
-            "captions": {"types": types, "au_sentences": has_sentences, "rows": text_rows},
-            "settings": {**asdict(s), "landmarks": landmark_source},
-            "backbones": {"vision": f"{vision.name} ({vision.source})", "text": f"{text.name} ({text.source})"},
-        }
-        store.finish(summary)
-        return summary
+                progress(len(item["valid"]))
+    finally:
+        writer.close()
+    timing["write"] += writer.seconds
+    return {"seconds": time.perf_counter() - t_run, "rows": sum(b - a for a, b in mine), "timing": dict(timing),
+            "encoded": texts.encoded, "reused": texts.reused, "intervals": intervals, "counts": dict(recorded)}
+
+
+def _block_arrays(job: _Job, item: dict, texts: UnitTexts, timing: Counter) -> dict:
+    """Every per-row array of one block: the faces' visual features (and their mirrored views')
+    and the block's texts."""
+    s = job.s
+    valid, crops, lms = item["valid"], item["crops"], item["landmarks"]
+    tokens_np, au_np = visual_features(job.vision, crops, lms, s.au_samples, s.au_window, s.padding, job.precision,
+                                       timing, job.au_map)
+    tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
+    arrays = {"meta/face_found": item["found"], "meta/valid": valid, "meta/error": item["errors"],
+              "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
+    if "flip" in s.augment:  # the mirrored face: same labels (the 12 AUs are bilateral)
+        flip_tokens, flip_au = visual_features(job.vision, crops[:, :, ::-1], mirror_landmarks(lms, s.image_size),
+                                               s.au_samples, s.au_window, s.padding, job.precision, timing, job.au_map)
+        flip_tokens[~valid], flip_au[~valid] = 0, 0
+        arrays.update({"vision/tokens_flip": flip_tokens, "vision/au_tokens_flip": flip_au})
+    t0 = time.perf_counter()
+    b = len(valid)
+    block = job.manifest.rows[item["start"]:item["start"] + b]
+    for t in job.types:
+        arrays.update(texts.arrays([r.get(CAPTION_COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
+    if job.has_sentences:
+        flat = [sent for r in block for sent in (r.get("au_sentences") or [None] * len(AUS))]
+        enc = texts.arrays(flat, s.caps["au_sentences"], "text/au_sentences")
+        arrays.update({k: v.reshape(b, len(AUS), *v.shape[1:]) for k, v in enc.items()})
+    timing["text"] += time.perf_counter() - t0
+    return arrays
+
+
+def _summary(job: _Job, store: FeatureStore, stats: list, already: int, world: int, seconds: float) -> dict:
+    """The run's summary (``extract-features`` prints it; the store keeps it), over every
+    process's statistics."""
+    timing = sum((Counter(x["timing"]) for x in stats), Counter())
+    done_now = sum(x["rows"] for x in stats)
+    counts = store.group.attrs["partial_counts"]
+    valid = store["meta/valid"][:]
+    return {
+        "rows": len(store), "extracted_this_run": done_now, "resumed_from": already, "processes": world,
+        "faces_not_found": int((~store["meta/face_found"][:] & valid).sum()),
+        "skipped": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("skipped: ")},
+        "landmarks": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("landmarks: ")},
+        "seconds": round(seconds, 3), "images_per_second": round(done_now / seconds, 2) if seconds else None,
+        "stage_seconds": {k: round(timing[k], 3) for k in STAGES},
+        **stage_shares(timing, job.workers),
+        "text_cache": {"encoded": sum(x["encoded"] for x in stats), "reused": sum(x["reused"] for x in stats)},
+        "captions": _captions(job),
+        "settings": {**asdict(job.s), "landmarks": job.landmark_source, "precision": job.precision,
+                     "workers": job.workers},
+        "backbones": {"vision": f"{job.vision.name} ({job.vision.source})",
+                      "text": f"{job.text.name} ({job.text.source})"},
+    }
+
+
+def _captions(job: _Job) -> dict:
+    """Which captions the store holds, and for how many rows (``extract-features`` says so)."""
+    rows = job.manifest.rows
+    counts = {t: sum(1 for r in rows if r.get(CAPTION_COLUMN[t])) for t in job.types}
+    if job.has_sentences:
+        counts["au_sentences"] = sum(1 for r in rows if r.get("au_sentences"))
+    return {"types": list(job.types), "au_sentences": job.has_sentences, "rows": counts}
+
+
+def stage_shares(timing: Counter, workers: int) -> dict:
+    """Where the loop that feeds the backbones spent its time, as shares: its stages (decode and
+    face run in it without workers; with workers, ``wait`` is its waiting for them), ``write``
+    its waiting for the writer thread; ``writer_busy`` is the writer thread's own time over the
+    loop's (near 1: the disk bounds the run). ``bound_by`` names the stage that bounds the run
+    (for ``wait``, the workers' slower stage)."""
+    loop = ("wait", "vision", "pooling", "text", "write_wait") if workers else \
+        ("decode", "face", "vision", "pooling", "text", "write_wait")
+    total = sum(timing[k] for k in loop) or 1.0
+    shares = {("write" if k == "write_wait" else k): round(timing[k] / total, 3) for k in loop}
+    busy = round(timing["write"] / total, 3)
+    bound = max(shares, key=shares.get)
+    if bound == "wait":
+        bound = max(("decode", "face"), key=lambda k: timing[k])
+    if busy > 0.9 or bound == "write":
+        bound = "write"
+    return {"stage_shares": shares, "writer_busy": busy, "bound_by": bound}
+
+
+def _as_is(item):
+    """The ``DataLoader``'s conversion: none (the blocks stay numpy arrays)."""
+    return item
+
+
+def _unit_texts(rows: list, types: list, has_sentences: bool, caps: dict) -> dict:
+    """cap -> every text of these rows that the store holds at that cap."""
+    wanted: dict = {}
+    for t in types:
+        wanted.setdefault(caps[t], []).extend(r[CAPTION_COLUMN[t]] for r in rows if r.get(CAPTION_COLUMN[t]))
+    if has_sentences:
+        wanted.setdefault(caps["au_sentences"], []).extend(x for r in rows for x in (r.get("au_sentences") or []) if x)
+    return wanted
+
+
+def _open(out, signature, meta, layout_spec, overwrite, unit, rank, world):
+    """The store, opened by every process once the first has created or resumed it and folded
+    the earlier runs' records in; and the rows written so far. An error there is every
+    process's error."""
+    error, done = None, None
+    if rank == 0:
+        try:
+            store = FeatureStore.create_or_resume(out, signature, meta, layout_spec, overwrite, unit)
+            done = store.done() if store.complete else store.consolidate(world)
+        except Exception as exc:  # every process raises it (the others would wait for ever)
+            if world == 1:
+                raise
+            error = exc
+    if world > 1:
+        shared = [error, done]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        error, done = shared
+    if error is not None:
+        raise error
+    if rank != 0:
+        store = FeatureStore.open(out, writable=True)
+    return store, done
+
+
+def _await(store: FeatureStore, world: int, poll: float = 0.2) -> dict:
+    """Every process's record once all of them say they are finished (a file the others write:
+    no collective that a slower process would time out)."""
+    while True:
+        records = store.records()
+        if all(records.get(r, {}).get("finished") for r in range(world)):
+            return records
+        time.sleep(poll)
 
 
 def visual_features(vision, crops: np.ndarray, landmarks: np.ndarray, au_samples: int, au_window: float,
@@ -264,7 +594,8 @@ def visual_features(vision, crops: np.ndarray, landmarks: np.ndarray, au_samples
                             torch.as_tensor(window, dtype=fmap.dtype, device=fmap.device), au_samples, padding,
                             layout=layout)
     au_tokens = pooled.reshape(b, len(AUS), 2 * au_samples ** 2, pooled.shape[-1])
-    tokens_np, au_np = tokens.cpu().numpy().astype(np.float16), au_tokens.cpu().numpy().astype(np.float16)
+    # float16 (as stored) before the copy off the device: half the bytes, the same rounding
+    tokens_np, au_np = tokens.half().cpu().numpy(), au_tokens.half().cpu().numpy()
     if timing is not None:
         timing["vision"] += t1 - t0
         timing["pooling"] += time.perf_counter() - t1
@@ -293,19 +624,3 @@ def _face(image, row, face_mode, landmark_source, finder, size, canon, counts):
         return crop, finder.landmarks(crop, (0, 0, size - 1, size - 1)), True
     counts["landmarks: canonical"] += 1
     return crop, canon, True
-
-
-def _encode_texts(cache: TextCache, texts: list, max_length: int, prefix: str) -> dict:
-    """ids/mask/hidden for a list of texts; None (no caption) gives an all-zero row."""
-    n = len(texts)
-    present = [i for i, t in enumerate(texts) if t]
-    ids = np.zeros((n, max_length), np.int32)
-    mask = np.zeros((n, max_length), bool)
-    hidden = None
-    if present:
-        i_ids, i_mask, i_hidden = cache.encode([texts[i] for i in present], max_length)
-        hidden = np.zeros((n, max_length, i_hidden.shape[-1]), np.float16)
-        ids[present], mask[present], hidden[present] = i_ids, i_mask, i_hidden
-    else:
-        hidden = np.zeros((n, max_length, cache.encoder.dim), np.float16)
-    return {f"{prefix}/ids": ids, f"{prefix}/mask": mask, f"{prefix}/hidden": hidden}

@@ -8,7 +8,14 @@
 
 Arrays are chunked along the sample axis only (about 2 MB a chunk) with a fast codec. Rows
 are written in blocks; after each block the ``count`` attribute (the index a reader trusts)
-moves forward, so a killed run resumes at the last complete block. The ``signature``
+moves forward, so a killed run resumes at the last complete block. The ``unit`` attribute (rows;
+a multiple of the block size) is the grain several processes split a store at
+(``torchrun ... mf2 extract-features``): every row-wise array's chunk holds a divisor of it, so
+two processes never write one chunk. Each process records what it has written beyond ``count``
+in a group of its own (``progress/<rank>``, its attributes: no two processes write one file; the
+metadata file is replaced atomically, so a kill leaves the last whole record); ``consolidate``
+folds those records into the root attributes (``done``, ``partial_counts``), and a complete store
+has none left. The ``signature``
 attribute is written at creation and ``complete`` when the last block is in: a store whose
 signature differs from the run's is refused, naming the field. Every chunk carries a CRC32C that is
 checked when it is read (a changed byte is an error naming the array and rows). Every chunk is written, empty ones
@@ -18,7 +25,11 @@ complete store with a missing chunk is an error naming the array and its rows, n
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +41,35 @@ CHUNK_BYTES = 2 << 20
 # whose bytes changed on disk (a flipped bit, a bad copy) is an error when read, never other
 # numbers (``read_rows`` names the array and its rows). Stores written before it read as before.
 CODECS = (BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"), Crc32cCodec())
+
+
+def chunk_rows(per_sample: int, n: int, unit: int | None = None) -> int:
+    """Rows a chunk holds for samples of ``per_sample`` bytes: about ``CHUNK_BYTES`` a chunk;
+    with ``unit``, the largest divisor of it that fits (so that chunk edges fall on unit edges)."""
+    fit = max(1, CHUNK_BYTES // max(per_sample, 1))
+    if unit is None:
+        return max(1, min(n, fit))
+    return max(d for d in range(1, unit + 1) if unit % d == 0 and d <= fit)
+
+
+def merge_intervals(intervals) -> list[list[int]]:
+    """[start, stop) intervals, sorted and merged where they touch or overlap (empty ones dropped)."""
+    out = []
+    for a, b in sorted((int(a), int(b)) for a, b in intervals if b > a):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _write_group(folder: Path, attributes: dict) -> None:
+    """A Zarr group's metadata with these attributes, written whole or not at all (a temporary
+    file renamed over the last one)."""
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".zarr.json.{os.getpid()}"
+    tmp.write_text(json.dumps({"attributes": attributes, "zarr_format": 3, "node_type": "group"}))
+    os.replace(tmp, folder / "zarr.json")
 
 
 class StoreError(ValueError):
@@ -106,6 +146,17 @@ class FeatureStore:
     def signature(self) -> dict:
         return dict(self.group.attrs["signature"])
 
+    @property
+    def unit(self) -> int | None:
+        """The store's unit (rows), or None for a store written before units."""
+        unit = self.group.attrs.get("unit")
+        return int(unit) if unit else None
+
+    def alignment(self, names) -> int:
+        """The least number of rows whose multiples are chunk edges of every array of ``names`` and
+        unit edges: where the rows two processes write may meet."""
+        return math.lcm(self.unit or 1, *(self.group[name].chunks[0] for name in names))
+
     def __len__(self):
         return self.group["meta/ids"].shape[0]
 
@@ -132,14 +183,14 @@ class FeatureStore:
         return read_rows(self.group, name, start, stop)
 
     @classmethod
-    def open(cls, path) -> "FeatureStore":
+    def open(cls, path, writable: bool = False) -> "FeatureStore":
         path = Path(path)
         if not path.exists():
             raise StoreError(f"{path}: no feature store here (run mf2 extract-features first)")
         if not path.is_dir():
             raise StoreError(f"{path}: not a feature store (a file, not a Zarr folder)")
         try:
-            group = zarr.open_group(str(path), mode="r")
+            group = zarr.open_group(str(path), mode="r+" if writable else "r")
         except Exception as exc:  # not a zarr group
             raise StoreError(f"{path}: not a feature store ({type(exc).__name__})") from None
         if "signature" not in group.attrs:
@@ -147,10 +198,12 @@ class FeatureStore:
         return cls(group)
 
     @classmethod
-    def create_or_resume(cls, path, signature: dict, meta: dict, layout: dict, overwrite: bool = False) -> "FeatureStore":
+    def create_or_resume(cls, path, signature: dict, meta: dict, layout: dict, overwrite: bool = False,
+                         unit: int | None = None) -> "FeatureStore":
         """Open ``path`` to continue the run described by ``signature``, or create it.
 
-        meta: name -> full array (written at creation); layout: name -> (per-sample shape, dtype)."""
+        meta: name -> full array (written at creation); layout: name -> (per-sample shape, dtype);
+        unit: rows (see the module's notes; chunks then hold divisors of it)."""
         path = Path(path)
         if path.exists() and overwrite:
             cls.open(path)  # only a feature store mf2 wrote is ever deleted
@@ -173,21 +226,75 @@ class FeatureStore:
             arr[:] = values
         for name, (shape, dtype) in layout.items():
             per_sample = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            rows = max(1, min(n, CHUNK_BYTES // max(per_sample, 1)))
+            rows = chunk_rows(per_sample, n, unit)
             group.create_array(name, shape=(n, *shape), dtype=dtype, chunks=(rows, *shape), compressors=CODECS,
                                fill_value=0, config={"write_empty_chunks": True})
-        group.attrs.update({"signature": signature, "count": 0, "complete": False, "all_chunks": True})
+        group.attrs.update({"signature": signature, "count": 0, "complete": False, "all_chunks": True,
+                            **({"unit": unit} if unit else {})})
         return cls(group)
+
+    def write_rows(self, start: int, arrays: dict) -> int:
+        """Write rows [start, start + b) of every array (no attribute moves); returns b."""
+        b = 0
+        for name, values in arrays.items():
+            b = len(values)
+            self.group[name][start:start + b] = values
+        return b
 
     def write_block(self, start: int, arrays: dict) -> None:
         """Write rows [start, start + b) of every array, then move ``count`` (last)."""
         if start != self.count:
             raise StoreError(f"block starts at {start} but the store holds {self.count} rows")
-        b = None
-        for name, values in arrays.items():
-            b = len(values)
-            self.group[name][start:start + b] = values
-        self.group.attrs["count"] = start + b
+        self.group.attrs["count"] = start + self.write_rows(start, arrays)
+
+    # -- several processes ------------------------------------------------------------------
+    @property
+    def _progress(self) -> Path:
+        return store_path(self.group) / "progress"
+
+    def records(self) -> dict[int, dict]:
+        """Every process's progress record (rank -> its fields) left in the store."""
+        out = {}
+        for path in sorted(self._progress.glob("*/zarr.json")) if self._progress.is_dir() else []:
+            if path.parent.name.isdigit():
+                out[int(path.parent.name)] = json.loads(path.read_text())["attributes"]
+        return out
+
+    def done(self) -> list[list[int]]:
+        """The rows written so far, as merged [start, stop) intervals: ``count``'s prefix, the
+        folded ``done`` attribute and what each process's record says it wrote."""
+        intervals = [[0, self.count], *self.group.attrs.get("done", [])]
+        for record in self.records().values():
+            intervals += [[a, a + written] for a, _, written in record.get("intervals", [])]
+        return merge_intervals(intervals)
+
+    def consolidate(self, world: int) -> list[list[int]]:
+        """Fold every process's record into the root attributes and start ``world`` empty
+        ones (one process only, while the others wait); returns the rows done so far. A kill
+        in between loses nothing: the records are emptied after the root holds what they said."""
+        done = self.done()
+        records = self.records()
+        counts = Counter(dict(self.group.attrs.get("partial_counts", {})))
+        for record in records.values():
+            counts.update(record.get("counts", {}))
+        count = done[0][1] if done and done[0][0] == 0 else 0
+        self.group.attrs.update({"count": count, "done": [iv for iv in done if iv[0] > 0],
+                                 "partial_counts": dict(counts)})
+        for rank in set(records) - set(range(world)):  # ranks of an earlier, wider run
+            shutil.rmtree(self._progress / str(rank))
+        for rank in range(world):
+            self.record(rank, [], {})
+        return done
+
+    def record(self, rank: int, intervals: list, counts: dict, finished: bool = False, **extra) -> None:
+        """Process ``rank``'s progress: intervals [start, stop, rows written from start], the
+        counts of what its written rows hold, and whether it is done (written to a temporary
+        file, then renamed over the last record)."""
+        if not (self._progress / "zarr.json").is_file():
+            _write_group(self._progress, {})
+        _write_group(self._progress / str(rank), {"intervals": intervals, "counts": dict(counts),
+                                                  "finished": finished, **extra})
 
     def finish(self, summary: dict) -> None:
-        self.group.attrs.update({"summary": summary, "complete": True})
+        self.group.attrs.update({"summary": summary, "complete": True, "count": len(self), "done": []})
+        shutil.rmtree(self._progress, ignore_errors=True)

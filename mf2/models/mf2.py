@@ -55,7 +55,8 @@ class MF2(nn.Module):
 
     def set_activation_checkpointing(self, mode: str) -> None:
         """Recompute, in the backward, the ITM passes ("itm"), every pass ("all") or nothing
-        ("none"); the losses and gradients are the same either way."""
+        ("none"); "itm-selective" / "all-selective" recompute only those passes' element-wise
+        operations. The losses and gradients are the same either way."""
         if mode not in CHECKPOINTING:
             raise ValueError(f"activation checkpointing: expected one of {', '.join(CHECKPOINTING)}, got {mode!r}")
         for branch in (self.emo_vl, self.au_vl):
@@ -88,11 +89,12 @@ class MF2(nn.Module):
         out = ImageFeatures()
         if self.emo_vl is not None:
             out.emo_vision, out.emo, *kv = self.emo_vl.image(tokens, keep_kv)
-            out.emo_kv = kv[0] if kv else None
+            out.emo_kv, out.emo_cross = kv if kv else (None, None)
         if self.au_vl is not None:
             B = au_tokens.shape[0]
             vision, q, *kv = self.au_vl.image(au_tokens.flatten(0, 1), keep_kv)
-            out.au_vision, out.au, out.au_kv = vision, q.view(B, N_AU, *q.shape[1:]), kv[0] if kv else None
+            out.au_vision, out.au = vision, q.view(B, N_AU, *q.shape[1:])
+            out.au_kv, out.au_cross = kv if kv else (None, None)
         return out
 
     def heads(self, feats: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,9 +136,10 @@ class MF2(nn.Module):
             ids, mask, states, has = batch["emo_text"]
             rows = has.nonzero().squeeze(1)  # the rows with a caption (one host sync)
             if len(rows) >= 2:
-                pick = lambda t: t.index_select(0, rows)  # noqa: E731
+                pick = lambda t: _select(t, rows)  # noqa: E731
                 part, n = self.emo_vl.losses(pick(feats.emo_vision), pick(feats.emo), pick(states), pick(mask),
-                                             self.sub_ids(pick(ids)), generator, _rows(feats.emo_kv, rows))
+                                             self.sub_ids(pick(ids)), generator, _rows(feats.emo_kv, rows),
+                                             _rows(feats.emo_cross, rows))
                 losses.update({f"emo_{k}": v for k, v in part.items()})
                 info["emo_itc_candidates"] = torch.tensor(float(n))
         if align and self.au_vl is not None and "au_text" in batch:
@@ -144,18 +147,25 @@ class MF2(nn.Module):
             has = has & self._align_subset(batch["aus"], generator)
             rows = has.flatten().nonzero().squeeze(1)  # the aligned AU sequences, image-major
             if len(rows) >= 2:
-                pick = lambda t: t.flatten(0, 1).index_select(0, rows)  # noqa: E731
-                part, n = self.au_vl.losses(feats.au_vision.index_select(0, rows), pick(feats.au), pick(states),
-                                            pick(mask), self.sub_ids(pick(ids)), generator, _rows(feats.au_kv, rows))
+                pick = lambda t: _select(t.flatten(0, 1), rows)  # noqa: E731
+                part, n = self.au_vl.losses(_select(feats.au_vision, rows), pick(feats.au), pick(states),
+                                            pick(mask), self.sub_ids(pick(ids)), generator, _rows(feats.au_kv, rows),
+                                            _rows(feats.au_cross, rows))
                 losses.update({f"au_{k}": v for k, v in part.items()})
                 info["au_itc_candidates"] = torch.tensor(float(n))
         total = weighted_total(losses, self.LOSSES, self.cfg.loss_weights)
         return StepOutput(total, {**{k: v.detach() for k, v in losses.items()}, **info}, emotion.detach(), au.detach())
 
 
+def _select(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The rows ``rows`` (sorted indices, from ``nonzero``) of ``t``; ``t`` itself when they are
+    all of them (the paper's 12 aligned AU sequences a face: no copy)."""
+    return t if len(rows) == t.shape[0] else t.index_select(0, rows)
+
+
 def _rows(kv: list, rows: torch.Tensor) -> list:
     """The rows ``rows`` (indices into the batch) of every block's (keys, values)."""
-    return [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in kv]
+    return [(_select(k, rows), _select(v, rows)) for k, v in kv]
 
 
 def trainable(module: nn.Module | None) -> int:

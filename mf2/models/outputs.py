@@ -21,7 +21,10 @@ class ImageFeatures:
     au_vision [B*12, T', H]: AU-VL's projected local tokens, the 12 AUs of image b at rows
     12b..12b+11; au [B, 12, Q', H]: its query outputs per AU.
     emo_kv / au_kv (only when asked for): per block, the queries' self-attention (keys, values)
-    [B (B*12 for AU-VL), heads, Q, H / heads], which ITG decoding attends to."""
+    [B (B*12 for AU-VL), heads, Q, H / heads], which ITG decoding attends to.
+    emo_cross / au_cross (with them): per block, the cross-attention (keys, values) of the
+    projected visual tokens [B (B*12), heads, T (T'), H / heads], which ITM's rows of the same
+    images attend to."""
 
     emo_vision: torch.Tensor | None = None
     emo: torch.Tensor | None = None
@@ -29,6 +32,8 @@ class ImageFeatures:
     au: torch.Tensor | None = None
     emo_kv: list | None = None
     au_kv: list | None = None
+    emo_cross: list | None = None
+    au_cross: list | None = None
 
 
 @dataclass

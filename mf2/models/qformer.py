@@ -7,7 +7,9 @@ positions; cross-attention to the visual tokens exists for the query positions o
 * ``image``: queries alone (and cross-attention): image features, also used for prediction.
   It can keep each block's self-attention keys and values of the queries (``keep_kv``).
 * ``text``: text alone, from the frozen encoder's token states (projected): the ITC text CLS.
-* ``joint``: queries and text attend to each other (bidirectional): ITM.
+* ``joint``: queries and text attend to each other (bidirectional): ITM. Its rows of an image
+  with its own text and with a negative text reuse the image pass's cross-attention keys and
+  values of that image (``keep_cross``); only the negative images' are projected.
 * ``decode``: text tokens see every query and earlier text (causal); the queries' keys and
   values are the image pass's (as BLIP-2 reuses its ``past_key_values``), so only the text
   positions run. The text here is *embedded from token ids* -- never the frozen encoder's
@@ -16,6 +18,10 @@ positions; cross-attention to the visual tokens exists for the query positions o
 Memory: ``checkpointing`` ("none" | "itm" | "all") recomputes, in the backward, one block at a
 time, the ITM passes (which hold most of the activations: 3 sequences of queries and text per
 pair) or every pass; the result is the same as without it (dropout masks are replayed).
+"itm-selective" / "all-selective" keep the blocks' matrix products and attention outputs and
+recompute only their element-wise operations (layer norms, GELU, dropout, residual sums, casts):
+less memory saved than recomputing whole blocks, for a fraction of their recomputation
+(PyTorch's selective activation checkpointing).
 """
 
 from __future__ import annotations
@@ -23,13 +29,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from mf2 import distributed
 from mf2.models.config import MF2Config
 
 PAD, BOS, UNK = 0, 1, 2  # ITG sub-vocabulary indices
-CHECKPOINTING = ("none", "itm", "all")
+CHECKPOINTING = ("none", "itm", "all", "itm-selective", "all-selective")
+_aten = torch.ops.aten
+# what the selective modes keep: the outputs of matrix products and attention (every kernel of
+# scaled_dot_product_attention, whichever the device picks); everything else is recomputed
+KEPT = {getattr(_aten, name).default for name in (
+    "mm", "addmm", "bmm", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu") if hasattr(_aten, name)}
+
+
+def _keep_products(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.MUST_SAVE if op in KEPT else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective():
+    return create_selective_checkpoint_contexts(_keep_products)
 
 
 def _fuse_legacy(state_dict: dict, prefix: str, parts: tuple, fused: str) -> None:
@@ -59,10 +79,13 @@ class SelfAttention(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, past: tuple | None = None):
-        """x [B, L, H], mask bool [B, 1, L, P + L] (True = may attend; None = all) ->
-        (out [B, L, H], (keys, values) [B, heads, L, d] of these positions)."""
+        """x [B, L, H], mask [B, 1, L | 1, P + L] (bool, True = may attend; or additive float, as
+        ``attention_mask`` makes it; None = all) -> (out [B, L, H], (keys, values) [B, heads, L, d]
+        of these positions)."""
         B, L, H = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        # split at the [3, heads, d] axis of each position: the backward stacks the three
+        # gradients straight into the projection's [B, L, 3H] layout (no second copy)
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(B, L, 3, self.heads, H // self.heads).unbind(2))
         keys, values = (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)) if past is not None else (k, v)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              dropout_p=self.dropout if self.training else 0.0)
@@ -83,14 +106,36 @@ class CrossAttention(nn.Module):
         _fuse_legacy(state_dict, prefix, ("k", "v"), "kv")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
-        """x [B, Q, H] (queries), vision [B, T, H] -> [B, Q, H]."""
-        B, Q, H = x.shape
+    def keys_values(self, vision: torch.Tensor) -> tuple:
+        """Projected visual tokens [B, T, H] -> (keys, values) [B, heads, T, d]."""
+        B, T, H = vision.shape
+        k, v = self.kv(vision).view(B, T, 2, self.heads, H // self.heads).unbind(2)
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, vision: torch.Tensor, image_kv: tuple | None = None):
+        """x [R, Q, H] (queries), vision [B, T, H] -> (out [R, Q, H], (keys, values) of ``vision``).
+
+        Without ``image_kv``, R = B: row b's queries attend to row b's tokens. With it (ITM), R = 3B
+        rows [image b + its text | negative image + text b | image b + negative text]:
+        the first and third thirds attend to image b's keys and values from the image pass
+        (``image_kv`` [B, heads, T, d]), the second third to ``vision`` (the negative images).
+        Cross-attention has no mask, so image b's two query sets run as one 2Q-long set against
+        its keys: the same result as 3B separate rows, without projecting or copying the visual
+        tokens for 3B rows."""
+        R, Q, H = x.shape
         d = H // self.heads
-        q = self.q(x).view(B, Q, self.heads, d).transpose(1, 2)
-        k, v = self.kv(vision).view(B, vision.shape[1], 2, self.heads, d).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.o(out.transpose(1, 2).reshape(B, Q, H))
+        q = self.q(x).view(R, Q, self.heads, d).transpose(1, 2)
+        kv = self.keys_values(vision)
+        p = self.dropout if self.training else 0.0
+        if image_kv is None:
+            out = F.scaled_dot_product_attention(q, *kv, dropout_p=p)
+        else:
+            B = R // 3
+            pos, neg_image, neg_text = q.split(B, 0)
+            own = F.scaled_dot_product_attention(torch.cat([pos, neg_text], 2), *image_kv, dropout_p=p)
+            own_pos, own_text = own.split(Q, 2)
+            out = torch.cat([own_pos, F.scaled_dot_product_attention(neg_image, *kv, dropout_p=p), own_text], 0)
+        return self.o(out.transpose(1, 2).reshape(R, Q, H)), kv
 
 
 class QFormerLayer(nn.Module):
@@ -105,16 +150,34 @@ class QFormerLayer(nn.Module):
         self.ln_self, self.ln_cross, self.ln_ffn = nn.LayerNorm(H), nn.LayerNorm(H), nn.LayerNorm(H)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, n_query: int, mask, vision, past=None):
+    def forward(self, x, n_query: int, mask, vision, past=None, image_kv=None):
         """x [B, L, H] whose first ``n_query`` positions are queries -> (x [B, L, H], this
-        block's self-attention (keys, values) of x)."""
+        block's self-attention (keys, values) of x, its cross-attention (keys, values) of
+        ``vision`` (None without vision)). ``image_kv``: see ``CrossAttention.forward`` (ITM)."""
         attended, kv = self.self_attn(x, mask, past)
         x = self.ln_self(x + self.drop(attended))
+        cross = None
         if n_query and vision is not None:
-            q = x[:, :n_query]
-            q = self.ln_cross(q + self.drop(self.cross_attn(q, vision)))
-            x = torch.cat([q, x[:, n_query:]], 1) if x.shape[1] > n_query else q
-        return self.ln_ffn(x + self.drop(self.ffn(x))), kv
+            # split, not two slices: the backward then concatenates the two gradients once
+            # instead of filling two full-size zero tensors and adding them
+            q, text = x.split([n_query, x.shape[1] - n_query], 1)
+            attended, cross = self.cross_attn(q, vision, image_kv)
+            q = self.ln_cross(q + self.drop(attended))
+            x = torch.cat([q, text], 1) if text.shape[1] else q
+        return self.ln_ffn(x + self.drop(self.ffn(x))), kv, cross
+
+
+def attention_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask (True = may attend) as the additive float mask
+    ``scaled_dot_product_attention`` turns it into at every call (0 / -inf), made once per pass:
+    in the dtype attention runs in (autocast's when it is on, else ``like``'s), its last dimension
+    allocated to a multiple of 16 and sliced back, the alignment the memory-efficient CUDA
+    kernel requires of a mask (which it otherwise copies into at every call)."""
+    device = like.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else like.dtype
+    keys = mask.shape[-1]
+    out = torch.zeros(*mask.shape[:-1], -(-keys // 16) * 16, dtype=dtype, device=mask.device)[..., :keys]
+    return out.masked_fill_(~mask, float("-inf"))
 
 
 class QFormer(nn.Module):
@@ -131,29 +194,42 @@ class QFormer(nn.Module):
         self.checkpointing = "none"  # set by the trainer: one of CHECKPOINTING
 
     def _run(self, x, n_query, mask, vision, all_layers: bool = False, keep_kv: bool = False, past=None,
-             itm: bool = False):
+             itm: bool = False, keep_cross: bool = False, image_kv=None):
         """Every block over x; returns (the last block's output, or every block's stacked
-        [N, ...] with ``all_layers``; the per-block query (keys, values) with ``keep_kv``).
+        [N, ...] with ``all_layers``; the per-block query (keys, values) with ``keep_kv``; the
+        per-block cross-attention (keys, values) of ``vision`` with ``keep_cross``).
+        ``image_kv``: per block, the image pass's cross-attention (keys, values) (ITM).
         Blocks are recomputed one at a time in the backward when checkpointing covers this pass."""
-        outs, kvs = [], []
-        recompute = torch.is_grad_enabled() and (self.checkpointing == "all" or (itm and self.checkpointing == "itm"))
+        outs, kvs, crosses = [], [], []
+        if mask is not None and mask.dtype == torch.bool:
+            mask = attention_mask(mask, x)
+        scope, _, selective = self.checkpointing.partition("-")
+        recompute = torch.is_grad_enabled() and (scope == "all" or (itm and scope == "itm"))
+        extra = {"context_fn": _selective} if selective else {}
         for i, layer in enumerate(self.layers):
             p = past[i] if past is not None else None
+            shared = image_kv[i] if image_kv is not None else None
             if recompute:
-                x, kv = checkpoint(layer, x, n_query, mask, vision, p, use_reentrant=False)
+                x, kv, cross = checkpoint(layer, x, n_query, mask, vision, p, shared, use_reentrant=False, **extra)
             else:
-                x, kv = layer(x, n_query, mask, vision, p)
+                x, kv, cross = layer(x, n_query, mask, vision, p, shared)
             if all_layers:
                 outs.append(x)
             if keep_kv:
                 kvs.append(kv)
-        return (torch.stack(outs) if all_layers else x), kvs
+            if keep_cross:
+                crosses.append(cross)
+        return (torch.stack(outs) if all_layers else x), kvs, crosses
 
-    def image(self, vision: torch.Tensor, all_layers: bool = False, keep_kv: bool = False):
+    def image(self, vision: torch.Tensor, all_layers: bool = False, keep_kv: bool = False, keep_cross: bool = False):
         """vision [B, T, H] (projected) -> query outputs [B, Q, H] (every block's: [N, B, Q, H]);
-        with ``keep_kv`` also each block's query (keys, values) [B, heads, Q, d], for ``decode``."""
-        out, kvs = self._run(self.query_tokens.expand(vision.shape[0], -1, -1), self.n_queries, None, vision,
-                             all_layers, keep_kv)
+        with ``keep_kv`` also each block's query (keys, values) [B, heads, Q, d], for ``decode``;
+        with ``keep_cross`` (after them) each block's cross-attention (keys, values) of the
+        visual tokens [B, heads, T, d], which ITM's rows of the same images reuse (``joint``)."""
+        out, kvs, crosses = self._run(self.query_tokens.expand(vision.shape[0], -1, -1), self.n_queries, None, vision,
+                                      all_layers, keep_kv, keep_cross=keep_cross)
+        if keep_cross:
+            return out, kvs, crosses
         return (out, kvs) if keep_kv else out
 
     def text(self, states: torch.Tensor, mask: torch.Tensor, all_layers: bool = False) -> torch.Tensor:
@@ -161,12 +237,16 @@ class QFormer(nn.Module):
         keys = mask[:, None, None, :]
         return self._run(self.ln_text(self.text_in(states)), 0, keys, None, all_layers)[0]
 
-    def joint(self, vision, states, mask) -> torch.Tensor:
-        """Bidirectional queries + text; returns the query outputs [B, Q, H]."""
-        B, Q = vision.shape[0], self.n_queries
+    def joint(self, vision, states, mask, image_kv=None) -> torch.Tensor:
+        """Bidirectional queries + text (ITM); returns the query outputs [R, Q, H]. Without
+        ``image_kv``: row r's queries attend to vision [R, T, H]. With it (the image pass's
+        per-block cross-attention (keys, values) of B images, ``image(..., keep_cross=True)``):
+        R = 3B rows [image b + text b | negative image + text b | image b + negative text]
+        and ``vision`` [B, T, H] holds the negative images only (``CrossAttention.forward``)."""
+        B, Q = states.shape[0], self.n_queries
         x = torch.cat([self.query_tokens.expand(B, -1, -1), self.ln_text(self.text_in(states))], 1)
         keys = torch.cat([mask.new_ones(B, Q), mask], 1)[:, None, None, :]
-        return self._run(x, Q, keys, vision, itm=True)[0][:, :Q]
+        return self._run(x, Q, keys, vision, itm=True, image_kv=image_kv)[0][:, :Q]
 
     def decode(self, vision, ids, mask, past=None, start: int = 0, keep_kv: bool = False):
         """Causal text from token ids [B, L] (sub-vocabulary) after the queries of the image
@@ -228,10 +308,13 @@ class VLBranch(nn.Module):
 
     def image(self, tokens: torch.Tensor, keep_kv: bool = False):
         """Visual tokens [B, T, C] -> (projected tokens [B, T, H], query outputs [B, Q, H]) and,
-        with ``keep_kv``, the per-block query (keys, values) that ITG decoding reuses."""
+        with ``keep_kv``, what the alignment losses reuse: the per-block query (keys, values) that
+        ITG decoding attends to and the per-block cross-attention (keys, values) of the visual
+        tokens that ITM's rows of the same images attend to."""
         vision = self.vision_in(tokens)
-        out = self.qformer.image(vision, keep_kv=keep_kv)
-        return (vision, *out) if keep_kv else (vision, out)
+        if not keep_kv:
+            return vision, self.qformer.image(vision)
+        return (vision, *self.qformer.image(vision, keep_kv=True, keep_cross=True))
 
     def text_cls(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The text pass's CLS output [B, H]; identical texts of the batch (same token ids, e.g.
@@ -242,13 +325,14 @@ class VLBranch(nn.Module):
         first = inverse.argsort(stable=True)[torch.cumsum(counts, 0) - counts]  # one row of each text
         return self.qformer.text(states[first], mask[first])[:, 0][inverse]
 
-    def losses(self, vision, query_out, states, mask, ids, generator=None, past=None) -> tuple[dict, int]:
+    def losses(self, vision, query_out, states, mask, ids, generator=None, past=None, cross=None) -> tuple[dict, int]:
         """ITC, ITM and ITG for a batch whose rows all carry text, and the number of ITC
         candidates each row was contrasted with (the batch gathered from every rank).
 
-        vision [B, T, H] (projected, from ``image``); query_out [B, Q, H] and past (its per-block
-        query keys and values; recomputed when None) from the image pass; states [B, L, D] and
-        mask [B, L] (frozen text); ids [B, L] (sub-vocabulary, 0 = CLS)."""
+        vision [B, T, H] (projected, from ``image``); query_out [B, Q, H], past (its per-block
+        query keys and values; recomputed when None) and cross (its per-block cross-attention
+        keys and values; projected from ``vision`` when None) from the image pass; states
+        [B, L, D] and mask [B, L] (frozen text); ids [B, L] (sub-vocabulary, 0 = CLS)."""
         B = vision.shape[0]
         L = distributed.max_over_ranks(ids.shape[1], ids.device)
         if L > ids.shape[1]:  # same text length on every rank, so the batches can be gathered
@@ -258,9 +342,9 @@ class VLBranch(nn.Module):
         ids_all = distributed.gather(ids)
         offset = distributed.rank_offset(B, ids.device)
         targets = torch.arange(B, device=ids.device) + offset
-        # identical texts (e.g. two 'at rest' sentences) are not negatives of each other
-        _, text_key = torch.unique(ids_all, dim=0, return_inverse=True)
-        same = text_key[offset:offset + B, None] == text_key[None, :]
+        # identical texts (e.g. two 'at rest' sentences) are not negatives of each other; compared
+        # token by token on the device ([B, B_all, L]; torch.unique would wait for the GPU)
+        same = (ids[:, None, :] == ids_all[None, :, :]).all(-1)
         same[torch.arange(B), targets] = False
         neg_inf = torch.finfo(sim_i2t.dtype).min
         sim_i2t = sim_i2t.masked_fill(same, neg_inf)
@@ -284,10 +368,13 @@ class VLBranch(nn.Module):
                 neg_image = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
         vision_all = distributed.gather(vision)
         states_all, mask_all = distributed.gather(states), distributed.gather(mask)
-        v = torch.cat([vision, vision_all[neg_image], vision])
         s = torch.cat([states, states, states_all[neg_text]])
         m = torch.cat([mask, mask, mask_all[neg_text]])
-        itm_logits = self.itm_head(self.qformer.joint(v, s, m)).float().mean(1)
+        if cross is None:
+            cross = [layer.cross_attn.keys_values(vision) for layer in self.qformer.layers]
+        # rows [image + text | negative image + text | image + negative text]: the images' own
+        # rows reuse the image pass's cross-attention keys and values; the negatives' are projected
+        itm_logits = self.itm_head(self.qformer.joint(vision_all[neg_image], s, m, cross)).float().mean(1)
         itm_labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(ids.device)
         itm = F.cross_entropy(itm_logits, itm_labels)
 
