@@ -13,6 +13,10 @@ def one_line_errors(fn):
     locks) and the operating system's (a missing or read-only path, a full disk), with the path."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import os
+
+        if os.environ.get("MF2_DEBUG"):  # the whole traceback, for a bug report
+            return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
         except ValueError as exc:

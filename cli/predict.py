@@ -82,6 +82,10 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, groundi
     if out is not None and out.is_dir() and out_format != "openface":
         raise click.UsageError(f"--out {out} is a folder: give a file (results.csv or results.json)")
     outputs = {"--out": out, "--annotate": annotate, "--plots": plots}
+    if out is not None and out_format == "mf2" and out.suffix.lower() != ".json":
+        from mf2.faces import sidecar_path
+
+        outputs["--out's record"] = sidecar_path(out)  # x.csv.json, written beside the table
     refuse_overlap({"--checkpoint": run, "input": list(inputs)}, outputs)
     with exclusive_outputs(outputs), Detector.from_run(
             run, device, precision, face, face_detector=face_detector, min_face_score=min_face_score,

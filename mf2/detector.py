@@ -111,9 +111,9 @@ def _versions() -> dict:
     """The versions a result was made with (``Faces.info``)."""
     import dlib
 
-    import mf2
+    from mf2._version import __version__
 
-    return {"mf2": mf2.__version__, "torch": torch.__version__, "dlib": dlib.__version__}
+    return {"mf2": __version__, "torch": torch.__version__, "dlib": dlib.__version__}
 
 
 MAX_NEAR_MISSES = 1000  # listed in faces.attrs["near_misses"] (all are counted)

@@ -218,7 +218,8 @@ class Faces(pd.DataFrame):
 
     def save_plots(self, folder) -> list[Path]:
         """For each source: ``<name>_aus.png``, and ``<name>_detections.png`` (its first row) for an
-        image file or ``<name>_timeline.png`` for a video, into ``folder``; returns the paths."""
+        image file or, for a video, ``<name>_track<k>_timeline.png`` for each of the 8 people seen
+        longest (``<name>_timeline.png`` when no face was tracked), into ``folder``; returns the paths."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written, used = [], set()

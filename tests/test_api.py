@@ -177,8 +177,8 @@ def test_plots_write_pngs_of_their_size(detector, pretrained, inputs, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         "astronaut_aus.png", "astronaut_detections.png", "blank_aus.png", "blank_detections.png", "clip_aus.png",
-        "clip_timeline.png"]
-    assert _png_size(tmp_path / "plots/clip_timeline.png") == ("PNG", (1000, 600))
+        "clip_track0_timeline.png"]  # the clip holds one person
+    assert _png_size(tmp_path / "plots/clip_track0_timeline.png") == ("PNG", (1000, 600))
 
 
 def test_arrays_pil_images_and_frames_from_a_loop(detector, inputs):
@@ -195,7 +195,7 @@ def test_arrays_pil_images_and_frames_from_a_loop(detector, inputs):
     assert fig.get_size_inches().tolist() == [10.0, 5.0]
     with pytest.raises(ValueError, match="in-memory image"):
         from_memory.plot_detections(0)
-    per_frame = list(detector.detect_frames(iter([img, np.full((100, 120, 3), 90, np.uint8), img]), fps=25))
+    per_frame = list(detector.detect_frames(iter([img, np.full((100, 120, 3), 90, np.uint8), img]), frame_rate=25))
     assert [len(f) for f in per_frame] == [1, 1, 1]
     loop = mf2.Faces.concat(per_frame)
     assert loop.frame.tolist() == [0, 1, 2] and loop.time.tolist() == [0.0, 0.04, 0.08]

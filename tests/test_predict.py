@@ -130,7 +130,7 @@ def test_nothing_readable_is_a_one_line_error(pretrained, tmp_path):
     assert result.exit_code == 1 and "not a run folder" in result.output and "Traceback" not in result.output
     # output paths of the wrong kind are refused before any work (not a traceback after it)
     result = _predict("--checkpoint", pretrained / "run", tmp_path / "x.png", "--out", tmp_path)
-    assert result.exit_code == 2 and f"File '{tmp_path}' is a directory" in result.output
+    assert result.exit_code == 2 and f"--out {tmp_path} is a folder: give a file" in result.output
     result = _predict("--checkpoint", pretrained / "run", tmp_path / "x.png", "--annotate", tmp_path / "x.png")
     assert result.exit_code == 2 and "is a file" in result.output
 

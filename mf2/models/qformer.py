@@ -263,7 +263,7 @@ class QFormer(nn.Module):
         x = self.ln_text(self.tok_embed(ids) + self.pos_embed(pos))
         causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=ids.device))
         allow = torch.cat([mask.new_ones(B, L, P), causal & mask[:, None, :]], 2)  # text sees every query
-        out, kvs = self._run(x, 0, allow[:, None], None, past=past, keep_kv=keep_kv)
+        out, kvs, _ = self._run(x, 0, allow[:, None], None, past=past, keep_kv=keep_kv)
         return (out, kvs) if keep_kv else out
 
 
