@@ -76,12 +76,13 @@ def predictions(run: Path, cache: Path, which: str) -> dict:
 
     from mf2.evaluation.predict import predict_split
     from mf2.features.reader import CacheReader
+    from mf2.features import schema
     from mf2.runs import load_model
 
     model, _, ckpt = load_model(run, "cpu", which)
     reader = CacheReader(cache, "val", model.cfg.emo_text)
     emo, au, y_emo, y_au = predict_split(model, reader, torch.device("cpu"))
-    videos = np.array([str(v) for v in reader.store.group["meta/video"][:][reader.rows].tolist()], dtype=object)
+    videos = np.array([str(v) for v in reader.store.group[schema.VIDEO][:][reader.rows].tolist()], dtype=object)
     return {"emotion": emo, "aus": au, "y_emotion": y_emo, "y_aus": y_au, "videos": videos, "checkpoint": ckpt.name}
 
 

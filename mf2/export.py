@@ -31,6 +31,7 @@ from mf2._version import __version__
 from mf2.data.labels import AUS, EMOTIONS
 from mf2.io import atomic_folder, file_digest, save_tensors, write_checksums
 from mf2.runs import RunError, RunFolder, load_model
+from mf2.features import schema
 
 FORMAT_VERSION = 1
 
@@ -99,9 +100,9 @@ def _data(folder: RunFolder, config: dict, signature: dict) -> dict:
         from mf2.features.store import FeatureStore
 
         group = FeatureStore.open(path).group
-        split = np.array([str(v) for v in group["meta/split"][:].tolist()], dtype=object)
-        video = np.array([str(v) for v in group["meta/video"][:].tolist()], dtype=object)
-        ids = [str(v) for v in group["meta/ids"][:1000].tolist()]
+        split = np.array([str(v) for v in group[schema.SPLIT][:].tolist()], dtype=object)
+        video = np.array([str(v) for v in group[schema.VIDEO][:].tolist()], dtype=object)
+        ids = [str(v) for v in group[schema.IDS][:1000].tolist()]
     except Exception:  # a cache that moved or changed: the card says less, export goes on
         return out
     out["splits"] = {s or "none": {"images": int((split == s).sum()), "videos": int(len(set(video[split == s])))}

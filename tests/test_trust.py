@@ -147,6 +147,14 @@ def test_a_dfn_run_is_no_base_for_finetuning(copy_of):
         assert not (w / "again").exists()
 
 
+def test_mf2_debug_shows_the_traceback_behind_a_one_line_error(copy_of):
+    w = copy_of("f.zarr", "run", "dfn")
+    args = ("finetune", "--dfn", "--from", w / "dfn", "--cache", w / "f.zarr", "--out", w / "again")
+    one_line_error(cli(*args), "is a DFN run")
+    result = cli(*args, env={"MF2_DEBUG": "1"})
+    assert isinstance(result.exception, ValueError) and "is a DFN run" in str(result.exception)
+
+
 # -- MF² needs its text ----------------------------------------------------------------------------
 
 def test_a_cache_without_captions_says_so_and_pretraining_refuses_it(world):

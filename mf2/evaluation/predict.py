@@ -15,6 +15,7 @@ from mf2.features.reader import CacheReader, prefetch
 from mf2.data.labels import AUS
 from mf2.models.explain import GROUNDINGS
 from mf2.runs import RunFolder, check_features, load_model
+from mf2.features import schema
 
 
 @torch.no_grad()
@@ -52,8 +53,8 @@ def run_predictions(run, cache, split: str, device, precision: str = "fp32", ope
     (``opened``: what ``open_run`` gave, to load the model once for several uses)."""
     model, ckpt, reader = opened or open_run(run, cache, split, device)
     emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device), precision=precision)
-    videos = [str(v) for v in reader.store.group["meta/video"][:][reader.rows].tolist()]
-    ids = [str(v) for v in reader.store.group["meta/ids"][:][reader.rows].tolist()]
+    videos = [str(v) for v in reader.store.group[schema.VIDEO][:][reader.rows].tolist()]
+    ids = [str(v) for v in reader.store.group[schema.IDS][:][reader.rows].tolist()]
     thresholds = RunFolder.checkpoint_state(ckpt).get("au_thresholds")  # chosen on the run's validation split
     return {"emotion": emo_p, "aus": au_p, "y_emotion": y_emo, "y_aus": y_au, "checkpoint": ckpt, "ids": ids,
             "videos": None if "" in videos else np.array(videos, dtype=object),  # no ids: resample images
@@ -127,12 +128,12 @@ def _reference_texts(reader: CacheReader, emo_text: str, tokenizer, tidy) -> lis
     """Each row's reference explanation, from the cache's own text: its ``emo_text`` caption and
     the sentences of the AUs its labels call active (as the frozen text encoder's tokens)."""
     g, rows = reader.store.group, reader.rows
-    labels = g["meta/aus"][:][rows]
+    labels = g[schema.AUS][:][rows]
 
     def text(ids):
         return tidy(tokenizer.decode([int(i) for i in ids if i > 0], skip_special_tokens=True))
 
-    caps = [text(ids) for ids in g[f"text/{emo_text}/ids"][:][rows]] if f"text/{emo_text}/ids" in g else [""] * len(rows)
-    per_au = g["text/au_sentences/ids"][:][rows] if "text/au_sentences/ids" in g else None
+    caps = [text(ids) for ids in g[schema.text(emo_text, "ids")][:][rows]] if schema.text(emo_text, "ids") in g else [""] * len(rows)
+    per_au = g[schema.text(schema.AU_SENTENCES, "ids")][:][rows] if schema.text(schema.AU_SENTENCES, "ids") in g else None
     return [[" ".join([caps[i]] * bool(caps[i]) + ([text(per_au[i, k]) for k in np.flatnonzero(labels[i] == 1)]
                                                    if per_au is not None else []))] for i in range(len(rows))]

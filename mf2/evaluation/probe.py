@@ -13,13 +13,15 @@ from mf2.data.labels import AUS
 from mf2.evaluation.baselines import logistic_baseline
 from mf2.features.reader import sample_rows
 from mf2.features.store import FeatureStore
+from mf2.features import schema
 
 
 def _rows(store: FeatureStore, split: str, limit: int | None = None, seed: int = 0):
     n = len(store)
-    meta = {k: store.read(f"meta/{k}", 0, n) for k in ("valid", "split", "emotion", "aus")}
+    meta = {k: store.read(name, 0, n) for k, name in (("valid", schema.VALID), ("split", schema.SPLIT),
+                                                       ("emotion", schema.EMOTION), ("aus", schema.AUS))}
     keep = sample_rows(np.flatnonzero(meta["valid"] & (meta["split"] == split)), limit, seed)
-    feats = np.concatenate([store.read("vision/tokens", a, a + 1024)[:, 0].astype(np.float32)
+    feats = np.concatenate([store.read(schema.TOKENS, a, a + 1024)[:, 0].astype(np.float32)
                             [keep[(keep >= a) & (keep < a + 1024)] - a] for a in range(0, n, 1024)])
     emotion, aus = meta["emotion"][keep], meta["aus"][keep]
     rows = [{"emotion": int(e), **{au: int(v) for au, v in zip(AUS, a)}} for e, a in zip(emotion, aus)]
@@ -31,7 +33,7 @@ def pooled_feature_probe(cache, split: str = "val", train_rows: int | None = Non
     """The probes fitted on the train split (``train_rows`` of it drawn with ``seed``, as
     ``pretrain --train-rows`` draws them), scored on ``split``."""
     store = FeatureStore.open(cache)
-    store.verify(["meta/valid", "meta/split", "meta/emotion", "meta/aus", "vision/tokens"])
+    store.verify([schema.VALID, schema.SPLIT, schema.EMOTION, schema.AUS, schema.TOKENS])
     train_x, train_rows = _rows(store, "train", train_rows, seed)
     x, rows = _rows(store, split)
     if not len(train_rows) or not len(rows):

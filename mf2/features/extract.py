@@ -47,6 +47,7 @@ from mf2.features.faces import FaceFinder, ImageError, align, apply, canonical_l
 from mf2.features.store import FeatureStore, merge_intervals
 from mf2.io import exclusive, naming, refuse_overlap
 from mf2.ops import au_region_pool
+from mf2.features import schema
 
 # decode and face run in the workers (worker-seconds); wait = the backbones waiting for them
 STAGES = ("decode", "face", "wait", "vision", "pooling", "text", "write")
@@ -246,7 +247,7 @@ class Writer:
                 t0 = time.perf_counter()
                 start, arrays, counts = item
                 self.store.write_rows(start, arrays)
-                self.progress(start, len(arrays["meta/valid"]), counts)
+                self.progress(start, len(arrays[schema.VALID]), counts)
                 self.seconds += time.perf_counter() - t0
             except BaseException as exc:  # handed to the loop
                 self.error = exc
@@ -370,25 +371,25 @@ def _layout(job: _Job, device: str) -> tuple[dict, dict, dict]:
                     "channels": C_au},
         "augment": sorted(s.augment),
     }
-    meta = {"meta/ids": [r["id"] for r in rows], "meta/video": [r["video"] for r in rows],
-            "meta/split": [r["split"] or "" for r in rows], "meta/image": [r["image"] for r in rows],
-            "meta/emotion": np.array([r["emotion"] for r in rows], np.int8),
-            "meta/aus": np.array([[r[a] for a in AUS] for r in rows], np.int8)}
-    layout_spec = {"meta/face_found": ((), bool), "meta/valid": ((), bool), "meta/error": ((), str),
-                   "vision/tokens": ((T, C), np.float16), "vision/au_tokens": ((len(AUS), RR2, C_au), np.float16),
-                   "vision/landmarks": ((68, 2), np.float32)}
+    meta = {schema.IDS: [r["id"] for r in rows], schema.VIDEO: [r["video"] for r in rows],
+            schema.SPLIT: [r["split"] or "" for r in rows], schema.IMAGE: [r["image"] for r in rows],
+            schema.EMOTION: np.array([r["emotion"] for r in rows], np.int8),
+            schema.AUS: np.array([[r[a] for a in AUS] for r in rows], np.int8)}
+    layout_spec = {schema.FACE_FOUND: ((), bool), schema.VALID: ((), bool), schema.ERROR: ((), str),
+                   schema.TOKENS: ((T, C), np.float16), schema.AU_TOKENS: ((len(AUS), RR2, C_au), np.float16),
+                   schema.LANDMARKS: ((68, 2), np.float32)}
     if "flip" in s.augment:
-        layout_spec.update({"vision/tokens_flip": ((T, C), np.float16),
-                            "vision/au_tokens_flip": ((len(AUS), RR2, C_au), np.float16)})
+        layout_spec.update({schema.flipped(schema.TOKENS): ((T, C), np.float16),
+                            schema.flipped(schema.AU_TOKENS): ((len(AUS), RR2, C_au), np.float16)})
     for t in job.types:
         L = s.caps[t]
-        layout_spec.update({f"text/{t}/ids": ((L,), np.int32), f"text/{t}/mask": ((L,), bool),
-                            f"text/{t}/hidden": ((L, text.dim), np.float16)})
+        layout_spec.update({schema.text(t, "ids"): ((L,), np.int32), schema.text(t, "mask"): ((L,), bool),
+                            schema.text(t, "hidden"): ((L, text.dim), np.float16)})
     if job.has_sentences:
         L = s.caps["au_sentences"]
-        layout_spec.update({"text/au_sentences/ids": ((len(AUS), L), np.int32),
-                            "text/au_sentences/mask": ((len(AUS), L), bool),
-                            "text/au_sentences/hidden": ((len(AUS), L, text.dim), np.float16)})
+        layout_spec.update({schema.text(schema.AU_SENTENCES, "ids"): ((len(AUS), L), np.int32),
+                            schema.text(schema.AU_SENTENCES, "mask"): ((len(AUS), L), bool),
+                            schema.text(schema.AU_SENTENCES, "hidden"): ((len(AUS), L, text.dim), np.float16)})
     return signature, meta, layout_spec
 
 
@@ -456,21 +457,21 @@ def _block_arrays(job: _Job, item: dict, texts: UnitTexts, timing: Counter) -> d
     tokens_np, au_np = visual_features(job.vision, crops, lms, s.au_samples, s.au_window, s.padding, job.precision,
                                        timing, job.au_map)
     tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
-    arrays = {"meta/face_found": item["found"], "meta/valid": valid, "meta/error": item["errors"],
-              "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
+    arrays = {schema.FACE_FOUND: item["found"], schema.VALID: valid, schema.ERROR: item["errors"],
+              schema.TOKENS: tokens_np, schema.AU_TOKENS: au_np, schema.LANDMARKS: lms.astype(np.float32)}
     if "flip" in s.augment:  # the mirrored face: same labels (the 12 AUs are bilateral)
         flip_tokens, flip_au = visual_features(job.vision, crops[:, :, ::-1], mirror_landmarks(lms, s.image_size),
                                                s.au_samples, s.au_window, s.padding, job.precision, timing, job.au_map)
         flip_tokens[~valid], flip_au[~valid] = 0, 0
-        arrays.update({"vision/tokens_flip": flip_tokens, "vision/au_tokens_flip": flip_au})
+        arrays.update({schema.flipped(schema.TOKENS): flip_tokens, schema.flipped(schema.AU_TOKENS): flip_au})
     t0 = time.perf_counter()
     b = len(valid)
     block = job.manifest.rows[item["start"]:item["start"] + b]
     for t in job.types:
-        arrays.update(texts.arrays([r.get(CAPTION_COLUMN[t]) for r in block], s.caps[t], f"text/{t}"))
+        arrays.update(texts.arrays([r.get(CAPTION_COLUMN[t]) for r in block], s.caps[t], schema.text(t)))
     if job.has_sentences:
         flat = [sent for r in block for sent in (r.get("au_sentences") or [None] * len(AUS))]
-        enc = texts.arrays(flat, s.caps["au_sentences"], "text/au_sentences")
+        enc = texts.arrays(flat, s.caps["au_sentences"], schema.text(schema.AU_SENTENCES))
         arrays.update({k: v.reshape(b, len(AUS), *v.shape[1:]) for k, v in enc.items()})
     timing["text"] += time.perf_counter() - t0
     return arrays
@@ -482,10 +483,10 @@ def _summary(job: _Job, store: FeatureStore, stats: list, already: int, world: i
     timing = sum((Counter(x["timing"]) for x in stats), Counter())
     done_now = sum(x["rows"] for x in stats)
     counts = store.group.attrs["partial_counts"]
-    valid = store["meta/valid"][:]
+    valid = store[schema.VALID][:]
     return {
         "rows": len(store), "extracted_this_run": done_now, "resumed_from": already, "processes": world,
-        "faces_not_found": int((~store["meta/face_found"][:] & valid).sum()),
+        "faces_not_found": int((~store[schema.FACE_FOUND][:] & valid).sum()),
         "skipped": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("skipped: ")},
         "landmarks": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("landmarks: ")},
         "seconds": round(seconds, 3), "images_per_second": round(done_now / seconds, 2) if seconds else None,

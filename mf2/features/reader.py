@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mf2.features.store import FeatureStore
+from mf2.features import schema
 
 SPECIAL = [0, -1, -2]  # sub-vocabulary indices 0..2: PAD (original id 0), BOS, UNK
 
@@ -43,21 +44,21 @@ class CacheReader:
             raise ValueError(f"{path}: the feature store is incomplete (rerun mf2 extract-features to finish it)")
         self.store.verify()
         g = self.store.group
-        valid = g["meta/valid"][:]
-        splits = g["meta/split"][:]
+        valid = g[schema.VALID][:]
+        splits = g[schema.SPLIT][:]
         keep = valid & ((splits == split) if split else True)
         self.rows = sample_rows(np.flatnonzero(keep), limit, seed)
         if len(self.rows) == 0:
             raise ValueError(f"{path}: no valid rows in split {split!r}")
         self.window = window
         self.emo_text = emo_text
-        self.has_emo_text = f"text/{emo_text}/ids" in g
-        self.has_au_text = "text/au_sentences/ids" in g
-        self.vision_dim = g["vision/tokens"].shape[-1]
-        self.au_vision_dim = g["vision/au_tokens"].shape[-1]
-        self.flip = flip and "vision/tokens_flip" in g
-        self.text_dim = g[f"text/{emo_text}/hidden"].shape[-1] if self.has_emo_text else (
-            g["text/au_sentences/hidden"].shape[-1] if self.has_au_text else 1)
+        self.has_emo_text = schema.text(emo_text, "ids") in g
+        self.has_au_text = schema.text(schema.AU_SENTENCES, "ids") in g
+        self.vision_dim = g[schema.TOKENS].shape[-1]
+        self.au_vision_dim = g[schema.AU_TOKENS].shape[-1]
+        self.flip = flip and schema.flipped(schema.TOKENS) in g
+        self.text_dim = g[schema.text(emo_text, "hidden")].shape[-1] if self.has_emo_text else (
+            g[schema.text(schema.AU_SENTENCES, "hidden")].shape[-1] if self.has_au_text else 1)
 
     def __len__(self):
         return len(self.rows)
@@ -66,8 +67,8 @@ class CacheReader:
         """How many of this split's rows carry each text the alignment losses read: name -> rows
         ('<type> captions' for Emo-VL's caption type, 'per-AU sentences' for AU-VL)."""
         g, out = self.store.group, {}
-        for present, name, array in ((self.has_emo_text, f"{self.emo_text} captions", f"text/{self.emo_text}/mask"),
-                                     (self.has_au_text, "per-AU sentences", "text/au_sentences/mask")):
+        for present, name, array in ((self.has_emo_text, f"{self.emo_text} captions", schema.text(self.emo_text, "mask")),
+                                     (self.has_au_text, "per-AU sentences", schema.text(schema.AU_SENTENCES, "mask"))):
             if present:
                 rows = 0
                 for start in range(0, self.store.count, 4096):
@@ -80,14 +81,14 @@ class CacheReader:
 
     def aus(self) -> np.ndarray:
         """AU labels [N, 12] of this split's rows (-1 = missing)."""
-        return self.store.group["meta/aus"][:][self.rows]
+        return self.store.group[schema.AUS][:][self.rows]
 
     def vocabulary(self) -> list[int]:
         """The ITG sub-vocabulary: special slots, then every token id of this split's texts."""
         seen = set()
         g = self.store.group
-        names = ([f"text/{self.emo_text}/ids"] if self.has_emo_text else []) + \
-                (["text/au_sentences/ids"] if self.has_au_text else [])
+        names = ([schema.text(self.emo_text, "ids")] if self.has_emo_text else []) + \
+                ([schema.text(schema.AU_SENTENCES, "ids")] if self.has_au_text else [])
         for name in names:
             arr = g[name]
             for start in range(0, arr.shape[0], 1024):
@@ -111,13 +112,13 @@ class CacheReader:
         """Arrays of the given (sorted) rows, read through their window's contiguous range."""
         a, b = int(rows[0]), int(rows[-1]) + 1
         local = rows - a
-        names = ["vision/tokens", "vision/au_tokens", "meta/emotion", "meta/aus"]
+        names = [schema.TOKENS, schema.AU_TOKENS, schema.EMOTION, schema.AUS]
         if self.flip:
-            names += ["vision/tokens_flip", "vision/au_tokens_flip"]
+            names += [schema.flipped(schema.TOKENS), schema.flipped(schema.AU_TOKENS)]
         if self.has_emo_text:
-            names += [f"text/{self.emo_text}/{k}" for k in ("ids", "mask", "hidden")]
+            names += [schema.text(self.emo_text, k) for k in ("ids", "mask", "hidden")]
         if self.has_au_text:
-            names += [f"text/au_sentences/{k}" for k in ("ids", "mask", "hidden")]
+            names += [schema.text(schema.AU_SENTENCES, k) for k in ("ids", "mask", "hidden")]
         return {name: self.store.read(name, a, b)[local] for name in names}
 
     def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
@@ -143,33 +144,33 @@ class CacheReader:
             data = {k: v[order] for k, v in data.items()}
             if flipped is not None:
                 use = flipped[w]
-                for name in ("vision/tokens", "vision/au_tokens"):
+                for name in (schema.TOKENS, schema.AU_TOKENS):
                     mirrored = data.pop(name + "_flip")
                     data[name] = np.where(use.reshape(-1, *[1] * (mirrored.ndim - 1)), mirrored, data[name])
             if carry is not None:  # the previous window's remainder goes first
                 data = {k: np.concatenate([carry[k], v]) for k, v in data.items()}
-            n_full = len(data["meta/emotion"]) // batch_size
+            n_full = len(data[schema.EMOTION]) // batch_size
             for i in range(n_full):
                 if limit is not None and done >= limit:
                     return
                 yield self._batch({k: v[i * batch_size:(i + 1) * batch_size] for k, v in data.items()})
                 done += 1
             carry = {k: v[n_full * batch_size:] for k, v in data.items()}
-        if carry is not None and len(carry["meta/emotion"]) and not drop_last and (limit is None or done < limit):
+        if carry is not None and len(carry[schema.EMOTION]) and not drop_last and (limit is None or done < limit):
             yield self._batch(carry)
 
     def _batch(self, d: dict) -> dict:
         """A batch as torch tensors, features still float16 as stored (``to_device`` converts
         them where they will be used: half the bytes to copy to a GPU)."""
-        batch = {"tokens": torch.from_numpy(np.ascontiguousarray(d["vision/tokens"])),
-                 "au_tokens": torch.from_numpy(np.ascontiguousarray(d["vision/au_tokens"])),
-                 "emotion": torch.from_numpy(d["meta/emotion"].astype(np.int64)),
-                 "aus": torch.from_numpy(d["meta/aus"].astype(np.int64))}
+        batch = {"tokens": torch.from_numpy(np.ascontiguousarray(d[schema.TOKENS])),
+                 "au_tokens": torch.from_numpy(np.ascontiguousarray(d[schema.AU_TOKENS])),
+                 "emotion": torch.from_numpy(d[schema.EMOTION].astype(np.int64)),
+                 "aus": torch.from_numpy(d[schema.AUS].astype(np.int64))}
         if self.has_emo_text:
-            p = f"text/{self.emo_text}"
+            p = schema.text(self.emo_text)
             batch["emo_text"] = _text(d[f"{p}/ids"], d[f"{p}/mask"], d[f"{p}/hidden"])
         if self.has_au_text:
-            p = "text/au_sentences"
+            p = schema.text(schema.AU_SENTENCES)
             batch["au_text"] = _text(d[f"{p}/ids"], d[f"{p}/mask"], d[f"{p}/hidden"])
         return batch
 

@@ -36,6 +36,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from mf2.features import schema
+
 CHUNK_BYTES = 2 << 20
 # lz4 (fast; float16 features barely compress), then a CRC32C of every stored chunk: a chunk
 # whose bytes changed on disk (a flipped bit, a bad copy) is an error when read, never other
@@ -158,7 +160,7 @@ class FeatureStore:
         return math.lcm(self.unit or 1, *(self.group[name].chunks[0] for name in names))
 
     def __len__(self):
-        return self.group["meta/ids"].shape[0]
+        return self.group[schema.IDS].shape[0]
 
     def __getitem__(self, name):
         return self.group[name]
