@@ -10,7 +10,8 @@ from ._common import one_line_errors, precision_option
 @click.command()
 @click.option("--checkpoint", "run", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--cache", type=click.Path(path_type=Path), required=True)
-@click.option("--split", default="val", show_default=True)
+@click.option("--split", default="auto", show_default=True,
+              help="The split to score: auto = test when the cache holds one (training never read it), else val.")
 @click.option("--device", default="cpu", show_default=True)
 @precision_option
 @click.option("--probe", is_flag=True, help="Also fit linear probes on the cache's pooled features (a floor to beat).")
@@ -29,15 +30,20 @@ from ._common import one_line_errors, precision_option
 @click.option("--explain", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Also explain the split's first N faces (greedy ITG) and report how often the explanation names "
                    "the emotion and AUs the heads chose; 0 = off.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="Test-time views: flip averages each face's probabilities with its mirrored view's (a cache extracted "
+                   "with --augment flip), for RUN and every --beside run, and reports the gain over RUN without it.")
 @one_line_errors
-def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cache, transition, bootstrap, out, explain):
+def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cache, transition, bootstrap, out, explain,
+             tta):
     """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/ (or --out)."""
     from mf2.evaluation.evaluate import evaluate as run_eval
 
     result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition,
                       bootstrap=bootstrap, folder=out, precision=precision, beside_own_cache=beside_own_cache,
-                      explain=explain)
+                      explain=explain, tta=None if tta == "none" else tta)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
+    click.echo(result["split_note"])
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")
     if probe:
