@@ -31,13 +31,17 @@ def sample_rows(rows: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarra
     return np.sort(np.random.default_rng([seed, 7]).choice(rows, limit, replace=False))
 
 
+VIEWS = ("original", "flip")
+
+
 class CacheReader:
     """The rows of one split of a feature store, as batches. With ``flip`` (a store extracted with
     ``--augment flip``), each row's visual features are its mirrored view's with probability 1/2,
-    drawn per row and epoch from the seed: what training samples from; evaluation reads originals."""
+    drawn per row and epoch from the seed: what training samples from; evaluation reads originals
+    (``view='flip'``: the mirrored views only, what test-time flipping averages in)."""
 
     def __init__(self, path, split: str | None = "train", emo_text: str = "emotion", window: int = 512,
-                 flip: bool = False, limit: int | None = None, seed: int = 0):
+                 flip: bool = False, limit: int | None = None, seed: int = 0, view: str = "original"):
         self.store = FeatureStore.open(path)
         if not self.store.complete:
             raise ValueError(f"{path}: the feature store is incomplete (rerun mf2 extract-features to finish it)")
@@ -56,6 +60,12 @@ class CacheReader:
         self.vision_dim = g["vision/tokens"].shape[-1]
         self.au_vision_dim = g["vision/au_tokens"].shape[-1]
         self.flip = flip and "vision/tokens_flip" in g
+        if view not in VIEWS:
+            raise ValueError(f"view: expected {' or '.join(VIEWS)}, got {view!r}")
+        if view == "flip" and "vision/tokens_flip" not in g:
+            raise ValueError(f"{path}: the store holds no mirrored views for test-time flipping (extract it with "
+                             "--augment flip)")
+        self.view = view
         self.text_dim = g[f"text/{emo_text}/hidden"].shape[-1] if self.has_emo_text else (
             g["text/au_sentences/hidden"].shape[-1] if self.has_au_text else 1)
 
@@ -95,14 +105,16 @@ class CacheReader:
         """Arrays of the given (sorted) rows, read through their window's contiguous range."""
         a, b = int(rows[0]), int(rows[-1]) + 1
         local = rows - a
-        names = ["vision/tokens", "vision/au_tokens", "meta/emotion", "meta/aus"]
-        if self.flip:
+        suffix = "_flip" if self.view == "flip" else ""
+        names = [f"vision/tokens{suffix}", f"vision/au_tokens{suffix}", "meta/emotion", "meta/aus"]
+        if self.flip and not suffix:
             names += ["vision/tokens_flip", "vision/au_tokens_flip"]
         if self.has_emo_text:
             names += [f"text/{self.emo_text}/{k}" for k in ("ids", "mask", "hidden")]
         if self.has_au_text:
             names += [f"text/au_sentences/{k}" for k in ("ids", "mask", "hidden")]
-        return {name: self.store.read(name, a, b)[local] for name in names}
+        return {name.removesuffix(suffix) if suffix and name.startswith("vision/") else name:
+                self.store.read(name, a, b)[local] for name in names}
 
     def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
                 rank: int = 0, world: int = 1):
