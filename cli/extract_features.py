@@ -28,9 +28,13 @@ from ._common import one_line_errors, progress_bar
 @click.option("--au-map", type=click.Choice(["auto", "last", "stride16", "stride8"]), default="auto", show_default=True,
               help="The feature map AU regions are pooled from: auto = the stride-16 stage of a CNN (finer than its last "
                    "map; 14 x 14 at 224 px), the patch grid of a ViT.")
-@click.option("--augment", type=click.Choice(["flip"]), multiple=True,
+@click.option("--augment", type=click.Choice(["auto", "flip", "none"]), default="auto", show_default=True,
               help="flip: also store each face's mirrored view (landmarks mirrored, each AU's two centres swapped); "
-                   "training samples from both, evaluation reads the originals.")
+                   "training samples from both, evaluation reads the originals (evaluate --tta flip averages them in). "
+                   "auto: flip when the training split has at most 5,000 faces.")
+@click.option("--au-regions", type=click.Choice(["table", "small-face"]), default="table", show_default=True,
+              help="Each AU's centres and window: table = DATA.md's centres, one window for all; small-face = per-AU "
+                   "centres and sizes for the small muscles (README).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: autocast the frozen backbones (faster on CPUs with AVX512-BF16 and on GPUs).")
 @click.option("--allow-download", is_flag=True, help="Let timm/transformers download weights that are not on disk.")
@@ -38,7 +42,7 @@ from ._common import one_line_errors, progress_bar
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) bad manifest rows instead of stopping.")
 @one_line_errors
 def extract_features(manifest, out, vision, vision_weights, text, face, landmarks, image_size, batch_size, device,
-                     au_samples, au_window, au_map, augment, precision, allow_download, overwrite, skip_bad):
+                     au_samples, au_window, au_map, augment, au_regions, precision, allow_download, overwrite, skip_bad):
     """Faces -> landmarks -> frozen vision backbone -> AU-region pooling -> frozen text encoder -> Zarr."""
     from mf2.data.manifest import read_manifest
     from mf2.features.extract import ExtractSettings, extract_features as run
@@ -47,7 +51,8 @@ def extract_features(manifest, out, vision, vision_weights, text, face, landmark
     settings = ExtractSettings(vision=vision, vision_weights=str(vision_weights) if vision_weights else None, text=text,
                                face=face, landmarks=landmarks, image_size=image_size, batch_size=batch_size,
                                device=device, au_samples=au_samples, au_window=au_window, precision=precision,
-                               allow_download=allow_download, au_map=au_map, augment=tuple(augment))
+                               allow_download=allow_download, au_map=au_map,
+                               augment={"auto": "auto", "none": (), "flip": ("flip",)}[augment], au_regions=au_regions)
     with progress_bar(len(m), "extract") as bar:
         summary = run(m, out, settings, overwrite=overwrite, progress=bar.update, log=click.echo)
     skipped = sum(summary["skipped"].values())

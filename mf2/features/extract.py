@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter, OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
 import mf2
 from mf2.data.labels import AUS, CAPTION_COLUMN, CAPTION_TYPES, TEXT_CAPS
-from mf2.data.landmarks import au_centres, mirror_landmarks, ruler
+from mf2.data.landmarks import au_centres, au_regions, au_window_factors, mirror_landmarks, ruler
 from mf2.data.manifest import Manifest
 from mf2.features.backbones import load_text, load_vision
 from mf2.features.faces import FaceFinder, ImageError, align, apply, canonical_landmarks, load_image, resize_square
@@ -30,6 +30,10 @@ from mf2.ops import au_region_pool
 
 STAGES = ("decode", "face", "vision", "pooling", "text", "write")
 AUGMENTATIONS = ("flip",)
+# --augment auto stores the mirrored views when the manifest's training split is at most this many
+# faces: where they were measured to help (README, "Mirrored views"); a larger set learns without
+# them and saves the second view's extraction.
+FLIP_AUTO_MAX_TRAIN = 5000
 
 
 @dataclass
@@ -51,7 +55,11 @@ class ExtractSettings:
     # the map AU regions are pooled from: last | stride16 | stride8; auto = stride16 for a CNN (its
     # last map is 7 x 7 at 224 px), the patch grid for a ViT
     au_map: str = "auto"
-    augment: tuple = ()  # 'flip': also store each image's mirrored view (training samples from both)
+    # ('flip',): also store each image's mirrored view (training samples from both); () none; 'auto':
+    # flip for training splits of at most FLIP_AUTO_MAX_TRAIN faces (``resolve_augment``)
+    augment: tuple | str = "auto"
+    # each AU's centres and window (``data.landmarks.AU_REGIONS``): 'table' = DATA.md's, one window for all
+    au_regions: str = "table"
 
 
 class TextCache:
@@ -100,9 +108,27 @@ def resolve_landmarks(settings: ExtractSettings, manifest: Manifest) -> str:
     return "manifest" if all("landmarks" in r for r in manifest.rows) else "dlib"
 
 
+def resolve_augment(augment, manifest: Manifest, out=None, overwrite: bool = False) -> tuple[tuple, str]:
+    """(the augmentations to store, why): 'auto' is what a store already at ``out`` holds (it
+    resumes as it began), else flip for a training split of at most ``FLIP_AUTO_MAX_TRAIN`` faces."""
+    if augment != "auto":
+        return ((augment,) if isinstance(augment, str) else tuple(sorted(augment))), "asked"
+    if out is not None and not overwrite:
+        try:
+            return tuple(FeatureStore.open(out).signature.get("augment", [])), "auto: as the store at --out began"
+        except ValueError:  # no store there yet
+            pass
+    n_train = sum(r.get("split") == "train" for r in manifest.rows)
+    if n_train <= FLIP_AUTO_MAX_TRAIN:
+        return ("flip",), f"auto: {n_train:,} training faces, at most {FLIP_AUTO_MAX_TRAIN:,}"
+    return (), f"auto: {n_train:,} training faces, more than {FLIP_AUTO_MAX_TRAIN:,}"
+
+
 def extract_features(manifest: Manifest, out, settings: ExtractSettings | None = None, overwrite: bool = False,
                      progress=None, log=print) -> dict:
     s = settings or ExtractSettings()
+    augment, why = resolve_augment(s.augment, manifest, out, overwrite)
+    s = replace(s, augment=augment)
     if s.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision: expected 'fp32' or 'bf16', got {s.precision!r}")
     if s.face not in ("detect", "aligned"):
@@ -117,10 +143,12 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     unknown = set(s.augment) - set(AUGMENTATIONS)
     if unknown:
         raise ValueError(f"augment: expected {', '.join(AUGMENTATIONS)}, got {', '.join(sorted(unknown))}")
+    au_regions(s.au_regions)  # a known table, before any work
     vision = load_vision(s.vision, s.vision_weights, s.allow_download, s.device)
     au_map = vision.resolve_au_map(s.au_map)
     text = load_text(s.text, s.allow_download, s.device)
-    log(f"vision: {vision.name} ({vision.source}); text: {text.name} ({text.source})")
+    log(f"vision: {vision.name} ({vision.source}); text: {text.name} ({text.source}); "
+        f"augment: {', '.join(augment) or 'none'} ({why})")
     rows = manifest.rows
     n = len(rows)
     types = [t for t in CAPTION_TYPES if any(r.get(CAPTION_COLUMN[t]) for r in rows)]
@@ -142,6 +170,8 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
                     "channels": C_au},
         "augment": sorted(s.augment),
     }
+    if s.au_regions != "table":  # (stores without the field were pooled with DATA.md's table)
+        signature["pooling"]["regions"] = s.au_regions
     meta = {"meta/ids": [r["id"] for r in rows], "meta/video": [r["video"] for r in rows],
             "meta/split": [r["split"] or "" for r in rows], "meta/image": [r["image"] for r in rows],
             "meta/emotion": np.array([r["emotion"] for r in rows], np.int8),
@@ -197,13 +227,14 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
                 crops[i], lms[i], found[i] = _face(image, row, s.face, landmark_source, finder, size, canon, counts)
                 timing["face"] += time.perf_counter() - t1
             tokens_np, au_np = visual_features(vision, crops, lms, s.au_samples, s.au_window, s.padding, s.precision,
-                                               timing, au_map)
+                                               timing, au_map, s.au_regions)
             tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
             arrays = {"meta/face_found": found, "meta/valid": valid, "meta/error": np.array(errors, dtype=object),
                       "vision/tokens": tokens_np, "vision/au_tokens": au_np, "vision/landmarks": lms.astype(np.float32)}
             if "flip" in s.augment:  # the mirrored face: same labels (the 12 AUs are bilateral)
                 flip_tokens, flip_au = visual_features(vision, crops[:, :, ::-1], mirror_landmarks(lms, size), s.au_samples,
-                                                       s.au_window, s.padding, s.precision, timing, au_map)
+                                                       s.au_window, s.padding, s.precision, timing, au_map,
+                                                       s.au_regions)
                 flip_tokens[~valid], flip_au[~valid] = 0, 0
                 arrays.update({"vision/tokens_flip": flip_tokens, "vision/au_tokens_flip": flip_au})
             t2 = time.perf_counter()
@@ -239,18 +270,20 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
 
 
 def visual_features(vision, crops: np.ndarray, landmarks: np.ndarray, au_samples: int, au_window: float,
-                    padding: str, precision: str = "fp32", timing: Counter | None = None, au_map: str = "last"):
+                    padding: str, precision: str = "fp32", timing: Counter | None = None, au_map: str = "last",
+                    regions: str = "table"):
     """The image side of a cache row, in memory (extraction and ``mf2 predict`` share it): face
     crops [b, S, S, 3] uint8 and their landmarks [b, 68, 2] (crop pixels) -> global tokens
-    [b, T, C] and AU tokens [b, 12, 2R², C_au] pooled from the ``au_map`` map, float16 as stored."""
+    [b, T, C] and AU tokens [b, 12, 2R², C_au] pooled from the ``au_map`` map at the centres and
+    windows of the region table ``regions``, float16 as stored."""
     b, size = crops.shape[0], crops.shape[1]
     t0 = time.perf_counter()
     device = next(vision.model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float().div_(255)
     tokens, fmap, layout = vision(x, precision, au_map)
     t1 = time.perf_counter()
-    centres = au_centres(landmarks).reshape(b, 2 * len(AUS), 2) / size  # normalised, AU-major
-    window = au_window * ruler(landmarks) / size
+    centres = au_centres(landmarks, regions).reshape(b, 2 * len(AUS), 2) / size  # normalised, AU-major
+    window = au_window * ruler(landmarks)[:, None] * np.repeat(au_window_factors(regions), 2)[None] / size  # [b, 24]
     pooled = au_region_pool(fmap, torch.as_tensor(centres, dtype=fmap.dtype, device=fmap.device),
                             torch.as_tensor(window, dtype=fmap.dtype, device=fmap.device), au_samples, padding,
                             layout=layout)
