@@ -35,6 +35,15 @@ def report_parameters(params: dict) -> str:
               help="Weigh each AU's positives by its training negatives/positives ratio (1 to 20), or plain BCE.")
 @click.option("--train-rows", type=click.IntRange(min=1), default=None,
               help="Train on this many training rows, drawn with --seed (learning curves) [default: all].")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Draw each face's mirrored view half the time when the cache holds them (extract-features --augment).")
+@click.option("--emotion-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Label smoothing of the emotion cross-entropy.")
+@click.option("--head-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Dropout of the task heads' inputs (the pooled query outputs) in training.")
+@click.option("--head-mixup", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Feature mixup: each face's head inputs and labels mixed with another face's of the batch, its share "
+                   "drawn in [0, this].")
 @deterministic_option
 @precision_option
 @checkpointing_option
@@ -45,7 +54,7 @@ def report_parameters(params: dict) -> str:
 @click.option("--params-only", is_flag=True, help="Build the model, report trainable parameters, do not train.")
 @one_line_errors
 def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_steps, tasks, no_emo_vl, no_au_vl, emotion_reads, seed,
-             au_weighting, train_rows, deterministic, precision, activation_checkpointing, compile_blocks, device, resume, overwrite, params_only):
+             au_weighting, train_rows, flip, emotion_smoothing, head_dropout, head_mixup, deterministic, precision, activation_checkpointing, compile_blocks, device, resume, overwrite, params_only):
     """Train MF² on a feature cache (Table VI: AdamW, weight decay 0.05, batch 56, 30 epochs; lr and warm-up
     resolved for the preset and the run's length, printed and stored in the run)."""
     from mf2.models.config import MF2Config
@@ -70,7 +79,8 @@ def pretrain(cache, out, preset, epochs, batch_size, lr, weight_decay, warmup_st
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                       seed=seed, deterministic=deterministic, tasks=tasks, device=device, precision=precision,
                       activation_checkpointing=activation_checkpointing, compile=compile_blocks,
-                      au_weighting=au_weighting, train_rows=train_rows)
+                      au_weighting=au_weighting, train_rows=train_rows, flip=flip, emotion_smoothing=emotion_smoothing,
+                      head_dropout=head_dropout, head_mixup=head_mixup)
     with progress_bar(None, "pretrain") as bar:
         last = run(cache, out, model_cfg, cfg, resume=resume, overwrite=overwrite, progress=bar.update, log=click.echo,
                    extend_to=given("epochs"))

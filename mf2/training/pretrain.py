@@ -20,8 +20,9 @@ from mf2.features.reader import CacheReader, prefetch
 from mf2.models.config import PAPER_PARAMS, MF2Config
 from mf2.models.mf2 import MF2, count_parameters
 from mf2.runs import IMAGE_FIELDS, TEXT_FIELDS, RunFolder, check_features, load_model, model_config
-from mf2.training.loop import (TrainConfig, au_pos_weight, batch_for, epochs_to_train, fit, make_optimizer,
-                               record_epochs, resume_latest, rng_state, saved_train_config, seed_everything)
+from mf2.training.loop import (TrainConfig, au_pos_weight, batch_for, epochs_to_train, fit, head_regularisation,
+                               make_optimizer, record_epochs, resume_latest, rng_state, saved_train_config,
+                               seed_everything)
 
 
 def build_model(model_cfg: MF2Config, reader: CacheReader) -> MF2:
@@ -91,10 +92,11 @@ def pretrain(cache, out, model_cfg: MF2Config | None, cfg: TrainConfig, resume: 
             record_epochs(run, saved, cfg)
         net = distributed.wrap(model)
         weight = torch.tensor(pos_weight, device=device)
+        regularisation = head_regularisation(cfg)
         return fit(run, model, optimizer, cfg, start_epoch=start_epoch, step=step, total_steps=total_steps,
                    batches=lambda epoch: prefetch(train.batches(cfg.batch_size, epoch, cfg.seed, rank=rank, world=world),
                                                   device),
-                   losses_of=lambda b: net(b, cfg.tasks, generator, align, weight),
+                   losses_of=lambda b: net(b, cfg.tasks, generator, align, weight, regularisation),
                    validate=lambda: validation_metrics(model, val, device, cfg.precision),
                    rng_state=lambda: rng_state(generator),
                    max_epochs_this_run=max_epochs_this_run, progress=progress, log=log)
