@@ -39,9 +39,12 @@ from ._common import one_line_errors, precision_option
 @precision_option
 @click.option("--vision-weights", type=click.Path(dir_okay=False), help="The vision weights file the run's cache used.")
 @click.option("--allow-download", is_flag=True, help="Let missing backbone weights download (off by default).")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="Test-time views: flip averages each face's probabilities with its mirrored view's (one more backbone "
+                   "pass per face).")
 @one_line_errors
 def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, face, min_face_score, batch_size, workers,
-            threshold, device, precision, vision_weights, allow_download):
+            threshold, device, precision, vision_weights, allow_download, tta):
     """Predict every face in INPUTS: images, folders, globs (quoted) or video files.
 
     One row per face (source, frame, time, face, status, score, box x/y/w/h, AU01 … AU26
@@ -62,7 +65,8 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, fps, fa
     refuse_overlap({"--checkpoint": run, "input": [_searched(i) for i in inputs]},
                    {"--out": out, "--annotate": annotate, "--plots": plots})
     with Detector.from_run(run, device, precision, face, min_face_score=min_face_score, threshold=threshold,
-                           num_workers=workers, vision_weights=vision_weights, allow_download=allow_download) as det:
+                           num_workers=workers, vision_weights=vision_weights, allow_download=allow_download,
+                           tta=None if tta == "none" else tta) as det:
         try:
             faces = det.detect(list(inputs), batch_size=batch_size, fps=fps, explain=decoding if explain else False,
                                beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True))
