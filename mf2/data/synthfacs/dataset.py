@@ -211,6 +211,15 @@ def stored_landmarks(spec: SampleSpec, size: int) -> np.ndarray:
     return lm
 
 
+def _worker_signals() -> None:
+    """A render worker ends at once when the pool terminates it: a SIGTERM handler inherited from
+    the command (which unwinds the main process) would unwind a worker in the middle of its queue
+    traffic, and the pool would wait for it forever."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _render_to(args):
     spec, size, path = args
     image, _ = render_spec(spec, size)
@@ -255,7 +264,8 @@ def write_synthfacs(out: Path, n: int, size: int = 112, seed: int = 0, images_pe
     if workers > 1 and len(todo) > 8:
         import multiprocessing as mp
 
-        with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
+        context = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+        with context.Pool(workers, initializer=_worker_signals) as pool:
             for _ in pool.imap_unordered(_render_to, todo, chunksize=8):
                 done += 1
                 if progress:
