@@ -121,7 +121,7 @@ def main(argv=None):
 
     from mf2.evaluation.evaluate import SELECTION_SPLIT, resolve_split
     from mf2.evaluation.metrics import au_f1, emotion_scores, paired_bootstrap
-    from mf2.evaluation.probe import pooled_feature_probe
+    from mf2.evaluation.probe import au_region_probe, pooled_feature_probe
     from mf2.features.reader import CacheReader
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -143,6 +143,7 @@ def main(argv=None):
             last, other = predictions(run, cache, scored, split), \
                 predictions(run, cache, "latest" if scored == "best" else "best", split)
             probe = pooled_feature_probe(cache, split, train_rows=size, seed=seed, predictions=True)
+            regions = au_region_probe(cache, split, train_rows=size, seed=seed)
             m_au_all = au_f1(last["aus"], last["y_aus"])
             m_au, m_emo = m_au_all["mean"], emotion_scores(last["emotion"], last["y_emotion"])["mean_accuracy"]
             per_seed.append({"seed": seed, "train_seconds": round(seconds, 1), "checkpoint": last["checkpoint"],
@@ -151,7 +152,8 @@ def main(argv=None):
                              f"{'last' if scored == 'best' else 'best'}_epoch_emotion_mean_acc":
                                  emotion_scores(other["emotion"], other["y_emotion"])["mean_accuracy"],
                              "probe_au_f1": probe["au"]["mean"], "probe_emotion_mean_acc": probe["emotion"]["mean_accuracy"],
-                             "probe_per_au": probe["au"]["per_au"]})
+                             "probe_per_au": probe["au"]["per_au"], "region_probe_au_f1": regions["au"]["mean"],
+                             "region_probe_per_au": regions["au"]["per_au"]})
             print(f"size {size} seed {seed}: MF² AU F1 {m_au:.3f} emotion {m_emo:.3f} | probe AU F1 "
                   f"{probe['au']['mean']:.3f} emotion {probe['emotion']['mean_accuracy']:.3f} ({seconds:.0f} s)", flush=True)
             model_stack.append(last)
@@ -191,17 +193,19 @@ def markdown(result: dict) -> str:
     lines = ["# Small data: MF² (offline defaults) vs the linear probe, SynthFACS", "",
              f"Cache: `{result['cache']}` ({result['train_rows_in_cache']} training rows); {result['settings']}.",
              f"Each cell: mean over seeds [min, max]. Δ: MF² − probe on the same {split} images, all seeds pooled, "
-             f"95% interval from resampling {split} videos.", "",
+             f"95% interval from resampling {split} videos. The probe reads the pooled global token; the AU-region "
+             "probe fits each AU on its own pooled region (what the AU features hold before training).", "",
              "| train images | seeds | MF² AU F1 | probe AU F1 | Δ AU F1 [95%] | MF² emotion acc | probe emotion acc "
-             f"| Δ emotion acc [95%] | MF² {other} epoch: AU F1 / emotion |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| Δ emotion acc [95%] | MF² {other} epoch: AU F1 / emotion | AU-region probe AU F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["sizes"]:
         d_au, d_emo = row["model_minus_probe"]["au_mean_f1"], row["model_minus_probe"]["emotion_mean_accuracy"]
         lines.append(f"| {row['train_images']} | {row['seeds']} | {spread(row, 'model_au_f1')} | "
                      f"{spread(row, 'probe_au_f1')} | {d_au['diff']:+.3f} [{d_au['low']:+.3f}, {d_au['high']:+.3f}] | "
                      f"{spread(row, 'model_emotion_mean_acc')} | {spread(row, 'probe_emotion_mean_acc')} | "
                      f"{d_emo['diff']:+.3f} [{d_emo['low']:+.3f}, {d_emo['high']:+.3f}] | "
-                     f"{mean(row, f'{other}_epoch_au_f1'):.3f} / {mean(row, f'{other}_epoch_emotion_mean_acc'):.3f} |")
+                     f"{mean(row, f'{other}_epoch_au_f1'):.3f} / {mean(row, f'{other}_epoch_emotion_mean_acc'):.3f} | "
+                     + (spread(row, "region_probe_au_f1") if "region_probe_au_f1" in row["per_seed"][0] else "–") + " |")
     if result["sizes"] and "per_au_seeds_pooled" in result["sizes"][0]:
         lines += ["", f"Per-AU F1 on {split} (all seeds' predictions pooled), MF² / probe:", "",
                   "| train images | " + " | ".join(AUS) + " |", "|---|" + "---|" * len(AUS)]

@@ -58,6 +58,7 @@ def test_small_data_runs_on_the_hard_preset_and_scores_the_test_split(tmp_path):
     assert row["train_images"] == 16 and set(row["per_au_seeds_pooled"]["model"]) == {
         "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26"}
     assert -1 <= row["model_minus_probe"]["au_mean_f1"]["diff"] <= 1
+    assert 0 <= row["per_seed"][0]["region_probe_au_f1"] <= 1  # each AU's own region, probed
     md = (tmp_path / "sd.md").read_text()
     assert "on the same test images" in md and "real posed faces" in md and "Per-AU F1 on test" in md
     from mf2.cli.main import main
