@@ -168,14 +168,14 @@ def test_the_hard_preset_holds_small_grey_and_colour_jpegs_with_a_test_split(tmp
     # subtle AUs: most active intensities are weak (the default draws them in [0.35, 1])
     active = [v for s in sf.sample_specs(400, 0, preset_name="hard") for au, v in s.expression.intensities.items()
               if s.expression.labels[au] and v >= 0.2]
-    assert np.median(active) < 0.6 and min(active) < 0.3
+    assert np.mean(np.array(active) < 0.35) > 0.15 and min(active) < 0.25
 
 
 def test_hard_identities_vary_beyond_the_default_ones():
     default = [sf.Identity.sample(np.random.default_rng(i)) for i in range(200)]
     hard = [sf.Identity.sample_hard(np.random.default_rng(i)) for i in range(200)]
     assert not any(i.glasses or i.beard or i.fringe or i.age or i.texture for i in default)
-    for share, name in ((0.3, "glasses"), (0.25, "beard"), (0.3, "fringe"), (0.4, "texture")):
+    for share, name in ((0.25, "glasses"), (0.25, "beard"), (0.25, "fringe"), (0.4, "texture")):
         assert abs(np.mean([bool(getattr(i, name)) for i in hard]) - share) < 0.1, name
     assert np.ptp([i.face_w for i in hard]) > 1.5 * np.ptp([i.face_w for i in default])
     # a hard face with glasses and a beard still carries its AU evidence where the table says

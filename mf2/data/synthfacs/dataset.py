@@ -75,8 +75,8 @@ def sample_expression(emotion: int, rng: np.random.Generator, label_noise: float
                       subtle: bool = False) -> Expression:
     """AUs for an emotion by the EMFACS prototypes: core AUs dropped at random (at least half
     kept), optional ones added, a stray AU now and then; Neutral has none; Other draws
-    non-prototypical combinations. Active AUs get intensities in [0.35, 1] (``subtle``: in
-    [0.2, 1], most of them weak); some inactive ones get sub-threshold traces. Labels are the
+    non-prototypical combinations. Active AUs get intensities in [0.35, 1] (``subtle``: a
+    quarter of them in [0.2, 0.35]); some inactive ones get sub-threshold traces. Labels are the
     active set with a little label noise."""
     name = EMOTIONS[emotion]
     if name == "Neutral":
@@ -98,7 +98,10 @@ def sample_expression(emotion: int, rng: np.random.Generator, label_noise: float
     intensities = {}
     for au in AUS:
         if au in active:
-            intensities[au] = float(0.2 + 0.8 * rng.beta(1.5, 2.0)) if subtle else float(rng.uniform(0.35, 1.0))
+            if subtle:  # posed, a quarter of them barely shown
+                intensities[au] = float(rng.uniform(0.2, 0.35) if rng.random() < 0.25 else rng.uniform(0.35, 1.0))
+            else:
+                intensities[au] = float(rng.uniform(0.35, 1.0))
         elif subtle:
             intensities[au] = float(rng.uniform(0.0, 0.12)) if rng.random() < 0.35 else 0.0
         else:

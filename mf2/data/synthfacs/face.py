@@ -84,10 +84,10 @@ class Identity:
                 (140, 60, 30), (225, 210, 170), (235, 235, 235), (95, 70, 55)][rng.integers(10)]
         iris = [(70, 45, 25), (60, 95, 150), (70, 110, 70), (100, 100, 105), (40, 28, 18)][rng.integers(5)]
         glasses = None
-        if rng.random() < 0.3:
+        if rng.random() < 0.25:
             frame = [(20, 20, 20), (60, 40, 30), (150, 150, 155), (120, 30, 30), (200, 180, 120)][rng.integers(5)]
             glasses = (["round", "square"][rng.integers(2)], frame, float(rng.uniform(0.012, 0.04)),
-                       float(rng.uniform(0, 0.4) if rng.random() < 0.4 else 0.0))
+                       float(rng.uniform(0, 0.3) if rng.random() < 0.25 else 0.0))
         brow = tuple(np.clip(np.array(hair, float) * rng.uniform(0.5, 1.0), 0, 255)) if rng.random() < 0.5 else None
         return cls(
             face_w=rng.uniform(0.78, 1.06), chin_y=rng.uniform(0.88, 1.2), eye_y=rng.uniform(-0.37, -0.23),
@@ -96,8 +96,8 @@ class Identity:
             nose_w=rng.uniform(0.12, 0.22), mouth_y=rng.uniform(0.4, 0.55), mouth_w=rng.uniform(0.21, 0.34),
             lip=rng.uniform(0.55, 1.4), skin=tuple(np.clip(skin, 0, 255)), lips=tuple(np.clip(lips, 0, 255)),
             hair=hair, iris=iris, hairline=rng.uniform(-1.1, -0.7),
-            age=float(rng.uniform(0, 1) ** 1.5), texture=float(rng.uniform(0, 1) if rng.random() < 0.4 else 0.0),
-            texture_seed=int(rng.integers(2**31)), fringe=float(rng.uniform(0.3, 1.0) if rng.random() < 0.3 else 0.0),
+            age=float(0.8 * rng.uniform(0, 1) ** 2), texture=float(rng.uniform(0, 1) if rng.random() < 0.4 else 0.0),
+            texture_seed=int(rng.integers(2**31)), fringe=float(rng.uniform(0.3, 0.8) if rng.random() < 0.25 else 0.0),
             beard=float(rng.uniform(0.2, 1.0) if rng.random() < 0.25 else 0.0), glasses=glasses, brow_colour=brow,
         )
 
@@ -119,8 +119,8 @@ class Pose:
     def sample_hard(cls, rng: np.random.Generator) -> "Pose":
         """Wider head turns and rolls, and looser crops (scale and shift), as a face detector's
         crops of unposed photos."""
-        return cls(roll=float(np.clip(rng.normal(0, 0.17), -0.45, 0.45)), yaw=rng.uniform(-0.6, 0.6),
-                   scale=rng.uniform(0.27, 0.4), tx=rng.uniform(-0.07, 0.07), ty=rng.uniform(-0.07, 0.07))
+        return cls(roll=float(np.clip(rng.normal(0, 0.12), -0.35, 0.35)), yaw=rng.uniform(-0.45, 0.45),
+                   scale=rng.uniform(0.29, 0.39), tx=rng.uniform(-0.05, 0.05), ty=rng.uniform(-0.05, 0.05))
 
 
 # The face of mean proportions (frontal, neutral): the template of ``canonical_landmarks``.

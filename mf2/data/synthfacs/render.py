@@ -45,12 +45,12 @@ class Lighting:
         """Side light that shades half the face, dim and bright exposures, colour casts, flat and
         harsh contrast, sensor noise, cluttered backgrounds."""
         angle = rng.uniform(0, 2 * math.pi)
-        return cls(direction=(math.cos(angle), math.sin(angle)), strength=rng.uniform(0.0, 0.75),
-                   brightness=rng.uniform(0.6, 1.3), tint=tuple(rng.uniform(0.8, 1.2, 3)),
-                   noise=rng.uniform(1.0, 9.0),
+        return cls(direction=(math.cos(angle), math.sin(angle)), strength=rng.uniform(0.0, 0.5),
+                   brightness=rng.uniform(0.7, 1.25), tint=tuple(rng.uniform(0.85, 1.15, 3)),
+                   noise=rng.uniform(1.0, 7.0),
                    background=(tuple(rng.integers(10, 245, 3)), tuple(rng.integers(10, 245, 3))),
-                   contrast=rng.uniform(0.65, 1.15), gamma=float(np.exp(rng.uniform(-0.4, 0.4))),
-                   blobs=int(rng.integers(2, 9)))
+                   contrast=rng.uniform(0.75, 1.15), gamma=float(np.exp(rng.uniform(-0.3, 0.3))),
+                   blobs=int(rng.integers(2, 8)))
 
 
 @dataclass
@@ -67,8 +67,8 @@ class Capture:
     @classmethod
     def sample(cls, rng: np.random.Generator, sides=(48, 112)) -> "Capture":
         side = int(round(math.exp(rng.uniform(math.log(sides[0]), math.log(sides[1])))))
-        return cls(side=side, blur=float(rng.uniform(0.0, 1.2) ** 1.5), grey=bool(rng.random() < 0.5),
-                   quality=int(rng.integers(30, 91)))
+        return cls(side=side, blur=float(rng.uniform(0.0, 0.7) ** 1.5), grey=bool(rng.random() < 0.5),
+                   quality=int(rng.integers(35, 91)))
 
 
 def capture(image: np.ndarray, cap: Capture) -> Image.Image:
