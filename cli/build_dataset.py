@@ -16,13 +16,16 @@ from .options import Number, PathType
               help="Target images per emotion class (default: the smallest class).")
 @click.option("--val-fraction", type=Number(float, min=0, max=1, max_open=True), default=0.1, show_default=True,
               help="Share of images and videos in the validation split.")
+@click.option("--test-fraction", type=Number(float, min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help="Share of images and videos held out as a test split (other recordings than val's); "
+                   "training picks its best epoch and thresholds on val, evaluate scores test.")
 @click.option("--seed", type=Number(int), default=0, show_default=True)
 @click.option("--annotations", type=PathType(path_type=Path), help="Annotation folder, when ROOT holds several editions.")
 @click.option("--frames", type=PathType(path_type=Path), help="cropped_aligned folder, when not under ROOT.")
 @click.option("--keep-splits", is_flag=True, help="Keep the manifest's own split column instead of re-splitting.")
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) bad manifest rows instead of stopping.")
 @one_line_errors
-def build_dataset(root, manifest, out, per_class, val_fraction, seed, annotations, frames, keep_splits, skip_bad):
+def build_dataset(root, manifest, out, per_class, val_fraction, test_fraction, seed, annotations, frames, keep_splits, skip_bad):
     """Filter, balance the 8 emotions, split by video, write manifest.jsonl and stats.json."""
     from mf2.data.affwild2 import read_affwild2
     from mf2.data.manifest import read_manifest
@@ -45,7 +48,7 @@ def build_dataset(root, manifest, out, per_class, val_fraction, seed, annotation
         source = {"type": "manifest", "path": str(manifest), "skipped_rows": m.skipped, "merged_rows": m.merged}
     with exclusive_outputs({"--out": out}):  # a second build into the same --out stops at once
         stats = build_mfa(rows, out, per_class=per_class, val_fraction=val_fraction, seed=seed, keep_splits=keep_splits,
-                          source=source, dropped=dropped, inputs=inputs)
+                          source=source, dropped=dropped, inputs=inputs, test_fraction=test_fraction)
     click.echo(stats["summary"])
     click.echo(f"paper (MFA): {summary_line({**PAPER, 'splits': {k: PAPER[k] for k in ('train', 'val')}})}")
     if stats["dropped"]:

@@ -5,13 +5,14 @@ from pathlib import Path
 import click
 
 from ._common import one_line_errors, precision_option
-from .options import Number, PathType, device_option
+from .options import Number, PathType, Text, device_option
 
 
 @click.command()
 @click.option("--checkpoint", "run", type=PathType(path_type=Path), required=True, help="Run folder.")
 @click.option("--cache", type=PathType(path_type=Path), required=True)
-@click.option("--split", default="val", show_default=True)
+@click.option("--split", type=Text(), default="auto", show_default=True,
+              help="The split to score: auto = test when the cache holds one (training never read it), else val.")
 @device_option()
 @precision_option
 @click.option("--probe", is_flag=True, help="Also fit linear probes on the cache's pooled features (a floor to beat).")
@@ -33,20 +34,25 @@ from .options import Number, PathType, device_option
                    "n-grams, BLEU-4 / ROUGE-L / CIDEr against the split's captions and explanations/s; 0 = off.")
 @click.option("--decoding", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True,
               help="How --explain decodes.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="Test-time views: flip averages each face's probabilities with its mirrored view's (a cache extracted "
+                   "with --augment flip), for RUN and every --beside run, and reports the gain over RUN without it.")
 @one_line_errors
 def evaluate(run, cache, split, device, precision, probe, beside, beside_own_cache, transition, bootstrap, out, explain,
-             decoding):
+             decoding, tta):
     """Table II/III-style results (JSON, Markdown, PNG plots) in RUN/eval_<split>/ (or --out)."""
-    from mf2.evaluation.evaluate import evaluate as run_eval
-
+    from mf2.evaluation.evaluate import evaluate as run_eval, resolve_split
     from mf2.io import exclusive_outputs
     from mf2.runs import RunFolder
 
-    with exclusive_outputs({"--out": out or RunFolder(run).eval_folder(split)}):
+    tta = None if tta == "none" else tta
+    split = resolve_split(cache, split)
+    with exclusive_outputs({"--out": out or RunFolder(run).eval_folder(split + (f"_tta_{tta}" if tta else ""))}):
         result = run_eval(run, cache, split, device, probe=probe, beside=beside, transition=transition,
                           bootstrap=bootstrap, folder=out, precision=precision, beside_own_cache=beside_own_cache,
-                          explain=explain, decoding=decoding)
+                          explain=explain, decoding=decoding, tta=tta)
     click.echo((Path(result["folder"]) / "tables.md").read_text())
+    click.echo(result["split_note"])
     click.echo(f"AU mean F1 {result['au']['mean']:.4f}; emotion mean accuracy {result['emotion']['mean_accuracy']:.4f}, "
                f"overall {result['emotion']['overall_accuracy']:.4f}; {result['images']} images -> {result['folder']}")
     if probe:

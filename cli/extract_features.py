@@ -29,9 +29,13 @@ from .options import Number, PathType, device_option
 @click.option("--au-map", type=click.Choice(["auto", "last", "stride16", "stride8"]), default="auto", show_default=True,
               help="The feature map AU regions are pooled from: auto = the stride-16 stage of a CNN (finer than its last "
                    "map; 14 x 14 at 224 px), the patch grid of a ViT.")
-@click.option("--augment", type=click.Choice(["flip"]), multiple=True,
+@click.option("--augment", type=click.Choice(["none", "flip", "auto"]), default="none", show_default=True,
               help="flip: also store each face's mirrored view (landmarks mirrored, each AU's two centres swapped); "
-                   "training samples from both, evaluation reads the originals.")
+                   "training samples from both, evaluation reads the originals (evaluate --tta flip averages them in). "
+                   "auto: flip when the training split has at most 5,000 faces (not yet shown to win: see README).")
+@click.option("--au-regions", type=click.Choice(["table", "small-face"]), default="table", show_default=True,
+              help="Each AU's centres and window: table = DATA.md's centres, one window for all; small-face = per-AU "
+                   "centres and sizes for the small muscles (README).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="bf16: autocast the frozen backbones (faster on GPUs and on CPUs with AVX512-BF16); auto = bf16 on "
                    "GPUs that support it, fp32 on CPUs.")
@@ -43,7 +47,8 @@ from .options import Number, PathType, device_option
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) bad manifest rows instead of stopping.")
 @one_line_errors
 def extract_features(manifest, out, vision, vision_weights, text, face, landmarks, image_size, batch_size, device,
-                     au_samples, au_window, au_map, augment, precision, workers, allow_download, overwrite, skip_bad):
+                     au_samples, au_window, au_map, augment, au_regions, precision, workers, allow_download, overwrite,
+                     skip_bad):
     """Faces -> landmarks -> frozen vision backbone -> AU-region pooling -> frozen text encoder -> Zarr.
 
     Under torchrun (one process per GPU, one node or several sharing the file system) the
@@ -59,7 +64,8 @@ def extract_features(manifest, out, vision, vision_weights, text, face, landmark
     settings = ExtractSettings(vision=vision, vision_weights=str(vision_weights) if vision_weights else None, text=text,
                                face=face, landmarks=landmarks, image_size=image_size, batch_size=batch_size,
                                device=device, au_samples=au_samples, au_window=au_window, precision=precision,
-                               allow_download=allow_download, au_map=au_map, augment=tuple(augment),
+                               allow_download=allow_download, au_map=au_map,
+                               augment={"auto": "auto", "none": (), "flip": ("flip",)}[augment], au_regions=au_regions,
                                workers=workers if workers == "auto" else int(workers))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     with progress_bar(-(-len(m) // world), "extract") as bar:  # under torchrun: the first process's share

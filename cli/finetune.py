@@ -6,6 +6,10 @@ from ._common import one_line_errors, progress_bar
 from .options import PathType, config_options, explicit, given, section
 
 
+# training options that only the MF² trainer reads (its heads' regularisers, mirrored views)
+MF2_ONLY = ("flip", "emotion_smoothing", "head_dropout", "head_mixup")
+
+
 @click.command()
 @click.option("--from", "from_run", type=PathType(), required=True, help="Pretrained MF² run folder.")
 @click.option("--cache", type=PathType(), required=True)
@@ -29,6 +33,13 @@ def finetune(from_run, cache, out, use_dfn, resume, overwrite, **options):
     typed = explicit("train", "dfn")
     with progress_bar(None, "finetune") as bar:
         if use_dfn:
+            mf2_only = sorted(k for k in typed["train"] if k in MF2_ONLY)
+            if mf2_only:
+                from mf2.training.session import flag
+
+                raise click.UsageError(f"{', '.join(flag(k) for k in mf2_only)}: trains MF²'s own heads and views "
+                                       "(pretrain, finetune --full); DFN trains its adapters on the frozen MF²'s "
+                                       "block outputs of the original faces")
             last = finetune_dfn(from_run, cache, out, DFNConfig(**dfn), cfg, resume=resume, overwrite=overwrite,
                                 log=click.echo, extend_to=given("epochs"), given=typed, progress=bar.update)
         else:

@@ -144,6 +144,18 @@ def _train_flags():
             type=Number(int, min=1),
             help="Train on this many training rows, drawn with --seed (learning curves) [default: all].",
             show_default=False)),
+        Flag("flip", ("--flip/--no-flip",), dict(
+            help="Draw each face's mirrored view half the time when the cache holds them (extract-features "
+                 "--augment flip).")),
+        Flag("emotion_smoothing", ("--emotion-smoothing",), dict(
+            type=Number(float, min=0, max=1, max_open=True), help="Label smoothing of the emotion cross-entropy.")),
+        Flag("head_dropout", ("--head-dropout",), dict(
+            type=Number(float, min=0, max=1, max_open=True),
+            help="Dropout of the task heads' inputs (the pooled query outputs) in training.")),
+        Flag("head_mixup", ("--head-mixup",), dict(
+            type=Number(float, min=0, max=1, max_open=True),
+            help="Feature mixup: each face's head inputs and labels mixed with another face's of the batch, its share "
+                 "drawn in [0, this].")),
         Flag("deterministic", ("--deterministic/--nondeterministic",), dict(
             help="Deterministic algorithms: the same seed on the same machine gives the same run, bit for bit. "
                  "Default: on for CPUs (about 4% slower), off for GPUs (where it costs more; see README).",

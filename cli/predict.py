@@ -56,10 +56,13 @@ from .options import Number, PathType, Text, device_option
 @precision_option
 @click.option("--vision-weights", type=PathType(dir_okay=False), help="The vision weights file the run's cache used.")
 @click.option("--allow-download", is_flag=True, help="Let missing backbone weights download (off by default).")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="Test-time views: flip averages each face's probabilities with its mirrored view's (one more backbone "
+                   "pass per face).")
 @one_line_errors
 def predict(run, inputs, out, annotate, plots, explain, decoding, beams, grounding, fps, face, face_detector,
             min_face_score, out_format, tracking, smooth, batch_size, workers, threshold, device, precision,
-            vision_weights, allow_download):
+            vision_weights, allow_download, tta):
     """Predict every face in INPUTS: images, folders, globs (quoted) or video files.
 
     One row per face (source, frame, time, face, track, status, score, box x/y/w/h, head pose, AU01 …
@@ -90,7 +93,7 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, groundi
     with exclusive_outputs(outputs), Detector.from_run(
             run, device, precision, face, face_detector=face_detector, min_face_score=min_face_score,
             threshold=threshold, tracking=tracking, num_workers=workers, vision_weights=vision_weights,
-            allow_download=allow_download) as det:
+            allow_download=allow_download, tta=None if tta == "none" else tta) as det:
         try:
             faces = det.detect(list(inputs), batch_size=batch_size, fps=fps, explain=decoding if explain else False,
                                beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True),

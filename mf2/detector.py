@@ -164,19 +164,22 @@ class Detector:
     runs ('auto': on a CPU, the cores the face finders leave, so the two stages run side by side
     instead of fighting over cores; None: torch's own setting). ``vision_weights``: the weights
     file the run's cache was extracted with, when it was not a packaged backbone;
-    ``allow_download``: let missing backbone weights download (off by default).
+    ``allow_download``: let missing backbone weights download (off by default). ``tta``: 'flip'
+    averages each face's probabilities with its mirrored view's (each AU's two centres swapped,
+    as in training; one more backbone pass per face); None (default): the face as it is.
     """
 
     def __init__(self, run, device: str = "auto", precision: str = "auto", face: str = "detect", *,
                  face_detector: str = "auto", min_face_score: float | None = None, threshold: float | None = None,
                  tracking=True, num_workers="auto", torch_threads="auto", vision_weights: str | None = None,
-                 allow_download: bool = False):
+                 allow_download: bool = False, tta: str | None = None):
         device = str(resolve_device(device))
         self.workers = _workers(num_workers)
         self.settings = PredictSettings(face=face, threshold=threshold, min_face_score=min_face_score, device=device,
                                         precision=resolve_precision(precision, device), face_detector=face_detector,
                                         vision_weights=vision_weights, allow_download=allow_download,
-                                        threads=_threads(torch_threads, self.workers, torch.device(device).type))
+                                        threads=_threads(torch_threads, self.workers, torch.device(device).type),
+                                        tta=tta)
         self.tracking = _tracking(tracking)
         self.predictor = Predictor(run, self.settings)
         self.run = str(run)

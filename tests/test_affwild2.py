@@ -12,7 +12,7 @@ from mf2.cli.main import main
 from mf2.data.affwild2 import AffWild2Error, read_affwild2, recording
 from mf2.data.labels import AUS, EMOTIONS
 from mf2.data.manifest import read_manifest
-from mf2.data.mfa import build_mfa
+from mf2.data.mfa import build_mfa, split_by_recording
 
 AU_HEADER = ",".join(AUS)
 
@@ -111,6 +111,39 @@ def test_build_mfa_splits_by_recording_and_balances(tmp_path):
     assert stats["summary"].startswith(f"{stats['images']:,} images from {stats['videos']} videos; train ")
     # images resolve relative to the manifest
     assert all(m.image_path(r).is_file() for r in m.rows)
+
+
+def _split_tree(root):
+    for i in range(40):
+        people = ("_left", "_right") if i % 5 == 0 else ("",)
+        for suffix in people:
+            n = 10 + (i * 7) % 13
+            write_video(root, "abaw6", f"video{i}{suffix}", [au_row(k) for k in range(n)],
+                        [(k + i) % 8 for k in range(n)], range(1, n + 1))
+    return read_affwild2(root)
+
+
+def test_a_test_split_of_other_recordings_is_held_out(tmp_path):
+    rows, _, source = _split_tree(tmp_path / "aw")
+    plain = split_by_recording(rows, 0.2, 3)
+    assert set(plain.values()) == {"train", "val"}
+    # without a test fraction the split is the one every earlier version chose (the search's own seed)
+    val = {rec for rec, s in plain.items() if s == "val"}
+    assert split_by_recording(rows, 0.2, 3, test_fraction=0.0) == plain and len(val) >= 2
+    stats = build_mfa(rows, tmp_path / "mfa", val_fraction=0.2, test_fraction=0.2, seed=3, source=source)
+    m = read_manifest(tmp_path / "mfa" / "manifest.jsonl")
+    split_of = {}
+    for r in m.rows:
+        assert split_of.setdefault(recording(r["video"]), r["split"]) == r["split"]  # a recording in one split
+    sp = stats["splits"]
+    total = sum(sp[k]["images"] for k in ("train", "val", "test"))
+    for name in ("val", "test"):
+        assert sp[name]["images"] / total == pytest.approx(0.2, abs=0.06), name
+        assert len(set(sp[name]["per_class"].values())) == 1  # balanced in every split
+    assert "; test " in stats["summary"] and stats["settings"]["test_fraction"] == 0.2
+    result = CliRunner().invoke(main, ["build-dataset", "--affwild2", str(tmp_path / "aw"), "--out", str(tmp_path / "o"),
+                                       "--test-fraction", "0.95"])
+    assert result.exit_code == 1 and "test_fraction" in result.output
 
 
 def test_cli_prints_the_summary_in_the_papers_words(tmp_path):

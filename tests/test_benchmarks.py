@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,3 +129,32 @@ def test_predict_benchmark_runs(pretrained, tmp_path):
     frames = [r for r in result["runs"] if "in memory" in r["input"]]
     assert sorted({r["batch"] for r in frames}) == [1, 2] and {r["code"] for r in frames} == {"after", "before"}
     assert all(r["faces"] == 4 and r["faces_per_s"] > 0 for r in frames)
+def test_small_data_runs_on_the_hard_preset_and_scores_the_test_split(tmp_path):
+    """The tiny mode renders SynthFACS-hard (with its test split), trains, and scores the best epoch
+    (chosen on val) on test beside the probe, per AU; then evaluate on that cache scores test too,
+    says which split chose what, and --tta flip reports the run with and without the mirrored views."""
+    run_script("small_data.py", "--tiny", "--augment", "flip", "--work", tmp_path / "w", "--out", tmp_path / "sd",
+               cwd=tmp_path, timeout=1500)
+    result = json.loads((tmp_path / "sd.json").read_text())
+    assert result["split"] == "test" and result["checkpoint"] == "best"
+    row = result["sizes"][0]
+    assert row["train_images"] == 16 and set(row["per_au_seeds_pooled"]["model"]) == {
+        "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26"}
+    assert -1 <= row["model_minus_probe"]["au_mean_f1"]["diff"] <= 1
+    assert 0 <= row["per_seed"][0]["region_probe_au_f1"] <= 1  # each AU's own region, probed
+    md = (tmp_path / "sd.md").read_text()
+    assert "on the same test images" in md and "real posed faces" in md and "Per-AU F1 on test" in md
+    from mf2.cli.main import main
+
+    run, cache = tmp_path / "w/runs/n16_seed0", tmp_path / "w/features.zarr"
+    out = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run), "--cache", str(cache), "--tta", "flip",
+                                    "--bootstrap", "20"])
+    assert out.exit_code == 0, out.output
+    assert "Scored on the test split; the run's best epoch and its per-AU thresholds were chosen on the val split" \
+        in out.output
+    metrics = json.loads((run / "eval_test_tta_flip/metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["tta"] == "flip" and metrics["selection"]["best_epoch"] == "val"
+    assert "n16_seed0 without --tta" in metrics["beside"]
+    out = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run), "--cache", str(cache), "--split", "val",
+                                    "--bootstrap", "0"])
+    assert out.exit_code == 0 and "optimistic" in out.output

@@ -15,9 +15,11 @@ from mf2.data.labels import AUS, EMOTIONS
 from mf2.data.landmarks import AU_CENTRE_RULES, MIRROR, au_centres, mirror_landmarks
 from mf2.evaluation.metrics import all_active_au_f1, selection_score, tune_thresholds
 from mf2.features.backbones import load_vision
+from mf2.data.manifest import read_manifest
 from mf2.features.reader import CacheReader
+from mf2.features.store import FeatureStore
 from mf2.io import write_checksums
-from mf2.runs import RunFolder, load_model
+from mf2.runs import RunError, RunFolder, load_model
 from mf2.training.loop import (TABLE_VI, TrainConfig, WARMUP_FRACTION, au_pos_weight, fit, make_optimizer,
                                resolve_warmup)
 
@@ -166,6 +168,76 @@ def test_flipped_views_and_the_finer_map(tmp_path):
     assert vision(torch.zeros(1, 3, 224, 224), au_map="stride8")[1].shape == (1, 40, 28, 28)
     with pytest.raises(ValueError, match="au_map"):
         vision.resolve_au_map("stride4")
+
+
+def test_mirrored_views_are_stored_for_small_training_sets_unless_told(tmp_path):
+    """--augment auto stores the mirrored views when the training split is small, says so, and
+    records it in the signature; none (the default) stores none; a store resumes as it began."""
+    from mf2.features.extract import FLIP_AUTO_MAX_TRAIN, resolve_augment
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["synth", "--n", "16", "--out", str(tmp_path / "d"), "--images-per-video", "4",
+                                  "--no-baseline"])
+    assert result.exit_code == 0, result.output
+    manifest = tmp_path / "d/manifest.jsonl"
+    result = runner.invoke(main, ["extract-features", "--manifest", str(manifest), "--out", str(tmp_path / "a.zarr"),
+                                  "--augment", "auto"])
+    assert result.exit_code == 0 and "augment: flip (auto: 12 training faces, at most 5,000)" in result.output
+    assert FeatureStore.open(tmp_path / "a.zarr").signature["augment"] == ["flip"]
+    result = runner.invoke(main, ["extract-features", "--manifest", str(manifest), "--out", str(tmp_path / "b.zarr")])
+    assert result.exit_code == 0, result.output
+    store = FeatureStore.open(tmp_path / "b.zarr")
+    assert store.signature["augment"] == [] and "vision/tokens_flip" not in store.group
+    m = read_manifest(manifest)
+    assert resolve_augment("auto", m, tmp_path / "b.zarr") == ((), "auto: as the store at --out began")
+    assert resolve_augment("auto", m, tmp_path / "b.zarr", overwrite=True)[0] == ("flip",)
+    big = type(m)([{**m.rows[0], "split": "train"}] * (FLIP_AUTO_MAX_TRAIN + 1), m.root)
+    assert resolve_augment("auto", big) == ((), "auto: 5,001 training faces, more than 5,000")
+
+
+def test_per_au_regions_move_the_small_muscles_and_are_recorded(tmp_path):
+    """The small-face table puts AU7 on the lower lid, AU15 below the lip corners and AU26 on the chin,
+    with smaller windows for AU7 and AU23; its centres mirror like the table's; a store records
+    the table it was pooled with, and a run refuses a cache pooled with another."""
+    from mf2.data.landmarks import au_regions, au_window_factors
+    from mf2.runs import check_features
+
+    spec = sf.sample_specs(8, 5)[3]
+    lm = sf.landmarks_of(spec, 224)
+    table, small = au_centres(lm), au_centres(lm, "small-face")
+    r = float(np.linalg.norm(lm[39] - lm[42]))
+    k = {au: AUS.index(au) for au in ("AU7", "AU15", "AU26", "AU1")}
+    np.testing.assert_allclose(small[k["AU1"]], table[k["AU1"]])  # the others as DATA.md has them
+    assert small[k["AU15"], :, 1].mean() - table[k["AU15"], :, 1].mean() == pytest.approx(r / 3)
+    assert small[k["AU26"], :, 1].mean() > table[k["AU26"], :, 1].mean() - 0.1 * r  # down on the chin
+    assert (small[k["AU7"], :, 1] > table[k["AU7"], :, 1] + 0.1 * r).all()  # from the upper lid down to the lower
+    assert au_window_factors("small-face")[[k["AU7"], AUS.index("AU23")]].tolist() == [0.6, 0.6]
+    assert (au_window_factors("table") == 1).all()
+    mirrored = au_centres(mirror_landmarks(lm, 224), "small-face")
+    for i, au in enumerate(AUS):
+        a, b, _, _ = au_regions("small-face")[au]
+        swap = sorted(MIRROR[list(a)]) == sorted(b)
+        expected = small[i, ::-1].copy() if swap else small[i].copy()
+        expected[:, 0] = 224 - expected[:, 0]
+        np.testing.assert_allclose(mirrored[i], expected, atol=1e-9, err_msg=au)
+    with pytest.raises(ValueError, match="au_regions"):
+        au_centres(lm, "large")
+    runner = CliRunner()
+    result = runner.invoke(main, ["synth", "--n", "8", "--out", str(tmp_path / "d"), "--images-per-video", "4",
+                                  "--no-baseline"])
+    assert result.exit_code == 0, result.output
+    sigs = {}
+    for regions in ("table", "small-face"):
+        result = runner.invoke(main, ["extract-features", "--manifest", str(tmp_path / "d/manifest.jsonl"), "--out",
+                                      str(tmp_path / f"{regions}.zarr"), "--au-regions", regions, "--augment", "none"])
+        assert result.exit_code == 0, result.output
+        sigs[regions] = FeatureStore.open(tmp_path / f"{regions}.zarr").signature
+    assert "regions" not in sigs["table"]["pooling"] and sigs["small-face"]["pooling"]["regions"] == "small-face"
+    a, b = (FeatureStore.open(tmp_path / f"{x}.zarr")["vision/au_tokens"][:] for x in ("table", "small-face"))
+    assert np.array_equal(a[:, AUS.index("AU1")], b[:, AUS.index("AU1")])
+    assert not np.array_equal(a[:, AUS.index("AU15")], b[:, AUS.index("AU15")])
+    with pytest.raises(RunError, match="pooling.regions"):
+        check_features(sigs["table"], sigs["small-face"], "a run")
 
 
 def test_explanation_consistency_reads_captions_back():

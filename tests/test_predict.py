@@ -174,23 +174,30 @@ def test_video_sampled_at_fps_in_any_batch_size(pretrained, astronaut, tmp_path)
         assert im.format == "JPEG" and im.size == (256, 256)
 
 
-def test_predict_uses_the_extraction_feature_path(pretrained, tmp_path):
-    """--face aligned on a cache's own images gives what the model says on that cache's rows."""
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_predict_uses_the_extraction_feature_path(pretrained, tmp_path, tta):
+    """--face aligned on a cache's own images gives what the model says on that cache's rows; with
+    --tta flip, what evaluate's test-time flip says (the mirrored crop, its AU centres swapped, is
+    the cache's mirrored view)."""
     lines = (pretrained / "d/manifest.jsonl").read_text().splitlines()[:6]
     (pretrained / "d/sub.jsonl").write_text("\n".join(lines) + "\n")
     cache = tmp_path / "sub.zarr"
     result = CliRunner().invoke(main, ["extract-features", "--manifest", str(pretrained / "d/sub.jsonl"), "--out",
-                                       str(cache), "--landmarks", "dlib"])
+                                       str(cache), "--landmarks", "dlib", "--augment", "flip"])
     assert result.exit_code == 0, result.output
     images = [pretrained / "d" / json.loads(line)["image"] for line in lines]
     out = tmp_path / "r.json"
-    result = _predict("--checkpoint", pretrained / "run", *images, "--face", "aligned", "--out", out)
+    result = _predict("--checkpoint", pretrained / "run", *images, "--face", "aligned", "--out", out, "--tta", tta)
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
     model, _, _ = load_model(pretrained / "run")
-    emo, au, _, _ = predict_split(model, CacheReader(cache, None), torch.device("cpu"))
+    emo, au, _, _ = predict_split(model, CacheReader(cache, None), torch.device("cpu"),
+                                  tta=None if tta == "none" else tta)
     np.testing.assert_allclose([list(r["emotions"].values()) for r in rows], emo, atol=1e-4)
     np.testing.assert_allclose([list(r["aus"].values()) for r in rows], au, atol=1e-4)
+    if tta == "flip":  # and it is not the plain prediction
+        plain = predict_split(model, CacheReader(cache, None), torch.device("cpu"))[1]
+        assert np.abs(plain - au).max() > 1e-3
 
 
 def _tiny_branch():

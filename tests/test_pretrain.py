@@ -123,6 +123,48 @@ def test_missing_labels_do_not_count():
     assert json.dumps(e) == json.dumps(emotion_scores(np.array([0, 3, 1]), np.array([0, 3, 2])))  # NaN-safe
 
 
+def test_head_regularisers_mix_labels_like_their_inputs_and_are_off_by_default():
+    """Feature mixup mixes the heads' inputs and labels with the same partner and share (a
+    partner without a label leaves a row's own); label smoothing is F.cross_entropy's; dropout acts
+    only in training; with nothing asked, the losses are the plain ones."""
+    from mf2.models.mf2 import HeadRegularisation, task_losses
+    from mf2.training.loop import head_regularisation
+
+    assert head_regularisation(TrainConfig()) is None
+    torch.manual_seed(1)
+    emo, au = torch.randn(4, 8), torch.randn(4, 12)
+    y_emo, y_au = torch.tensor([1, 2, -1, 5]), torch.randint(0, 2, (4, 12))
+    y_au[3, 2] = -1
+    plain = task_losses(emo, au, y_emo, y_au)
+    assert torch.equal(plain["emo_cls"], task_losses(emo, au, y_emo, y_au, emotion_smoothing=0.0, mix=None)["emo_cls"])
+    smooth = task_losses(emo, au, y_emo, y_au, emotion_smoothing=0.1)["emo_cls"]
+    torch.testing.assert_close(smooth, F.cross_entropy(emo[[0, 1, 3]], y_emo[[0, 1, 3]], label_smoothing=0.1))
+    perm, share = torch.tensor([1, 0, 3, 2]), torch.tensor([0.3, 0.1, 0.2, 0.4])
+    mixed = task_losses(emo, au, y_emo, y_au, mix=(perm, share))
+    ce = F.cross_entropy(emo, y_emo.clamp(min=0), reduction="none")
+    ce_p = F.cross_entropy(emo, y_emo.clamp(min=0)[perm], reduction="none")
+    w = share * (y_emo[perm] >= 0)  # row 3's partner (row 2) has no emotion: row 3 keeps its own
+    expected = (((1 - w) * ce + w * ce_p) * (y_emo >= 0)).sum() / 3
+    torch.testing.assert_close(mixed["emo_cls"], expected)
+    target = (1 - share[:, None] * (y_au[perm] >= 0)) * y_au.clamp(min=0) + \
+        share[:, None] * (y_au[perm] >= 0) * y_au[perm].clamp(min=0)
+    keep = y_au >= 0
+    torch.testing.assert_close(mixed["au_cls"], F.binary_cross_entropy_with_logits(au[keep], target[keep]))
+    # in the model: mixup draws from the generator, and evaluation never regularises
+    model = tiny_model()
+    batch = {"tokens": torch.randn(4, 6, 24), "au_tokens": torch.randn(4, 12, 8, 24), "emotion": y_emo, "aus": y_au}
+    model.eval()  # no mixing, no dropout outside training
+    reg = HeadRegularisation(dropout=0.5, mixup=0.4)
+    assert torch.equal(model(batch, align=False, regularisation=reg).loss, model(batch, align=False).loss)
+    model.train()
+    a = model(batch, align=False, generator=torch.Generator().manual_seed(3), regularisation=HeadRegularisation(mixup=0.4))
+    b = model(batch, align=False, generator=torch.Generator().manual_seed(3), regularisation=HeadRegularisation(mixup=0.4))
+    torch.testing.assert_close(a.loss, b.loss)
+    assert not torch.allclose(a.loss, model(batch, align=False).loss)
+    with pytest.raises(ValueError, match="train.head_mixup"):
+        TrainConfig(head_mixup=1.5)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")

@@ -149,3 +149,74 @@ def test_written_dataset_has_splits_by_video_and_a_baseline(tmp_path):
     assert set(base["emotion"]["per_class_accuracy"]) == set(EMOTIONS)
     assert base["emotion"]["mean_accuracy"] > 0.2  # chance is 0.125
     assert set(base["au"]["per_au"]) == set(AUS)
+
+
+def test_the_default_data_set_is_unchanged_by_the_presets(tmp_path):
+    """The quickstart's and the README's figures come from the default data set: its manifest (all
+    labels, splits and landmarks) is the one every earlier version wrote, byte for byte, and its
+    stats.json has no new keys."""
+    import hashlib
+
+    stats = sf.write_synthfacs(tmp_path, 40, 112, seed=0, workers=1)
+    digest = hashlib.sha256((tmp_path / "manifest.jsonl").read_bytes()).hexdigest()
+    assert digest == "acd51764d6f7039589a466fd39ed86c80a60f4f42cd2b4e1b5e4eff560f74ce0"
+    assert set(stats["synthfacs"]) == {"n", "size", "seed", "images_per_video", "val_fraction", "label_noise",
+                                       "rendered", "reused"}
+    assert sorted(p.suffix for p in (tmp_path / "images").iterdir()) == [".png"] * 40
+
+
+def test_the_hard_preset_holds_small_grey_and_colour_jpegs_with_a_test_split(tmp_path):
+    stats = sf.write_synthfacs(tmp_path / "a", 64, seed=3, workers=2, preset_name="hard")
+    sf.write_synthfacs(tmp_path / "b", 64, seed=3, workers=1, preset_name="hard")
+    names = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert all(filecmp.cmp(tmp_path / "a" / n, tmp_path / "b" / n, shallow=False) for n in names)  # seeded
+    m = read_manifest(tmp_path / "a/manifest.jsonl")
+    sides, modes = [], set()
+    for r in m.rows:
+        with Image.open(m.image_path(r)) as im:
+            assert im.format == "JPEG" and im.size[0] == im.size[1]
+            sides.append(im.size[0])
+            modes.add(im.mode)
+    assert 48 <= min(sides) < 70 and 90 < max(sides) <= 112 and modes == {"L", "RGB"}
+    splits = {}
+    for r in m.rows:
+        splits.setdefault(r["video"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits.values()) and {s.pop() for s in splits.values()} == {"train", "val", "test"}
+    assert stats["splits"]["test"]["videos"] == 2 and stats["synthfacs"]["preset"] == "hard"  # 8 videos of 8
+    # the manifest's landmarks are a detector's: near the exact ones (in the stored image's pixels), not on them
+    specs = sf.sample_specs(64, 3, preset_name="hard")
+    for spec, row in zip(specs[:8], m.rows):
+        exact = sf.landmarks_of(spec, 112) * spec.capture.side / 112
+        error = np.linalg.norm(np.asarray(row["landmarks"]) - exact, axis=1) / ruler(exact)
+        assert 0.02 < error.mean() < 0.4, error.mean()
+    # subtle AUs: most active intensities are weak (the default draws them in [0.35, 1])
+    active = [v for s in sf.sample_specs(400, 0, preset_name="hard") for au, v in s.expression.intensities.items()
+              if s.expression.labels[au] and v >= 0.2]
+    assert np.mean(np.array(active) < 0.35) > 0.15 and min(active) < 0.25
+
+
+def test_hard_identities_vary_beyond_the_default_ones():
+    default = [sf.Identity.sample(np.random.default_rng(i)) for i in range(200)]
+    hard = [sf.Identity.sample_hard(np.random.default_rng(i)) for i in range(200)]
+    assert not any(i.glasses or i.beard or i.fringe or i.age or i.texture for i in default)
+    for share, name in ((0.25, "glasses"), (0.25, "beard"), (0.25, "fringe"), (0.4, "texture")):
+        assert abs(np.mean([bool(getattr(i, name)) for i in hard]) - share) < 0.1, name
+    assert np.ptp([i.face_w for i in hard]) > 1.5 * np.ptp([i.face_w for i in default])
+    # a hard face with glasses and a beard still carries its AU evidence where the table says
+    ident = next(i for i in hard if i.glasses and i.beard)
+    pose, light = sf.Pose(scale=0.34), sf.Lighting(noise=0.0, background=((128, 128, 128), (128, 128, 128)))
+    rest = {a: 0.0 for a in AUS}
+    off, lm = sf.render(ident, rest, pose, light, 224, np.random.default_rng(0))
+    on, _ = sf.render(ident, {**rest, "AU12": 1.0}, pose, light, 224, np.random.default_rng(0))
+    diff = np.abs(on.astype(float) - off.astype(float)).sum(-1)
+    (x0, y0), (x1, y1) = au_centres(lm)[AUS.index("AU12")]
+    assert diff[int(min(y0, y1)) - 10:int(max(y0, y1)) + 10, int(x0) - 10:int(x1) + 10].mean() > 5 * diff.mean() / 4
+
+
+def test_bad_preset_settings_are_one_line_errors(tmp_path):
+    with pytest.raises(ValueError, match="preset"):
+        sf.sample_specs(8, 0, preset_name="harder")
+    with pytest.raises(ValueError, match="112 px"):
+        sf.write_synthfacs(tmp_path, 8, 224, preset_name="hard")
+    with pytest.raises(ValueError, match="test_fraction"):
+        sf.sample_specs(8, 0, val_fraction=0.5, test_fraction=0.5)

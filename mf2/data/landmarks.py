@@ -27,6 +27,40 @@ AU_CENTRE_RULES = {
     "AU26": (56, 58, 1 / 2),
 }
 
+# Per-AU region tables: each AU's two centres (each the mean of a few landmarks, moved down by a
+# shift in rulers; negative = up) and its sampling window, as a factor of ``--au-window``.
+# ``table``: DATA.md's centres (AU_CENTRE_RULES) with one window for every AU -- the reading every
+# store before the option was extracted with. ``small-face``: where the evidence of the small
+# muscles sits on a face tens of pixels wide -- AU7 on the lower lid (the eye's centre, a small
+# window), AU15 below the lip corners (the depressor pulls them down), AU23 a small window on the
+# lips, AU26 on the chin below the lower lip, which the jaw drop moves.
+AURegion = tuple  # ((landmarks of centre a), (landmarks of centre b), shift in rulers, window factor)
+AU_REGIONS = {
+    "table": {au: ((a,), (b,), shift, 1.0) for au, (a, b, shift) in AU_CENTRE_RULES.items()},
+    "small-face": {
+        **{au: ((a,), (b,), shift, 1.0) for au, (a, b, shift) in AU_CENTRE_RULES.items()},
+        "AU7": ((37, 38, 40, 41), (43, 44, 46, 47), 0.1, 0.6),
+        "AU15": ((48,), (54,), 1 / 3, 0.8),
+        "AU23": ((51,), (57,), 0.0, 0.6),
+        "AU26": ((57,), (8,), 0.0, 1.0),
+    },
+}
+
+
+def au_regions(name: str = "table") -> dict:
+    """The region table ``name`` (``AU_REGIONS``): AU -> (centre a's landmarks, centre b's, shift in
+    rulers, window factor)."""
+    if name not in AU_REGIONS:
+        raise ValueError(f"au_regions: expected one of {', '.join(AU_REGIONS)}, got {name!r}")
+    return AU_REGIONS[name]
+
+
+def au_window_factors(name: str = "table") -> np.ndarray:
+    """Each AU's sampling window [12] as a factor of ``--au-window``, in the order of ``AUS``."""
+    table = au_regions(name)
+    return np.array([table[au][3] for au in AUS], dtype=np.float64)
+
+
 REGIONS = {
     "jaw": range(0, 17), "right_brow": range(17, 22), "left_brow": range(22, 27),
     "nose": range(27, 36), "right_eye": range(36, 42), "left_eye": range(42, 48),
@@ -40,19 +74,21 @@ def ruler(landmarks: np.ndarray) -> np.ndarray:
     return np.linalg.norm(landmarks[..., 39, :] - landmarks[..., 42, :], axis=-1)
 
 
-def au_centres(landmarks: np.ndarray) -> np.ndarray:
+def au_centres(landmarks: np.ndarray, regions: str = "table") -> np.ndarray:
     """AU centres of [..., 68, 2] landmarks -> [..., 12, 2, 2] (AU, centre a/b, x/y), in the
-    landmarks' units, AUs in the order of ``AUS``."""
+    landmarks' units, AUs in the order of ``AUS``, by the region table ``regions``."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     if landmarks.shape[-2:] != (68, 2):
         raise ValueError(f"landmarks: expected [..., 68, 2], got {landmarks.shape}")
+    table = au_regions(regions)
     r = ruler(landmarks)[..., None]
     out = np.empty(landmarks.shape[:-2] + (len(AUS), 2, 2))
     for i, au in enumerate(AUS):
-        a, b, shift = AU_CENTRE_RULES[au]
-        for j, index in enumerate((a, b)):
-            out[..., i, j, 0] = landmarks[..., index, 0]
-            out[..., i, j, 1] = landmarks[..., index, 1] + shift * r[..., 0]
+        a, b, shift, _ = table[au]
+        for j, points in enumerate((a, b)):
+            point = landmarks[..., points[0], :] if len(points) == 1 else landmarks[..., list(points), :].mean(-2)
+            out[..., i, j, 0] = point[..., 0]
+            out[..., i, j, 1] = point[..., 1] + shift * r[..., 0]
     return out
 
 

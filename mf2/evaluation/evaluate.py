@@ -11,13 +11,39 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mf2.features import schema
 from mf2.devices import resolve_device, resolve_precision
 from mf2.evaluation.metrics import paired_bootstrap
 from mf2.evaluation.predict import explanation_scores, open_run, run_predictions
 from mf2.evaluation.probe import pooled_feature_probe
 from mf2.evaluation.report import markdown_tables, plots
+from mf2.features.store import FeatureStore
 from mf2.io import atomic_write_text, refuse_overlap
 from mf2.runs import RunError, RunFolder
+
+# Where a trained run made its choices: the best epoch and each AU's threshold are picked on the
+# val split of its cache (``training.loop.fit``); the test split is never read in training.
+SELECTION_SPLIT = "val"
+
+
+def resolve_split(cache, split: str = "auto") -> str:
+    """``auto``: the cache's test split when it has valid rows in one (a split held out from every
+    choice training made), else val; any other name as given."""
+    if split != "auto":
+        return split
+    store = FeatureStore.open(cache)
+    n = len(store)
+    has_test = bool(((store.read(schema.SPLIT, 0, n) == "test") & store.read(schema.VALID, 0, n)).any())
+    return "test" if has_test else SELECTION_SPLIT
+
+
+def split_note(split: str) -> str:
+    """One line saying which split chose what, and which one is scored."""
+    if split == SELECTION_SPLIT:
+        return (f"Scored on the {split} split, which also chose the run's best epoch and its per-AU thresholds: "
+                "optimistic (hold out a test split: build-dataset or synth --test-fraction).")
+    return (f"Scored on the {split} split; the run's best epoch and its per-AU thresholds were chosen on the "
+            f"{SELECTION_SPLIT} split, which training read and this score does not.")
 
 
 def _paired(this: dict, other: dict, resamples: int) -> dict:
@@ -26,29 +52,38 @@ def _paired(this: dict, other: dict, resamples: int) -> dict:
                             (this["y_emotion"], this["y_aus"]), this["videos"], resamples)
 
 
-def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | None = None, probe: bool = False,
+def evaluate(run, cache, split: str = "auto", device: str = "cpu", name: str | None = None, probe: bool = False,
              beside=(), transition: bool = False, bootstrap: int = 1000, folder=None, precision: str = "auto",
-             beside_own_cache: bool = False, explain: int = 0, decoding: str = "greedy") -> dict:
+             beside_own_cache: bool = False, explain: int = 0, decoding: str = "greedy",
+             tta: str | None = None) -> dict:
     """Scores of ``run`` (and of the ``beside`` runs, with paired bootstrap intervals of run − each
     over ``bootstrap`` resamples of the split's videos; 0 = none) written to ``folder``
-    (default ``<run>/eval_<split>/``). With ``beside_own_cache`` each beside run is scored on the
+    (default ``<run>/eval_<split>/``, ``eval_<split>_tta_flip/`` with ``tta``). With ``beside_own_cache`` each beside run is scored on the
     cache it was trained on (another backbone, AU map or augmentation of the same images): the
     split must hold the same images in the same order, so that the differences stay paired. With
     ``explain`` (a number of rows), the run also explains that many of the split's faces with
     each decoder (grounded in the heads, and the decoder alone; ``decoding`` greedy or beam) and
     reports how often the explanation says what its heads chose, how well its sentences read, and
-    how close it is to the split's reference captions (``explanation_scores``)."""
+    how close it is to the split's reference captions (``explanation_scores``). ``split`` 'auto'
+    is the cache's test split when it has one, else val (``resolve_split``). ``tta='flip'`` scores
+    every run with its mirrored views averaged in (``predict_split``), and adds the paired gain of
+    that over the run's plain scores (``tta_gain``)."""
     device = str(resolve_device(device))  # before anything is written
     precision = resolve_precision(precision, device)
-    folder = Path(folder) if folder else RunFolder(run).eval_folder(split)
+    split = resolve_split(cache, split)
+    folder = Path(folder) if folder else RunFolder(run).eval_folder(split + (f"_tta_{tta}" if tta else ""))
     refuse_overlap({"--cache": cache, "--beside": list(beside)}, {"--out": folder})
     opened = open_run(run, cache, split, device)  # loaded once for the scores and the explanations
-    this = run_predictions(run, cache, split, device, precision, opened)
+    this = run_predictions(run, cache, split, device, precision, opened, tta=tta)
     au, emo = this["au"], this["emo"]
     others = {}
+    if tta:  # the same run without the mirrored views, paired image by image
+        plain = run_predictions(run, cache, split, device, precision, opened)
+        others[f"{Path(run).name} without --tta"] = (plain["au"], plain["emo"],
+                                                     _paired(this, plain, bootstrap) if bootstrap else None)
     for r in beside:
         other = run_predictions(r, RunFolder(r).config()["cache"] if beside_own_cache else cache, split, device,
-                                precision)
+                                precision, tta=tta)
         if other["ids"] != this["ids"]:
             raise RunError(f"{r}: its cache's {split} split holds other images than {cache}'s; paired differences need "
                            "the same images")
@@ -56,7 +91,8 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
     folder.mkdir(parents=True, exist_ok=True)
     name = name or Path(run).name
     result = {"run": str(run), "checkpoint": str(this["checkpoint"]), "cache": str(cache), "split": split,
-              "precision": precision,
+              "selection": {"best_epoch": SELECTION_SPLIT, "au_thresholds": SELECTION_SPLIT}, "split_note": split_note(split),
+              "precision": precision, "tta": tta,
               "images": len(this["y_emotion"]), "au": au, "emotion": emo, "au_tuned": this["au_tuned"],
               "beside": {n: {"au": a, "emotion": e, "paired": p} for n, (a, e, p) in others.items()}}
     if probe:
@@ -65,8 +101,9 @@ def evaluate(run, cache, split: str = "val", device: str = "cpu", name: str | No
         result["explanations"] = explanation_scores(run, cache, split, device, precision, explain, decoding,
                                                     opened=opened)
     atomic_write_text(folder / "metrics.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(folder / "tables.md", markdown_tables(au, emo, name, result.get("probe"), others, transition,
-                                                            tuned=this["au_tuned"], split=split)
+    atomic_write_text(folder / "tables.md", f"{split_note(split)} {len(this['y_emotion'])} images.\n\n"
+                      + markdown_tables(au, emo, name, result.get("probe"), others, transition,
+                                        tuned=this["au_tuned"], split=split)
                       + explanation_lines(result.get("explanations")))
     result["plots"] = plots(folder, au, emo, RunFolder(run).log_rows())
     result["folder"] = str(folder)

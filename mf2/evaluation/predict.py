@@ -12,16 +12,42 @@ import torch
 from mf2.devices import autocast
 from mf2.evaluation.metrics import au_f1, caption_scores, emotion_scores, validation_row
 from mf2.features.reader import CacheReader, prefetch
+from mf2.features.store import store_path
 from mf2.data.labels import AUS
 from mf2.models.explain import GROUNDINGS
 from mf2.runs import RunFolder, check_features, load_model
 from mf2.features import schema
 
 
+TTAS = (None, "flip")
+
+
+def check_tta(tta) -> None:
+    if tta not in TTAS:
+        raise ValueError(f"tta: expected 'flip' or none, got {tta!r}")
+
+
 @torch.no_grad()
-def predict_split(model, reader: CacheReader, device, batch_size: int = 128, precision: str = "fp32"):
+def predict_split(model, reader: CacheReader, device, batch_size: int = 128, precision: str = "fp32",
+                  tta: str | None = None):
     """(emotion probs [N, 8], AU probs [N, 12], emotion labels [N], AU labels [N, 12]) of the
-    reader's rows, from images only. ``model`` is an ``MF2`` or a ``DFNModel``."""
+    reader's rows, from images only. ``model`` is an ``MF2`` or a ``DFNModel``. ``tta='flip'``
+    averages each face's probabilities with its mirrored view's (a store with ``--augment flip``;
+    the mirrored landmarks swap each AU's two centres, as in training)."""
+    check_tta(tta)
+    out = _predict_view(model, reader, device, batch_size, precision)
+    if tta == "flip":
+        mirrored = copy.copy(reader)
+        mirrored.view, mirrored.flip = "flip", False
+        if schema.flipped(schema.TOKENS) not in reader.store.group:
+            raise ValueError(f"{store_path(reader.store.group)}: the store holds no mirrored views for --tta flip "
+                             "(extract it with --augment flip)")
+        emo, au = _predict_view(model, mirrored, device, batch_size, precision)[:2]
+        out = ((out[0] + emo) / 2, (out[1] + au) / 2, *out[2:])
+    return out
+
+
+def _predict_view(model, reader: CacheReader, device, batch_size: int, precision: str):
     model.eval()
     emo, au, y_emo, y_au = [], [], [], []
     for batch in prefetch(reader.batches(batch_size, shuffle=False, drop_last=False), device):
@@ -48,11 +74,12 @@ def open_run(run, cache, split: str, device):
     return model, ckpt, reader
 
 
-def run_predictions(run, cache, split: str, device, precision: str = "fp32", opened=None) -> dict:
+def run_predictions(run, cache, split: str, device, precision: str = "fp32", opened=None, tta: str | None = None) -> dict:
     """A run's probabilities on a cache split, its labels, each image's video, and its scores
-    (``opened``: what ``open_run`` gave, to load the model once for several uses)."""
+    (``opened``: what ``open_run`` gave, to load the model once for several uses; ``tta``: as in
+    ``predict_split``)."""
     model, ckpt, reader = opened or open_run(run, cache, split, device)
-    emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device), precision=precision)
+    emo_p, au_p, y_emo, y_au = predict_split(model, reader, torch.device(device), precision=precision, tta=tta)
     videos = [str(v) for v in reader.store.group[schema.VIDEO][:][reader.rows].tolist()]
     ids = [str(v) for v in reader.store.group[schema.IDS][:][reader.rows].tolist()]
     thresholds = RunFolder.checkpoint_state(ckpt).get("au_thresholds")  # chosen on the run's validation split

@@ -2,7 +2,9 @@
 
 Multinomial logistic regression (emotion) and 12 binary ones (AUs) on the pooled global token
 (``vision/tokens[:, 0]``: the mean-pooled map of a CNN, the CLS token of a ViT), fitted on the
-train split and scored on the evaluated split with the Table II/III metrics.
+train split and scored on the evaluated split with the Table II/III metrics. ``au_region_probe``
+fits each AU's binary one on that AU's own pooled region instead: what the AU features of a
+cache (its map, region table, input size) hold about each AU, before any model is trained.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from mf2.data.labels import AUS
-from mf2.evaluation.baselines import logistic_baseline
+from mf2.data.labels import MISSING
+from mf2.evaluation.baselines import _fit_linear, logistic_baseline
+from mf2.evaluation.metrics import au_f1
 from mf2.features.reader import sample_rows
 from mf2.features.store import FeatureStore
 from mf2.features import schema
@@ -41,3 +45,48 @@ def pooled_feature_probe(cache, split: str = "val", train_rows: int | None = Non
     result = logistic_baseline(train_x, train_rows, x, rows, predictions=predictions)
     result["features"] = "pooled global token (vision/tokens[:, 0])"
     return result
+
+
+def _region_features(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """Each AU's region, pooled: the mean of each of its two centres' R x R samples, side by side
+    [N, 12, 2C] (float32), for the given store rows."""
+    n, out = len(store), []
+    for a in range(0, n, 512):
+        local = rows[(rows >= a) & (rows < a + 512)] - a
+        if len(local):
+            t = store.read("vision/au_tokens", a, min(n, a + 512))[local].astype(np.float32)  # [b, 12, 2R², C]
+            b, k, s2, c = t.shape
+            out.append(t.reshape(b, k, 2, s2 // 2, c).mean(3).reshape(b, k, 2 * c))
+    return np.concatenate(out)
+
+
+def au_region_probe(cache, split: str = "val", train_rows: int | None = None, seed: int = 0,
+                    weight_decay: float = 1e-3) -> dict:
+    """Per AU, a binary logistic regression on that AU's own pooled region (``_region_features``),
+    fitted on the train split (``train_rows`` of it, drawn as ``pretrain --train-rows`` draws them)
+    and scored on ``split``: per-AU F1 at 0.5 and their mean."""
+    import torch
+
+    store = FeatureStore.open(cache)
+    store.verify(["meta/valid", "meta/split", "meta/aus", "vision/au_tokens"])
+    n = len(store)
+    meta = {k: store.read(f"meta/{k}", 0, n) for k in ("valid", "split", "aus")}
+    train = sample_rows(np.flatnonzero(meta["valid"] & (meta["split"] == "train")), train_rows, seed)
+    test = np.flatnonzero(meta["valid"] & (meta["split"] == split))
+    if not len(train) or not len(test):
+        raise ValueError(f"{cache}: the probe needs rows in both the train and {split} splits")
+    xt, xs = _region_features(store, train), _region_features(store, test)
+    yt, ys = meta["aus"][train], meta["aus"][test]
+    probs = np.zeros(ys.shape, dtype=np.float64)
+    for k in range(len(AUS)):
+        mean, std = xt[:, k].mean(0), xt[:, k].std(0) + 1e-6
+        keep = yt[:, k] != MISSING
+        x = torch.from_numpy((xt[keep, k] - mean) / std).double()
+        y = torch.from_numpy(yt[keep, k].astype(np.float64))
+        model = _fit_linear(x, lambda z, y=y: torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y), 1,
+                            weight_decay)
+        with torch.no_grad():
+            probs[:, k] = torch.sigmoid(model(torch.from_numpy((xs[:, k] - mean) / std).double()))[:, 0].numpy()
+    scores = au_f1(probs, ys)
+    return {"au": {"per_au": scores["per_au"], "mean": scores["mean"]}, "train_images": int(len(train)),
+            "images": int(len(test)), "features": "each AU's own pooled region (vision/au_tokens, mean per centre)"}

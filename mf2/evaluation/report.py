@@ -28,7 +28,7 @@ def markdown_tables(au: dict, emo: dict, name: str, probe: dict | None = None, b
              "| Model | " + " | ".join(list(AUS) + ["Avg."]) + " |", "|" + "---|" * (len(AUS) + 2)]
     lines += [_row(f"paper: {k}", v) for k, v in TABLE_II.items()] + [_row(f"**ours: {name}**", au_vals)]
     if tuned:
-        lines.append(_row(f"ours: {name}, per-AU thresholds{' (tuned on this split)' if split == 'val' else ''}",
+        lines.append(_row(f"ours: {name}, per-AU thresholds{' (tuned on this split)' if split == 'val' else ' (tuned on val)'}",
                           [100 * tuned["per_au"][a] for a in AUS] + [100 * tuned["mean"]]))
     lines += [_row(f"ours: {n}", [100 * a["per_au"][x] for x in AUS] + [100 * a["mean"]]) for n, (a, _, _) in beside.items()]
     if probe:

@@ -39,7 +39,7 @@ from mf2._version import __version__
 from mf2 import distributed
 from mf2.data.labels import AUS, CAPTION_COLUMN, CAPTION_TYPES, TEXT_CAPS
 from mf2.devices import resolve_device
-from mf2.data.landmarks import au_centres, mirror_landmarks, ruler
+from mf2.data.landmarks import au_centres, au_regions, au_window_factors, mirror_landmarks, ruler
 from mf2.data.manifest import Manifest
 from mf2.devices import resolve_precision
 from mf2.features.backbones import load_text, load_vision
@@ -54,6 +54,9 @@ STAGES = ("decode", "face", "wait", "vision", "pooling", "text", "write")
 AUGMENTATIONS = ("flip",)
 UNIT_ROWS = 512  # the most rows a unit holds (texts encoded together; the grain ranks split at)
 TEXT_BATCH = 256  # texts per text-encoder call (sorted by token length)
+# --augment auto stores the mirrored views when the manifest's training split is at most this many
+# faces (not the default: it has not been shown to win yet; README, "Mirrored views").
+FLIP_AUTO_MAX_TRAIN = 5000
 
 
 @dataclass
@@ -77,7 +80,11 @@ class ExtractSettings:
     # the map AU regions are pooled from: last | stride16 | stride8; auto = stride16 for a CNN (its
     # last map is 7 x 7 at 224 px), the patch grid for a ViT
     au_map: str = "auto"
-    augment: tuple = ()  # 'flip': also store each image's mirrored view (training samples from both)
+    # ('flip',): also store each image's mirrored view (training samples from both); () none; 'auto':
+    # flip for training splits of at most FLIP_AUTO_MAX_TRAIN faces (``resolve_augment``)
+    augment: tuple | str = ()
+    # each AU's centres and window (``data.landmarks.AU_REGIONS``): 'table' = DATA.md's, one window for all
+    au_regions: str = "table"
     workers: int | str = "auto"  # decoding + face processes; auto: see ``resolve_workers``
     unit: int | None = None  # a new store's unit (rows, a multiple of batch_size); None = ``unit_rows``
 
@@ -280,10 +287,28 @@ class _Job:
     has_sentences: bool
 
 
+def resolve_augment(augment, manifest: Manifest, out=None, overwrite: bool = False) -> tuple[tuple, str]:
+    """(the augmentations to store, why): 'auto' is what a store already at ``out`` holds (it
+    resumes as it began), else flip for a training split of at most ``FLIP_AUTO_MAX_TRAIN`` faces."""
+    if augment != "auto":
+        return ((augment,) if isinstance(augment, str) else tuple(sorted(augment))), "asked"
+    if out is not None and not overwrite:
+        try:
+            return tuple(FeatureStore.open(out).signature.get("augment", [])), "auto: as the store at --out began"
+        except ValueError:  # no store there yet
+            pass
+    n_train = sum(r.get("split") == "train" for r in manifest.rows)
+    if n_train <= FLIP_AUTO_MAX_TRAIN:
+        return ("flip",), f"auto: {n_train:,} training faces, at most {FLIP_AUTO_MAX_TRAIN:,}"
+    return (), f"auto: {n_train:,} training faces, more than {FLIP_AUTO_MAX_TRAIN:,}"
+
+
 def extract_features(manifest: Manifest, out, settings: ExtractSettings | None = None, overwrite: bool = False,
                      progress=None, log=print) -> dict:
     s = settings or ExtractSettings()
     s = replace(s, device=str(resolve_device(s.device)))  # before anything is written
+    augment, why = resolve_augment(s.augment, manifest, out, overwrite)
+    s = replace(s, augment=augment)
     rank, world = distributed.init_from_env(s.device, backend="gloo")  # the processes only wait for each other
     device = str(distributed.local_device(s.device, share=True))
     precision = resolve_precision(s.precision, device)
@@ -302,11 +327,12 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     unknown = set(s.augment) - set(AUGMENTATIONS)
     if unknown:
         raise ValueError(f"augment: expected {', '.join(AUGMENTATIONS)}, got {', '.join(sorted(unknown))}")
+    au_regions(s.au_regions)  # a known table, before any work
     vision = load_vision(s.vision, s.vision_weights, s.allow_download, device)
     text = load_text(s.text, s.allow_download, device)
     if rank == 0:
-        log(f"vision: {vision.name} ({vision.source}); text: {text.name} ({text.source}); {precision}"
-            + (f"; {world} processes" if world > 1 else ""))
+        log(f"vision: {vision.name} ({vision.source}); text: {text.name} ({text.source}); {precision}; "
+            f"augment: {', '.join(augment) or 'none'} ({why})" + (f"; {world} processes" if world > 1 else ""))
     rows = manifest.rows
     job = _Job(s, manifest, vision, text, vision.resolve_au_map(s.au_map), precision, workers, landmark_source,
                [t for t in CAPTION_TYPES if any(r.get(CAPTION_COLUMN[t]) for r in rows)],
@@ -371,6 +397,8 @@ def _layout(job: _Job, device: str) -> tuple[dict, dict, dict]:
                     "channels": C_au},
         "augment": sorted(s.augment),
     }
+    if s.au_regions != "table":  # (stores without the field were pooled with DATA.md's table)
+        signature["pooling"]["regions"] = s.au_regions
     meta = {schema.IDS: [r["id"] for r in rows], schema.VIDEO: [r["video"] for r in rows],
             schema.SPLIT: [r["split"] or "" for r in rows], schema.IMAGE: [r["image"] for r in rows],
             schema.EMOTION: np.array([r["emotion"] for r in rows], np.int8),
@@ -455,13 +483,14 @@ def _block_arrays(job: _Job, item: dict, texts: UnitTexts, timing: Counter) -> d
     s = job.s
     valid, crops, lms = item["valid"], item["crops"], item["landmarks"]
     tokens_np, au_np = visual_features(job.vision, crops, lms, s.au_samples, s.au_window, s.padding, job.precision,
-                                       timing, job.au_map)
+                                       timing, job.au_map, s.au_regions)
     tokens_np[~valid], au_np[~valid] = 0, 0  # a skipped image holds no features
     arrays = {schema.FACE_FOUND: item["found"], schema.VALID: valid, schema.ERROR: item["errors"],
               schema.TOKENS: tokens_np, schema.AU_TOKENS: au_np, schema.LANDMARKS: lms.astype(np.float32)}
     if "flip" in s.augment:  # the mirrored face: same labels (the 12 AUs are bilateral)
         flip_tokens, flip_au = visual_features(job.vision, crops[:, :, ::-1], mirror_landmarks(lms, s.image_size),
-                                               s.au_samples, s.au_window, s.padding, job.precision, timing, job.au_map)
+                                               s.au_samples, s.au_window, s.padding, job.precision, timing, job.au_map,
+                                               s.au_regions)
         flip_tokens[~valid], flip_au[~valid] = 0, 0
         arrays.update({schema.flipped(schema.TOKENS): flip_tokens, schema.flipped(schema.AU_TOKENS): flip_au})
     t0 = time.perf_counter()
@@ -579,18 +608,20 @@ def _await(store: FeatureStore, world: int, poll: float = 0.2) -> dict:
 
 
 def visual_features(vision, crops: np.ndarray, landmarks: np.ndarray, au_samples: int, au_window: float,
-                    padding: str, precision: str = "fp32", timing: Counter | None = None, au_map: str = "last"):
+                    padding: str, precision: str = "fp32", timing: Counter | None = None, au_map: str = "last",
+                    regions: str = "table"):
     """The image side of a cache row, in memory (extraction and ``mf2 predict`` share it): face
     crops [b, S, S, 3] uint8 and their landmarks [b, 68, 2] (crop pixels) -> global tokens
-    [b, T, C] and AU tokens [b, 12, 2R², C_au] pooled from the ``au_map`` map, float16 as stored."""
+    [b, T, C] and AU tokens [b, 12, 2R², C_au] pooled from the ``au_map`` map at the centres and
+    windows of the region table ``regions``, float16 as stored."""
     b, size = crops.shape[0], crops.shape[1]
     t0 = time.perf_counter()
     device = next(vision.model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float().div_(255)
     tokens, fmap, layout = vision(x, precision, au_map)
     t1 = time.perf_counter()
-    centres = au_centres(landmarks).reshape(b, 2 * len(AUS), 2) / size  # normalised, AU-major
-    window = au_window * ruler(landmarks) / size
+    centres = au_centres(landmarks, regions).reshape(b, 2 * len(AUS), 2) / size  # normalised, AU-major
+    window = au_window * ruler(landmarks)[:, None] * np.repeat(au_window_factors(regions), 2)[None] / size  # [b, 24]
     pooled = au_region_pool(fmap, torch.as_tensor(centres, dtype=fmap.dtype, device=fmap.device),
                             torch.as_tensor(window, dtype=fmap.dtype, device=fmap.device), au_samples, padding,
                             layout=layout)

@@ -32,13 +32,17 @@ def sample_rows(rows: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarra
     return np.sort(np.random.default_rng([seed, 7]).choice(rows, limit, replace=False))
 
 
+VIEWS = ("original", "flip")
+
+
 class CacheReader:
     """The rows of one split of a feature store, as batches. With ``flip`` (a store extracted with
     ``--augment flip``), each row's visual features are its mirrored view's with probability 1/2,
-    drawn per row and epoch from the seed: what training samples from; evaluation reads originals."""
+    drawn per row and epoch from the seed: what training samples from; evaluation reads originals
+    (``view='flip'``: the mirrored views only, what test-time flipping averages in)."""
 
     def __init__(self, path, split: str | None = "train", emo_text: str = "emotion", window: int = 512,
-                 flip: bool = False, limit: int | None = None, seed: int = 0):
+                 flip: bool = False, limit: int | None = None, seed: int = 0, view: str = "original"):
         self.store = FeatureStore.open(path)
         if not self.store.complete:
             raise ValueError(f"{path}: the feature store is incomplete (rerun mf2 extract-features to finish it)")
@@ -57,6 +61,12 @@ class CacheReader:
         self.vision_dim = g[schema.TOKENS].shape[-1]
         self.au_vision_dim = g[schema.AU_TOKENS].shape[-1]
         self.flip = flip and schema.flipped(schema.TOKENS) in g
+        if view not in VIEWS:
+            raise ValueError(f"view: expected {' or '.join(VIEWS)}, got {view!r}")
+        if view == "flip" and schema.flipped(schema.TOKENS) not in g:
+            raise ValueError(f"{path}: the store holds no mirrored views for test-time flipping (extract it with "
+                             "--augment flip)")
+        self.view = view
         self.text_dim = g[schema.text(emo_text, "hidden")].shape[-1] if self.has_emo_text else (
             g[schema.text(schema.AU_SENTENCES, "hidden")].shape[-1] if self.has_au_text else 1)
 
@@ -112,14 +122,16 @@ class CacheReader:
         """Arrays of the given (sorted) rows, read through their window's contiguous range."""
         a, b = int(rows[0]), int(rows[-1]) + 1
         local = rows - a
-        names = [schema.TOKENS, schema.AU_TOKENS, schema.EMOTION, schema.AUS]
-        if self.flip:
+        seen = schema.flipped if self.view == "flip" else (lambda name: name)  # the view the model reads
+        names = [seen(schema.TOKENS), seen(schema.AU_TOKENS), schema.EMOTION, schema.AUS]
+        if self.flip and self.view != "flip":
             names += [schema.flipped(schema.TOKENS), schema.flipped(schema.AU_TOKENS)]
         if self.has_emo_text:
             names += [schema.text(self.emo_text, k) for k in ("ids", "mask", "hidden")]
         if self.has_au_text:
             names += [schema.text(schema.AU_SENTENCES, k) for k in ("ids", "mask", "hidden")]
-        return {name: self.store.read(name, a, b)[local] for name in names}
+        as_read = {seen(schema.TOKENS): schema.TOKENS, seen(schema.AU_TOKENS): schema.AU_TOKENS}
+        return {as_read.get(name, name): self.store.read(name, a, b)[local] for name in names}
 
     def batches(self, batch_size: int, epoch: int = 0, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
                 rank: int = 0, world: int = 1):

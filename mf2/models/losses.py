@@ -30,19 +30,34 @@ def weighted_total(losses: dict, declared: dict, weights: dict) -> torch.Tensor:
 
 
 def task_losses(emotion: torch.Tensor, au: torch.Tensor, y_emotion: torch.Tensor, y_aus: torch.Tensor,
-                tasks: str = "both", au_pos_weight: torch.Tensor | None = None) -> dict:
-    """The classification losses of ``tasks``: cross-entropy over the 8 emotions (``emo_cls``) and
-    BCE per AU (``au_cls``; positives weighted by ``au_pos_weight`` [12] when given), with missing
-    labels (-1) masked out (never read as 0)."""
+                tasks: str = "both", au_pos_weight: torch.Tensor | None = None, emotion_smoothing: float = 0.0,
+                mix=None) -> dict:
+    """The classification losses of ``tasks``: cross-entropy over the 8 emotions (label-smoothed
+    by ``emotion_smoothing``) and BCE per AU (positives weighted by ``au_pos_weight`` [12] when
+    given), with missing labels (-1) masked out (never read as 0). ``mix`` (partner rows, partner
+    shares; ``HeadRegularisation.mix``): the logits are of mixed inputs, the labels mix the same way
+    (a row whose partner lacks a label keeps only its own)."""
     out = {}
     if tasks in ("emotion", "both"):  # the mean over labelled rows, as a masked sum (no host sync)
         y = y_emotion.long()
-        keep = y >= 0
-        ce = F.cross_entropy(emotion.float(), y.clamp(min=0), reduction="none")
+        keep = (y >= 0).float()
+        ce = F.cross_entropy(emotion.float(), y.clamp(min=0), reduction="none", label_smoothing=emotion_smoothing)
+        if mix is not None:
+            perm, share = mix
+            other = F.cross_entropy(emotion.float(), y.clamp(min=0).index_select(0, perm), reduction="none",
+                                    label_smoothing=emotion_smoothing)
+            share = share * keep.index_select(0, perm)
+            ce = (1 - share) * ce + share * other
         out["emo_cls"] = (ce * keep).sum() / keep.sum().clamp(min=1)
     if tasks in ("au", "both"):
         y = y_aus.float()
         keep = y >= 0
-        bce = F.binary_cross_entropy_with_logits(au.float(), y.clamp(min=0), reduction="none", pos_weight=au_pos_weight)
+        target = y.clamp(min=0)
+        if mix is not None:
+            perm, share = mix
+            partner = y.index_select(0, perm)
+            w = share[:, None] * (partner >= 0)
+            target = (1 - w) * target + w * partner.clamp(min=0)
+        bce = F.binary_cross_entropy_with_logits(au.float(), target, reduction="none", pos_weight=au_pos_weight)
         out["au_cls"] = (bce * keep).sum() / keep.sum().clamp(min=1)
     return out

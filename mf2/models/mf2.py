@@ -11,7 +11,10 @@ Prediction uses images only (Appendix G).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mf2.data.labels import N_AU, N_EMOTIONS
@@ -30,6 +33,31 @@ def emotion_input(cfg: MF2Config, pooled: torch.Tensor | None, au: torch.Tensor 
     if au is None or cfg.emotion_reads == "global":
         return pooled
     return torch.cat([pooled, au.flatten(1)], 1)
+
+
+@dataclass
+class HeadRegularisation:
+    """Small-data regularisers of the task heads while training (``TrainConfig``; all off by
+    default): ``emotion_smoothing``, label smoothing of the emotion cross-entropy; ``dropout``, of
+    the heads' inputs (the pooled query outputs); ``mixup``, each row's head inputs and labels mixed
+    with another row's of the batch, the other's share drawn in [0, ``mixup``] (feature mixup)."""
+
+    emotion_smoothing: float = 0.0
+    dropout: float = 0.0
+    mixup: float = 0.0
+
+    def mix(self, n: int, device, generator=None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(partner row of each row [n], the partner's share [n]) for this batch, or None (off)."""
+        if not self.mixup:
+            return None
+        perm = torch.randperm(n, generator=generator, device=device)
+        return perm, self.mixup * torch.rand(n, generator=generator, device=device)
+
+
+def _mixed(x: torch.Tensor, mix) -> torch.Tensor:
+    perm, share = mix
+    w = share.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
+    return (1 - w) * x + w * x.index_select(0, perm)
 
 
 class MF2(nn.Module):
@@ -97,16 +125,26 @@ class MF2(nn.Module):
             out.au_kv, out.au_cross = kv if kv else (None, None)
         return out
 
-    def heads(self, feats: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        """(emotion logits [B, 8], AU logits [B, 12]) from the image features."""
+    def heads(self, feats: ImageFeatures, regularisation: HeadRegularisation | None = None,
+              mix=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(emotion logits [B, 8], AU logits [B, 12]) from the image features (in training, with
+        ``regularisation``'s dropout of the heads' inputs and ``mix``, its mixup draw)."""
         pooled = feats.emo.mean(1) if feats.emo is not None else None
         au_pooled = feats.au.mean(2) if feats.au is not None else None  # [B, 12 sequences, H]
-        emotion = self.emotion_head(emotion_input(self.cfg, pooled, au_pooled))
+        emotion_in = emotion_input(self.cfg, pooled, au_pooled)
+        au_in = au_pooled if feats.au is not None else feats.emo.mean(1)
+        if regularisation is not None and self.training:
+            if mix is not None:
+                emotion_in, au_in = _mixed(emotion_in, mix), _mixed(au_in, mix)
+            if regularisation.dropout:
+                emotion_in = F.dropout(emotion_in, regularisation.dropout)
+                au_in = F.dropout(au_in, regularisation.dropout)
+        emotion = self.emotion_head(emotion_in)
         if feats.au is not None:
-            per_seq = self.au_head(au_pooled)  # [B, 12 sequences, 12 outputs]
+            per_seq = self.au_head(au_in)  # [B, 12 sequences, 12 outputs]
             au = per_seq.diagonal(dim1=1, dim2=2)  # AU k from its own sequence
         else:
-            au = self.au_head(feats.emo.mean(1))
+            au = self.au_head(au_in)
         return emotion, au
 
     def _align_subset(self, aus: torch.Tensor, generator=None) -> torch.Tensor:
@@ -125,13 +163,18 @@ class MF2(nn.Module):
         return emotion.float().softmax(-1), au.float().sigmoid()
 
     def forward(self, batch: dict, tasks: str = "both", generator=None, align: bool = True,
-                au_pos_weight: torch.Tensor | None = None) -> StepOutput:
+                au_pos_weight: torch.Tensor | None = None,
+                regularisation: HeadRegularisation | None = None) -> StepOutput:
         """Losses of one batch (see ``mf2.features.reader`` for the batch layout); ``align=False``
         keeps the task losses only (full fine-tuning, the "w/o DFN" row); ``au_pos_weight`` [12]
-        weighs each AU's positives in its BCE."""
+        weighs each AU's positives in its BCE; ``regularisation``: the heads' small-data
+        regularisers (the alignment losses always see the unmixed features)."""
         feats = self.image_features(batch.get("tokens"), batch.get("au_tokens"), keep_kv=align)
-        emotion, au = self.heads(feats)
-        losses, info = task_losses(emotion, au, batch["emotion"], batch["aus"], tasks, au_pos_weight), {}
+        mix = regularisation.mix(len(batch["emotion"]), batch["emotion"].device, generator) \
+            if regularisation is not None and self.training else None
+        emotion, au = self.heads(feats, regularisation, mix)
+        losses, info = task_losses(emotion, au, batch["emotion"], batch["aus"], tasks, au_pos_weight,
+                                   regularisation.emotion_smoothing if regularisation is not None else 0.0, mix), {}
         if align and self.emo_vl is not None and "emo_text" in batch:
             ids, mask, states, has = batch["emo_text"]
             rows = has.nonzero().squeeze(1)  # the rows with a caption (one host sync)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mf2.data.labels import EMOTIONS, per_au
+from mf2.data.landmarks import mirror_landmarks
 from mf2.devices import autocast, resolve_precision
 from mf2.features.backbones import BackboneError, load_tokenizer, load_vision
 from mf2.features.extract import visual_features
@@ -46,6 +47,7 @@ class PredictSettings:
     vision_weights: str | None = None  # when the run's cache used --vision-weights FILE
     allow_download: bool = False
     threads: int | None = None  # torch's intra-op threads while a batch runs (None: torch's own setting)
+    tta: str | None = None  # 'flip': average each face's probabilities with its mirrored view's (explanations: the face's own)
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Predictor:
         self.min_face_score = DEFAULT_MIN_SCORE[self.detector_name] if s.min_face_score is None else s.min_face_score
         if not np.isfinite(self.min_face_score):
             raise ValueError(f"min_face_score: expected a number, got {s.min_face_score!r}")
+        if s.tta not in (None, "flip"):
+            raise ValueError(f"tta: expected 'flip' or None, got {s.tta!r}")
         self.model_precision = resolve_precision(s.precision, s.device)
         self.signature = sig = RunFolder(run).features()
         self.model, self.config, self.checkpoint = load_model(run, s.device)
@@ -176,17 +180,27 @@ class Predictor:
         with intra_op_threads(self.settings.threads):
             self._predict(faces, explain, beams, grounding)
 
-    def _predict(self, faces: list[AlignedFace], explain: str | None, beams: int, grounding: str = "heads") -> None:
+    def _features(self, crops: np.ndarray, landmarks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global and AU tokens of aligned crops, made as the run's cache made them, on the device."""
         p = self.pooling
-        tokens, au_tokens = visual_features(self.vision, np.stack([f.crop for f in faces]),
-                                            np.stack([f.crop_landmarks for f in faces]), p["R"], p["window_rulers"],
-                                            p["padding"], self.backbone_precision, au_map=p.get("au_map", "last"))
+        tokens, au_tokens = visual_features(self.vision, crops, landmarks, p["R"], p["window_rulers"], p["padding"],
+                                            self.backbone_precision, au_map=p.get("au_map", "last"),
+                                            regions=p.get("regions", "table"))
         device = self.settings.device
-        tokens = torch.from_numpy(tokens.astype(np.float32)).to(device)
-        au_tokens = torch.from_numpy(au_tokens.astype(np.float32)).to(device)
+        return (torch.from_numpy(tokens.astype(np.float32)).to(device),
+                torch.from_numpy(au_tokens.astype(np.float32)).to(device))
+
+    def _predict(self, faces: list[AlignedFace], explain: str | None, beams: int, grounding: str = "heads") -> None:
+        crops, landmarks = np.stack([f.crop for f in faces]), np.stack([f.crop_landmarks for f in faces])
+        tokens, au_tokens = self._features(crops, landmarks)
+        device = self.settings.device
         explainer = self.explainer(explain, beams, grounding) if explain else None
         with autocast(self.model_precision, device):
             emo, au = (t.cpu().numpy() for t in self.model.predict(tokens, au_tokens))
+            if self.settings.tta == "flip":  # the mirrored face, each AU's two centres swapped (as in training)
+                mirrored = self._features(crops[:, :, ::-1], mirror_landmarks(landmarks, self.size))
+                emo_m, au_m = (t.cpu().numpy() for t in self.model.predict(*mirrored))
+                emo, au = (emo + emo_m) / 2, (au + au_m) / 2
             explained = explainer.explain(tokens, au_tokens, au, emo) if explainer else [None] * len(faces)
         for i, f in enumerate(faces):
             f.aus, f.emotions, f.crop = au[i], emo[i], None

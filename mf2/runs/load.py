@@ -35,6 +35,7 @@ def _normalised(signature: dict) -> dict:
 
     sig = json.loads(json.dumps(signature))  # a deep copy
     sig.setdefault("pooling", {}).setdefault("au_map", "last")
+    sig["pooling"].setdefault("regions", "table")  # stores before per-AU regions: DATA.md's table
     for part in (sig.get("pooling", {}), sig.get("text", {})):
         for key in DERIVED:
             part.pop(key, None)

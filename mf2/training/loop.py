@@ -22,6 +22,7 @@ from mf2.data.labels import N_EMOTIONS
 from mf2.devices import PRECISIONS, autocast, resolve_device, resolve_precision
 from mf2.evaluation.metrics import selection_score
 from mf2.models.config import check, positive
+from mf2.models.mf2 import HeadRegularisation
 from mf2.models.qformer import CHECKPOINTING
 from mf2.runs import RunError, RunFolder, typed_section
 from mf2.training.checkpoint import load_checkpoint, save_checkpoint
@@ -70,6 +71,11 @@ class TrainConfig:
     au_weighting: str = "frequency"
     flip: bool = True  # sample each face's mirrored view half the time when the cache holds them (--augment flip)
     train_rows: int | None = None  # train on this many training rows drawn with the seed (learning curves); None = all
+    # small-data regularisers of the task heads (``models.mf2.HeadRegularisation``; pretraining and
+    # --full fine-tuning): emotion label smoothing, dropout of the heads' inputs, feature mixup
+    emotion_smoothing: float = 0.0
+    head_dropout: float = 0.0
+    head_mixup: float = 0.0
 
     def __post_init__(self):
         p = "train"
@@ -86,6 +92,8 @@ class TrainConfig:
         check(p, "activation_checkpointing", self.activation_checkpointing, str,
               lambda v: v in ("auto", *CHECKPOINTING), "auto, " + ", ".join(CHECKPOINTING))
         check(p, "au_weighting", self.au_weighting, str, lambda v: v in ("frequency", "none"), "frequency or none")
+        for name in ("emotion_smoothing", "head_dropout", "head_mixup"):
+            check(p, name, getattr(self, name), (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
         for name in ("compile", "flip"):
             check(p, name, getattr(self, name), bool)
 
@@ -122,6 +130,12 @@ def saved_train_config(run: RunFolder, saved: dict, device: str) -> TrainConfig:
     """A run's recorded training settings (``saved``: its migrated config), for ``--resume`` on
     ``device``."""
     return typed_section(TrainConfig, {**saved["train"], "device": device}, "train", run.path / "config.json")
+
+
+def head_regularisation(cfg: TrainConfig):
+    """The heads' small-data regularisers of a run's settings (None when all are off)."""
+    reg = HeadRegularisation(cfg.emotion_smoothing, cfg.head_dropout, cfg.head_mixup)
+    return reg if any((reg.emotion_smoothing, reg.dropout, reg.mixup)) else None
 
 
 def record_epochs(run: RunFolder, saved: dict, cfg: TrainConfig) -> None:

@@ -20,7 +20,7 @@ from mf2.features.reader import CacheReader, prefetch
 from mf2.models.config import PAPER_PARAMS, MF2Config
 from mf2.models.mf2 import MF2, count_parameters
 from mf2.runs import IMAGE_FIELDS, TEXT_FIELDS, RunError, RunFolder, check_features, load_model, model_config
-from mf2.training.loop import TrainConfig, rng_state
+from mf2.training.loop import TrainConfig, head_regularisation, rng_state
 from mf2.training.session import Trainer, contradictions, train
 
 
@@ -125,7 +125,8 @@ class MF2Trainer(Trainer):
         return prefetch(self.train_reader.batches(cfg.batch_size, epoch, cfg.seed, rank=rank, world=world), self.device)
 
     def losses_of(self, net, cfg: TrainConfig, weight: torch.Tensor):
-        return lambda b: net(b, cfg.tasks, self.generator, self.align, weight)
+        regularisation = head_regularisation(cfg)  # the heads' small-data regularisers (None: all off)
+        return lambda b: net(b, cfg.tasks, self.generator, self.align, weight, regularisation)
 
     def validate(self, cfg: TrainConfig) -> dict:
         return validation_metrics(self.model, self.val, self.device, cfg.precision)

@@ -2,6 +2,12 @@
 expression from the EMFACS prototypes, pose, lighting) and the writer of images, manifest and
 stats. Every sample is a pure function of (seed, index): same seed -> byte-identical files, in
 any order and with any number of workers.
+
+Two presets (``PRESETS``): ``default``, the data set of the quickstart and the README's figures
+(its files never change), and ``hard``, a stand-in for small real posed and in-the-wild sets:
+wider identities (face shape, skin and texture, age lines, beards, fringes, glasses), subtle AU
+intensities, wider pose, harsh lighting, faces stored at 48 to 112 px, grey or colour, blurred
+and JPEG-compressed, landmarks with a detector's error, more label noise, and a test split.
 """
 
 from __future__ import annotations
@@ -18,8 +24,40 @@ from mf2.data.labels import AUS, EMOTIONS, PROTOTYPES
 from mf2.data.manifest import write_manifest
 from mf2.data.stats import dataset_stats
 from mf2.data.synthfacs.face import DEPTH, Identity, Pose, face_landmarks, project
-from mf2.data.synthfacs.render import Lighting, render
+from mf2.data.synthfacs.render import Capture, Lighting, capture, render
 from mf2.io import atomic_write_text, save_image
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a SynthFACS preset draws, and the split and label settings it defaults to."""
+
+    name: str
+    images_per_video: int = 10
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    label_noise: float = 0.02
+    hard: bool = False  # wider identities, pose and lighting; subtle AUs; small degraded JPEG faces
+    sides: tuple = (48, 112)  # (hard) stored face sides, drawn log-uniformly
+    # (hard) the manifest landmarks' error, as a detector's on small faces: each point and the whole
+    # face shifted by this many rulers (SD; about 5 % of the outer inter-ocular distance, a good
+    # detector's mean error) and the face scaled by 0.3 x this
+    landmark_noise: float = 0.0
+
+
+PRESETS = {
+    "default": Preset("default"),
+    # about the people-per-image ratio of small posed sets (~8 images a person), their label
+    # disagreement, and a held-out test split of people
+    "hard": Preset("hard", images_per_video=8, val_fraction=0.2, test_fraction=0.2, label_noise=0.03, hard=True,
+                   landmark_noise=0.1),
+}
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+    return PRESETS[name]
 
 
 @dataclass
@@ -33,11 +71,13 @@ def _covers_prototype(active: set) -> bool:
     return any(set(core) <= active for core, _ in PROTOTYPES.values())
 
 
-def sample_expression(emotion: int, rng: np.random.Generator, label_noise: float = 0.02) -> Expression:
+def sample_expression(emotion: int, rng: np.random.Generator, label_noise: float = 0.02,
+                      subtle: bool = False) -> Expression:
     """AUs for an emotion by the EMFACS prototypes: core AUs dropped at random (at least half
     kept), optional ones added, a stray AU now and then; Neutral has none; Other draws
-    non-prototypical combinations. Active AUs get intensities in [0.35, 1]; some inactive ones
-    get sub-threshold traces. Labels are the active set with a little label noise."""
+    non-prototypical combinations. Active AUs get intensities in [0.35, 1] (``subtle``: a
+    quarter of them in [0.2, 0.35]); some inactive ones get sub-threshold traces. Labels are the
+    active set with a little label noise."""
     name = EMOTIONS[emotion]
     if name == "Neutral":
         active = set()
@@ -58,7 +98,12 @@ def sample_expression(emotion: int, rng: np.random.Generator, label_noise: float
     intensities = {}
     for au in AUS:
         if au in active:
-            intensities[au] = float(rng.uniform(0.35, 1.0))
+            if subtle:  # posed, a quarter of them barely shown
+                intensities[au] = float(rng.uniform(0.2, 0.35) if rng.random() < 0.25 else rng.uniform(0.35, 1.0))
+            else:
+                intensities[au] = float(rng.uniform(0.35, 1.0))
+        elif subtle:
+            intensities[au] = float(rng.uniform(0.0, 0.12)) if rng.random() < 0.35 else 0.0
         else:
             intensities[au] = float(rng.uniform(0.0, 0.15)) if rng.random() < 0.25 else 0.0
     labels = {au: int(au in active) for au in AUS}
@@ -78,39 +123,66 @@ class SampleSpec:
     pose: Pose
     lighting: Lighting
     noise_seed: list = field(default_factory=list)
+    capture: Capture | None = None  # (hard) blur, stored side, grey, JPEG quality; None = a 'size' px PNG
+    landmark_noise: float = 0.0  # (hard) error of the manifest's landmarks, in rulers
 
     @property
     def id(self) -> str:
         return f"synth{self.index:06d}"
 
 
-def sample_specs(n: int, seed: int, images_per_video: int = 10, val_fraction: float = 0.2,
-                 label_noise: float = 0.02) -> list[SampleSpec]:
+def sample_specs(n: int, seed: int, images_per_video: int | None = None, val_fraction: float | None = None,
+                 label_noise: float | None = None, test_fraction: float | None = None,
+                 preset_name: str = "default") -> list[SampleSpec]:
     """The full, cheap description of every sample. Emotions are exactly balanced (each class
     n/8, +-1) and shuffled; identities ('videos') hold ``images_per_video`` images; a seeded
-    ``val_fraction`` of the videos is the validation split."""
+    ``val_fraction`` of the videos is the validation split and the next ``test_fraction`` of them
+    the test split. Settings left None are the preset's."""
+    p = preset(preset_name)
+    images_per_video = p.images_per_video if images_per_video is None else images_per_video
+    val_fraction = p.val_fraction if val_fraction is None else val_fraction
+    test_fraction = p.test_fraction if test_fraction is None else test_fraction
+    label_noise = p.label_noise if label_noise is None else label_noise
     if n < 1:
         raise ValueError(f"n: expected at least 1 image, got {n}")
+    if images_per_video < 1:
+        raise ValueError(f"images_per_video: expected at least 1, got {images_per_video}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
+    if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"test_fraction: expected a value in [0, 1) that leaves training videos beside val_fraction "
+                         f"{val_fraction}, got {test_fraction}")
     rng = np.random.default_rng([seed, 0])
     emotions = np.arange(n) % len(EMOTIONS)
     rng.shuffle(emotions)
     n_videos = math.ceil(n / images_per_video)
-    val_videos = set(rng.permutation(n_videos)[: int(round(n_videos * val_fraction))].tolist())
-    identities = [Identity.sample(np.random.default_rng([seed, 1, v])) for v in range(n_videos)]
+    order = rng.permutation(n_videos)
+    n_val = int(round(n_videos * val_fraction))
+    n_test = int(round(n_videos * test_fraction))
+    if test_fraction and n_videos - n_val - n_test < 1:
+        raise ValueError(f"{n} images in {n_videos} videos leave none for training with val_fraction {val_fraction} "
+                         f"and test_fraction {test_fraction}")
+    split_of = {**{int(v): "val" for v in order[:n_val]}, **{int(v): "test" for v in order[n_val:n_val + n_test]}}
+    sample_identity = Identity.sample_hard if p.hard else Identity.sample
+    identities = [sample_identity(np.random.default_rng([seed, 1, v])) for v in range(n_videos)]
     specs = []
     for i in range(n):
         r = np.random.default_rng([seed, 2, i])
         video = i // images_per_video
-        specs.append(SampleSpec(
-            index=i, video=video, split="val" if video in val_videos else "train", identity=identities[video],
-            expression=sample_expression(int(emotions[i]), r, label_noise), pose=Pose.sample(r),
-            lighting=Lighting.sample(r), noise_seed=[seed, 3, i]))
+        expression = sample_expression(int(emotions[i]), r, label_noise, subtle=p.hard)
+        if p.hard:
+            pose, lighting = Pose.sample_hard(r), Lighting.sample_hard(r)
+            extra = {"capture": Capture.sample(np.random.default_rng([seed, 4, i]), p.sides),
+                     "landmark_noise": p.landmark_noise}
+        else:
+            pose, lighting, extra = Pose.sample(r), Lighting.sample(r), {}
+        specs.append(SampleSpec(index=i, video=video, split=split_of.get(video, "train"), identity=identities[video],
+                                expression=expression, pose=pose, lighting=lighting, noise_seed=[seed, 3, i], **extra))
     return specs
 
 
 def render_spec(spec: SampleSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The face drawn at ``size`` px and its exact landmarks (before any capture)."""
     return render(spec.identity, spec.expression.intensities, spec.pose, spec.lighting, size,
                   np.random.default_rng(spec.noise_seed))
 
@@ -121,39 +193,82 @@ def landmarks_of(spec: SampleSpec, size: int) -> np.ndarray:
     return project(lm, DEPTH, spec.pose, size)
 
 
+def image_name(spec: SampleSpec) -> str:
+    return f"images/{spec.id}.{'jpg' if spec.capture else 'png'}"
+
+
+def stored_landmarks(spec: SampleSpec, size: int) -> np.ndarray:
+    """The landmarks the manifest gives, in the stored image's pixels: exact for the default
+    preset; for a captured face, scaled to its side and moved as a landmark detector's would be
+    (the whole face shifted and scaled a little, and every point jittered; seeded per sample)."""
+    lm = landmarks_of(spec, size)
+    if spec.capture is None:
+        return lm
+    lm = lm * (spec.capture.side / size)
+    if spec.landmark_noise:
+        r = np.random.default_rng(list(spec.noise_seed[:1]) + [5, spec.index])
+        unit = spec.landmark_noise * float(np.linalg.norm(lm[39] - lm[42]))
+        centre = lm.mean(0)
+        lm = centre + (lm - centre) * (1 + r.normal(0, 0.3 * spec.landmark_noise))
+        lm = lm + r.normal(0, unit, 2) + r.normal(0, unit, lm.shape)
+    return lm
+
+
+def _worker_signals() -> None:
+    """A render worker ends at once when the pool terminates it: a SIGTERM handler inherited from
+    the command (which unwinds the main process) would unwind a worker in the middle of its queue
+    traffic, and the pool would wait for it forever."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _render_to(args):
     spec, size, path = args
     image, _ = render_spec(spec, size)
-    save_image(path, image, format="PNG", compress_level=6)
+    if spec.capture is None:
+        save_image(path, image, format="PNG", compress_level=6)
+    else:
+        save_image(path, capture(image, spec.capture), format="JPEG", quality=spec.capture.quality)
     return spec.index
 
 
 def manifest_row(spec: SampleSpec, size: int) -> dict:
-    lm = landmarks_of(spec, size)
-    return {"id": spec.id, "image": f"images/{spec.id}.png", "video": f"synth_video{spec.video:05d}",
+    lm = stored_landmarks(spec, size)
+    return {"id": spec.id, "image": image_name(spec), "video": f"synth_video{spec.video:05d}",
             "split": spec.split, "emotion": EMOTIONS[spec.expression.emotion], **spec.expression.labels,
             "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in lm]}
 
 
-def write_synthfacs(out: Path, n: int, size: int = 112, seed: int = 0, images_per_video: int = 10,
-                    val_fraction: float = 0.2, label_noise: float = 0.02, workers: int | None = None,
-                    progress=None) -> dict:
+def write_synthfacs(out: Path, n: int, size: int = 112, seed: int = 0, images_per_video: int | None = None,
+                    val_fraction: float | None = None, label_noise: float | None = None, workers: int | None = None,
+                    progress=None, *, test_fraction: float | None = None, preset_name: str = "default") -> dict:
     """Write images/, manifest.jsonl and stats.json. Images already on disk are kept (each
     file is written complete or not at all), so a killed run resumes where it stopped. (The
-    pixel baseline a trained model must beat is added by ``mf2.evaluation.baselines``.)"""
+    pixel baseline a trained model must beat is added by ``mf2.evaluation.baselines``.)
+    Settings left None are the preset's (``PRESETS``); a hard face is drawn at ``size`` = 112 px
+    and stored at its own side."""
+    p = preset(preset_name)
     if size not in (112, 224):
         raise ValueError(f"size: expected 112 or 224, got {size}")
+    if p.hard and size != 112:
+        raise ValueError(f"size: the {p.name} preset draws faces at 112 px and stores each at its own side "
+                         f"({p.sides[0]} to {p.sides[1]} px); got {size}")
+    images_per_video = p.images_per_video if images_per_video is None else images_per_video
+    val_fraction = p.val_fraction if val_fraction is None else val_fraction
+    test_fraction = p.test_fraction if test_fraction is None else test_fraction
+    label_noise = p.label_noise if label_noise is None else label_noise
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    specs = sample_specs(n, seed, images_per_video, val_fraction, label_noise)
-    todo = [(s, size, str(out / "images" / f"{s.id}.png")) for s in specs
-            if not (out / "images" / f"{s.id}.png").exists()]
+    specs = sample_specs(n, seed, images_per_video, val_fraction, label_noise, test_fraction, p.name)
+    todo = [(s, size, str(out / image_name(s))) for s in specs if not (out / image_name(s)).exists()]
     workers = workers or os.cpu_count() or 1
     done = 0
     if workers > 1 and len(todo) > 8:
         import multiprocessing as mp
 
-        with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
+        context = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+        with context.Pool(workers, initializer=_worker_signals) as pool:
             for _ in pool.imap_unordered(_render_to, todo, chunksize=8):
                 done += 1
                 if progress:
@@ -170,5 +285,10 @@ def write_synthfacs(out: Path, n: int, size: int = 112, seed: int = 0, images_pe
     stats["synthfacs"] = {"n": n, "size": size, "seed": seed, "images_per_video": images_per_video,
                           "val_fraction": val_fraction, "label_noise": label_noise,
                           "rendered": done, "reused": n - len(todo)}
+    if test_fraction or p.name != "default":  # (the default data set's stats.json stays as it was)
+        stats["synthfacs"].update({"test_fraction": test_fraction, "preset": p.name})
+        if p.hard:
+            stats["synthfacs"]["stored_sides"] = list(p.sides)
+            stats["synthfacs"]["landmark_noise_rulers"] = p.landmark_noise
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
     return stats

@@ -46,6 +46,15 @@ class Identity:
     hair: tuple
     iris: tuple
     hairline: float
+    # Appearance the default data set never draws (the hard preset's wider identities); the
+    # defaults draw nothing, so default faces stay byte-identical.
+    age: float = 0.0  # static forehead lines, folds and crow's feet (0 none .. 1 deep), which AU cues resemble
+    texture: float = 0.0  # freckles and blotches (0 none .. 1 many)
+    texture_seed: int = 0  # where they sit (fixed per identity)
+    fringe: float = 0.0  # hair over the forehead: 0 none .. 1 down to the brows
+    beard: float = 0.0  # stubble or beard over jaw, chin and upper lip (0 none .. 1 dense)
+    glasses: tuple | None = None  # (shape 'round'|'square', frame RGB, frame width, lens tint 0..1)
+    brow_colour: tuple | None = None  # None: from the hair colour
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Identity":
@@ -63,6 +72,35 @@ class Identity:
             hair=hair, iris=iris, hairline=rng.uniform(-1.05, -0.8),
         )
 
+    @classmethod
+    def sample_hard(cls, rng: np.random.Generator) -> "Identity":
+        """A wider range of people than ``sample``: face proportions further from the mean, skin
+        tones with their undertones and textures, age lines, beards, fringes and glasses."""
+        t = rng.uniform(0, 1)
+        undertone = rng.normal(0, 1) * np.array([6.0, -2.0, -6.0]) + rng.normal(0, 9, 3)
+        skin = np.array([242, 206, 184]) * (1 - t) + np.array([84, 55, 40]) * t + undertone
+        lips = skin * np.array([0.8, rng.uniform(0.5, 0.62), 0.56]) + np.array([rng.uniform(10, 40), 0, 6])
+        hair = [(30, 22, 18), (70, 45, 28), (120, 85, 50), (190, 160, 110), (150, 150, 150), (20, 20, 24),
+                (140, 60, 30), (225, 210, 170), (235, 235, 235), (95, 70, 55)][rng.integers(10)]
+        iris = [(70, 45, 25), (60, 95, 150), (70, 110, 70), (100, 100, 105), (40, 28, 18)][rng.integers(5)]
+        glasses = None
+        if rng.random() < 0.25:
+            frame = [(20, 20, 20), (60, 40, 30), (150, 150, 155), (120, 30, 30), (200, 180, 120)][rng.integers(5)]
+            glasses = (["round", "square"][rng.integers(2)], frame, float(rng.uniform(0.012, 0.04)),
+                       float(rng.uniform(0, 0.3) if rng.random() < 0.25 else 0.0))
+        brow = tuple(np.clip(np.array(hair, float) * rng.uniform(0.5, 1.0), 0, 255)) if rng.random() < 0.5 else None
+        return cls(
+            face_w=rng.uniform(0.78, 1.06), chin_y=rng.uniform(0.88, 1.2), eye_y=rng.uniform(-0.37, -0.23),
+            eye_x=rng.uniform(0.32, 0.44), eye_w=rng.uniform(0.12, 0.18), lid_h=rng.uniform(0.045, 0.085),
+            brow_gap=rng.uniform(0.16, 0.32), brow_thick=rng.uniform(0.02, 0.085), nose_y=rng.uniform(0.08, 0.2),
+            nose_w=rng.uniform(0.12, 0.22), mouth_y=rng.uniform(0.4, 0.55), mouth_w=rng.uniform(0.21, 0.34),
+            lip=rng.uniform(0.55, 1.4), skin=tuple(np.clip(skin, 0, 255)), lips=tuple(np.clip(lips, 0, 255)),
+            hair=hair, iris=iris, hairline=rng.uniform(-1.1, -0.7),
+            age=float(0.8 * rng.uniform(0, 1) ** 2), texture=float(rng.uniform(0, 1) if rng.random() < 0.4 else 0.0),
+            texture_seed=int(rng.integers(2**31)), fringe=float(rng.uniform(0.3, 0.8) if rng.random() < 0.25 else 0.0),
+            beard=float(rng.uniform(0.2, 1.0) if rng.random() < 0.25 else 0.0), glasses=glasses, brow_colour=brow,
+        )
+
 
 @dataclass
 class Pose:
@@ -78,6 +116,13 @@ class Pose:
     def sample(cls, rng: np.random.Generator) -> "Pose":
         return cls(roll=rng.normal(0, 0.1), yaw=rng.uniform(-0.35, 0.35), scale=rng.uniform(0.3, 0.37),
                    tx=rng.uniform(-0.04, 0.04), ty=rng.uniform(-0.04, 0.04))
+
+    @classmethod
+    def sample_hard(cls, rng: np.random.Generator) -> "Pose":
+        """Wider head turns and rolls, and looser crops (scale and shift), as a face detector's
+        crops of unposed photos."""
+        return cls(roll=float(np.clip(rng.normal(0, 0.12), -0.35, 0.35)), yaw=rng.uniform(-0.45, 0.45),
+                   scale=rng.uniform(0.29, 0.39), tx=rng.uniform(-0.05, 0.05), ty=rng.uniform(-0.05, 0.05))
 
 
 # The face of mean proportions (frontal, neutral): the template of ``canonical_landmarks``.

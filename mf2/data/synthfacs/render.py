@@ -27,6 +27,10 @@ class Lighting:
     tint: tuple = (1.0, 1.0, 1.0)
     noise: float = 0.0
     background: tuple = ((90, 110, 130), (40, 50, 60))
+    # the hard preset's: contrast around mid-grey and a gamma curve (1 = none), more background blobs
+    contrast: float = 1.0
+    gamma: float = 1.0
+    blobs: int = 3
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Lighting":
@@ -35,6 +39,47 @@ class Lighting:
                    brightness=rng.uniform(0.75, 1.15), tint=tuple(rng.uniform(0.9, 1.1, 3)),
                    noise=rng.uniform(1.0, 6.0),
                    background=(tuple(rng.integers(20, 235, 3)), tuple(rng.integers(20, 235, 3))))
+
+    @classmethod
+    def sample_hard(cls, rng: np.random.Generator) -> "Lighting":
+        """Side light that shades half the face, dim and bright exposures, colour casts, flat and
+        harsh contrast, sensor noise, cluttered backgrounds."""
+        angle = rng.uniform(0, 2 * math.pi)
+        return cls(direction=(math.cos(angle), math.sin(angle)), strength=rng.uniform(0.0, 0.5),
+                   brightness=rng.uniform(0.7, 1.25), tint=tuple(rng.uniform(0.85, 1.15, 3)),
+                   noise=rng.uniform(1.0, 7.0),
+                   background=(tuple(rng.integers(10, 245, 3)), tuple(rng.integers(10, 245, 3))),
+                   contrast=rng.uniform(0.75, 1.15), gamma=float(np.exp(rng.uniform(-0.3, 0.3))),
+                   blobs=int(rng.integers(2, 8)))
+
+
+@dataclass
+class Capture:
+    """How a hard-preset face reaches the data set after it is drawn (at 112 px): lens or motion
+    blur (Gaussian sigma in pixels at 112 px), the side it is stored at, grey or colour, the
+    JPEG quality it is saved with."""
+
+    side: int = 112
+    blur: float = 0.0
+    grey: bool = False
+    quality: int = 90
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, sides=(48, 112)) -> "Capture":
+        side = int(round(math.exp(rng.uniform(math.log(sides[0]), math.log(sides[1])))))
+        return cls(side=side, blur=float(rng.uniform(0.0, 0.7) ** 1.5), grey=bool(rng.random() < 0.5),
+                   quality=int(rng.integers(35, 91)))
+
+
+def capture(image: np.ndarray, cap: Capture) -> Image.Image:
+    """A drawn face [S, S, 3] as the camera and the file keep it: blurred, resized to
+    ``cap.side`` px, grey or colour (then saved as JPEG at ``cap.quality``)."""
+    img = Image.fromarray(image)
+    if cap.blur > 0.05:
+        img = img.filter(ImageFilter.GaussianBlur(cap.blur))
+    if cap.side != img.size[0]:
+        img = img.resize((cap.side, cap.side), Image.Resampling.BILINEAR)
+    return img.convert("L") if cap.grey else img
 
 
 def render(ident: Identity, expr_intensity: dict, pose: Pose, light: Lighting, size: int,
@@ -45,13 +90,18 @@ def render(ident: Identity, expr_intensity: dict, pose: Pose, light: Lighting, s
     img = _background(light, face.S, rng)
     d = ImageDraw.Draw(img)
     face.head(d)
+    face.texture(d)
+    face.age_lines(d)
     face.forehead(d)
     face.cheeks(d)
     face.folds(d)
+    face.beard(img)
     face.nose(d)
     face.eyes(img, d)
     face.brows(d)
     face.mouth(img, d)
+    face.fringe(d)
+    face.glasses(img, d)
     image = _finish(img, light, size, rng)
     return image, project(lm, DEPTH, pose, size)
 
@@ -63,7 +113,7 @@ def _background(light: Lighting, S: int, rng: np.random.Generator) -> Image.Imag
     bg = (top * (1 - ramp) + bottom * ramp).repeat(S, axis=1)
     img = Image.fromarray(bg.astype(np.uint8))
     d = ImageDraw.Draw(img)
-    for _ in range(3):
+    for _ in range(light.blobs):
         cx, cy, r = rng.uniform(0, S), rng.uniform(0, S), rng.uniform(0.05, 0.3) * S
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(int(v) for v in rng.integers(20, 235, 3)))
     return img.filter(ImageFilter.GaussianBlur(S * 0.03))
@@ -76,6 +126,9 @@ def _finish(img: Image.Image, light: Lighting, size: int, rng: np.random.Generat
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) / S - 0.5
     shade = 1 + light.strength * (xx * light.direction[0] + yy * light.direction[1]) * 2
     arr = arr * (shade[..., None] * light.brightness) * np.array(light.tint, dtype=np.float32)
+    if light.contrast != 1.0 or light.gamma != 1.0:
+        arr = 128 + (arr - 128) * np.float32(light.contrast)
+        arr = 255 * (np.clip(arr, 0, 255) / 255) ** np.float32(light.gamma)
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6 * SUPERSAMPLE))
     img = img.resize((size, size), Image.Resampling.BOX)
     arr = np.asarray(img, dtype=np.float32) + rng.normal(0, light.noise, (size, size, 3)).astype(np.float32)
@@ -127,6 +180,83 @@ class _Face:
         hair_pts += [[1.15 * math.cos(t), -0.5 - 0.85 * math.sin(t)] for t in np.linspace(math.pi, 0.0, 13)]
         d.polygon(P(hair_pts, 0.05), fill=_c(ident.hair))
 
+    def texture(self, d: ImageDraw.ImageDraw) -> None:
+        """Freckles and blotches, at the same places on every image of the person."""
+        ident = self.ident
+        if ident.texture <= 0:
+            return
+        r = np.random.default_rng(ident.texture_seed)
+        for _ in range(int(8 + 50 * ident.texture)):
+            x, y, rad, k = r.uniform(-0.85, 0.85), r.uniform(-0.75, 0.95), r.uniform(0.008, 0.03), r.uniform(0.1, 0.45)
+            if (x / ident.face_w) ** 2 + ((y - 0.1) / 1.05) ** 2 < 0.8:
+                d.ellipse(_bbox(self.P([[x - rad, y - rad], [x + rad, y + rad]], 0.2)), fill=self.shade(k))
+
+    def age_lines(self, d: ImageDraw.ImageDraw) -> None:
+        """Lines an older face has at rest: across the forehead (where AU1 and AU2 wrinkle it) and
+        at the outer eye corners (where AU6 does)."""
+        a = self.ident.age
+        if a <= 0.05:
+            return
+        P, w = self.P, self.line_w
+        for k in range(int(1 + 3 * a)):
+            y = self.by - 0.19 - 0.085 * k
+            d.line(P(_smooth([[-0.55, y + 0.025], [0, y - 0.01], [0.55, y + 0.025]], False), 0.2),
+                   fill=self.shade(0.4 * a), width=w)
+        for side, li in ((-1, 36), (1, 45)):
+            ox, oy = self.lm[li]
+            d.line(P([[ox + side * 0.03, oy + 0.03], [ox + side * 0.12, oy + 0.07]], 0.0), fill=self.shade(0.35 * a),
+                   width=w)
+
+    def beard(self, img: Image.Image) -> None:
+        """Stubble or a beard over the jaw, the chin and the upper lip (drawn translucent)."""
+        b = self.ident.beard
+        if b <= 0:
+            return
+        lm = self.lm
+        outline = np.concatenate([lm[3:14], [[lm[13, 0], lm[54, 1] - 0.12], lm[35] + [0.03, 0.03],
+                                             lm[31] + [-0.03, 0.03], [lm[3, 0], lm[48, 1] - 0.12]]])
+        mask = Image.new("L", img.size, 0)
+        ImageDraw.Draw(mask).polygon(self.P(_smooth(outline), 0.2), fill=int(40 + 170 * b))
+        img.paste(_c(self.ident.hair, 0.7), (0, 0, *img.size), mask)
+
+    def fringe(self, d: ImageDraw.ImageDraw) -> None:
+        """Hair over the forehead, its ragged edge down to the brows at most."""
+        ident = self.ident
+        if ident.fringe <= 0:
+            return
+        top = ident.hairline - 0.1
+        low = ident.hairline + ident.fringe * (self.by - 0.05 - ident.hairline)
+        xs = np.linspace(-ident.face_w, ident.face_w, 15)
+        edge = [[x, low + 0.04 * (1 if i % 2 else -1) - 0.2 * (x / ident.face_w) ** 2] for i, x in enumerate(xs)]
+        d.polygon(self.P([[xs[0], top]] + edge + [[xs[-1], top]], 0.15), fill=_c(ident.hair))
+
+    def glasses(self, img: Image.Image, d: ImageDraw.ImageDraw) -> None:
+        """Frames around both eyes (round or square), bridge and temples; tinted lenses dim the eyes."""
+        if self.ident.glasses is None:
+            return
+        shape, colour, width, tint = self.ident.glasses
+        rx, ry = self.ident.eye_w * 1.6, self.ident.eye_w * 1.15
+        a = np.linspace(0, 2 * math.pi, 28, endpoint=False)
+        power = 1.0 if shape == "round" else 0.35  # a superellipse: 1 = ellipse, smaller = squarer
+        ux = np.sign(np.cos(a)) * np.abs(np.cos(a)) ** power
+        uy = np.sign(np.sin(a)) * np.abs(np.sin(a)) ** power
+        centres = [self.lm[36:42].mean(0) + [0, 0.01], self.lm[42:48].mean(0) + [0, 0.01]]
+        lenses = [self.P(np.stack([c[0] + rx * ux, c[1] + ry * uy], 1), 0.3) for c in centres]
+        if tint > 0:
+            mask = Image.new("L", img.size, 0)
+            for lens in lenses:
+                ImageDraw.Draw(mask).polygon(lens, fill=int(255 * tint))
+            img.paste((25, 25, 30), (0, 0, *img.size), mask)
+        w = max(1, int(round(self.pose.scale * self.S * width)))
+        for lens in lenses:
+            d.line(lens + [lens[0]], fill=colour, width=w, joint="curve")
+        (cr, cl) = centres
+        d.line(self.P(_smooth([[cr[0] + rx, cr[1]], [0, cr[1] - 0.04], [cl[0] - rx, cl[1]]], False), 0.4), fill=colour,
+               width=w)
+        for c, side in ((cr, -1), (cl, 1)):
+            d.line(self.P([[c[0] + side * rx, c[1] - 0.02], [side * self.ident.face_w * 0.99, c[1] - 0.05]], 0.1),
+                   fill=colour, width=w)
+
     def forehead(self, d: ImageDraw.ImageDraw) -> None:
         """Forehead wrinkles (AU1 central, AU2 lateral) and glabella lines (AU4)."""
         P, g, by, w = self.P, self.g, self.by, self.line_w
@@ -167,6 +297,8 @@ class _Face:
         lines above and below the lips, the chin shadow of AU26."""
         P, g, lm, w = self.P, self.g, self.lm, self.line_w
         fold = min(1.0, 0.15 + 0.7 * g("AU12") + 0.8 * g("AU10") + 0.2 * g("AU6"))
+        if self.ident.age > 0:  # deeper folds at rest
+            fold = min(1.0, fold + 0.35 * self.ident.age)
         for wing, corner, side in ((31, 48, -1), (35, 54, 1)):
             a, b = lm[wing], lm[corner]
             mid = (a + b) / 2 + np.array([side * 0.06, 0.0])
@@ -219,8 +351,9 @@ class _Face:
                        fill=self.shade(min(1, g("AU7") * 1.2)), width=w)
 
     def brows(self, d: ImageDraw.ImageDraw) -> None:
+        colour = _c(self.ident.hair, 0.8) if self.ident.brow_colour is None else _c(self.ident.brow_colour)
         for idx in (range(17, 22), range(22, 27)):
-            d.line(self.P(_smooth(self.lm[list(idx)], False), DEPTH[list(idx)]), fill=_c(self.ident.hair, 0.8),
+            d.line(self.P(_smooth(self.lm[list(idx)], False), DEPTH[list(idx)]), fill=colour,
                    width=self.brow_w, joint="curve")
 
     def mouth(self, img: Image.Image, d: ImageDraw.ImageDraw) -> None:
