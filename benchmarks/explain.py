@@ -96,7 +96,7 @@ def logged(run: Path, checkpoint: str) -> dict:
 
 def measure(name: str, run: Path, cache: Path, n: int, decoding: str, device: str, out: Path) -> dict:
     from mf2.evaluation.evaluate import evaluate
-    from mf2.evaluation.predict import open_run, run_predictions
+    from mf2.evaluation.cache_predictions import open_run, run_predictions
 
     result = evaluate(run, cache, "val", device, explain=n, decoding=decoding, bootstrap=0, folder=out, precision="fp32")
     again = run_predictions(run, cache, "val", device, "fp32", open_run(run, cache, "val", device))

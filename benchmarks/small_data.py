@@ -88,7 +88,7 @@ def train(cache: Path, run: Path, size: int, seed: int, epochs: int | None = Non
 def predictions(run: Path, cache: Path, which: str, split: str) -> dict:
     import torch
 
-    from mf2.evaluation.predict import predict_split
+    from mf2.evaluation.cache_predictions import predict_split
     from mf2.features.reader import CacheReader
     from mf2.features import schema
     from mf2.runs import load_model

@@ -99,7 +99,7 @@ def real_people() -> list[list[Sprite]]:
     import matplotlib.cbook as cbook
     from skimage import data
 
-    from mf2.features.faces import FaceFinder
+    from mf2.features.face_align import FaceFinder
     from mf2.features.pixels import to_rgb
 
     finder = FaceFinder("hog")
@@ -318,7 +318,7 @@ def pose_errors(n: int = 40, seed: int = 11, detector: str = "mtcnn") -> dict:
     import dataclasses
 
     from mf2.data.synthfacs import landmarks_of, render_spec, sample_specs
-    from mf2.features.faces import FaceFinder
+    from mf2.features.face_align import FaceFinder
     from mf2.prediction.pose import head_pose
 
     rng = np.random.default_rng(seed)
@@ -362,7 +362,7 @@ def main():
     from predict import make_run
 
     from mf2 import Detector
-    from mf2.features.faces import FaceFinder
+    from mf2.features.face_align import FaceFinder
 
     clips_spec, seconds = (TINY, 1.5) if args.tiny else (CLIPS, args.seconds)
     detectors = ["auto"] if args.tiny else ["auto", *[d for d in args.detectors.split(",") if d]]

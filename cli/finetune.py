@@ -3,7 +3,7 @@
 import click
 
 from ._common import one_line_errors, progress_bar
-from .options import PathType, config_options, explicit, given, section
+from .options import PathType, config_options, explicit, section, typed_value
 
 
 # training options that only the MF² trainer reads (its heads' regularisers, mirrored views)
@@ -41,7 +41,7 @@ def finetune(from_run, cache, out, use_dfn, resume, overwrite, **options):
                                        "(pretrain, finetune --full); DFN trains its adapters on the frozen MF²'s "
                                        "block outputs of the original faces")
             last = finetune_dfn(from_run, cache, out, DFNConfig(**dfn), cfg, resume=resume, overwrite=overwrite,
-                                log=click.echo, extend_to=given("epochs"), given=typed, progress=bar.update)
+                                log=click.echo, extend_to=typed_value("epochs"), given=typed, progress=bar.update)
         else:
             if typed["dfn"]:
                 from mf2.training.session import flag
@@ -49,7 +49,7 @@ def finetune(from_run, cache, out, use_dfn, resume, overwrite, **options):
                 names = ", ".join(sorted(flag(k) for k in typed["dfn"]))
                 raise click.UsageError(f"{names}: a DFN option, but --full fine-tunes all of MF² without DFN")
             last = finetune_full(from_run, cache, out, cfg, resume=resume, overwrite=overwrite, log=click.echo,
-                                 extend_to=given("epochs"), given=typed, progress=bar.update)
+                                 extend_to=typed_value("epochs"), given=typed, progress=bar.update)
     if last is None or last["rank"] != 0:  # other ranks: rank 0 reports
         return
     if use_dfn:

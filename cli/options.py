@@ -248,7 +248,7 @@ def explicit(*names: str, **extra: str) -> dict:
     return out
 
 
-def given(name: str):
+def typed_value(name: str):
     """The value of option ``name`` if the user typed it, else None (its default does not count)."""
     ctx = click.get_current_context()
     return ctx.params[name] if ctx.get_parameter_source(name) != ParameterSource.DEFAULT else None

@@ -3,7 +3,7 @@
 import click
 
 from ._common import one_line_errors, progress_bar
-from .options import PathType, config_options, explicit, given, section
+from .options import PathType, config_options, explicit, section, typed_value
 
 
 def report_parameters(params: dict) -> str:
@@ -52,7 +52,7 @@ def pretrain(cache, out, align, resume, overwrite, params_only, **options):
     cfg = TrainConfig(**section(options, "train"))
     with progress_bar(None, "pretrain") as bar:
         last = run(cache, out, model_cfg, cfg, resume=resume, overwrite=overwrite, progress=bar.update, log=click.echo,
-                   extend_to=given("epochs"), align=align, given=explicit("train", "model", align="run"))
+                   extend_to=typed_value("epochs"), align=align, given=explicit("train", "model", align="run"))
     if last is None or last["rank"] != 0:  # other ranks: rank 0 reports
         return
     params = RunFolder(out).params()["ours"]

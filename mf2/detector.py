@@ -27,7 +27,7 @@ import torch
 from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
 from mf2.prediction.annotate import Annotator
-from mf2.prediction.predict import detections
+from mf2.prediction.stream import detections
 from mf2.prediction.predictor import DECODINGS, GROUNDINGS, PredictSettings, Predictor, intra_op_threads
 from mf2.prediction.sources import InputError, expand, frames, in_memory_frame, is_video
 from mf2.prediction.table import TableBuilder

@@ -131,7 +131,7 @@ def score(run, cache, split: str = "val", resamples: int = 1000, seed: int = 0, 
     percentile interval from ``resamples`` resamples of the split's videos (frames of one video
     are not independent; a cache without video ids resamples images)."""
     from mf2.evaluation.metrics import au_f1, emotion_scores
-    from mf2.evaluation.predict import run_predictions
+    from mf2.evaluation.cache_predictions import run_predictions
 
     r = run_predictions(run, cache, split, device)
     n = len(r["y_emotion"])

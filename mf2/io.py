@@ -393,7 +393,7 @@ def save_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
 
 
 @contextlib.contextmanager
-def naming(path):
+def path_in_errors(path):
     """OS errors raised inside without a file name (zarr's writes) name ``path``."""
     try:
         yield

@@ -52,7 +52,7 @@ def test_the_tiny_pipeline_runs_on_cuda(pretrained, tmp_path):
 
 def test_cuda_predictions_match_the_cpu(pretrained, tmp_path):
     """fp32 on the GPU gives the CPU's probabilities (to float rounding)."""
-    from mf2.evaluation.predict import predict_split
+    from mf2.evaluation.cache_predictions import predict_split
     from mf2.features.reader import CacheReader
     from mf2.runs import load_model
 

@@ -87,7 +87,7 @@ def test_caption_scores_come_from_pycocoevalcap():
 
 @pytest.fixture(scope="module")
 def opened(pretrained):
-    from mf2.evaluation.predict import open_run
+    from mf2.evaluation.cache_predictions import open_run
     from mf2.features.backbones import load_tokenizer
     from mf2.features.reader import prefetch
     from mf2.runs import RunFolder

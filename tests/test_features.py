@@ -20,7 +20,7 @@ from mf2.data.landmarks import au_centres
 from mf2.data.manifest import read_manifest
 from mf2.features.backbones import load_text, load_vision
 from mf2.features.extract import ExtractSettings, extract_features
-from mf2.features.faces import FaceFinder, ImageError, align, canonical_landmarks, load_image
+from mf2.features.face_align import FaceFinder, ImageError, align, canonical_landmarks, load_image
 from mf2.features.store import StoreError
 
 from .conftest import store_arrays

@@ -26,7 +26,7 @@ import mf2
 from .conftest import store_arrays, text_encoder_args
 from mf2.cli.main import main
 from mf2.data.manifest import read_manifest, write_manifest
-from mf2.features.faces import FaceFinder
+from mf2.features.face_align import FaceFinder
 from mf2.features.pixels import ImageError, UnsupportedPixels, load_image, to_rgb
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from mf2.captions.consistency import au_sentence_correct, sentences
 from mf2.cli.main import main
 from mf2.data.labels import AUS
-from mf2.evaluation.predict import predict_split
+from mf2.evaluation.cache_predictions import predict_split
 from mf2.features.backbones import load_tokenizer
 from mf2.features.reader import CacheReader
 from mf2.models.config import MF2Config

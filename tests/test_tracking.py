@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import mf2
-from mf2.features.faces import FaceFinder
+from mf2.features.face_align import FaceFinder
 from mf2.features.mtcnn import MTCNN, nms
 from mf2.prediction.tracking import Tracker, TrackSettings, descriptor
 

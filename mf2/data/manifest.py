@@ -87,7 +87,7 @@ def _load_rows(path: Path):
 
 # Bounds on what a row may carry: names and paths, texts (the encoders read at most a few hundred
 # tokens of a caption), and landmark coordinates (pixels of an image mf2 will open, see
-# features.faces.MAX_PIXELS).
+# features.face_align.MAX_PIXELS).
 MAX_NAME = 1024
 MAX_TEXT = 20_000
 MAX_COORDINATE = 100_000

@@ -14,7 +14,7 @@ from pathlib import Path
 from mf2.features import schema
 from mf2.devices import resolve_device, resolve_precision
 from mf2.evaluation.metrics import paired_bootstrap
-from mf2.evaluation.predict import explanation_scores, open_run, run_predictions
+from mf2.evaluation.cache_predictions import explanation_scores, open_run, run_predictions
 from mf2.evaluation.probe import pooled_feature_probe
 from mf2.evaluation.report import markdown_tables, plots
 from mf2.features.store import FeatureStore

@@ -43,9 +43,9 @@ from mf2.data.landmarks import au_centres, au_regions, au_window_factors, mirror
 from mf2.data.manifest import Manifest
 from mf2.devices import resolve_precision
 from mf2.features.backbones import load_text, load_vision
-from mf2.features.faces import FaceFinder, ImageError, align, apply, canonical_landmarks, load_image, resize_square
+from mf2.features.face_align import FaceFinder, ImageError, align, apply, canonical_landmarks, load_image, resize_square
 from mf2.features.store import FeatureStore, merge_intervals
-from mf2.io import exclusive, naming, refuse_overlap
+from mf2.io import exclusive, path_in_errors, refuse_overlap
 from mf2.ops import au_region_pool
 from mf2.features import schema
 
@@ -345,7 +345,7 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
     signature, meta, layout_spec = _layout(job, device)
     # a second extract-features into it stops at once (each process of a torchrun holds a lock of
     # its own); a full disk names the store
-    with exclusive(out if rank == 0 else Path(f"{out}.rank{rank}"), "this feature store"), naming(out):
+    with exclusive(out if rank == 0 else Path(f"{out}.rank{rank}"), "this feature store"), path_in_errors(out):
         store, done = _open(out, signature, meta, layout_spec, overwrite, s.unit or unit_rows(n, s.batch_size), rank,
                             world)
         if store.complete:

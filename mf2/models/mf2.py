@@ -179,10 +179,10 @@ class MF2(nn.Module):
             ids, mask, states, has = batch["emo_text"]
             rows = has.nonzero().squeeze(1)  # the rows with a caption (one host sync)
             if len(rows) >= 2:
-                pick = lambda t: _select(t, rows)  # noqa: E731
-                part, n = self.emo_vl.losses(pick(feats.emo_vision), pick(feats.emo), pick(states), pick(mask),
-                                             self.sub_ids(pick(ids)), generator, _rows(feats.emo_kv, rows),
-                                             _rows(feats.emo_cross, rows))
+                captioned = [_select(t, rows) for t in (feats.emo_vision, feats.emo, states, mask, ids)]
+                vision, queries, states_c, mask_c, ids_c = captioned
+                part, n = self.emo_vl.losses(vision, queries, states_c, mask_c, self.sub_ids(ids_c), generator,
+                                             _rows(feats.emo_kv, rows), _rows(feats.emo_cross, rows))
                 losses.update({f"emo_{k}": v for k, v in part.items()})
                 info["emo_itc_candidates"] = torch.tensor(float(n))
         if align and self.au_vl is not None and "au_text" in batch:
@@ -190,9 +190,11 @@ class MF2(nn.Module):
             has = has & self._align_subset(batch["aus"], generator)
             rows = has.flatten().nonzero().squeeze(1)  # the aligned AU sequences, image-major
             if len(rows) >= 2:
-                pick = lambda t: _select(t.flatten(0, 1), rows)  # noqa: E731
-                part, n = self.au_vl.losses(_select(feats.au_vision, rows), pick(feats.au), pick(states),
-                                            pick(mask), self.sub_ids(pick(ids)), generator, _rows(feats.au_kv, rows),
+                # the aligned AU sequences of [B, 12, ...] tensors, as rows of [B * 12, ...]
+                queries, states_a, mask_a, ids_a = (_select(t.flatten(0, 1), rows)
+                                                    for t in (feats.au, states, mask, ids))
+                part, n = self.au_vl.losses(_select(feats.au_vision, rows), queries, states_a, mask_a,
+                                            self.sub_ids(ids_a), generator, _rows(feats.au_kv, rows),
                                             _rows(feats.au_cross, rows))
                 losses.update({f"au_{k}": v for k, v in part.items()})
                 info["au_itc_candidates"] = torch.tensor(float(n))

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mf2.data.labels import AUS, EMOTIONS, per_au
 from mf2.data.landmarks import au_centres, ruler
-from mf2.features.faces import _ALIGN_POINTS, apply, canonical_landmarks, invert, similarity
+from mf2.features.face_align import _ALIGN_POINTS, apply, canonical_landmarks, invert, similarity
 from mf2.io import save_image
 
 

@@ -65,7 +65,7 @@ def drawn_faces(table, rows) -> list:
 
 def frame_image(row) -> np.ndarray:
     """The pixels a row was predicted on, read again from its source file."""
-    from mf2.features.faces import ImageError, load_image
+    from mf2.features.face_align import ImageError, load_image
     from mf2.prediction.sources import video_frame
 
     source = row["source"]

@@ -25,7 +25,7 @@ from mf2.data.landmarks import mirror_landmarks
 from mf2.devices import autocast, resolve_precision
 from mf2.features.backbones import BackboneError, load_tokenizer, load_vision
 from mf2.features.extract import visual_features
-from mf2.features.faces import DEFAULT_MIN_SCORE, FaceFinder, align, apply, canonical_landmarks, invert, \
+from mf2.features.face_align import DEFAULT_MIN_SCORE, FaceFinder, align, apply, canonical_landmarks, invert, \
     resize_square, resolve_detector
 from mf2.prediction.pose import head_pose
 from mf2.models.explain import DECODINGS, GROUNDINGS, Explainer
@@ -41,7 +41,7 @@ class PredictSettings:
     min_face_score: float | None = None  # detection score a face needs (None: the detector's default,
     # DEFAULT_MIN_SCORE: HOG 0.25 -- dlib's own threshold, 0, admits badges and prints; clear faces
     # score about 1 and above --, CNN 0.3, MTCNN 0.7, its face probability)
-    face_detector: str = "auto"  # 'hog', 'cnn', 'mtcnn' or 'auto' (mf2.features.faces.resolve_detector)
+    face_detector: str = "auto"  # 'hog', 'cnn', 'mtcnn' or 'auto' (mf2.features.face_align.resolve_detector)
     device: str = "cpu"
     precision: str = "auto"  # of the model's forward (the backbone keeps the cache's precision)
     vision_weights: str | None = None  # when the run's cache used --vision-weights FILE
@@ -145,7 +145,7 @@ class Predictor:
 
     def find(self, images: list[np.ndarray]) -> list[tuple[list[AlignedFace], list]]:
         """Per image, its faces aligned as in extraction (largest first) with their head pose, and
-        the near-misses (``mf2.features.faces.Face``s scoring under ``min_face_score``)."""
+        the near-misses (``mf2.features.face_align.Face``s scoring under ``min_face_score``)."""
         S = self.size
         if self.settings.face == "aligned":
             out = []
@@ -164,7 +164,7 @@ class Predictor:
         return out
 
     def aligned(self, image: np.ndarray, face) -> AlignedFace:
-        """A found face (``mf2.features.faces.Face``, e.g. a near-miss kept by tracking) aligned as in extraction."""
+        """A found face (``mf2.features.face_align.Face``, e.g. a near-miss kept by tracking) aligned as in extraction."""
         crop, lm_crop, m = align(image, face.landmarks, self.size)
         return AlignedFace(tuple(float(c) for c in face.box), face.landmarks, crop, lm_crop, m, round(face.score, 3),
                            pose=head_pose(face.landmarks))

@@ -87,16 +87,16 @@ def _load_dfn(folder: RunFolder, config: dict, checkpoint: Path, device) -> DFNM
     """A frozen MF² (the checkpoint of its own run the DFN was trained on, unchanged since) with
     this run's DFN."""
     base = folder.base_run(config)
-    mf2, _, base_ckpt = load_model(base, device, config["base_checkpoint"], kinds=("mf2",))
+    frozen, _, base_ckpt = load_model(base, device, config["base_checkpoint"], kinds=("mf2",))
     recorded = config.get("base_model")  # DFN runs from before this record cannot be checked
     digest = file_digest(base_ckpt / "model.safetensors") if recorded else None
     if recorded and digest != recorded:
         raise RunError(f"{folder}: its base run {base} changed since this DFN run was trained "
                        f"(checkpoint {base_ckpt.name} has digest {digest}, the DFN was trained on {recorded}); retrain "
                        "the DFN or restore the base run")
-    dfn = DFN(mf2.cfg, dfn_config(config, folder.path / "config.json"))
+    dfn = DFN(frozen.cfg, dfn_config(config, folder.path / "config.json"))
     dfn.load_state_dict(fit_weights(dfn, checkpoint / "model.safetensors"))
-    return DFNModel(mf2, dfn.to(device)).eval()
+    return DFNModel(frozen, dfn.to(device)).eval()
 
 
 EXPORT_REMEDY = "export the run again (mf2 export RUN --out DIR --overwrite)"
@@ -106,9 +106,9 @@ def _load_exported(folder: RunFolder, config: dict, checkpoint: Path, device) ->
     """A folder of ``mf2 export``: an MF², or a DFN with its frozen MF² (keys ``mf2.*``, ``dfn.*``)."""
     if config.get("model_kind") not in ("mf2", "dfn"):
         raise RunError(f"{folder}: exported model of unknown kind {config.get('model_kind')!r} (expected mf2 or dfn)")
-    mf2 = MF2(model_config(config, folder.path / "config.json"))
-    model = DFNModel(mf2, DFN(mf2.cfg, dfn_config(config, folder.path / "config.json"))) \
-        if config["model_kind"] == "dfn" else mf2
+    base = MF2(model_config(config, folder.path / "config.json"))
+    model = DFNModel(base, DFN(base.cfg, dfn_config(config, folder.path / "config.json"))) \
+        if config["model_kind"] == "dfn" else base
     weights = checkpoint / "model.safetensors"
     recorded = (config.get("exported_from") or {}).get("model_sha256")
     if not (checkpoint / "SHA256SUMS").is_file() and isinstance(recorded, str) and len(recorded) == 64:

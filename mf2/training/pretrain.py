@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mf2.evaluation.predict import validation_metrics
+from mf2.evaluation.cache_predictions import validation_metrics
 from mf2.features.reader import CacheReader, prefetch
 from mf2.models.config import PAPER_PARAMS, MF2Config
 from mf2.models.mf2 import MF2, count_parameters

@@ -119,10 +119,10 @@ def explanation_scores(run, cache, split: str, device, precision: str = "fp32", 
         reader.rows = reader.rows[:limit]
     thresholds = RunFolder.checkpoint_state(ckpt).get("au_thresholds") or 0.5
     tokenizer = load_tokenizer(signature["text"]["name"], allow_download)
-    mf2 = getattr(model, "mf2", model)
-    explainers = {g: Explainer(mf2, tokenizer, signature["text"], decoding, threshold=thresholds, grounding=g)
+    base = getattr(model, "mf2", model)  # a DFN explains with its frozen MF²
+    explainers = {g: Explainer(base, tokenizer, signature["text"], decoding, threshold=thresholds, grounding=g)
                   for g in groundings}
-    references = _reference_texts(reader, mf2.cfg.emo_text, tokenizer, tidy)
+    references = _reference_texts(reader, base.cfg.emo_text, tokenizer, tidy)
     made = {g: [] for g in groundings}
     seconds = dict.fromkeys(groundings, 0.0)
     device = torch.device(device)
