@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mf2.data.labels import N_AU
-from mf2.models.losses import check_weights
+from mf2.models.losses import MF2_LOSSES, check_weights
 
 # The paper's Q-Former is BERT-base sized (Table VI; 186.7M trainable parameters per branch).
 PRESETS = {
@@ -19,8 +19,6 @@ PRESETS = {
 EMOTION_READS = ("global", "global+au")
 # The losses each model trains with, by name, and the key of the weight each takes
 # (``mf2.models.losses``): MF²'s ``loss_weights`` and DFN's weights use these keys only.
-MF2_LOSSES = {**{f"{b}_{k}": k for b in ("emo", "au") for k in ("itc", "itm", "itg")}, "emo_cls": "cls", "au_cls": "cls"}
-DFN_LOSSES = {"emo_cls": "cls", "au_cls": "cls", "align": "align"}
 PAPER_PARAMS = {"emo_vl": 186.7e6, "au_vl": 186.7e6, "mf2": 373.4e6}
 
 

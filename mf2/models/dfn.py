@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mf2.data.labels import N_AU, N_EMOTIONS
-from mf2.models.config import DFN_LOSSES, DFNConfig, MF2Config
-from mf2.models.losses import task_losses, weighted_total
+from mf2.models.config import DFNConfig, MF2Config
+from mf2.models.losses import DFN_LOSSES, task_losses, weighted_total
 from mf2.models.mf2 import MF2, emotion_input
 from mf2.models.outputs import BlockOutputs, StepOutput
 from mf2.ops import dfn_pathway

@@ -12,6 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# Each model's losses: name -> the key of the weight it takes (MF²: ``MF2Config.loss_weights``;
+# DFN: ``cls`` 1, ``align`` = ``DFNConfig.align_weight``). A new loss is computed here (or in
+# the branch that makes it) and declared here.
+MF2_LOSSES = {**{f"{b}_{k}": k for b in ("emo", "au") for k in ("itc", "itm", "itg")}, "emo_cls": "cls", "au_cls": "cls"}
+DFN_LOSSES = {"emo_cls": "cls", "au_cls": "cls", "align": "align"}
+
 
 def check_weights(weights: dict, keys, where: str) -> None:
     """Every key of ``weights`` is one of the model's weight ``keys``; a one-line ValueError otherwise."""

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mf2.data.labels import N_AU, N_EMOTIONS
-from mf2.models.config import MF2_LOSSES, MF2Config
-from mf2.models.losses import task_losses, weighted_total
+from mf2.models.config import MF2Config
+from mf2.models.losses import MF2_LOSSES, task_losses, weighted_total
 from mf2.models.outputs import ImageFeatures, StepOutput
 from mf2.models.qformer import CHECKPOINTING, UNK, VLBranch
 
