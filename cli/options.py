@@ -201,15 +201,74 @@ def _dfn_flags():
 
 
 def _config_defaults(section: str) -> dict:
+    from mf2.features.extract import ExtractSettings
     from mf2.models.config import DFNConfig, MF2Config
     from mf2.training.loop import TrainConfig
 
-    cls = {"train": TrainConfig, "model": MF2Config, "dfn": DFNConfig}[section]
+    cls = {"train": TrainConfig, "model": MF2Config, "dfn": DFNConfig, "extract": ExtractSettings}[section]
     instance = cls()
-    return {f.name: getattr(instance, f.name) for f in fields(cls)}
+    out = {f.name: getattr(instance, f.name) for f in fields(cls)}
+    if section == "extract":  # the settings' tuple of augmentations, as the option's word
+        from mf2.features.extract import augment_word
+
+        out["augment"] = augment_word(out["augment"])
+    return out
 
 
-FLAGS = {"train": _train_flags, "model": _model_flags, "dfn": _dfn_flags}
+def _extract_flags():
+    from pathlib import Path
+
+    from mf2.devices import PRECISIONS
+    from mf2.features.extract import AUGMENT_CHOICES
+
+    return [
+        Flag("vision", ("--vision",), dict(
+            help="timm model name; auto = vit_base_patch16_224 when its weights are on disk, else efficientnet_lite0.")),
+        Flag("vision_weights", ("--vision-weights",), dict(
+            type=PathType(path_type=Path), help="Weights file for --vision (.safetensors/.pth).", show_default=False)),
+        Flag("text", ("--text",), dict(
+            help="transformers name or folder; auto = bert-base-uncased when cached, else the packaged MiniLM.")),
+        Flag("face", ("--face",), dict(
+            type=click.Choice(["aligned", "detect"]),
+            help="aligned: inputs are face crops; detect: dlib finds the largest face and aligns it.")),
+        Flag("landmarks", ("--landmarks",), dict(
+            type=click.Choice(["auto", "dlib", "manifest", "canonical"]),
+            help="auto: the manifest's when every row has them, else dlib.")),
+        Flag("image_size", ("--image-size",), dict(type=Number(int, min=32, max=4096))),
+        Flag("batch_size", ("--batch-size",), dict(type=Number(int, min=1))),
+        Flag("device", ("--device",), dict(type=DeviceName(), help="auto (the first CUDA GPU, else the CPU), cpu, "
+                                                                   "cuda or cuda:N.")),
+        Flag("au_samples", ("--au-samples",), dict(type=Number(int, min=1, max=32),
+                                                   help="R: R x R samples per AU centre.")),
+        Flag("au_window", ("--au-window",), dict(type=Number(float, min=0, min_open=True, max=10),
+                                                 help="Sampling grid side, in rulers (inner-eye-corner distance).")),
+        Flag("au_map", ("--au-map",), dict(
+            type=click.Choice(["auto", "last", "stride16", "stride8"]),
+            help="The feature map AU regions are pooled from: auto = the stride-16 stage of a CNN (finer than its last "
+                 "map; 14 x 14 at 224 px), the patch grid of a ViT.")),
+        Flag("augment", ("--augment",), dict(
+            type=click.Choice(list(AUGMENT_CHOICES)),
+            help="flip: also store each face's mirrored view (landmarks mirrored, each AU's two centres swapped); "
+                 "training samples from both, evaluation reads the originals (evaluate --tta flip averages them in). "
+                 "auto: flip when the training split has at most 5,000 faces (not yet shown to win: see README).")),
+        Flag("au_regions", ("--au-regions",), dict(
+            type=click.Choice(["table", "small-face"]),
+            help="Each AU's centres and window: table = DATA.md's centres, one window for all; small-face = per-AU "
+                 "centres and sizes for the small muscles (README).")),
+        Flag("precision", ("--precision",), dict(
+            type=click.Choice(list(PRECISIONS)),
+            help="bf16: autocast the frozen backbones (faster on GPUs and on CPUs with AVX512-BF16); auto = bf16 on "
+                 "GPUs that support it, fp32 on CPUs.")),
+        Flag("workers", ("--workers",), dict(
+            type=Number(int, min=0, auto=True),
+            help="Processes that decode images and find faces ahead of the backbones; auto = none on a CPU, up to 8 "
+                 "of this process's cores on a GPU."), "auto"),
+        Flag("allow_download", ("--allow-download",), dict(
+            is_flag=True, help="Let timm/transformers download weights that are not on disk.", show_default=False)),
+    ]
+
+
+FLAGS = {"train": _train_flags, "model": _model_flags, "dfn": _dfn_flags, "extract": _extract_flags}
 
 
 def config_options(section: str, skip=()):

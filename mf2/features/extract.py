@@ -89,6 +89,15 @@ class ExtractSettings:
     unit: int | None = None  # a new store's unit (rows, a multiple of batch_size); None = ``unit_rows``
 
 
+# what --augment may say, and the settings each word stands for
+AUGMENT_CHOICES = {"none": (), "flip": ("flip",), "auto": "auto"}
+
+
+def augment_word(augment) -> str:
+    """The --augment word of an ``ExtractSettings.augment``."""
+    return next(k for k, v in AUGMENT_CHOICES.items() if v == (augment if augment == "auto" else tuple(augment)))
+
+
 def resolve_workers(workers, device: str) -> int:
     """Processes that decode images and find faces. 'auto': none on a CPU (the backbones use
     every core there), else up to 8 of this process's share of the cores (one core stays with
