@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ._common import one_line_errors, progress_bar
-from .options import Number, PathType
+from .options import URL, Number, PathType
 
 
 def _caps(values):
@@ -26,7 +26,8 @@ def _caps(values):
 @click.option("--types", default="au,emotion,key_au", show_default=True, help="Comma-separated caption types.")
 @click.option("--backend", type=click.Choice(["template", "openai"]), default="template", show_default=True)
 @click.option("--model", default="gpt-4o", show_default=True, help="openai: model name.")
-@click.option("--base-url", default=None, help="openai: endpoint, e.g. http://localhost:8000/v1 (default: OpenAI).")
+@click.option("--base-url", type=URL(), default=None,
+              help="openai: endpoint, e.g. http://localhost:8000/v1 (default: OpenAI).")
 @click.option("--concurrency", type=Number(int, min=1, max=256), default=4, show_default=True, help="openai: requests in flight.")
 @click.option("--max-attempts", type=Number(int, min=1, max=100), default=6, show_default=True)
 @click.option("--backoff", type=Number(float, min=0, max=3600), default=1.0, show_default=True,
@@ -84,3 +85,6 @@ def _caption(manifest, out, report_path, types, backend, model, base_url, concur
         click.echo(f"{line}; not in {out}, listed in {report_path}", err=True)
     if report.failed:
         click.echo(f"failures are listed in {report_path}", err=True)
+        if not (report.generated or report.from_cache or report.kept):  # nothing captioned: a script must stop
+            raise click.ClickException(f"no caption was made: all {len(report.failed)} failed (see {report_path}); "
+                                       "the manifest was written without them")

@@ -40,6 +40,8 @@ def extract_features(manifest, out, overwrite, skip_bad, **options):
                f"({summary['images_per_second']} images/s), {summary['faces_not_found']} faces not found, "
                f"{skipped} images skipped" + (f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped'].items())})"
                                               if skipped else ""))
+    for what, count in summary.get("notes", {}).items():
+        click.echo(f"note: {count} {what}", err=True)
     captions = summary.get("captions", {})
     if captions.get("rows"):
         click.echo("captions cached: " + ", ".join(f"{k} ({v} rows)" for k, v in captions["rows"].items()))

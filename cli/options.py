@@ -71,6 +71,20 @@ class Number(click.ParamType):
         return number
 
 
+class URL(click.ParamType):
+    """An http(s) URL with a host."""
+
+    name = "url"
+
+    def convert(self, value, param, ctx):
+        from urllib.parse import urlparse
+
+        parsed = urlparse(str(value).strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            self.fail(f"expected an http:// or https:// URL with a host, got {value!r}", param, ctx)
+        return str(value).strip()
+
+
 class DeviceName(click.ParamType):
     """'auto', 'cpu', 'cuda' or 'cuda:N' (that it exists here is checked before any work)."""
 

@@ -161,7 +161,9 @@ _VERIFIED: dict = {}  # (path, size, mtime, inode) -> digest: a file is hashed o
 def verify(path, root=None, remedy: str = "restore it from a copy") -> bool:
     """Check ``path`` against the ``SHA256SUMS`` of ``root`` (default: its folder). True when it
     matches the record, False when the folder has no record (written before records existed);
-    an ``IntegrityError`` when the file differs from what was recorded or is missing."""
+    an ``IntegrityError`` when the file differs from what was recorded, is missing, or is not in
+    the record at all (mf2 lists every file it writes into a folder with a record, so an unlisted
+    one means the record was edited)."""
     path = Path(path)
     root = Path(root) if root is not None else path.parent
     record = _recorded(root)
@@ -169,7 +171,8 @@ def verify(path, root=None, remedy: str = "restore it from a copy") -> bool:
         return False
     name = str(path.relative_to(root))
     if name not in record:
-        return False
+        raise IntegrityError(f"{path}: not listed in {root / CHECKSUMS}, which lists every file mf2 wrote there: the "
+                             f"record was edited; {remedy}")
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -180,6 +183,24 @@ def verify(path, root=None, remedy: str = "restore it from a copy") -> bool:
         raise IntegrityError(f"{path}: its SHA-256 ({digest[:12]}…) differs from the one recorded when mf2 wrote it "
                              f"({record[name][:12]}…): the file was changed or damaged; {remedy}")
     _VERIFIED[key] = digest
+    return True
+
+
+def verify_folder(folder, root=None, remedy: str = "restore it from a copy") -> bool:
+    """Every file under ``folder`` (a part of ``root``, default the folder itself) checked as
+    ``verify`` checks one, and every file the record lists under it present: for folders that
+    another library reads file by file (a tokenizer). False when ``root`` has no record."""
+    folder = Path(folder)
+    root = Path(root) if root is not None else folder
+    record = _recorded(root)
+    if record is None:
+        return False
+    prefix = str(folder.relative_to(root))
+    prefix = "" if prefix == "." else prefix + "/"
+    for name in sorted(n for n in record if n.startswith(prefix)):
+        verify(root / name, root, remedy)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS):
+        verify(path, root, remedy)
     return True
 
 

@@ -131,5 +131,8 @@ class OpenAICaptioner:
             if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
                 raise TransientError(f"HTTP {exc.status_code}", _retry_after(exc)) from None
             raise CaptionError(f"{self.base_url or 'api.openai.com'} answered HTTP {exc.status_code}: {exc.message}") from None
-        except openai.APIResponseValidationError as exc:
-            raise MalformedOutput(f"unreadable response: {exc}") from None
+        except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            # an answer that is not the API's JSON (an HTML page, a proxy's text): the client's
+            # parser raises whatever its JSON or model reader raises
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise MalformedOutput(f"unreadable response ({type(exc).__name__}: {first})") from None

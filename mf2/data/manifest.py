@@ -62,6 +62,20 @@ class Manifest:
         return out
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    """A JSON object whose keys are each given once (json.loads would keep the last silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"key {key!r} appears more than once in the row")
+        out[key] = value
+    return out
+
+
 def _load_rows(path: Path):
     """(line number, raw dict) pairs from a JSONL or CSV file."""
     suffix = path.suffix.lower()
@@ -71,14 +85,18 @@ def _load_rows(path: Path):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
+                    row = json.loads(line, object_pairs_hook=_unique_keys)
+                except (json.JSONDecodeError, _DuplicateKey) as exc:
                     yield number, exc
                     continue
                 yield number, row if isinstance(row, dict) else ValueError("row is not a JSON object")
     elif suffix in (".csv", ".tsv"):
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            names = reader.fieldnames or []
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:  # the last column of a name would win, silently
+                raise ManifestError(f"{path}:line 1: column {', '.join(map(repr, twice))} appears more than once")
             for number, row in enumerate(reader, 2):  # line 1 is the header
                 yield number, row
     else:
@@ -183,12 +201,17 @@ def read_manifest(path, *, skip_bad: bool = False, check_images: bool = True) ->
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     root = path.parent
-    rows, skipped, merged, seen, files = [], [], [], {}, {}
+    rows, skipped, merged, seen, files, videos = [], [], [], {}, {}, {}
     for number, raw in _load_rows(path):
         try:
             if isinstance(raw, Exception):
                 raise ValueError(f"not valid JSON ({raw})" if isinstance(raw, json.JSONDecodeError) else str(raw))
             row = normalise_row(raw)
+            if row["split"] and videos.get(row["video"], (row["split"],))[0] != row["split"]:
+                other, line = videos[row["video"]]
+                raise ValueError(f"split: video {row['video']!r} is in split {other!r} (line {line}) and "
+                                 f"{row['split']!r} here: a video's faces belong to one split (else validation "
+                                 "scores people it trained on)")
             if row["id"] in seen:
                 raise ValueError(f"id: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
             if check_images and not (root / row["image"]).is_file():
@@ -209,6 +232,8 @@ def read_manifest(path, *, skip_bad: bool = False, check_images: bool = True) ->
             continue
         seen[row["id"]] = number
         files[same] = (number, row)
+        if row["split"]:
+            videos.setdefault(row["video"], (row["split"], number))
         rows.append(row)
     if not rows:
         detail = f" ({len(skipped)} bad rows skipped)" if skipped else ""

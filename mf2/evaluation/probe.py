@@ -54,7 +54,7 @@ def _region_features(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
     for a in range(0, n, 512):
         local = rows[(rows >= a) & (rows < a + 512)] - a
         if len(local):
-            t = store.read("vision/au_tokens", a, min(n, a + 512))[local].astype(np.float32)  # [b, 12, 2R², C]
+            t = store.read(schema.AU_TOKENS, a, min(n, a + 512))[local].astype(np.float32)  # [b, 12, 2R², C]
             b, k, s2, c = t.shape
             out.append(t.reshape(b, k, 2, s2 // 2, c).mean(3).reshape(b, k, 2 * c))
     return np.concatenate(out)
@@ -68,9 +68,9 @@ def au_region_probe(cache, split: str = "val", train_rows: int | None = None, se
     import torch
 
     store = FeatureStore.open(cache)
-    store.verify(["meta/valid", "meta/split", "meta/aus", "vision/au_tokens"])
+    store.verify([schema.VALID, schema.SPLIT, schema.AUS, schema.AU_TOKENS])
     n = len(store)
-    meta = {k: store.read(f"meta/{k}", 0, n) for k in ("valid", "split", "aus")}
+    meta = {k: store.read(name, 0, n) for k, name in (("valid", schema.VALID), ("split", schema.SPLIT), ("aus", schema.AUS))}
     train = sample_rows(np.flatnonzero(meta["valid"] & (meta["split"] == "train")), train_rows, seed)
     test = np.flatnonzero(meta["valid"] & (meta["split"] == split))
     if not len(train) or not len(test):

@@ -44,6 +44,7 @@ from mf2.data.manifest import Manifest
 from mf2.devices import resolve_precision
 from mf2.features.backbones import load_text, load_vision
 from mf2.features.face_align import FaceFinder, ImageError, align, apply, canonical_landmarks, load_image, resize_square
+from mf2.features.pixels import frame_count
 from mf2.features.store import FeatureStore, merge_intervals
 from mf2.io import exclusive, path_in_errors, refuse_overlap
 from mf2.ops import au_region_pool
@@ -212,6 +213,8 @@ class Faces(torch.utils.data.Dataset):
                 counts[f"skipped: {str(exc).split(' (')[0]}"] += 1
                 seconds["decode"] += time.perf_counter() - t0
                 continue
+            if frame_count(self.manifest.image_path(row)) > 1:  # a data set's image is one picture: said
+                counts["note: animated images (their first frame used)"] += 1
             t1 = time.perf_counter()
             seconds["decode"] += t1 - t0
             crops[i], lms[i], found[i] = _face(image, row, self.face, self.landmark_source, self.finder, size, canon,
@@ -527,6 +530,7 @@ def _summary(job: _Job, store: FeatureStore, stats: list, already: int, world: i
         "faces_not_found": int((~store[schema.FACE_FOUND][:] & valid).sum()),
         "skipped": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("skipped: ")},
         "landmarks": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("landmarks: ")},
+        "notes": {k.split(": ", 1)[1]: v for k, v in counts.items() if k.startswith("note: ")},
         "seconds": round(seconds, 3), "images_per_second": round(done_now / seconds, 2) if seconds else None,
         "stage_seconds": {k: round(timing[k], 3) for k in STAGES},
         **stage_shares(timing, job.workers),

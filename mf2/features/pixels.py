@@ -50,6 +50,34 @@ class UnsupportedPixels(ImageError):
         super().__init__(f"unsupported pixel format ({what})")
 
 
+def frame_count(path) -> int:
+    """The frames of an image file (an animated GIF, WebP or PNG, a multi-page TIFF: more than 1;
+    0 when Pillow cannot open it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1) or 1)
+    except Exception:  # unreadable: load_image says why
+        return 0
+
+
+def image_frames(path):
+    """(index, seconds, RGB uint8 [H, W, 3] or an ImageError) of each frame of an animated image,
+    timed by the frames' own durations (0.1 s where a frame gives none)."""
+    from PIL import Image, ImageSequence
+
+    t = 0.0
+    with Image.open(path) as im:
+        for index, frame in enumerate(ImageSequence.Iterator(im)):
+            try:
+                yield index, round(t, 4), to_rgb(frame.copy())
+            except ImageError as exc:
+                yield index, round(t, 4), exc
+            duration = frame.info.get("duration")
+            t += (duration / 1000.0) if isinstance(duration, (int, float)) and duration > 0 else 0.1
+
+
 def load_image(path) -> np.ndarray:
     """An image file -> RGB uint8 [H, W, 3], C-contiguous (EXIF orientation applied)."""
     from PIL import Image, UnidentifiedImageError

@@ -29,6 +29,7 @@ from mf2.features.face_align import DEFAULT_MIN_SCORE, FaceFinder, align, apply,
     resize_square, resolve_detector
 from mf2.prediction.pose import head_pose
 from mf2.models.explain import DECODINGS, GROUNDINGS, Explainer
+from mf2.io import verify_folder
 from mf2.runs import RunFolder, load_model
 
 
@@ -103,6 +104,7 @@ class Predictor:
         # cache was extracted with it, else dlib's (manifest landmarks do not exist for new images)
         self.canonical = s.face == "aligned" and sig.get("landmarks") == "canonical"
         # the text encoder's tokenizer maps generated ids to words: an exported folder carries its own
+        self.run_path = Path(run)
         folder = Path(run) / "tokenizer"
         self.tokenizer_source = str(folder) if folder.is_dir() else sig["text"]["name"]
         self._local = threading.local()
@@ -134,6 +136,8 @@ class Predictor:
         key = (decoding, beams, grounding)
         if key not in self._explainers:
             if self._tokenizer is None:
+                if Path(self.tokenizer_source).parent == Path(self.run_path):  # an exported folder's own
+                    verify_folder(self.tokenizer_source, self.run_path, "export the run again")
                 self._tokenizer = load_tokenizer(self.tokenizer_source, self.settings.allow_download)
             self._explainers[key] = Explainer(getattr(self.model, "mf2", self.model), self._tokenizer,
                                               self.signature["text"], decoding, beams, self.thresholds, grounding)

@@ -4,8 +4,9 @@ one frame at a time.
 ``expand`` turns the inputs into items (a folder: its image and video files, recursively,
 sorted; a glob: its matches, sorted; a PIL image or an RGB array: itself, named ``<image k>``
 after its place k in the inputs) and the inputs that name nothing. ``frames`` yields one
-``Frame`` per image and per sampled video frame: a video is sampled at ``fps`` frames per second
-of its own timeline (``fps`` None or 0: every frame) and streamed, so memory does not grow with
+``Frame`` per image and per sampled video frame: a video (and an animated image: GIF, WebP, PNG or
+multi-page TIFF of several frames) is sampled at ``fps`` frames per second of its own timeline
+(``fps`` None or 0: every frame) and streamed, so memory does not grow with
 its length. An image file's pixels are decoded later, by whoever finds its faces (``Frame.load``),
 so decoding runs in the face-finding workers. A file that cannot be decoded gives one ``Frame``
 with ``error`` set.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mf2.features.pixels import ImageError, load_image, to_rgb
+from mf2.features.pixels import ImageError, frame_count, image_frames, load_image, to_rgb
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
@@ -61,6 +62,14 @@ def is_video(path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
+ANIMATED_EXTENSIONS = {".gif", ".webp", ".png", ".apng", ".tif", ".tiff"}
+
+
+def is_animated(path) -> bool:
+    """An image file of several frames (animated GIF/WebP/PNG, multi-page TIFF): read like a video."""
+    return Path(path).suffix.lower() in ANIMATED_EXTENSIONS and frame_count(path) > 1
+
+
 def _is_image_object(item) -> bool:
     from PIL import Image
 
@@ -93,18 +102,25 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
             continue
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+            wanted = [p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS]
+            found = [str(p) for p in wanted if p.is_file()]
             items += found
+            # a link to nothing (or to a folder) named like an image: said, not passed over
+            problems += [(str(p), "a broken link" if p.is_symlink() and not p.exists() else "not a file")
+                         for p in wanted if not p.is_file()]
             if not found:
                 problems.append((item, "no image or video files in this folder"))
         elif path.is_file():
             items.append(item)
         elif glob.has_magic(item):
-            found = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            matches = sorted(glob.glob(item, recursive=True))
+            found = [p for p in matches if Path(p).is_file()]
             items += found
+            problems += [(p, "a broken link") for p in matches if Path(p).is_symlink() and not Path(p).exists()]
             if not found:
                 problems.append((item, "no files match"))
+        elif path.is_symlink():
+            problems.append((item, "a broken link"))
         else:
             problems.append((item, "missing file"))
     seen, unique = {}, []
@@ -176,9 +192,27 @@ def video_frames(path: str, fps: float | None, every: int | None = None):
             yield Frame(path, index + 1, error=f"video decoding stopped ({str(exc).splitlines()[0]})")
 
 
+def animated_frames(path: str, fps: float | None, every: int | None = None):
+    """Frames of an animated image, sampled as ``video_frames`` samples a video."""
+    step = 1.0 / fps if fps else 0.0
+    next_time = 0.0
+    try:
+        for index, t, image in image_frames(path):
+            if every and index % every or t + 1e-6 < next_time:
+                continue
+            next_time = next_time + step if next_time + step > t else t + step
+            if isinstance(image, ImageError):
+                yield Frame(path, index, t, error=str(image))
+            else:
+                yield Frame(path, index, t, image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        yield Frame(path, error=f"unreadable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+
+
 def video_frame(path: str, index: int) -> np.ndarray:
-    """Frame ``index`` (decoding order) of a video, RGB uint8 [H, W, 3]; decodes up to it."""
-    for f in video_frames(path, None):
+    """Frame ``index`` (decoding order) of a video or an animated image, RGB uint8 [H, W, 3];
+    decodes up to it."""
+    for f in (video_frames(path, None) if is_video(path) else animated_frames(path, None)):
         if f.error:
             raise ImageError(f"{path}: {f.error}")
         if f.frame == index:
@@ -193,5 +227,7 @@ def frames(items: list, fps: float | None, every: int | None = None):
             yield in_memory_frame(item.name, item.image)
         elif is_video(item):
             yield from video_frames(item, fps, every)
+        elif is_animated(item):  # its frames, on the clock of their own durations
+            yield from animated_frames(item, fps, every)
         else:
             yield Frame(item, path=item)

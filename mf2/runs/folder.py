@@ -267,10 +267,18 @@ class RunFolder:
         return value
 
     def _pointed(self, name: str) -> Path | None:
-        """The checkpoint folder a pointer names, if it is there."""
+        """The checkpoint folder a pointer names (None: no pointer). A pointer naming a folder
+        that is not there is an error, never another checkpoint in its place: mf2 writes the
+        folder before the pointer and never deletes the folder a pointer names."""
         pointer = self._pointer(name)
-        path = self.checkpoints / pointer["path"] if pointer else None
-        return path if path is not None and path.is_dir() else None
+        if pointer is None:
+            return None
+        path = self.checkpoints / pointer["path"]
+        if not path.is_dir():
+            raise IntegrityError(f"{self.checkpoints / (name + '.json')}: names checkpoint {pointer['path']} (epoch "
+                                 f"{pointer['epoch']}), which is not in {self.checkpoints}; restore it, or point "
+                                 f"{name}.json at a checkpoint that is there")
+        return path
 
     def _point(self, name: str, checkpoint: Path, epoch: int, **extra) -> None:
         atomic_write_text(self.checkpoints / f"{name}.json",

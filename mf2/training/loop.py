@@ -264,8 +264,12 @@ def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: 
     """Restore model, optimizer and random states from the run's latest checkpoint; returns
     (the epoch to start at, the step count)."""
     ckpt = run.latest_checkpoint()
-    if ckpt is None:
-        raise RunError(f"{run}: no checkpoint to resume from")
+    if ckpt is None:  # stopped before its first epoch ended: the model is as a new run's (same seed)
+        if distributed.rank() == 0:
+            run.keep_log_until(0)
+        log(f"{run}: no checkpoint yet (it stopped before its first epoch ended): starting it again at epoch 1 "
+            "with its recorded settings")
+        return 0, 0
     state, rng = load_checkpoint(ckpt, model, optimizer)
     if distributed.rank() == 0:
         run.keep_log_until(state["epoch"] + 1)

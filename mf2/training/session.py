@@ -140,6 +140,9 @@ def train(trainer: Trainer, out, cfg: TrainConfig, *, resume: bool = False, over
         cfg = cfg.resolved()  # device settings now; the schedule once the run's length is known
         seed_everything(cfg.seed + rank, cfg.deterministic, cfg.device)
         aus = trainer.open(cfg, run, saved, rank, quiet)
+        if cfg.train_rows is not None and cfg.train_rows > len(aus):  # as a batch too large is, said and recorded
+            quiet(f"--train-rows {cfg.train_rows} is more than the {len(aus)} training rows: using all of them")
+            cfg = replace(cfg, train_rows=None)
         cfg = batch_for(cfg, len(aus), world, quiet)
         steps_per_epoch = len(aus) // cfg.batch_size // world
         total_steps = max(1, steps_per_epoch * cfg.epochs)
