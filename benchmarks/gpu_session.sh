@@ -28,6 +28,10 @@
 #      at batch 1 and 16 (and 200 photos), peak GPU memory, beside the code before issue 26
 set -euo pipefail
 part="${1:?usage: gpu_session.sh prepare|1|2|3}"
+case "$part" in
+  prepare|1|2|3) ;;
+  *) echo "usage: gpu_session.sh prepare|1|2|3 (got $part)" >&2; exit 2 ;;
+esac
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 

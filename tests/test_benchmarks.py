@@ -158,3 +158,23 @@ def test_small_data_runs_on_the_hard_preset_and_scores_the_test_split(tmp_path):
     out = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run), "--cache", str(cache), "--split", "val",
                                     "--bootstrap", "0"])
     assert out.exit_code == 0 and "optimistic" in out.output
+
+
+def test_the_gpu_session_script_parses_and_asks_only_for_flags_its_benchmarks_have(tmp_path):
+    """benchmarks/gpu_session.sh needs a GPU; here (CI has none) its shell parses, a wrong part is
+    refused before anything runs, and every flag it passes to a benchmark is one that benchmark offers."""
+    import re
+
+    script = ROOT / "benchmarks/gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    wrong = subprocess.run(["bash", str(script), "4"], cwd=tmp_path, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "usage" in wrong.stderr
+    text = re.sub(r"\\\n\s*", " ", script.read_text())
+    calls = re.findall(r'python3 benchmarks/(\w+\.py)([^\n|]*)', text)
+    calls += [("epoch_time.py", m) for m in re.findall(r'\$et([^\n|]*)', text)]
+    calls += [("epoch_time.py", re.search(r'et="python3 benchmarks/epoch_time.py([^"]*)"', text).group(1))]
+    assert {name for name, _ in calls} >= {"epoch_time.py", "extract.py", "predict.py"}
+    for name, args in calls:
+        offered = run_script(name, "--help", cwd=tmp_path).stdout
+        for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", args):
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", offered), f"{name} has no {flag}"
