@@ -162,3 +162,14 @@ def test_evaluate_beside_another_run_gives_table_v(pretrained, tmp_path):
     refused = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "dfn"), "--cache",
                                         str(pretrained / "f.zarr"), "--out", str(tmp_path / "a-file")])
     assert refused.exit_code == 2 and "is a file" in refused.output
+
+
+@pytest.mark.parametrize("mode", ["--dfn", "--full"])
+def test_finetune_takes_the_training_options_pretrain_has(pretrained, tmp_path, mode):
+    """--weight-decay, --au-weighting and --train-rows (once pretrain's only) reach the run and act."""
+    output = _finetune(pretrained, tmp_path / "r", mode, "--weight-decay", "0.01", "--au-weighting", "none",
+                       "--train-rows", "16", "--seed", "2")
+    config = json.loads((tmp_path / "r/config.json").read_text())
+    assert config["train"]["weight_decay"] == 0.01 and config["train"]["au_weighting"] == "none"
+    assert config["train"]["train_rows"] == 16 and config["au_pos_weight"] == [1.0] * 12  # plain BCE
+    assert "2 epochs of 2 steps (batch 8)" in output  # 16 rows at batch 8
