@@ -36,8 +36,9 @@ def extract_features(manifest, out, overwrite, skip_bad, **options):
     if not summary:  # not the first process of a torchrun: it reports for all
         return
     skipped = sum(summary["skipped"].values())
+    speed = f"{summary['images_per_second']} images/s" if summary.get("images_per_second") else "nothing to do"
     click.echo(f"{summary['rows']} rows -> {out}: {summary['extracted_this_run']} extracted this run "
-               f"({summary['images_per_second']} images/s), {summary['faces_not_found']} faces not found, "
+               f"({speed}), {summary['faces_not_found']} faces not found, "
                f"{skipped} images skipped" + (f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped'].items())})"
                                               if skipped else ""))
     for what, count in summary.get("notes", {}).items():

@@ -175,3 +175,17 @@ def test_an_answer_that_is_not_json_is_a_failed_caption_and_all_failed_is_an_err
 def test_a_base_url_that_is_not_a_url_is_refused_when_parsed(world):
     result = cli("caption", "--manifest", world / "d/manifest.jsonl", "--backend", "openai", "--base-url", "foo")
     assert result.exit_code == 2 and "expected an http:// or https:// URL" in result.output
+
+
+def test_extracting_a_complete_store_again_reports_the_store_not_the_old_run(world):
+    """It used to print the first run's count as 'extracted this run' and, for a store written by an
+    earlier version, warn that no captions were cached."""
+    from .conftest import text_encoder_args
+
+    before = tree(world / "f.zarr")
+    result = cli("extract-features", "--manifest", world / "d/manifest.captioned.jsonl", "--out", world / "f.zarr",
+                 *text_encoder_args())
+    assert result.exit_code == 0, result.output
+    assert "already complete" in result.output and "0 extracted this run (nothing to do)" in result.output
+    assert "captions cached: au" in result.output and "no captions cached" not in result.output
+    assert tree(world / "f.zarr") == before

@@ -364,7 +364,9 @@ def extract_features(manifest: Manifest, out, settings: ExtractSettings | None =
             if rank != 0:
                 return {}
             log(f"{out}: already complete ({n} rows)")
-            return dict(store.group.attrs["summary"])
+            # what the store holds, not what the run that wrote it did (or, from an older version, omitted)
+            return {**dict(store.group.attrs["summary"]), "extracted_this_run": 0, "resumed_from": n,
+                    "images_per_second": None, "captions": _captions(job)}
         already = sum(b - a for a, b in done)
         if rank == 0 and already:
             log(f"{out}: resuming at row {store.count} of {n}" if done == [[0, store.count]] else
