@@ -257,7 +257,21 @@ class PathConflict(ValueError):
 
 
 def _resolved(path) -> Path:
-    return Path(path).expanduser().resolve()
+    """``path`` with its links followed; a loop of links stays as written (reading it fails later,
+    where it is said as a broken link), never a RuntimeError."""
+    path = Path(path).expanduser()
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # "Symlink loop from ..."
+        return Path(os.path.abspath(path))
+
+
+def listed(path, root=None) -> bool:
+    """Whether the ``SHA256SUMS`` of ``root`` (default: ``path``'s folder) lists ``path``."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    record = _recorded(root)
+    return record is not None and str(path.relative_to(root)) in record
 
 
 _ANY = object()  # a path part that can be any name (something an output folder will hold)
@@ -353,6 +367,9 @@ def exclusive(path, what: str = "it"):
     import fcntl
 
     path = Path(path)
+    if path.is_symlink() and not path.exists():  # writing would fail deep inside with "file exists"
+        raise PathConflict(f"{path}: a link to {os.readlink(path)}, which is not there; remove the link or choose "
+                          "another output")
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
     while True:

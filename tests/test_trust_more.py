@@ -189,3 +189,41 @@ def test_extracting_a_complete_store_again_reports_the_store_not_the_old_run(wor
     assert "already complete" in result.output and "0 extracted this run (nothing to do)" in result.output
     assert "captions cached: au" in result.output and "no captions cached" not in result.output
     assert tree(world / "f.zarr") == before
+
+
+def test_a_checkpoint_without_its_state_is_an_error_not_untuned_thresholds(world):
+    """A deleted state.json (listed in SHA256SUMS) used to mean 0.5 for every AU, and a KeyError on --resume."""
+    run = world / "run"
+    (run / "checkpoints" / json.loads((run / "checkpoints/latest.json").read_text())["path"] / "state.json").unlink()
+    image = sorted((world / "d/images").iterdir())[0]
+    one_line_error(cli("predict", "--checkpoint", run, image, "--face", "aligned"), "state.json: missing (listed in")
+    one_line_error(cli("pretrain", "--cache", world / "f.zarr", "--out", run, "--resume", "--epochs", "2"),
+                   "state.json: missing")
+
+
+def test_a_loop_of_links_is_a_skipped_input_not_a_traceback(world, tmp_path):
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    (loop / "a.png").symlink_to(loop / "b.png")
+    (loop / "b.png").symlink_to(loop / "a.png")
+    shutil.copy(sorted((world / "d/images").iterdir())[0], loop / "c.png")
+    for inputs in ([loop / "a.png", loop / "c.png"], [f"{loop}/*.png"]):
+        result = cli("predict", "--checkpoint", world / "run", *inputs, "--face", "aligned", "--out", tmp_path / "o.csv")
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+        assert "a.png: a broken link" in result.output and len(Faces_rows(tmp_path / "o.csv")) == 1
+
+
+def test_a_cache_whose_videos_straddle_splits_is_refused_by_the_trainer(world):
+    """A cache made from such a manifest before manifests refused it (or edited) must not train quietly."""
+    import zarr
+
+    group = zarr.open_group(str(world / "f.zarr"), mode="r+")
+    splits = group["meta/split"][:]
+    video = group["meta/video"][:][splits == "train"][0]
+    first_val = int(np.flatnonzero(splits == "val")[0])
+    videos = group["meta/video"][:]
+    videos[first_val] = video
+    group["meta/video"][:] = videos
+    result = cli("pretrain", "--cache", world / "f.zarr", "--out", world / "r", "--epochs", "1", "--batch-size", "8")
+    one_line_error(result, "have faces in more than one split", f"{video!r} in train and val")
+    assert not (world / "r").exists()

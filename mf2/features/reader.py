@@ -254,3 +254,18 @@ def prefetch(batches, device, depth: int = 2):
     finally:
         stop.set()
         thread.join()
+
+
+def videos_in_several_splits(store: FeatureStore) -> dict:
+    """Video -> its splits, for every video whose valid rows are in more than one split (a cache
+    from a manifest written before mf2 refused them, or by hand): validation or test would score
+    people training saw."""
+    g = store.group
+    valid = g[schema.VALID][:]
+    videos, splits = g[schema.VIDEO][:][valid], g[schema.SPLIT][:][valid]
+    seen: dict = {}
+    for v, sp in zip(videos.tolist(), splits.tolist()):
+        if sp:
+            seen.setdefault(str(v), set()).add(str(sp))
+    return {v: sorted(s) for v, s in seen.items() if len(s) > 1}
+

@@ -25,7 +25,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mf2.io import IntegrityError, atomic_write_text, exclusive, load_tensors, read_json, refuse_overlap, verify
+from mf2.io import IntegrityError, atomic_write_text, exclusive, listed, load_tensors, read_json, refuse_overlap, verify
 from mf2.models.config import DFNConfig, MF2Config
 from mf2.runs.migrate import SCHEMA_VERSION, SchemaError, migrate_config
 
@@ -314,6 +314,9 @@ class RunFolder:
         exported)."""
         path = Path(checkpoint) / "state.json"
         if not path.is_file():
+            if listed(path):  # mf2 wrote it: gone means damaged, not "none"
+                raise IntegrityError(f"{path}: missing (listed in {path.parent / 'SHA256SUMS'}; it holds the "
+                                     f"checkpoint's epoch and tuned AU thresholds); {REMEDY}")
             return {}
         state = read_json(path, "the checkpoint's state", REMEDY)
         if not isinstance(state, dict):

@@ -140,6 +140,7 @@ def train(trainer: Trainer, out, cfg: TrainConfig, *, resume: bool = False, over
         cfg = cfg.resolved()  # device settings now; the schedule once the run's length is known
         seed_everything(cfg.seed + rank, cfg.deterministic, cfg.device)
         aus = trainer.open(cfg, run, saved, rank, quiet)
+        _refuse_shared_videos(trainer.inputs().get("--cache"))
         if cfg.train_rows is not None and cfg.train_rows > len(aus):  # as a batch too large is, said and recorded
             quiet(f"--train-rows {cfg.train_rows} is more than the {len(aus)} training rows: using all of them")
             cfg = replace(cfg, train_rows=None)
@@ -166,3 +167,19 @@ def train(trainer: Trainer, out, cfg: TrainConfig, *, resume: bool = False, over
                    batches=lambda epoch: trainer.batches(epoch, cfg, rank, world),
                    losses_of=trainer.losses_of(net, cfg, weight), validate=lambda: trainer.validate(cfg),
                    rng_state=trainer.rng_state, max_epochs_this_run=max_epochs_this_run, progress=progress, log=log)
+
+
+def _refuse_shared_videos(cache) -> None:
+    """A cache whose videos straddle splits would score validation on people training saw."""
+    if cache is None:
+        return
+    from mf2.features.reader import videos_in_several_splits
+    from mf2.features.store import FeatureStore
+
+    shared = videos_in_several_splits(FeatureStore.open(cache))
+    if shared:
+        video, splits = next(iter(shared.items()))
+        raise RunError(f"{cache}: {len(shared)} video(s) have faces in more than one split (first: {video!r} in "
+                       f"{' and '.join(splits)}), so validation would score people training saw; split the "
+                       "manifest by video (mf2 build-dataset) and extract it again")
+
