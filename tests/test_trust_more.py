@@ -227,3 +227,18 @@ def test_a_cache_whose_videos_straddle_splits_is_refused_by_the_trainer(world):
     result = cli("pretrain", "--cache", world / "f.zarr", "--out", world / "r", "--epochs", "1", "--batch-size", "8")
     one_line_error(result, "have faces in more than one split", f"{video!r} in train and val")
     assert not (world / "r").exists()
+
+
+@pytest.mark.parametrize("remove", [("SHA256SUMS",), ("SHA256SUMS", "state.json")])
+def test_a_checkpoint_whose_record_is_gone_is_an_error(world, remove):
+    """With its SHA256SUMS deleted a checkpoint used to load unchecked (changed weights predicted,
+    a missing state.json meant untuned thresholds or a KeyError on --resume)."""
+    run = world / "run"
+    checkpoint = run / "checkpoints" / json.loads((run / "checkpoints/latest.json").read_text())["path"]
+    for name in remove:
+        (checkpoint / name).unlink()
+    image = sorted((world / "d/images").iterdir())[0]
+    expected = "SHA256SUMS is gone"  # checked before anything of the checkpoint is read
+    one_line_error(cli("predict", "--checkpoint", run, image, "--face", "aligned"), expected)
+    one_line_error(cli("export", run, "--out", world / "model"), expected)
+    one_line_error(cli("pretrain", "--cache", world / "f.zarr", "--out", run, "--resume", "--epochs", "2"), expected)

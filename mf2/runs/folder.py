@@ -314,7 +314,9 @@ class RunFolder:
         exported)."""
         path = Path(checkpoint) / "state.json"
         if not path.is_file():
-            if listed(path):  # mf2 wrote it: gone means damaged, not "none"
+            # mf2 wrote it: gone means damaged, not "none" -- a run's checkpoint always had one; an
+            # exported folder (its own config.json beside it) from before thresholds were exported may not
+            if listed(path) or not (Path(checkpoint) / "config.json").is_file():
                 raise IntegrityError(f"{path}: missing (listed in {path.parent / 'SHA256SUMS'}; it holds the "
                                      f"checkpoint's epoch and tuned AU thresholds); {REMEDY}")
             return {}
@@ -322,6 +324,14 @@ class RunFolder:
         if not isinstance(state, dict):
             raise IntegrityError(f"{path}: expected a JSON object, got {type(state).__name__}; {REMEDY}")
         return state
+
+    def require_record(self, checkpoint: Path, config: dict) -> None:
+        """A run written by this version (schema 2 and later) has a SHA256SUMS in every checkpoint:
+        one that is gone is an error, not a checkpoint read unchecked."""
+        if config.get("written_schema", 1) >= 2 and Path(checkpoint).parent == self.checkpoints and \
+                not (Path(checkpoint) / "SHA256SUMS").is_file():
+            raise IntegrityError(f"{checkpoint}: its SHA256SUMS is gone (every checkpoint of this run was written "
+                                 f"with one), so its files cannot be checked; {REMEDY}")
 
     @staticmethod
     def model_state(checkpoint: Path) -> dict:

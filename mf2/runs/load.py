@@ -145,6 +145,7 @@ def load_model(run, device: str | torch.device = "cpu", which: str = "best",
     checkpoint = folder.path if config["kind"] == "exported" else folder.checkpoint(which)
     if checkpoint is None:
         raise RunError(f"{folder}: no checkpoint yet")
+    folder.require_record(checkpoint, config)
     return _LOADERS[config["kind"]](folder, config, checkpoint, device), config, checkpoint
 
 

@@ -41,6 +41,7 @@ def migrate_config(config: dict, path="config.json") -> dict:
     if c["kind"] == "dfn" and "base_checkpoint" not in c:
         c["base_checkpoint"] = "latest"
     c["schema"] = SCHEMA_VERSION
+    c["written_schema"] = c.get("written_schema", version)  # what it was written as (checkpoint records since 2)
     return c
 
 

@@ -270,6 +270,7 @@ def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: 
         log(f"{run}: no checkpoint yet (it stopped before its first epoch ended): starting it again at epoch 1 "
             "with its recorded settings")
         return 0, 0
+    run.require_record(ckpt, run.config())
     state, rng = load_checkpoint(ckpt, model, optimizer)
     if distributed.rank() == 0:
         run.keep_log_until(state["epoch"] + 1)
