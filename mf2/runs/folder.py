@@ -317,8 +317,9 @@ class RunFolder:
             # mf2 wrote it: gone means damaged, not "none" -- a run's checkpoint always had one; an
             # exported folder (its own config.json beside it) from before thresholds were exported may not
             if listed(path) or not (Path(checkpoint) / "config.json").is_file():
-                raise IntegrityError(f"{path}: missing (listed in {path.parent / 'SHA256SUMS'}; it holds the "
-                                     f"checkpoint's epoch and tuned AU thresholds); {REMEDY}")
+                why = f"listed in {path.parent / 'SHA256SUMS'}" if listed(path) else "every checkpoint of a run has one"
+                raise IntegrityError(f"{path}: missing ({why}; it holds the checkpoint's epoch and tuned AU "
+                                     f"thresholds); {REMEDY}")
             return {}
         state = read_json(path, "the checkpoint's state", REMEDY)
         if not isinstance(state, dict):
