@@ -116,11 +116,15 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
             matches = sorted(glob.glob(item, recursive=True))
             found = [p for p in matches if Path(p).is_file()]
             items += found
-            problems += [(p, "a broken link") for p in matches if Path(p).is_symlink() and not Path(p).exists()]
+            problems += [(p, "a broken link" if Path(p).is_symlink() and not Path(p).exists() else
+                          "a folder (a glob's matches are read as files)" if Path(p).is_dir() else "not a regular file")
+                         for p in matches if not Path(p).is_file()]
             if not found:
                 problems.append((item, "no files match"))
-        elif path.is_symlink():
+        elif path.is_symlink() and not path.exists():
             problems.append((item, "a broken link"))
+        elif path.exists():  # a FIFO, a device: never read (it could block or never end)
+            problems.append((item, "not a regular file"))
         else:
             problems.append((item, "missing file"))
     seen, unique = {}, []
