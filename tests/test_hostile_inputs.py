@@ -171,8 +171,8 @@ def test_a_stuck_caption_server_ends_as_a_recorded_failure(world):
                      "--types", "emotion", "--timeout", "1", "--max-attempts", "2", "--backoff", "0",
                      "--concurrency", "2", env={"OPENAI_API_KEY": "test"})
         elapsed = time.time() - t0
-    assert result.exit_code == 0, result.output
-    assert "0 generated" in result.output and "2 failed" in result.output
+    assert result.exit_code == 1, result.output  # nothing was captioned: a script's && must stop
+    assert "0 generated" in result.output and "2 failed" in result.output and "no caption was made" in result.output
     assert elapsed < 20, elapsed
     report = json.loads((world / "d/small.captioned.caption_report.json").read_text())
     assert report["failed"] == 2
