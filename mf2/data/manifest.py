@@ -207,11 +207,6 @@ def read_manifest(path, *, skip_bad: bool = False, check_images: bool = True) ->
             if isinstance(raw, Exception):
                 raise ValueError(f"not valid JSON ({raw})" if isinstance(raw, json.JSONDecodeError) else str(raw))
             row = normalise_row(raw)
-            if row["split"] and videos.get(row["video"], (row["split"],))[0] != row["split"]:
-                other, line = videos[row["video"]]
-                raise ValueError(f"split: video {row['video']!r} is in split {other!r} (line {line}) and "
-                                 f"{row['split']!r} here: a video's faces belong to one split (else validation "
-                                 "scores people it trained on)")
             if row["id"] in seen:
                 raise ValueError(f"id: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
             if check_images and not (root / row["image"]).is_file():
@@ -225,6 +220,11 @@ def read_manifest(path, *, skip_bad: bool = False, check_images: bool = True) ->
                                      "(nor be in two splits)")
                 merged.append({"line": number, "same_as": first_line, "image": row["image"]})
                 continue
+            if row["split"] and videos.get(row["video"], (row["split"],))[0] != row["split"]:
+                other, line = videos[row["video"]]
+                raise ValueError(f"split: video {row['video']!r} is in split {other!r} (line {line}) and "
+                                 f"{row['split']!r} here: a video's faces belong to one split (else validation "
+                                 "scores people it trained on)")
         except ValueError as exc:
             if not skip_bad:
                 raise ManifestError(f"{path}:line {number}: {exc}") from None
