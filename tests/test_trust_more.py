@@ -243,3 +243,17 @@ def test_a_checkpoint_whose_record_is_gone_is_an_error(world, remove):
     resumed = cli("pretrain", "--cache", world / "f.zarr", "--out", run, "--resume", "--epochs", "2")
     one_line_error(resumed, checkpoint.name)
     assert "SHA256SUMS is gone" in resumed.output or "state.json: missing (every checkpoint" in resumed.output
+
+
+def test_a_checkpoint_written_with_a_record_needs_it_in_a_run_begun_by_an_older_version(world):
+    """An older run (config without a schema) resumed by this version: its new checkpoints carry a
+    record, and deleting it is caught per checkpoint, not waved through by the run's age."""
+    run = world / "run"
+    config = json.loads((run / "config.json").read_text())
+    config.pop("schema", None)
+    (run / "config.json").write_text(json.dumps(config))
+    checkpoint = run / "checkpoints" / json.loads((run / "checkpoints/latest.json").read_text())["path"]
+    assert json.loads((checkpoint / "state.json").read_text())["sha256sums"] is True
+    (checkpoint / "SHA256SUMS").unlink()
+    image = sorted((world / "d/images").iterdir())[0]
+    one_line_error(cli("predict", "--checkpoint", run, image, "--face", "aligned"), "SHA256SUMS is gone")

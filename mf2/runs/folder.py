@@ -329,8 +329,14 @@ class RunFolder:
     def require_record(self, checkpoint: Path, config: dict) -> None:
         """A run written by this version (schema 2 and later) has a SHA256SUMS in every checkpoint:
         one that is gone is an error, not a checkpoint read unchecked."""
-        if config.get("written_schema", 1) >= 2 and Path(checkpoint).parent == self.checkpoints and \
-                not (Path(checkpoint) / "SHA256SUMS").is_file():
+        checkpoint = Path(checkpoint)
+        if checkpoint.parent != self.checkpoints or (checkpoint / "SHA256SUMS").is_file():
+            return
+        try:  # a checkpoint written with a record says so (an older run resumed by this version)
+            marked = json.loads((checkpoint / "state.json").read_text()).get("sha256sums") is True
+        except (OSError, ValueError, AttributeError):
+            marked = False
+        if config.get("written_schema", 1) >= 2 or marked:
             raise IntegrityError(f"{checkpoint}: its SHA256SUMS is gone (every checkpoint of this run was written "
                                  f"with one), so its files cannot be checked; {REMEDY}")
 

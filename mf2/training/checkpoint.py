@@ -45,7 +45,7 @@ def save_checkpoint(run: RunFolder, epoch: int, model: torch.nn.Module, optimize
         save_tensors(tensors, tmp / "optim.safetensors")
         groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "optimizer_scalars": scalars,
-                                                    "param_groups": groups}, indent=2))
+                                                    "param_groups": groups, "sha256sums": True}, indent=2))
         write_checksums(tmp, ["model.safetensors", "optim.safetensors", "state.json"])
     run.set_latest(final, epoch)
     if best_score is not None:
