@@ -119,7 +119,7 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
             problems += [(p, "a broken link" if Path(p).is_symlink() and not Path(p).exists() else
                           "a folder (a glob's matches are read as files)" if Path(p).is_dir() else "not a regular file")
                          for p in matches if not Path(p).is_file()]
-            if not found:
+            if not matches:
                 problems.append((item, "no files match"))
         elif path.is_symlink() and not path.exists():
             problems.append((item, "a broken link"))
