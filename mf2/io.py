@@ -197,10 +197,9 @@ def verify_folder(folder, root=None, remedy: str = "restore it from a copy") -> 
         return False
     prefix = str(folder.relative_to(root))
     prefix = "" if prefix == "." else prefix + "/"
-    for name in sorted(n for n in record if n.startswith(prefix)):
+    present = {str(p.relative_to(root)) for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS}
+    for name in sorted({n for n in record if n.startswith(prefix)} | present):  # each once: listed or there
         verify(root / name, root, remedy)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS):
-        verify(path, root, remedy)
     return True
 
 

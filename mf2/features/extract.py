@@ -43,8 +43,8 @@ from mf2.data.landmarks import au_centres, au_regions, au_window_factors, mirror
 from mf2.data.manifest import Manifest
 from mf2.devices import resolve_precision
 from mf2.features.backbones import load_text, load_vision
-from mf2.features.face_align import FaceFinder, ImageError, align, apply, canonical_landmarks, load_image, resize_square
-from mf2.features.pixels import frame_count
+from mf2.features.face_align import FaceFinder, ImageError, align, apply, canonical_landmarks, resize_square
+from mf2.features.pixels import read_image
 from mf2.features.store import FeatureStore, merge_intervals
 from mf2.io import exclusive, path_in_errors, refuse_overlap
 from mf2.ops import au_region_pool
@@ -207,13 +207,13 @@ class Faces(torch.utils.data.Dataset):
         for i, row in enumerate(self.manifest.rows[start:stop]):
             t0 = time.perf_counter()
             try:
-                image = load_image(self.manifest.image_path(row))
+                image, frames = read_image(self.manifest.image_path(row))
             except ImageError as exc:
                 valid[i], errors[i] = False, str(exc)
                 counts[f"skipped: {str(exc).split(' (')[0]}"] += 1
                 seconds["decode"] += time.perf_counter() - t0
                 continue
-            if frame_count(self.manifest.image_path(row)) > 1:  # a data set's image is one picture: said
+            if frames > 1:  # a data set's image is one picture: said
                 counts["note: animated images (their first frame used)"] += 1
             t1 = time.perf_counter()
             seconds["decode"] += t1 - t0

@@ -80,6 +80,12 @@ def image_frames(path):
 
 def load_image(path) -> np.ndarray:
     """An image file -> RGB uint8 [H, W, 3], C-contiguous (EXIF orientation applied)."""
+    return read_image(path)[0]
+
+
+def read_image(path) -> tuple[np.ndarray, int]:
+    """(``load_image``'s picture: the first frame, the number of frames the file holds), from one
+    opening of the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -88,7 +94,7 @@ def load_image(path) -> np.ndarray:
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageError(f"image too large ({im.width}x{im.height} px, at most {MAX_PIXELS:,} pixels)")
-                rgb = to_rgb(im)
+                rgb, frames = to_rgb(im), int(getattr(im, "n_frames", 1) or 1)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -101,7 +107,7 @@ def load_image(path) -> np.ndarray:
         raise ImageError("not an image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"unreadable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    return rgb
+    return rgb, frames
 
 
 def to_rgb(image) -> np.ndarray:

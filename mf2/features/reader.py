@@ -76,7 +76,7 @@ class CacheReader:
     def text_coverage(self) -> dict:
         """How many of this split's rows carry each text the alignment losses read: name -> rows
         ('<type> captions' for Emo-VL's caption type, 'per-AU sentences' for AU-VL)."""
-        g, out = self.store.group, {}
+        out = {}
         for present, name, array in ((self.has_emo_text, f"{self.emo_text} captions", schema.text(self.emo_text, "mask")),
                                      (self.has_au_text, "per-AU sentences", schema.text(schema.AU_SENTENCES, "mask"))):
             if present:

@@ -84,6 +84,15 @@ def _flatten(inputs) -> list:
     return list(inputs)
 
 
+def _not_read(path: Path) -> str:
+    """Why an input that names something is not read as a file."""
+    if path.is_symlink() and not path.exists():  # a link to nothing, or a loop of links
+        return "a broken link"
+    if path.is_dir():
+        return "a folder (a glob's or a folder's matches are read as files)"
+    return "not a regular file"  # a FIFO, a device: never read (it could block or never end)
+
+
 def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
     """(items to read: file paths and ``InMemory`` images, [(input, why nothing was read)]).
 
@@ -106,8 +115,7 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
             found = [str(p) for p in wanted if p.is_file()]
             items += found
             # a link to nothing (or to a folder) named like an image: said, not passed over
-            problems += [(str(p), "a broken link" if p.is_symlink() and not p.exists() else "not a file")
-                         for p in wanted if not p.is_file()]
+            problems += [(str(p), _not_read(p)) for p in wanted if not p.is_file()]
             if not found:
                 problems.append((item, "no image or video files in this folder"))
         elif path.is_file():
@@ -116,15 +124,11 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
             matches = sorted(glob.glob(item, recursive=True))
             found = [p for p in matches if Path(p).is_file()]
             items += found
-            problems += [(p, "a broken link" if Path(p).is_symlink() and not Path(p).exists() else
-                          "a folder (a glob's matches are read as files)" if Path(p).is_dir() else "not a regular file")
-                         for p in matches if not Path(p).is_file()]
+            problems += [(p, _not_read(Path(p))) for p in matches if not Path(p).is_file()]
             if not matches:
                 problems.append((item, "no files match"))
-        elif path.is_symlink() and not path.exists():
-            problems.append((item, "a broken link"))
-        elif path.exists():  # a FIFO, a device: never read (it could block or never end)
-            problems.append((item, "not a regular file"))
+        elif path.is_symlink() or path.exists():
+            problems.append((item, _not_read(path)))
         else:
             problems.append((item, "missing file"))
     seen, unique = {}, []
