@@ -118,7 +118,10 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, groundi
     click.echo(f"{c['faces']} faces in {c['frames']} frames of {c['files']} files "
                f"({c['frames_without_face']} frames without a face, {len(faces.attrs['skipped'])} skipped"
                + (f", {c['near_misses']} near-misses under --min-face-score {faces.attrs['min_face_score']:g}"
-                  if c.get("near_misses") else "") + "); "
+                  if c.get("near_misses") else "")
+               + (f", {c['kept_by_tracking'] + c['found_by_search']} kept by tracking (near-misses where a person was"
+                  f" and faces found by looking there)" if c.get("kept_by_tracking") or c.get("found_by_search") else "")
+               + "); "
                f"{len(faces)} rows -> {out or 'stdout'}"
                + (f"; {faces.attrs['annotated']} annotated images in {annotate}" if annotate else "")
                + (f"; {len(written)} plots in {plots}" if plots else ""), err=True)

@@ -22,6 +22,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from mf2.devices import resolve_device, resolve_precision
@@ -31,7 +32,7 @@ from mf2.prediction.stream import detections
 from mf2.prediction.predictor import DECODINGS, GROUNDINGS, PredictSettings, Predictor, intra_op_threads
 from mf2.prediction.sources import InputError, expand, frames, in_memory_frame, is_video
 from mf2.prediction.table import TableBuilder
-from mf2.prediction.tracking import Tracker, TrackSettings
+from mf2.prediction.tracking import Tracker, TrackSettings, iou
 
 logger = logging.getLogger("mf2")
 
@@ -77,7 +78,7 @@ class _Tracks:
 
     def __init__(self, settings: TrackSettings | None, predictor=None):
         self.settings, self.source, self.tracker, self.predictor = settings, None, None, predictor
-        self.descriptors = self.recovered = 0
+        self.descriptors = self.recovered = self.searched = self.found = 0
 
     def __call__(self, frame, faces) -> None:
         if frame.frame is None:
@@ -94,17 +95,33 @@ class _Tracks:
         self.descriptors += self.tracker.descriptors_computed - before
         for f, k in zip(faces, ids):
             f.track = k
-        if self.predictor is not None and frame.near_misses and frame.image is not None:
-            kept = self.tracker.recover(frame.near_misses, t)
-            for near, k in zip(frame.near_misses, kept):
-                if k is not None:
-                    face = self.predictor.aligned(frame.image, near)
-                    face.track = k
-                    faces.append(face)
-            if any(k is not None for k in kept):
-                frame.near_misses = [n for n, k in zip(frame.near_misses, kept) if k is None]
-                faces.sort(key=lambda f: (f.box[2] - f.box[0] + 1) * (f.box[3] - f.box[1] + 1), reverse=True)
-                self.recovered += sum(k is not None for k in kept)
+        if self.predictor is None or frame.image is None or self.predictor.settings.face != "detect":
+            return
+        added = self._keep(frame, faces, frame.near_misses, self.tracker.recover(frame.near_misses, t,
+                                                                                  taken=[f.box for f in faces]))
+        taken = [f.box for f in faces]
+        wanted, by_search = self.tracker.searched(t, taken), 0
+        if wanted:
+            found = [c for _, box in wanted for c in self.predictor.finder.search(frame.image, box)]
+            by_search = self._keep(frame, faces, found, self.tracker.recover(found, t, min_iou=0.3, taken=taken,
+                                                                             tracks=[k for k, _ in wanted]))
+            self.searched, self.found = self.searched + len(wanted), self.found + by_search
+        if added or by_search:
+            kept = np.array([f.box for f in faces], float)
+            frame.near_misses = [n for n in frame.near_misses if iou(np.array([n.box], float), kept).max() < 0.5]
+            faces.sort(key=lambda f: (f.box[2] - f.box[0] + 1) * (f.box[3] - f.box[1] + 1), reverse=True)
+        self.recovered += added
+
+    def _keep(self, frame, faces: list, candidates: list, tracks: list) -> int:
+        """Candidates a track took (``Tracker.recover``) join the frame's faces, aligned."""
+        n = 0
+        for candidate, k in zip(candidates, tracks):
+            if k is not None:
+                face = self.predictor.aligned(frame.image, candidate)
+                face.track = k
+                faces.append(face)
+                n += 1
+        return n
 
 
 def _versions() -> dict:
@@ -312,6 +329,7 @@ class Detector:
         if not counts["frames"]:
             raise InputError(f"nothing could be read ({len(skipped)} inputs skipped)")
         counts["descriptors"], counts["kept_by_tracking"] = tracks.descriptors, tracks.recovered
+        counts["searched"], counts["found_by_search"] = tracks.searched, tracks.found
         faces = self._faces(table, counts, skipped, annotator, near)
         return faces.smooth(smooth) if smooth else faces
 

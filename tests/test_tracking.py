@@ -71,6 +71,37 @@ def test_tracking_settings_are_checked():
         TrackSettings(max_gap=-1)
     with pytest.raises(ValueError, match="min_iou"):
         TrackSettings(min_iou=2)
+    with pytest.raises(ValueError, match="occlusion"):
+        TrackSettings(occlusion=float("nan"))
+    with pytest.raises(ValueError, match="search"):
+        TrackSettings(search="yes")
+
+
+def test_where_a_missed_person_is_looked_for():
+    """A track the detection missed is searched for around its prediction for max_gap seconds
+    after the detector last found it, or longer while someone's head covers it, and never on
+    what searches alone found; what a search finds continues it unless it is a face of the
+    frame found again; velocity comes from detections only."""
+    tracker = Tracker(TrackSettings(max_gap=1.0, occlusion=5.0), lambda *a: np.zeros(4))
+    image = np.zeros((8, 8, 3), np.uint8)
+    for k in range(3):  # a person moving right at 100 px/s, then missed
+        [a] = tracker.update(image, [_face(100 + 10 * k, 100)], k / 10)
+    assert tracker.searched(0.2) == []  # seen in this frame: nothing to look for
+    [(tid, pred)] = tracker.searched(0.5)
+    assert tid == a and np.allclose(pred, (150, 100, 230, 180))  # moved on at 100 px/s, same size
+    assert tracker.searched(1.3) == []  # over max_gap, nobody in front
+    front = [(130, 90, 210, 170)]  # a head over the predicted box: hidden, looked for up to 5 s
+    assert [k for k, _ in tracker.searched(1.3, front)] == [a]
+    assert tracker.searched(5.3, front) == []
+    # a search that finds the frame's own face again does not continue the track; a face beside does
+    again, beside = _face(150, 100), _face(152, 104, 70)
+    assert tracker.recover([again], 0.5, 0.3, taken=[again.box], tracks=[a]) == [None]
+    assert tracker.recover([beside, beside], 0.5, 0.3, taken=[], tracks=[a]) == [a, None]  # once
+    # a box found by searching (it may sit half on someone in front) does not set the velocity
+    tracker.recover([_face(300, 100)], 0.6, 0.0, tracks=[a])
+    assert np.allclose(tracker.tracks[a].predicted(0.7, 1.0), (310, 100, 390, 180))
+    assert [k for k, _ in tracker.searched(1.15)] == [a]  # found at 0.2 s by the detector, not later
+    assert tracker.searched(1.25) == []
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +207,15 @@ def benchmark_run(pretrained, tmp_path_factory):
                           capture_output=True, text=True, timeout=900, cwd=out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+def test_benchmark_keeps_a_face_in_front_of_a_hidden_one():
+    """A detection of a visible face is not dropped for the hidden ("don't care") face behind
+    it; a detection on the hidden face alone is."""
+    dets = np.array([[100, 100, 200, 200], [400, 100, 480, 180]], float)
+    shown, hidden = [(102, 98, 198, 202)], [(120, 110, 210, 200), (395, 95, 485, 185)]
+    kept, tracks = bench._drop_dont_care(dets, np.array([0, 1]), shown, hidden, 0.3)
+    assert kept.tolist() == [dets[0].tolist()] and tracks.tolist() == [0]
 
 
 def test_tracking_benchmark_tiny_mode(benchmark_run):

