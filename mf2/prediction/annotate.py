@@ -1,8 +1,9 @@
 """``mf2 predict --annotate DIR``: each frame with its faces drawn, at the input's size.
 
 Per face: the box with the person's track id, the AU regions the model pooled (the window
-around each AU's two centres, mapped back from the aligned crop; active AUs bold and named; on
-small faces none, their active AUs listed under the box), and the top emotion with its probability; lines and
+around each AU's two centres, mapped back from the aligned crop; active AUs bold, named inside
+the face where a name covers no other; on small faces none; the active AUs always listed under
+the box), and the top emotion with its probability; lines and
 text are sized by the face, so a group photo's labels do not pile up; a legend says what each
 colour is. Images keep their format (PNG or JPEG; others become PNG); video frames are
 written as ``<video>_f<frame>.jpg``; in-memory images as ``image_<k>.png``. Names never
@@ -34,6 +35,37 @@ def _font(size: int):
 
 
 BOX, ACTIVE, REGION, TEXT_BG = (60, 220, 90), (255, 140, 0), (150, 190, 255), (0, 0, 0)
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _wrap(draw, words: list, font, width: float) -> list[str]:
+    """``words`` in lines no wider than ``width`` (one word per line at least)."""
+    lines, line = [], ""
+    for word in words:
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line]
+
+
+def _place(draw, size, text: str, font, fw: int, spots: list, taken: list) -> tuple:
+    """The first of ``spots`` ((x, y, anchor)) where ``text`` lies inside the picture and covers
+    nothing of ``taken`` (boxes); else the first inside the picture; else the first. Returns
+    (x, y, anchor, the text's box)."""
+    fits = []
+    for x, y, anchor in spots:
+        bbox = draw.multiline_textbbox((x, y), text, font=font, anchor=anchor, spacing=fw, stroke_width=fw)
+        inside = bbox[0] >= 0 and bbox[1] >= 0 and bbox[2] <= size[0] and bbox[3] <= size[1]
+        if inside and not any(_overlap(bbox, b) for b in taken):
+            return x, y, anchor, bbox
+        fits.append((inside, (x, y, anchor, bbox)))
+    return next((spot for inside, spot in fits if inside), fits[0][1])
 
 
 class Annotator:
@@ -77,6 +109,7 @@ class Annotator:
         if not faces:
             draw.text((4 * w, 4 * w), "no face", fill=ACTIVE, font=_font(big), stroke_width=w, stroke_fill=TEXT_BG)
         regions_drawn = False
+        texts = []  # (face box, label, AU names inside the face, AU lines, font, line width): drawn last
         for k, face in enumerate(faces):
             x0, y0, x1, y1 = face.box
             side = max(1.0, min(x1 - x0, y1 - y0))
@@ -86,6 +119,7 @@ class Annotator:
             predicted = face.aus is not None
             active = [a for j, a in enumerate(AUS) if predicted and face.aus[j] >= self.thresholds[j]]
             regions = self.au_regions if self.au_regions != "auto" else "all" if side >= 160 else "none"
+            inside = []
             if regions != "none":
                 inverse = invert(face.transform)
                 scale = float(np.sqrt(abs(np.linalg.det(inverse[:, :2]))))  # crop px -> image px
@@ -99,25 +133,37 @@ class Annotator:
                     for cx, cy in centres[j]:
                         draw.rectangle((cx - half, cy - half, cx + half, cy + half), outline=ACTIVE if on else REGION,
                                        width=2 * fw if on else fw)
-                    if on and side >= 120:  # names inside the face only where they fit
-                        cx, cy = centres[j].mean(0)
-                        draw.text((cx, cy), au, fill=ACTIVE, font=font, anchor="mm", stroke_width=fw,
-                                  stroke_fill=TEXT_BG)
+                    if on and side >= 120:
+                        inside.append((au, tuple(centres[j].mean(0))))
             name = f"#{face.track}" if getattr(face, "track", None) is not None else f"face {k}"
             label = f"{name} {face.emotion} {float(np.max(face.emotions)):.2f}" if predicted else name
-            draw.text((x0, y0 - 2 * fw), label, fill=BOX, font=font, anchor="lb", stroke_width=fw, stroke_fill=TEXT_BG)
-            if predicted:  # the active AUs under the box, wrapped to its width
-                lines, line = [], ""
-                for word in active or ["no active AU"]:
-                    trial = f"{line} {word}".strip()
-                    if line and draw.textlength(trial, font=font) > max(x1 - x0, draw.textlength("AU00 AU00", font=font)):
-                        lines.append(line)
-                        line = word
-                    else:
-                        line = trial
-                lines.append(line)
-                draw.multiline_text((x0, y1 + 2 * fw), "\n".join(lines), fill=ACTIVE, font=font, spacing=fw,
-                                    stroke_width=fw, stroke_fill=TEXT_BG)
+            lines = _wrap(draw, active or ["no active AU"], font, max(x1 - x0, draw.textlength("AU00 AU00", font=font))) \
+                if predicted else []
+            texts.append(((x0, y0, x1, y1), label, inside, lines, font, fw))
+        # text on top of every line, each where it covers no other text and no other face
+        placed = [box for box, *_ in texts]
+        for n, (box, label, inside, lines, font, fw) in enumerate(texts):
+            x0, y0, x1, y1 = box
+            others = placed[:n] + placed[n + 1:len(texts)] + placed[len(texts):]
+            spots = [(x0, y0 - 2 * fw, "lb"), (x0 + 2 * fw, y0 + 2 * fw, "la"), (x0, y1 + 2 * fw, "la")]
+            at = _place(draw, im.size, label, font, fw, spots, others)
+            placed.append(at[3])
+            draw.text(at[:2], label, fill=BOX, font=font, anchor=at[2], stroke_width=fw, stroke_fill=TEXT_BG)
+            names: list[tuple] = []
+            for au, (cx, cy) in inside:  # a name inside the face only where it covers no other name
+                bbox = draw.textbbox((cx, cy), au, font=font, anchor="mm", stroke_width=fw)
+                if not any(_overlap(bbox, b) for b in names):
+                    names.append(bbox)
+                    draw.text((cx, cy), au, fill=ACTIVE, font=font, anchor="mm", stroke_width=fw, stroke_fill=TEXT_BG)
+            if lines:  # the active AUs: under the box, else above its label, else beside it
+                text = "\n".join(lines)
+                top = placed[-1][1]
+                spots = [(x0, y1 + 2 * fw, "la"), (x0, top - 2 * fw, "ld"), (x1 + 3 * fw, y0, "la"),
+                         (x0 - 3 * fw, y0, "ra")]
+                at = _place(draw, im.size, text, font, fw, spots, others + placed[len(texts):])
+                placed.append(at[3])
+                draw.multiline_text(at[:2], text, fill=ACTIVE, font=font, anchor=at[2], spacing=fw, stroke_width=fw,
+                                    stroke_fill=TEXT_BG)
         if faces:
             self._legend(draw, im.size, regions_drawn, _font(max(10, big // 2 + 2)), w)
         return im
