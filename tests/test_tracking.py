@@ -157,6 +157,21 @@ def test_head_pose_against_synthfacs_within_30_degrees():
     assert e["flat_roll"] > e["detected_roll"], e
 
 
+def test_the_pose_benchmark_writes_both_seeds(tmp_path):
+    """``benchmarks/tracking.py --pose-only --tiny``: pose-cpu-tiny.{json,md} with seeds 11 and 12,
+    each with the exact, relief and flat figures (the full run's are in benchmarks/results/)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/tracking.py"), "--pose-only", "--tiny", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    poses = json.loads((tmp_path / "pose-cpu-tiny.json").read_text())["pose"]
+    assert [p["seed"] for p in poses] == [11, 12] and all(p["renders"] == 8 for p in poses)
+    for p in poses:
+        assert p["found"] >= 6 and all(np.isfinite(v) for v in p.values()), p
+        assert p["detected_yaw"] < p["flat_yaw"], p  # 8 renders: only the clearest gap is asserted here
+    md = (tmp_path / "pose-cpu-tiny.md").read_text()
+    assert md.count("faces with relief") == 2 and md.count("faces drawn flat") == 2
+
+
 def test_dlib_finds_the_shaded_nose_but_not_the_line_nose(monkeypatch):
     """Why the flat drawing reads as frontal: move the drawn nose of frontal faces sideways and
     dlib's nose points barely follow the line nose (they are placed from the eyes and mouth), but
