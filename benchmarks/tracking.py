@@ -24,7 +24,7 @@ clips generated here with known identities; then the faces each detector finds o
 * MTCNN's cascade alone (``cascade_comparison``): as published and with mf2's stage thresholds
   and pyramid step, recall, false positives and time on the same decoded frames.
 * Head pose: ``pose_errors()``, on SynthFACS renders of known yaw, pitch and roll within +-30
-  degrees, from the renderer's landmarks and end to end.
+  degrees, from the renderer's landmarks and end to end (faces drawn with their relief, and flat).
 * Group photo: the six faces of ``group_photo()`` (the three real faces at several sizes and a
   mirror image, composed on one canvas): faces each detector keeps and near-misses, and an
   annotated picture (``--annotate DIR``).
@@ -331,10 +331,12 @@ def group_photo() -> np.ndarray:
     return np.asarray(canvas)
 
 
-def pose_errors(n: int = 40, seed: int = 11, detector: str = "mtcnn") -> dict:
+def pose_errors(n: int = 40, seed: int = 11, detector: str = "mtcnn", size: int = 224) -> dict:
     """Mean absolute yaw, pitch and roll error (degrees) of ``head_pose`` on ``n`` SynthFACS
-    renders with yaw, pitch and roll drawn uniformly within +-30 degrees: from the renderer's own
-    landmarks (the fit) and from the detector's and dlib's landmarks on the rendered images."""
+    renders (``size`` px) with yaw, pitch and roll drawn uniformly within +-30 degrees: from the renderer's own
+    landmarks (the fit), and from the detector's and dlib's landmarks on the rendered images, drawn
+    with the face's relief (``Identity.relief`` = 1: the shaded nose a landmark model finds) and
+    flat (``flat_*``: relief 0, as the default data set is drawn)."""
     import dataclasses
 
     from mf2.data.synthfacs import landmarks_of, render_spec, sample_specs
@@ -343,19 +345,58 @@ def pose_errors(n: int = 40, seed: int = 11, detector: str = "mtcnn") -> dict:
 
     rng = np.random.default_rng(seed)
     finder = FaceFinder(detector)
-    exact, found = [], []
+    exact, found = [], {"detected": [], "flat": []}
     for spec in sample_specs(n, seed):
         angles = rng.uniform(-np.pi / 6, np.pi / 6, 3)
         spec.pose = dataclasses.replace(spec.pose, yaw=angles[0], pitch=angles[1], roll=angles[2])
         truth = np.degrees(angles)
-        exact.append(np.abs(np.array(head_pose(landmarks_of(spec, 224))) - truth))
-        faces = finder.detect(render_spec(spec, 224)[0], None)
-        if faces:
-            found.append(np.abs(np.array(head_pose(faces[0].landmarks)) - truth))
-    e, d = np.mean(exact, 0), np.mean(found, 0)
-    return {"renders": n, "found": len(found), "exact_yaw": round(float(e[0]), 2), "exact_pitch": round(float(e[1]), 2),
-            "exact_roll": round(float(e[2]), 2), "detected_yaw": round(float(d[0]), 2),
-            "detected_pitch": round(float(d[1]), 2), "detected_roll": round(float(d[2]), 2)}
+        exact.append(np.abs(np.array(head_pose(landmarks_of(spec, size))) - truth))
+        for key, relief in (("detected", 1.0), ("flat", 0.0)):
+            spec.identity = dataclasses.replace(spec.identity, relief=relief)
+            faces = finder.detect(render_spec(spec, size)[0], None)
+            if faces:
+                found[key].append(np.abs(np.array(head_pose(faces[0].landmarks)) - truth))
+    out = {"renders": n, "seed": seed, "size": size}
+    for key, errors in (("exact", exact), *found.items()):
+        e = np.mean(errors, 0) if errors else np.full(3, np.nan)
+        out.update({f"{key}_{axis}": round(float(v), 2) for axis, v in zip(("yaw", "pitch", "roll"), e)})
+        if key != "exact":
+            out[f"{key}_found"] = len(errors)
+    out["found"] = out.pop("detected_found")
+    return out
+
+
+def _pose_table(pose: dict) -> list[str]:
+    """Markdown lines: one ``pose_errors`` result."""
+    return [f"## Head pose on {pose['renders']} SynthFACS renders within ±30°, seed {pose['seed']} (mean absolute "
+            "error, degrees)", "",
+            table([{"landmarks": "the renderer's own (the fit alone)", "yaw": pose["exact_yaw"],
+                    "pitch": pose["exact_pitch"], "roll": pose["exact_roll"]},
+                   {"landmarks": f"MTCNN + dlib's on the renders, faces with relief ({pose['found']} found)",
+                    "yaw": pose["detected_yaw"], "pitch": pose["detected_pitch"], "roll": pose["detected_roll"]},
+                   {"landmarks": f"the same, faces drawn flat (relief 0, as the default data set; "
+                                 f"{pose['flat_found']} found)",
+                    "yaw": pose["flat_yaw"], "pitch": pose["flat_pitch"], "roll": pose["flat_roll"]}],
+                  ["landmarks", "yaw", "pitch", "roll"])]
+
+
+def pose_only(args) -> None:
+    """``--pose-only``: ``pose_errors`` on two seeds, to pose-<device>.{json,md}."""
+    n = 8 if args.tiny else 60
+    poses = []
+    for seed in (11, 12):
+        poses.append(pose_errors(n, seed))
+        print(json.dumps({"pose": poses[-1]}), flush=True)
+    suffix = f"{args.device.split(':')[0]}{'-tiny' if args.tiny else ''}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"pose-{suffix}.json").write_text(json.dumps({"machine": _machine(args.device), "pose": poses},
+                                                             indent=1) + "\n")
+    md = [f"# Head pose against SynthFACS's known angles ({args.device})", "",
+          "yaw, pitch and roll drawn uniformly within ±30° per render (`benchmarks/tracking.py --pose-only`); "
+          "end to end: MTCNN's box, dlib's 68 landmarks, `mf2.prediction.pose.head_pose`.", ""]
+    for pose in poses:
+        md += [*_pose_table(pose), ""]
+    (args.out / f"pose-{suffix}.md").write_text("\n".join(md))
 
 
 def cascade_comparison(clips, device: str = "cpu") -> list[dict]:
@@ -416,7 +457,11 @@ def main():
     parser.add_argument("--annotate", type=Path, help="write the annotated group photo and clip frames here")
     parser.add_argument("--work", type=Path, help="keep clips and the run here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--pose-only", action="store_true", help="only the head pose, on 60 renders (--tiny: 8) "
+                                                                 "of each of seeds 11 and 12: pose-<device>.{json,md}")
     args = parser.parse_args()
+    if args.pose_only:
+        return pose_only(args)
 
     from predict import make_run
 
@@ -511,11 +556,7 @@ def main():
                                "time_ratio"]), ""] if cascades else []),
           "## The group photo (six real faces)", "",
           table(group, ["detector", "faces", "near_misses", "scores", "near_miss_scores", "seconds"]), "",
-          f"## Head pose on {pose['renders']} SynthFACS renders within ±30° (mean absolute error, degrees)", "",
-          table([{"landmarks": "the renderer's own (the fit alone)", "yaw": pose["exact_yaw"],
-                  "pitch": pose["exact_pitch"], "roll": pose["exact_roll"]},
-                 {"landmarks": f"MTCNN + dlib's on the renders ({pose['found']} found)", "yaw": pose["detected_yaw"],
-                  "pitch": pose["detected_pitch"], "roll": pose["detected_roll"]}], ["landmarks", "yaw", "pitch", "roll"]),
+          *_pose_table(pose),
           "",
           "load_avg: the machine's 1-minute load average while each figure was taken (2 = both cores busy); "
           "figures taken beside other work are lower bounds."]

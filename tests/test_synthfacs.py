@@ -102,6 +102,46 @@ def test_pitch_zero_is_the_projection_without_pitch_and_pitch_up_lifts_the_nose(
     assert np.allclose(sf.project(lm, sf.DEPTH, frontal, 224), nose[0.0])
 
 
+def test_relief_draws_a_shaded_nose_and_only_when_asked():
+    """``Identity.relief`` is 0 for every sampled person (default and hard presets), so their renders
+    are the flat drawing. With relief 1 a frontal face changes only around its nose: darker sides
+    beside a lit ridge, dark nostrils; turned, the nostrils hide once the chin is well down."""
+    import dataclasses
+
+    rng = np.random.default_rng(0)
+    assert all(sf.Identity.sample(rng).relief == 0 and sf.Identity.sample_hard(rng).relief == 0 for _ in range(20))
+    spec = sf.sample_specs(4, 5)[1]
+    spec.pose = dataclasses.replace(spec.pose, yaw=0.0, roll=0.0)
+    spec.lighting = sf.Lighting(noise=0.0, background=spec.lighting.background)
+    flat, lm = sf.render_spec(spec, 224)
+    spec.identity = dataclasses.replace(spec.identity, relief=1.0)
+    shaded, lm_shaded = sf.render_spec(spec, 224)
+    assert np.array_equal(lm, lm_shaded)  # the same landmarks: only the drawing differs
+    changed = np.abs(shaded.astype(int) - flat.astype(int)).max(2) > 3
+    unit = spec.pose.scale * 224
+    (x0, y0), (x1, y1) = lm[27:36].min(0) - 0.1 * unit, lm[27:36].max(0) + 0.1 * unit
+    ys, xs = np.nonzero(changed)
+    assert len(xs) > 100 and xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1
+    grey = shaded.astype(float).mean(2)
+    ridge = grey[int(lm[28, 1]), int(round(lm[28, 0]))]
+    sides = [grey[int(lm[28, 1]), int(round(lm[28, 0] + side * 0.06 * unit))] for side in (-1, 1)]
+    assert max(sides) < ridge - 10, (ridge, sides)
+    face = sf.face_landmarks(spec.identity, spec.expression.intensities)
+
+    def nostrils_and_ridge(pitch):  # the grey level at both nostrils' centres, and on the ridge
+        posed = dataclasses.replace(spec, pose=dataclasses.replace(spec.pose, pitch=pitch))
+        g = sf.render_spec(posed, 224)[0].astype(float).mean(2)
+        at = sf.project(np.r_[face[[32, 34]] + [0, -0.012], face[[29]]], sf.DEPTH[[32, 34, 29]], posed.pose, 224)
+        v = [g[int(round(y)), int(round(x))] for x, y in at]
+        return v[:2], v[2]
+
+    for pitch in (0.0, 0.45):  # seen frontal and with the chin up
+        holes, ridge = nostrils_and_ridge(pitch)
+        assert max(holes) < 0.5 * ridge, (pitch, holes, ridge)
+    holes, ridge = nostrils_and_ridge(-0.9)  # chin far down: they face away, skin is seen there
+    assert min(holes) > 0.7 * ridge, (holes, ridge)
+
+
 @pytest.mark.parametrize("au", AUS)
 def test_each_au_changes_the_face_at_its_own_region(au):
     """Switching one AU on changes pixels mostly inside that AU's two windows (side 1.6 x
@@ -153,13 +193,17 @@ def test_written_dataset_has_splits_by_video_and_a_baseline(tmp_path):
 
 def test_the_default_data_set_is_unchanged_by_the_presets(tmp_path):
     """The quickstart's and the README's figures come from the default data set: its manifest (all
-    labels, splits and landmarks) is the one every earlier version wrote, byte for byte, and its
-    stats.json has no new keys."""
+    labels, splits and landmarks) and its images are the ones every earlier version wrote, byte for
+    byte, and its stats.json has no new keys."""
     import hashlib
 
     stats = sf.write_synthfacs(tmp_path, 40, 112, seed=0, workers=1)
     digest = hashlib.sha256((tmp_path / "manifest.jsonl").read_bytes()).hexdigest()
     assert digest == "acd51764d6f7039589a466fd39ed86c80a60f4f42cd2b4e1b5e4eff560f74ce0"
+    images = hashlib.sha256()
+    for path in sorted((tmp_path / "images").iterdir()):
+        images.update(path.name.encode() + path.read_bytes())
+    assert images.hexdigest() == "2923a895954d2345f9d9bfabf98c2d03dac5f5cbf2f46106c61f060cccc4ed6d"
     assert set(stats["synthfacs"]) == {"n", "size", "seed", "images_per_video", "val_fraction", "label_noise",
                                        "rendered", "reused"}
     assert sorted(p.suffix for p in (tmp_path / "images").iterdir()) == [".png"] * 40

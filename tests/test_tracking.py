@@ -176,16 +176,92 @@ def test_mtcnn_batches_equal_single_images_and_find_the_group(people):
 # -- head pose -----------------------------------------------------------------------------------------
 
 def test_head_pose_against_synthfacs_within_30_degrees():
-    """The fit from the renderer's own landmarks, and end to end through MTCNN and dlib's
-    landmarks (which pull these cartoon faces towards frontal), as the benchmark measures it."""
+    """The fit from the renderer's own landmarks, and end to end through MTCNN and dlib's landmarks
+    as the benchmark measures it: on faces drawn with their relief (a nose dlib finds) yaw and roll
+    are read within 5 degrees, pitch still short of the truth; the flat drawing reads worse on every
+    axis."""
     e = bench.pose_errors(40)
-    assert e["found"] >= 32  # MTCNN misses a few cartoon faces at these poses
+    assert e["found"] >= 32 and e["flat_found"] >= 32  # MTCNN misses a few cartoon faces at these poses
     assert e["exact_yaw"] <= 2.5 and e["exact_pitch"] <= 5.0 and e["exact_roll"] <= 0.5, e
-    assert e["detected_yaw"] <= 8.0 and e["detected_pitch"] <= 10.5 and e["detected_roll"] <= 4.0, e
+    assert e["detected_yaw"] <= 5.0 and e["detected_pitch"] <= 8.5 and e["detected_roll"] <= 1.5, e
+    assert e["flat_yaw"] > e["detected_yaw"] + 1.5 and e["flat_pitch"] > e["detected_pitch"], e
+    assert e["flat_roll"] > e["detected_roll"], e
+
+
+def test_the_pose_benchmark_writes_both_seeds(tmp_path):
+    """``benchmarks/tracking.py --pose-only --tiny``: pose-cpu-tiny.{json,md} with seeds 11 and 12,
+    each with the exact, relief and flat figures (the full run's are in benchmarks/results/)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/tracking.py"), "--pose-only", "--tiny", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    poses = json.loads((tmp_path / "pose-cpu-tiny.json").read_text())["pose"]
+    assert [p["seed"] for p in poses] == [11, 12] and all(p["renders"] == 8 for p in poses)
+    for p in poses:
+        assert p["found"] >= 6 and all(np.isfinite(v) for v in p.values()), p
+        assert p["detected_yaw"] < p["flat_yaw"], p  # 8 renders: only the clearest gap is asserted here
+    md = (tmp_path / "pose-cpu-tiny.md").read_text()
+    assert md.count("faces with relief") == 2 and md.count("faces drawn flat") == 2
+
+
+def test_dlib_finds_the_shaded_nose_but_not_the_line_nose(monkeypatch):
+    """Why the flat drawing reads as frontal: move the drawn nose of frontal faces sideways and
+    dlib's nose points barely follow the line nose (they are placed from the eyes and mouth), but
+    follow most of the way with the shaded nose (``Identity.relief``)."""
+    import dataclasses
+    import sys as _sys
+
+    from mf2.data import synthfacs as sf
+
+    render_module = _sys.modules["mf2.data.synthfacs.render"]
+    face_landmarks = render_module.face_landmarks
+    moved = lambda ident, au: face_landmarks(ident, au) + np.where(np.isin(np.arange(68), np.r_[27:36]), 0.08, 0)[:, None] * [1, 0]  # noqa: E731
+    finder = FaceFinder("mtcnn")
+    follows = {}
+    for relief in (0.0, 1.0):
+        ratios = []
+        for spec in sf.sample_specs(6, 5):
+            spec.pose = dataclasses.replace(spec.pose, yaw=0.0, roll=0.0)
+            spec.identity = dataclasses.replace(spec.identity, relief=relief)
+            found = []
+            for draw in (face_landmarks, moved):
+                monkeypatch.setattr(render_module, "face_landmarks", draw)
+                image, lm = sf.render_spec(spec, 224)
+                found.append((finder.detect(image, None)[0].landmarks, lm))
+            (a, lm_a), (b, lm_b) = found
+            ratios.append((b - a)[27:36, 0].mean() / (lm_b - lm_a)[27:36, 0].mean())
+        follows[relief] = float(np.mean(ratios))
+    assert follows[0.0] < 0.3 and follows[1.0] > 0.5, follows
+
+
+def test_a_tilted_real_face_gets_the_landmarks_of_the_upright_one():
+    """dlib's model pulls a tilted face's points towards upright; FaceFinder takes the points of a
+    face tilted past UPRIGHT_ABOVE from an upright copy, so the astronaut turned by +-30 degrees gets
+    her upright landmarks turned (within 2% of the outer eye distance) and the same yaw and pitch."""
+    import math
+
+    from mf2.prediction.pose import head_pose
+    from skimage.data import astronaut
+
+    photo = np.ascontiguousarray(astronaut())
+    finder = FaceFinder("hog")
+    upright = finder.detect(photo, None)[0].landmarks
+    centre = upright.mean(0)
+    eyes = float(np.linalg.norm(upright[45] - upright[36]))
+    pose = np.array(head_pose(upright))
+    for degrees in (-30, 30):
+        turned = np.ascontiguousarray(np.asarray(Image.fromarray(photo).rotate(degrees, Image.Resampling.BILINEAR,
+                                                                               center=tuple(centre))))
+        a = math.radians(-degrees)  # PIL turns anticlockwise; in image coordinates (y down) that is -degrees
+        truth = (upright - centre) @ np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]) + centre
+        got = finder.detect(turned, None)[0].landmarks
+        assert np.linalg.norm(got - truth, axis=1).mean() < 0.02 * eyes, degrees
+        yaw, pitch, roll = head_pose(got)
+        assert abs(yaw - pose[0]) < 2.5 and abs(pitch - pose[1]) < 2.5 and abs(roll - pose[2] + degrees) < 2, (degrees, yaw, pitch, roll)
 
 
 def test_head_pose_mirrors_with_a_real_photo():
-    """A mirrored photo turns the other way: yaw and roll change sign, pitch stays."""
+    """A mirrored photo turns the other way: yaw and roll change sign, pitch stays; the astronaut
+    faces the camera within a few degrees."""
     from mf2.prediction.pose import head_pose
 
     from skimage.data import astronaut
@@ -195,6 +271,7 @@ def test_head_pose_mirrors_with_a_real_photo():
     left = head_pose(finder.detect(a, None)[0].landmarks)
     right = head_pose(finder.detect(np.ascontiguousarray(a[:, ::-1]), None)[0].landmarks)
     assert abs(left[0] + right[0]) < 4 and abs(left[2] + right[2]) < 2 and abs(left[1] - right[1]) < 4
+    assert abs(left[0]) < 10 and abs(left[1]) < 15 and abs(left[2]) < 10, left
 
 
 # -- the benchmark, interop and the API on a generated clip ------------------------------------------------

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -111,6 +112,11 @@ SEARCH_STAGES, SEARCH_WINDOW = (0.2, 0.3), 2.0
 # distance + 1.156 x the eye distance (least squares over 51 faces both detectors found: 50
 # SynthFACS renders and the astronaut photo; 6% residual in the side).
 _BOX_ALONG, _BOX_SIDE = 0.525, (1.256, 1.156)
+# dlib's points of a face tilted more than this are taken again from an upright copy of it
+# (``FaceFinder.landmarks``): on the astronaut photo turned by 10 degrees both passes agree (mean
+# error 1% of the outer eye distance), at 20-30 degrees the upright pass keeps its 1% where the
+# first one drifts to 1.4-7%.
+UPRIGHT_ABOVE = math.radians(10)
 
 
 def box_from_points(points: np.ndarray) -> tuple:
@@ -162,7 +168,27 @@ class FaceFinder:
             self.detector = MTCNN(device, thresholds=(*MTCNN_STAGES, NEAR_MISS_FLOOR["mtcnn"]), factor=MTCNN_FACTOR)
 
     def landmarks(self, image: np.ndarray, box) -> np.ndarray:
+        """dlib's 68 points [68, 2] of the face in ``box`` (x0, y0, x1, y1). A face whose eye line
+        (from a first pass) tilts more than ``UPRIGHT_ABOVE`` is found again in an upright copy of
+        its surroundings and the points are turned back: dlib's model was trained on upright faces
+        and pulls a tilted face's points towards upright, which bends the head pose read from them."""
         _native(image)
+        lm = self._predict(image, box)
+        v = lm[42:48].mean(0) - lm[36:42].mean(0)
+        tilt = math.atan2(v[1], v[0])
+        if abs(tilt) <= UPRIGHT_ABOVE:
+            return lm
+        x0, y0, x1, y1 = (float(b) for b in box)
+        w, h = x1 - x0, y1 - y0
+        side = int(math.ceil(2 * max(w, h))) + 1
+        c, s = math.cos(tilt), math.sin(tilt)
+        turn = np.array([[c, s], [-s, c]])  # image -> upright: the eye line level
+        m = np.c_[turn, side / 2 - turn @ np.array([(x0 + x1) / 2, (y0 + y1) / 2])]
+        upright = np.ascontiguousarray(warp(image, m, side))
+        half = side / 2
+        return apply(invert(m), self._predict(upright, (half - w / 2, half - h / 2, half + w / 2, half + h / 2)))
+
+    def _predict(self, image: np.ndarray, box) -> np.ndarray:
         rect = self._dlib.rectangle(*[int(round(v)) for v in box])
         shape = self.predictor(image, rect)
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)

@@ -55,6 +55,10 @@ class Identity:
     beard: float = 0.0  # stubble or beard over jaw, chin and upper lip (0 none .. 1 dense)
     glasses: tuple | None = None  # (shape 'round'|'square', frame RGB, frame width, lens tint 0..1)
     brow_colour: tuple | None = None  # None: from the hair colour
+    # The face's 3-D relief as drawn: 0, the default, the flat drawing (a line nose, a head outline
+    # whose forehead stays in the face plane); 1 a shaded nose (its sides, tip, wings and nostrils)
+    # that a real-face landmark model finds, and a head outline that turns with the jaw.
+    relief: float = 0.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Identity":
