@@ -67,7 +67,7 @@ def make_run(root: Path, device: str = "cpu", face: str = "detect", text: str | 
     for args in (["synth", "--n", "64", "--size", "112", "--out", str(root / "synth"), "--images-per-video", "4",
                   "--no-baseline"],
                  ["caption", "--manifest", str(root / "synth/manifest.jsonl")],
-                 ["extract-features", "--manifest", str(root / "synth/manifest.jsonl"), "--out", str(cache),
+                 ["extract-features", "--manifest", str(root / "synth/manifest.captioned.jsonl"), "--out", str(cache),
                   "--device", device, *extra],
                  ["pretrain", "--cache", str(cache), "--out", str(root / f"run-{face}"), "--preset", "small",
                   "--epochs", "1", "--batch-size", "16", "--overwrite", "--device", device],

@@ -129,6 +129,20 @@ def test_predict_benchmark_runs(pretrained, tmp_path):
     frames = [r for r in result["runs"] if "in memory" in r["input"]]
     assert sorted({r["batch"] for r in frames}) == [1, 2] and {r["code"] for r in frames} == {"after", "before"}
     assert all(r["faces"] == 4 and r["faces_per_s"] > 0 for r in frames)
+def test_the_run_predict_and_tracking_make_for_themselves_trains(tmp_path):
+    """``predict.py`` and ``tracking.py`` without ``--checkpoint`` train a run of their own (once
+    broken unseen: it extracted from the manifest, not the captioned one ``caption`` writes)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from predict import make_run
+    finally:
+        sys.path.pop(0)
+    from mf2.runs import RunFolder
+
+    run = make_run(tmp_path)
+    assert RunFolder(run).latest_checkpoint() is not None
+
+
 def test_small_data_runs_on_the_hard_preset_and_scores_the_test_split(tmp_path):
     """The tiny mode renders SynthFACS-hard (with its test split), trains, and scores the best epoch
     (chosen on val) on test beside the probe, per AU; then evaluate on that cache scores test too,
