@@ -183,7 +183,7 @@ def test_head_pose_against_synthfacs_within_30_degrees():
     e = bench.pose_errors(40)
     assert e["found"] >= 32 and e["flat_found"] >= 32  # MTCNN misses a few cartoon faces at these poses
     assert e["exact_yaw"] <= 2.5 and e["exact_pitch"] <= 5.0 and e["exact_roll"] <= 0.5, e
-    assert e["detected_yaw"] <= 5.0 and e["detected_pitch"] <= 8.5 and e["detected_roll"] <= 2.5, e
+    assert e["detected_yaw"] <= 5.0 and e["detected_pitch"] <= 8.5 and e["detected_roll"] <= 2.0, e
     assert e["flat_yaw"] > e["detected_yaw"] + 1.5 and e["flat_pitch"] > e["detected_pitch"], e
 
 

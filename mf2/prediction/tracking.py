@@ -31,7 +31,8 @@
    near-misses continued is searched for in a window around its predicted box
    (``FaceFinder.search``: twice the face's side, MTCNN's first two stages relaxed to 0.2 and
    0.3, O-Net down to the near-miss floor); a face found there (IoU >= 0.3 with the prediction,
-   and not one of the frame's faces found again: IoU < 0.5 with each) continues the track. A track is searched for only up to
+   and not one of the frame's faces found again: IoU < 0.5 with each) continues the track. Only
+   tracks the detector found twice at least are searched for, and only up to
    ``max_gap`` seconds after the detector itself last found it (``search=False``: never), so a
    track cannot live on what it found by looking alone -- or, when it went behind another person
    (its predicted box at least 30 % covered by the head of one of the frame's faces: its box
@@ -254,7 +255,7 @@ class Tracker:
 
     def searched(self, t: float, boxes=()) -> list[tuple[int, np.ndarray]]:
         """(track id, predicted box) of each track not seen at ``t`` that the detector itself
-        found within ``max_gap`` seconds, or within ``occlusion`` seconds if its predicted box is
+        found (twice at least, the last time within ``max_gap`` seconds), or within ``occlusion`` seconds if its predicted box is
         covered (30 %) by the head around one of ``boxes`` (the frame's faces): where to look for them
         (``FaceFinder.search``); pass the faces found there to ``recover(..., tracks=ids)``."""
         s = self.settings
@@ -262,8 +263,8 @@ class Tracker:
             return []
         out = []
         for tr in self.tracks:
-            if tr.last_time >= t or t - tr.detected_at > max(s.max_gap, s.occlusion):
-                continue
+            if tr.last_time >= t or t - tr.detected_at > max(s.max_gap, s.occlusion) or len(tr.detected) < 2:
+                continue  # (a track the detector found once is not looked for: it may be a false face)
             pred = tr.predicted(t, s.max_gap)
             if t - tr.detected_at <= s.max_gap or (len(boxes) and _covered(pred, _heads(boxes)) >= 0.3):
                 out.append((tr.id, pred))
