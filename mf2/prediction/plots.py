@@ -166,7 +166,7 @@ def timeline_figure(table, source: str | None = None, face: int | None = 0, aus=
     if unknown:
         raise ValueError(f"aus: expected names among {', '.join(AU_COLUMNS)}, got {', '.join(map(str, unknown))}")
     fig = _figure("timeline")
-    grid = fig.add_gridspec(3, 1, height_ratios=(0.35, 3, 3), hspace=0.12, left=0.07, right=0.8, top=0.93,
+    grid = fig.add_gridspec(3, 1, height_ratios=(0.35, 3, 3), hspace=0.12, left=0.07, right=0.75, top=0.93,
                             bottom=0.09)
     band, emo, au = fig.add_subplot(grid[0]), fig.add_subplot(grid[1]), fig.add_subplot(grid[2])
     emo.sharex(band)
