@@ -32,7 +32,7 @@ from mf2.prediction.stream import detections
 from mf2.prediction.predictor import DECODINGS, GROUNDINGS, PredictSettings, Predictor, intra_op_threads
 from mf2.prediction.sources import InputError, expand, frames, in_memory_frame, is_video
 from mf2.prediction.table import TableBuilder
-from mf2.prediction.tracking import Tracker, TrackSettings, iou
+from mf2.prediction.tracking import SAME_FACE, Tracker, TrackSettings, iou
 
 logger = logging.getLogger("mf2")
 
@@ -108,7 +108,7 @@ class _Tracks:
             self.searched, self.found = self.searched + len(wanted), self.found + by_search
         if added or by_search:
             kept = np.array([f.box for f in faces], float)
-            frame.near_misses = [n for n in frame.near_misses if iou(np.array([n.box], float), kept).max() < 0.5]
+            frame.near_misses = [n for n in frame.near_misses if iou(np.array([n.box], float), kept).max() < SAME_FACE]
             faces.sort(key=lambda f: (f.box[2] - f.box[0] + 1) * (f.box[3] - f.box[1] + 1), reverse=True)
         self.recovered += added
 

