@@ -141,12 +141,12 @@ class Annotator:
                 if predicted else []
             texts.append(((x0, y0, x1, y1), label, inside, lines, font, fw))
         # text on top of every line, each where it covers no other text and no other face
-        placed = [box for box, *_ in texts]
+        boxes, placed = [box for box, *_ in texts], []  # the faces; the text drawn so far
         for n, (box, label, inside, lines, font, fw) in enumerate(texts):
             x0, y0, x1, y1 = box
-            others = placed[:n] + placed[n + 1:len(texts)] + placed[len(texts):]
+            others = boxes[:n] + boxes[n + 1:]
             spots = [(x0, y0 - 2 * fw, "lb"), (x0 + 2 * fw, y0 + 2 * fw, "la"), (x0, y1 + 2 * fw, "la")]
-            at = _place(draw, im.size, label, font, fw, spots, others)
+            at = _place(draw, im.size, label, font, fw, spots, others + placed)
             placed.append(at[3])
             draw.text(at[:2], label, fill=BOX, font=font, anchor=at[2], stroke_width=fw, stroke_fill=TEXT_BG)
             names: list[tuple] = []
@@ -154,13 +154,14 @@ class Annotator:
                 bbox = draw.textbbox((cx, cy), au, font=font, anchor="mm", stroke_width=fw)
                 if not any(_overlap(bbox, b) for b in names):
                     names.append(bbox)
-                    draw.text((cx, cy), au, fill=ACTIVE, font=font, anchor="mm", stroke_width=fw, stroke_fill=TEXT_BG)
+                    draw.text((cx, cy), au, fill=ACTIVE, font=font, anchor="mm", stroke_width=fw,
+                              stroke_fill=TEXT_BG)
             if lines:  # the active AUs: under the box, else above its label, else beside it
                 text = "\n".join(lines)
                 top = placed[-1][1]
                 spots = [(x0, y1 + 2 * fw, "la"), (x0, top - 2 * fw, "ld"), (x1 + 3 * fw, y0, "la"),
                          (x0 - 3 * fw, y0, "ra")]
-                at = _place(draw, im.size, text, font, fw, spots, others + placed[len(texts):])
+                at = _place(draw, im.size, text, font, fw, spots, others + placed)
                 placed.append(at[3])
                 draw.multiline_text(at[:2], text, fill=ACTIVE, font=font, anchor=at[2], spacing=fw, stroke_width=fw,
                                     stroke_fill=TEXT_BG)
