@@ -300,6 +300,9 @@ def test_tracking_benchmark_tiny_mode(benchmark_run):
     assert tracked and tracked[0]["truth_faces"] > 20
     assert tracked[0]["recall_40px"] >= 0.9 and tracked[0]["idf1"] >= 0.9
     assert {g["detector"] for g in result["group_photo"]} == {"hog", "mtcnn"}
+    published, relaxed = result["cascades"]
+    assert published["cascade"] == "published (mf2's default)" and relaxed["cascade"] == "relaxed"
+    assert relaxed["recall_40px"] >= published["recall_40px"] and published["astronaut_video_extra_faces"] == 0
     assert (benchmark_run / "tracking-cpu-tiny.md").read_text().startswith("# Faces and identities")
 
 
