@@ -208,27 +208,40 @@ def render_clip(spec, people_synth, people_real, seconds: float, rate: float, se
             a = part[..., 3:] / 255
             canvas[fy0:fy1, fx0:fx1] = canvas[fy0:fy1, fx0:fx1] * (1 - a) + part[..., :3] * a
             face = (ox + sx0 * scale, oy + sy0 * scale, ox + sx1 * scale, oy + sy1 * scale)
-            drawn.append((p, face))
+            drawn.append((p, face, (fx0, fy0, a[..., 0])))
         # visibility: the part of each face box inside the frame and not under a later (front) sprite
         people = []
-        for idx, (p, face) in enumerate(drawn):
-            later = [fb for pp, fb in drawn[idx + 1:]]
-            people.append((p, face, _visible(face, later, w, h)))
+        for idx, (p, face, layer) in enumerate(drawn):
+            people.append((p, face, _visible(face, layer, [front for _, _, front in drawn[idx + 1:]], w, h)))
         noise = rng.normal(0, 2.0, canvas.shape)
         frames.append(np.clip(canvas + noise, 0, 255).astype(np.uint8))
         truth.append(people)
     return frames, truth, pix_fmt
 
 
-def _visible(face, front, w, h) -> float:
-    """The share of a face box inside the frame and not behind the boxes ``front`` (as ellipses)."""
+def _visible(face, own, front, w, h) -> float:
+    """The share of a face that can be seen: of the points of its box (a 24 x 24 grid) its own
+    sprite covers (``own``: (x0, y0, alpha [h, w] in 0..1) as pasted; alpha 0.5 or more), those
+    inside the frame and under no sprite drawn in front (``front``, the same) -- what is hidden is
+    the head and hair around a face in front, as drawn, and a box's corners outside the head do
+    not count as face."""
     x0, y0, x1, y1 = face
     xs, ys = np.meshgrid(np.linspace(x0, x1, 24), np.linspace(y0, y1, 24))
-    seen = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
-    for fx0, fy0, fx1, fy1 in front:
-        cx, cy, rx, ry = (fx0 + fx1) / 2, (fy0 + fy1) / 2 - 0.1 * (fy1 - fy0), 0.62 * (fx1 - fx0), 0.72 * (fy1 - fy0)
-        seen &= ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 > 1
-    return float(seen.mean())
+
+    def covered(layer):
+        lx0, ly0, alpha = layer
+        c, r = np.floor(xs).astype(int) - lx0, np.floor(ys).astype(int) - ly0
+        inside = (c >= 0) & (c < alpha.shape[1]) & (r >= 0) & (r < alpha.shape[0])
+        out = np.zeros(xs.shape, bool)
+        out[inside] = alpha[r[inside], c[inside]] >= 0.5
+        return out
+
+    drawn = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    face_points = covered(own) | ~drawn  # a part outside the frame is face we do not see
+    seen = face_points & drawn
+    for layer in front:
+        seen &= ~covered(layer)
+    return float(seen.sum() / max(1, face_points.sum()))
 
 
 def write_clip(path: Path, frames, pix_fmt: str, rate: float) -> Path:
