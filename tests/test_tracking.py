@@ -66,6 +66,58 @@ def test_identity_survives_crossing_a_gap_and_a_return():
     assert tracker.descriptors_computed < len(truth) / 4  # descriptors at events, not every face
 
 
+def _crossing(last_code):
+    """Two people (codes a, b) moving towards each other, 80 px, 10 frames; then one face where
+    both are predicted (their boxes coincide) with descriptor ``last_code``: its track id."""
+    a, b = np.eye(4)[0], np.eye(4)[1]
+    codes = {}
+    tracker = Tracker(TrackSettings(), lambda image, box, lm: codes[tuple(box)])
+    image = np.zeros((8, 8, 3), np.uint8)
+    for k in range(10):
+        fa, fb = _face(100 + 10 * k, 100), _face(300 - 10 * k, 100)
+        codes[tuple(fa.box)], codes[tuple(fb.box)] = a, b
+        assert tracker.update(image, [fa, fb], k / 10) == [0, 1]
+    f = _face(200, 100)
+    codes[tuple(f.box)] = last_code
+    return tracker.update(image, [f], 1.0)[0]
+
+
+def test_appearance_refuses_a_track_only_when_it_points_to_another():
+    """Where motion cannot tell two people apart, a face like one of them joins that one; a
+    face like neither (distance > max_distance from both, as a turned or newly expressive drawn
+    face can be) is left to motion instead of starting a new track."""
+    assert _crossing(np.eye(4)[1]) == 1
+    assert _crossing(np.eye(4)[0]) == 0
+    assert _crossing(np.eye(4)[2]) in (0, 1)  # far from both: an existing id, not a new one
+
+
+def test_a_new_track_that_turns_out_to_be_someone_back_is_merged():
+    """Someone back after 2 s who does not look like themselves at first (half visible) starts
+    a new track; once they do, within ``confirm`` s, they go on under their old id (the frames
+    before keep the new one) and the new track is retired: never looked for, never re-used.
+    With ``confirm=0`` the new id stays."""
+    a, half = np.eye(4)[0], np.eye(4)[2]
+
+    def run(settings):
+        codes = {}
+        tracker = Tracker(settings, lambda image, box, lm: codes[tuple(box)])
+        image = np.zeros((8, 8, 3), np.uint8)
+        got = []
+        for k in list(range(6)) + list(range(26, 40)):
+            f = _face(100 if k < 6 else 400 + 2 * k, 100)
+            codes[tuple(f.box)] = a if k < 6 or k >= 31 else half
+            got += tracker.update(image, [f], k / 10)
+        return tracker, got
+
+    tracker, got = run(TrackSettings())
+    assert got == [0] * 6 + [1] * 5 + [0] * 9
+    assert tracker.tracks[1].retired and not tracker.tracks[0].retired
+    assert all(k != 1 for k, _ in tracker.searched(4.0))
+    assert tracker.recover([_face(480, 100)], 4.0, 0.0, tracks=[1]) == [None]
+    _, got = run(TrackSettings(confirm=0.0))
+    assert got == [0] * 6 + [1] * 14
+
+
 def test_tracking_settings_are_checked():
     with pytest.raises(ValueError, match="max_gap"):
         TrackSettings(max_gap=-1)
@@ -75,6 +127,13 @@ def test_tracking_settings_are_checked():
         TrackSettings(occlusion=float("nan"))
     with pytest.raises(ValueError, match="search"):
         TrackSettings(search="yes")
+    with pytest.raises(ValueError, match="confirm"):
+        TrackSettings(confirm=-1)
+    from mf2.detector import _tracking  # Detector(tracking=dict(...)) names what it does not know
+
+    with pytest.raises(ValueError, match="unknown setting 'bogus'; known: .*max_gap"):
+        _tracking(dict(bogus=1, max_gap=2))
+    assert _tracking(dict(max_gap=2)).max_gap == 2
 
 
 def test_where_a_missed_person_is_looked_for():

