@@ -68,6 +68,10 @@ def _tracking(tracking) -> TrackSettings | None:
     if isinstance(tracking, TrackSettings):
         return tracking
     if isinstance(tracking, dict):
+        known = {f.name for f in dataclasses.fields(TrackSettings)}
+        unknown = sorted(set(map(str, tracking)) - known)
+        if unknown:
+            raise ValueError(f"tracking: unknown setting {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
         return TrackSettings(**tracking)
     raise ValueError(f"tracking: expected True, False, a TrackSettings or a dict of its fields, got {tracking!r}")
 
