@@ -21,9 +21,10 @@ clips generated here with known identities; then the faces each detector finds o
   given per 100 track-frames (true face-frames).
 * Faces/s: every frame of every clip through ``mf2.Detector.detect`` (AUs, emotions, pose),
   with tracking on and off, and per detector. The machine's load average is recorded beside it.
-* MTCNN's cascade alone (``cascade_comparison``): as published (mf2's default) and with relaxed
-  first stages and a finer pyramid: recall, false positives and time on the same decoded frames,
-  and false faces on a real photo's video (``--tiny``: 8 of its frames).
+* MTCNN's cascade (``cascade_comparison``): as published (mf2's default), with finer first
+  stages and pyramid alone, and finer with a face only they find confirmed by dlib's CNN:
+  recall, false positives and time on the same decoded frames, and false faces on a real photo's
+  video (``--tiny``: 8 of its frames).
 * Head pose: ``pose_errors()``, on SynthFACS renders of known yaw, pitch and roll within +-30
   degrees, from the renderer's landmarks and end to end (faces drawn with their relief, and flat).
 * Group photo: the six faces of ``group_photo()`` (the three real faces at several sizes and a
@@ -415,16 +416,19 @@ def pose_only(args) -> None:
 
 def cascade_comparison(clips, device: str = "cpu", real_frames: int = 60, min_side: float = 40.0,
                        iou_min: float = 0.3) -> list[dict]:
-    """MTCNN alone on every frame of the clips, as published (P- and R-Net from 0.6 and 0.7, a
-    pyramid of steps 0.709) and with relaxed first stages (0.4 and 0.5, steps 0.8), O-Net at 0.7
-    both, the one mf2 runs (``MTCNN_STAGES``, ``MTCNN_FACTOR``) named: recall of the shown faces of
-    ``min_side`` px and more, false positives (detections on no face, shown or hidden) and
-    seconds, 8 frames a batch; and the faces found beyond the one in each of ``real_frames``
-    frames of ``predict.py``'s video (a window over the astronaut photo: one real face)."""
+    """MTCNN on every frame of the clips three ways: as published (P- and R-Net from 0.6 and 0.7,
+    a pyramid of steps 0.709), with finer first stages alone (0.4 and 0.5, steps 0.8), O-Net at
+    0.7 both (the first is mf2's default), and finer with confirmation
+    (``FaceFinder("mtcnn", stages=FINE_STAGES, factor=FINE_FACTOR).find``: a face only the finer
+    stages found kept where dlib's CNN confirms it): recall of the shown faces of ``min_side`` px
+    and more, false positives (detections on no face, shown or hidden), seconds (8 frames a
+    batch; the confirmed row includes dlib's 68 points and the CNN's looks), and the faces found beyond
+    the one in each of ``real_frames`` frames of ``predict.py``'s video (a window over the
+    astronaut photo: one real face)."""
     import av
     from predict import video_frames
 
-    from mf2.features.face_align import MTCNN_FACTOR, MTCNN_STAGES
+    from mf2.features.face_align import FINE_FACTOR, FINE_STAGES, MTCNN_FACTOR, MTCNN_STAGES, FaceFinder
     from mf2.features.mtcnn import MTCNN
     from mf2.features.pixels import to_rgb
     from mf2.prediction.tracking import iou
@@ -433,28 +437,37 @@ def cascade_comparison(clips, device: str = "cpu", real_frames: int = 60, min_si
     for _, path, truth in clips:
         with av.open(str(path)) as container:
             decoded.append(([to_rgb(f) for f in container.decode(video=0)], truth))
-    rows = []
-    for name, stages, factor in (("published", (0.6, 0.7), 0.709), ("relaxed", (0.4, 0.5), 0.8)):
+    astronaut = video_frames(5 * real_frames)[::5]
+    finder = FaceFinder("mtcnn", device, stages=FINE_STAGES, factor=FINE_FACTOR)
+    ways = []
+    for name, stages, factor in (("published", MTCNN_STAGES, MTCNN_FACTOR),
+                                 ("finer first stages alone", FINE_STAGES, FINE_FACTOR)):
         name += " (mf2's default)" if (stages, factor) == (MTCNN_STAGES, MTCNN_FACTOR) else ""
         det = MTCNN(device, thresholds=(*stages, 0.7), factor=factor)
+        ways.append((name, "/".join(f"{v:g}" for v in stages), factor, lambda frames, det=det: [r.boxes for r in det.detect(frames)]))
+    ways.append(("finer, confirmed by dlib's CNN", "/".join(f"{v:g}" for v in FINE_STAGES), FINE_FACTOR,
+                 lambda frames: [np.array([f.box for f in found.faces]).reshape(-1, 4) for found in finder.find(frames)]))
+    rows = []
+    for name, stages, factor, boxes_of in ways:
         found = counted = false = 0
         t0 = time.perf_counter()
-        results = [[r for i in range(0, len(frames), 8) for r in det.detect(frames[i:i + 8])] for frames, _ in decoded]
+        results = [[b for i in range(0, len(frames), 8) for b in boxes_of(frames[i:i + 8])] for frames, _ in decoded]
         seconds = time.perf_counter() - t0
         for (frames, truth), result in zip(decoded, results):
-            for people, r in zip(truth, result):
+            for people, boxes in zip(truth, result):
                 every = np.array([b for _, b, _ in people]).reshape(-1, 4)
                 for p, b, v in people:
                     if v >= 0.5 and np.sqrt((b[2] - b[0]) * (b[3] - b[1])) >= min_side:
                         counted += 1
-                        found += int(len(r.boxes) > 0 and iou(np.array([b]), r.boxes).max() >= iou_min)
-                if len(r.boxes):
-                    false += int((iou(r.boxes, every).max(1) < iou_min).sum() if len(every) else len(r.boxes))
-        extra = sum(max(0, len(r.boxes) - 1) for r in det.detect(video_frames(5 * real_frames)[::5]))
-        rows.append({"cascade": name, "stages": "/".join(f"{v:g}" for v in stages), "factor": factor,
+                        found += int(len(boxes) > 0 and iou(np.array([b]), boxes).max() >= iou_min)
+                if len(boxes):
+                    false += int((iou(boxes, every).max(1) < iou_min).sum() if len(every) else len(boxes))
+        extra = sum(max(0, len(b) - 1) for b in boxes_of(astronaut))
+        rows.append({"cascade": name, "stages": stages, "factor": factor,
                      "recall_40px": round(found / max(1, counted), 4), "false_positives": false,
                      "seconds": round(seconds, 2), "astronaut_video_extra_faces": extra})
-    rows[1]["time_ratio"] = round(rows[1]["seconds"] / rows[0]["seconds"], 2)
+    for row in rows[1:]:
+        row["time_ratio"] = round(row["seconds"] / rows[0]["seconds"], 2)
     return rows
 
 
@@ -571,11 +584,13 @@ def main():
                        "near_misses", "jitter", "jitter_smooth_1s", "load_avg"]), "",
           "jitter: mean absolute change of a track's 20 probabilities from one frame to the next, as predicted "
           "and with `smooth=1` (a centred 1 s window); descriptors: dlib face descriptors the tracker computed.", "",
-          "## MTCNN's cascade, as published and with relaxed first stages (detection alone, O-Net at 0.7)", "",
+          "## MTCNN's cascade: as published (mf2's default), with finer first stages alone, and finer with "
+          "dlib's CNN confirming what only they find (O-Net at 0.7)", "",
           table(cascades, ["cascade", "stages", "factor", "recall_40px", "false_positives", "seconds", "time_ratio",
                            "astronaut_video_extra_faces"]), "",
           f"astronaut_video_extra_faces: faces found beyond the one real face in {8 if args.tiny else 60} frames of "
-          "predict.py's video.", ""
+          "predict.py's video; seconds: detection alone in the first two rows, with dlib's 68 points and the CNN's "
+          "confirmations in the third.", "",
           "## The group photo (six real faces)", "",
           table(group, ["detector", "faces", "near_misses", "scores", "near_miss_scores", "seconds"]), "",
           *_pose_table(pose),

@@ -298,6 +298,11 @@ class Detector:
         if not items:
             raise InputError("no input files to predict on" + (f" ({skipped[0]['source']}: {skipped[0]['error']})"
                                                                if skipped else ""))
+        if annotate is not None:  # the CLI's rule, for the library too: never write over or into an input
+            from mf2.io import refuse_overlap
+
+            given = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+            refuse_overlap({"input": [i for i in given if isinstance(i, (str, os.PathLike))]}, {"annotate": annotate})
         annotator = Annotator(annotate, self.predictor.thresholds, self.predictor.pooling["window_rulers"]) \
             if annotate is not None else None
         counts = {"files": len(items), "frames": 0, "faces": 0, "frames_without_face": 0, "near_misses": 0}

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mf2.data.labels import AUS, EMOTIONS, per_au
-from mf2.io import AtomicFile
+from mf2.io import AtomicFile, refuse_overlap
 from mf2.prediction import plots
 from mf2.prediction.table import AU_COLUMNS, COLUMNS, DTYPES, EMOTION_COLUMNS, LANDMARK_COLUMNS, OK, POSE_COLUMNS
 
@@ -90,6 +90,8 @@ class Faces(pd.DataFrame):
         the table's ``attrs`` beside it in ``<path>.json`` (thresholds, model, detector, counts),
         which ``read_faces`` reads back."""
         if isinstance(path_or_buf, (str, Path)):
+            sources = [x for x in pd.unique(self["source"].dropna()) if isinstance(x, str)] if "source" in self else []
+            refuse_overlap({"source": sources}, {"table": path_or_buf})  # never over the photos or videos it read
             text = pd.DataFrame.to_csv(self, None, index=index, **kwargs)
             with AtomicFile(path_or_buf, "w") as f:
                 f.write(text)

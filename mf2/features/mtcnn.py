@@ -89,13 +89,15 @@ def weights_path(name: str):
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: str = "union",
-        groups: torch.Tensor | None = None) -> torch.Tensor:
+        groups: torch.Tensor | None = None, flags: torch.Tensor | None = None):
     """Greedy non-maximum suppression: indices of the boxes kept, best first. Boxes overlapping a
     kept one of the same ``groups`` entry (e.g. image index) by more than ``threshold`` (IoU, or
     intersection over the smaller box with ``mode='min'``) are dropped. The overlaps are computed
-    on the boxes' device; the greedy pass runs on the CPU."""
+    on the boxes' device; the greedy pass runs on the CPU. ``flags`` (bool per box): also return,
+    per box kept, whether it or a box it dropped carries the flag."""
     if len(boxes) == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+        empty = torch.zeros(0, dtype=torch.long, device=boxes.device)
+        return empty if flags is None else (empty, torch.zeros(0, dtype=torch.bool, device=boxes.device))
     order = torch.argsort(scores, descending=True)
     b = boxes[order].double()
     area = (b[:, 2] - b[:, 0] + 1).clamp(min=0) * (b[:, 3] - b[:, 1] + 1).clamp(min=0)
@@ -108,13 +110,17 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: str =
         g = groups[order]
         over &= g[:, None] == g[None, :]
     over = over.cpu().numpy()
+    flag = None if flags is None else flags[order].cpu().numpy().astype(bool)
     removed = np.zeros(len(b), bool)
-    keep = []
+    keep, carried = [], []
     for i in range(len(b)):
         if not removed[i]:
             keep.append(i)
+            if flag is not None:
+                carried.append(bool(flag[i] or flag[over[i] & ~removed].any()))
             removed |= over[i]
-    return order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
+    kept = order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
+    return kept if flags is None else (kept, torch.as_tensor(carried, dtype=torch.bool, device=boxes.device))
 
 
 @dataclass
@@ -122,6 +128,7 @@ class Found:
     boxes: np.ndarray  # [n, 4] x0, y0, x1, y1
     scores: np.ndarray  # [n] face probability
     points: np.ndarray  # [n, 5, 2]
+    strict: np.ndarray  # [n] bool: its P- and R-Net scores also passed the ``strict`` stages asked for
 
 
 class MTCNN:
@@ -141,9 +148,12 @@ class MTCNN:
             net.to(self.device).eval()
 
     @torch.inference_mode()
-    def detect(self, images: list[np.ndarray], thresholds=None, min_face: int | None = None) -> list[Found]:
+    def detect(self, images: list[np.ndarray], thresholds=None, min_face: int | None = None,
+               strict: tuple | None = None) -> list[Found]:
         """Per image (RGB uint8 [H, W, 3]), the faces found; images of one size share batches.
-        ``thresholds`` and ``min_face``: this call's own (None: the detector's)."""
+        ``thresholds`` and ``min_face``: this call's own (None: the detector's). ``strict``: P- and
+        R-Net thresholds (above this call's) a face's own path is also marked against
+        (``Found.strict``); None: every face is marked as passing."""
         out: list[Found | None] = [None] * len(images)
         by_size: dict[tuple, list[int]] = {}
         for k, im in enumerate(images):
@@ -151,13 +161,15 @@ class MTCNN:
         for indices in by_size.values():
             batch = torch.from_numpy(np.stack([images[k] for k in indices])).to(self.device)
             for k, found in zip(indices, self._detect(batch.permute(0, 3, 1, 2).float(),
-                                                      tuple(thresholds or self.thresholds), min_face or self.min_face)):
+                                                      tuple(thresholds or self.thresholds), min_face or self.min_face,
+                                                      strict)):
                 out[k] = found
         return out
 
-    def _detect(self, imgs: torch.Tensor, thresholds: tuple, min_face: int | None) -> list[Found]:
+    def _detect(self, imgs: torch.Tensor, thresholds: tuple, min_face: int | None, strict: tuple | None) -> list[Found]:
         n, _, h, w = imgs.shape
         t1, t2, t3 = thresholds
+        s1, s2 = strict if strict is not None else (t1, t2)
         # stage 1: P-Net over an image pyramid, fully convolutional
         boxes, owners = [], []
         min_face = min_face or int(np.clip(round(min(h, w) / 12), 20, 40))
@@ -178,7 +190,8 @@ class MTCNN:
         if not boxes:
             return [_empty() for _ in range(n)]
         boxes, owners = torch.cat(boxes), torch.cat(owners)
-        keep = nms(boxes[:, :4], boxes[:, 4], 0.7, groups=owners)
+        # passed: whether a candidate, or one it stood for in a suppression, is on a strict path
+        keep, passed = nms(boxes[:, :4], boxes[:, 4], 0.7, groups=owners, flags=boxes[:, 4] >= s1)
         boxes, owners = boxes[keep], owners[keep]
         wb, hb = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * wb, boxes[:, 1] + boxes[:, 6] * hb,
@@ -188,9 +201,10 @@ class MTCNN:
         if len(boxes):
             reg, prob = _batched(self.rnet, _crops(imgs, boxes, owners, 24))
             ok = prob > t2
+            passed = passed[ok] & (prob[ok] > s2)
             boxes = torch.cat([boxes[ok, :4], prob[ok, None]], 1)
             owners, reg = owners[ok], reg[ok]
-            keep = nms(boxes[:, :4], boxes[:, 4], 0.7, groups=owners)
+            keep, passed = nms(boxes[:, :4], boxes[:, 4], 0.7, groups=owners, flags=passed)
             boxes, owners = _square(_regress(boxes[keep], reg[keep])), owners[keep]
         # stage 3: O-Net on 48 x 48 crops, with the five points
         points = torch.zeros(0, 5, 2, device=imgs.device)
@@ -198,15 +212,17 @@ class MTCNN:
             reg, pts, prob = _batched(self.onet, _crops(imgs, boxes, owners, 48))
             ok = prob > t3
             boxes = torch.cat([boxes[ok, :4], prob[ok, None]], 1)
-            owners, reg, pts = owners[ok], reg[ok], pts[ok]
+            owners, reg, pts, passed = owners[ok], reg[ok], pts[ok], passed[ok]
             wb, hb = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
             points = torch.stack([wb[:, None] * pts[:, :5] + boxes[:, 0:1] - 1,
                                   hb[:, None] * pts[:, 5:] + boxes[:, 1:2] - 1], 2)
             boxes = _regress(boxes, reg)
-            keep = nms(boxes[:, :4], boxes[:, 4], 0.7, "min", groups=owners)
+            keep, passed = nms(boxes[:, :4], boxes[:, 4], 0.7, "min", groups=owners, flags=passed)
             boxes, owners, points = boxes[keep], owners[keep], points[keep]
         boxes, owners, points = boxes.cpu().double().numpy(), owners.cpu().numpy(), points.cpu().double().numpy()
-        return [Found(boxes[owners == k, :4], boxes[owners == k, 4], points[owners == k]) for k in range(n)]
+        passed = passed.cpu().numpy().astype(bool) if len(boxes) else np.zeros(0, bool)
+        return [Found(boxes[owners == k, :4], boxes[owners == k, 4], points[owners == k], passed[owners == k])
+                for k in range(n)]
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +230,7 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def _empty() -> Found:
-    return Found(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+    return Found(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)), np.zeros(0, bool))
 
 
 def _candidates(reg, prob, scale, threshold):

