@@ -178,6 +178,8 @@ class FaceFinder:
             from mf2.features.mtcnn import MTCNN
 
             self.detector = MTCNN(device, thresholds=(*stages, NEAR_MISS_FLOOR["mtcnn"]), factor=factor)
+        # finer stages than published: which faces the published ones find too is marked (else all are)
+        self._strict = None if tuple(stages) == MTCNN_STAGES else MTCNN_STAGES
 
     def landmarks(self, image: np.ndarray, box) -> np.ndarray:
         """dlib's 68 points [68, 2] of the face in ``box`` (x0, y0, x1, y1). A face whose eye line
@@ -219,7 +221,7 @@ class FaceFinder:
         floor = min(NEAR_MISS_FLOOR[self.name], t)
         if self.name == "mtcnn":
             candidates = [[(box_from_points(p), float(s), bool(k)) for p, s, k in zip(f.points, f.scores, f.strict)]
-                          for f in self.detector.detect(images, strict=MTCNN_STAGES)]
+                          for f in self.detector.detect(images, strict=self._strict)]
         else:
             candidates = [[(b, s, True) for b, s in self._dlib_boxes(image, floor)] for image in images]
         out = []

@@ -169,7 +169,16 @@ class MTCNN:
     def _detect(self, imgs: torch.Tensor, thresholds: tuple, min_face: int | None, strict: tuple | None) -> list[Found]:
         n, _, h, w = imgs.shape
         t1, t2, t3 = thresholds
-        s1, s2 = strict if strict is not None else (t1, t2)
+        marking = strict is not None
+        s1, s2 = strict if marking else (t1, t2)
+
+        def suppress(b, o, flags, mode="union"):
+            """NMS (0.7) and each kept box's flag: carried from the boxes it dropped when marking,
+            else simply its own (all passing: no extra work on the hot path)."""
+            if marking:
+                return nms(b[:, :4], b[:, 4], 0.7, mode, groups=o, flags=flags)
+            keep = nms(b[:, :4], b[:, 4], 0.7, mode, groups=o)
+            return keep, flags[keep]
         # stage 1: P-Net over an image pyramid, fully convolutional
         boxes, owners = [], []
         min_face = min_face or int(np.clip(round(min(h, w) / 12), 20, 40))
@@ -191,7 +200,7 @@ class MTCNN:
             return [_empty() for _ in range(n)]
         boxes, owners = torch.cat(boxes), torch.cat(owners)
         # passed: whether a candidate, or one it stood for in a suppression, is on a strict path
-        keep, passed = nms(boxes[:, :4], boxes[:, 4], 0.7, groups=owners, flags=boxes[:, 4] >= s1)
+        keep, passed = suppress(boxes, owners, boxes[:, 4] >= s1)
         boxes, owners = boxes[keep], owners[keep]
         wb, hb = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * wb, boxes[:, 1] + boxes[:, 6] * hb,
@@ -204,7 +213,7 @@ class MTCNN:
             passed = passed[ok] & (prob[ok] > s2)
             boxes = torch.cat([boxes[ok, :4], prob[ok, None]], 1)
             owners, reg = owners[ok], reg[ok]
-            keep, passed = nms(boxes[:, :4], boxes[:, 4], 0.7, groups=owners, flags=passed)
+            keep, passed = suppress(boxes, owners, passed)
             boxes, owners = _square(_regress(boxes[keep], reg[keep])), owners[keep]
         # stage 3: O-Net on 48 x 48 crops, with the five points
         points = torch.zeros(0, 5, 2, device=imgs.device)
@@ -217,7 +226,7 @@ class MTCNN:
             points = torch.stack([wb[:, None] * pts[:, :5] + boxes[:, 0:1] - 1,
                                   hb[:, None] * pts[:, 5:] + boxes[:, 1:2] - 1], 2)
             boxes = _regress(boxes, reg)
-            keep, passed = nms(boxes[:, :4], boxes[:, 4], 0.7, "min", groups=owners, flags=passed)
+            keep, passed = suppress(boxes, owners, passed, "min")
             boxes, owners, points = boxes[keep], owners[keep], points[keep]
         boxes, owners, points = boxes.cpu().double().numpy(), owners.cpu().numpy(), points.cpu().double().numpy()
         passed = passed.cpu().numpy().astype(bool) if len(boxes) else np.zeros(0, bool)
