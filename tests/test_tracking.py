@@ -85,10 +85,63 @@ def _crossing(last_code):
 def test_appearance_weighs_in_where_motion_is_in_doubt_but_refuses_no_one():
     """Where motion cannot tell two people apart, a face like one of them joins that one; a
     face like neither (distance > max_distance from both, as a half-hidden, turned or newly
-    expressive face can be) gets one of their ids instead of starting a new track."""
+    expressive face can be) gets one of their ids instead of starting a new track; only a face
+    farther than ``stranger`` from both (someone never seen) starts one."""
     assert _crossing(np.eye(4)[1]) == 1
     assert _crossing(np.eye(4)[0]) == 0
-    assert _crossing(np.eye(4)[2]) in (0, 1)  # far from both: an existing id, not a new one
+    between = np.array([0.5, 0.5, np.sqrt(0.72 ** 2 - 0.5), 0.0])  # 0.72 from both
+    assert TrackSettings().max_distance < 0.72 < TrackSettings().stranger
+    assert _crossing(between) in (0, 1)  # far from both: an existing id, not a new one
+    assert _crossing(np.eye(4)[2]) == 2  # 1.41 from both: a stranger
+
+
+def _person(x, y, bend, side=80):
+    """A face whose landmarks have a shape of its own (``bend``: how much its line curves)."""
+    u = np.linspace(0, 1, 68)
+    lm = np.stack([x + side * u, y + side * (u + bend * np.sin(np.pi * u))], 1)
+    return SimpleNamespace(box=(x, y, x + side, y + side), landmarks=lm)
+
+
+def _run(frames):
+    """Track ids of ``frames``: [(t, [(face, code), ...]), ...]; a face's descriptor is its code."""
+    codes = {}
+    tracker = Tracker(TrackSettings(), lambda image, box, lm: codes[lm.tobytes()])
+    image = np.zeros((8, 8, 3), np.uint8)
+    got = []
+    for t, people in frames:
+        for f, code in people:
+            codes[np.asarray(f.landmarks, float).tobytes()] = code
+        got.append(tracker.update(image, [f for f, _ in people], t))
+    return got
+
+
+def test_motion_is_checked_against_appearance_where_it_is_weak_evidence():
+    """Motion alone gave one person's id to another where position was all that decided (the
+    hostile probe): two people swapping seats at a cut, a stranger taking someone's place, two
+    people swapping places between frames sampled at 2 fps. Where motion is weak evidence (the
+    landmarks' shape jumped, the track was last seen > ``verify_after`` s ago, or it is due a
+    descriptor) a face far from its track's gallery goes to the track it looks like, or starts a
+    new one if it looks like no one; a face only a little far (turned) keeps its id."""
+    a, b, c = np.eye(4)[0], np.eye(4)[1], np.eye(4)[2]
+    # a cut at frame 10: the same two seats, the people swapped (their landmarks' shapes differ)
+    frames = [(k / 10, [(_person(100, 100, 0.0), a), (_person(300, 100, 0.3), b)]) for k in range(10)]
+    frames += [(k / 10, [(_person(100, 100, 0.3), b), (_person(300, 100, 0.0), a)]) for k in range(10, 14)]
+    assert _run(frames) == [[0, 1]] * 10 + [[1, 0]] * 4
+    # a stranger in the same seat, the same shape (nothing but appearance differs), seen when the
+    # track is due a descriptor: a new id from then on (at most ``refresh`` s late)
+    frames = [(k / 10, [(_person(100, 100, 0.0), a if k < 10 else c)]) for k in range(30)]
+    got = [ids[0] for ids in _run(frames)]
+    assert got[:10] == [0] * 10 and got[-5:] == [1] * 5 and got.index(1) <= 20
+    # 2 fps: each person moved into the other's place between two frames (same shapes)
+    frames = [(k / 2, [(_person(100, 100, 0.0), a), (_person(300, 100, 0.0), b)]) for k in range(3)]
+    frames += [(1.5, [(_person(110, 100, 0.0), b), (_person(290, 100, 0.0), a)])]
+    assert _run(frames)[-1] == [1, 0]
+    # a turned face (0.65 from its gallery, beyond max_distance but no stranger, near no one else)
+    # at 2 fps keeps its id
+    turned = a * np.sqrt(1 - 0.65 ** 2 / 2) + c * 0.65 / np.sqrt(2)
+    turned = a + (turned - a) * 0.65 / np.linalg.norm(turned - a)
+    frames = [(k / 2, [(_person(100, 100, 0.0), a)]) for k in range(3)] + [(1.5, [(_person(105, 100, 0.0), turned)])]
+    assert _run(frames)[-1] == [0]
 
 
 def test_a_new_track_that_turns_out_to_be_someone_back_is_merged():

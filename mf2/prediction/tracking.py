@@ -22,6 +22,17 @@
    nearer another's (on the benchmark's clips, refusing pairs beyond it made a new track of a
    person at a crossing and swapped two ids after it, and swapped a face coming out from behind
    another with the face in front).
+   **Appearance where motion is weak evidence.** A pair motion made is checked against the
+   track's descriptors when the track was last seen more than ``verify_after`` s ago (frames
+   sampled at a low rate: people move a face's width between them), when the landmarks' shape
+   changed by more than ``verify_shape`` (Procrustes residual in face radii: a cut, or someone
+   sitting down where another sat), when the track is due a descriptor anyway (every
+   ``refresh`` s: a stranger in the same place is caught then), or when it was in doubt. The
+   face is someone else -- the pair is undone, and the face goes to re-identification (3) --
+   when it is farther than ``max_distance`` from the track's gallery and either within it of
+   another track and ``margin`` nearer that one, or farther than ``stranger`` from it (dlib's
+   descriptors of two people are rarely nearer than 0.6; a half-hidden or turned face of the
+   same person was up to 0.61 from its own gallery on the benchmark's clips).
 3. **Re-identification.** A face still unmatched is compared with every track of the source
    not seen in this frame -- lost for up to ``memory`` seconds (default: the whole video) --
    and joins the nearest within ``max_distance``; else it starts a new track. For its first
@@ -51,7 +62,7 @@
 The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_weight`` 1,
 ``max_distance`` 0.55 (dlib's own same-person threshold on LFW is 0.6), ``memory`` None
 (unbounded), ``gallery`` 4, ``refresh`` 2 s, ``search`` True, ``occlusion`` 5 s, ``ambiguity`` 1,
-``confirm`` 2 s.
+``confirm`` 2 s, ``verify_after`` 0.25 s, ``verify_shape`` 0.08, ``stranger`` 0.75, ``margin`` 0.2.
 ``benchmarks/tracking.py`` measures them (IDF1, identity switches) on clips with known identities.
 """
 
@@ -77,10 +88,14 @@ class TrackSettings:
     occlusion: float = 5.0  # seconds a track hidden behind another face is looked for where it went
     ambiguity: float = 1.0  # motion decides alone unless another pair costs less than this more
     confirm: float = 2.0  # seconds a new track is still compared with the lost ones (re-identification retried)
+    verify_after: float = 0.25  # seconds since a track was seen after which motion alone does not decide
+    verify_shape: float = 0.08  # landmark shape change (Procrustes, face radii) after which it does not either
+    stranger: float = 0.75  # descriptor distance at which a face is not the track's person, whoever else it is
+    margin: float = 0.2  # or: this much nearer another track (within max_distance) than to its own
 
     def __post_init__(self):
         for name in ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh", "occlusion",
-                     "ambiguity", "confirm"):
+                     "ambiguity", "confirm", "verify_after", "verify_shape", "stranger", "margin"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
                 raise ValueError(f"tracking {name}: expected a number >= 0, got {v!r}")
@@ -151,6 +166,19 @@ def descriptor(image: np.ndarray, box, landmarks: np.ndarray) -> np.ndarray:
     return np.asarray(model.compute_face_descriptor(image, shape, 0), np.float64)
 
 
+def _shape_change(a: np.ndarray, b: np.ndarray) -> float:
+    """How much two faces' 68 landmarks differ in shape: the RMS distance left after the best
+    similarity transform of ``b`` onto ``a``, in units of ``a``'s size (its RMS radius)."""
+    a0, b0 = a - a.mean(0), b - b.mean(0)
+    na, nb = np.sqrt((a0 ** 2).sum()), np.sqrt((b0 ** 2).sum())
+    if not (na > 0 and nb > 0):
+        return 0.0
+    a0, b0 = a0 / na, b0 / nb
+    # Procrustes: the residual of the best rotation and scale is 1 - (sum of singular values)^2
+    sv = np.linalg.svd(b0.T @ a0, compute_uv=False)
+    return float(np.sqrt(max(0.0, 1 - sv.sum() ** 2)))
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of boxes a [n, 4] and b [m, 4] (x0, y0, x1, y1) -> [n, m]."""
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
@@ -204,6 +232,7 @@ class Tracker:
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         live = [tr for tr in self.tracks if t - tr.last_time <= s.max_gap and tr.last_time < t and not tr.retired]
         cost = np.full((len(faces), len(live)), np.inf)
+        shape = np.zeros((len(faces), len(live)))  # how far the landmarks' shape changed
         if live:
             pred = np.array([tr.predicted(t, s.max_gap) for tr in live])
             overlap = iou(boxes, pred)
@@ -215,6 +244,7 @@ class Tracker:
                     if candidate[i, j]:
                         lm = np.linalg.norm(np.asarray(f.landmarks) - (tr.landmarks + moved), axis=1).mean() / sizes[i]
                         cost[i, j] = 1 - overlap[i, j] + lm
+                        shape[i, j] = _shape_change(np.asarray(f.landmarks, float), tr.landmarks)
         described: dict[int, np.ndarray] = {}
 
         def desc(i):
@@ -246,17 +276,20 @@ class Tracker:
 
             big = 1e6
             rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, big))
-            for i, j in zip(rows, cols):
-                if cost[i, j] < big:
-                    tr = live[j]
-                    if t - tr.born <= s.confirm and image is not None:  # young: still someone who came back?
-                        lost, d = self._nearest_lost(lambda: desc(i), t, matched_tracks | {tr.id}, before=tr.born)
-                        if lost is not None and d <= s.max_distance:
-                            tr.retired, lost.detected, tr = True, tr.detected, lost
-                    ids[i] = tr.id
-                    matched_tracks.add(tr.id)
-                    self._observe(tr, faces[i], t, image, None if i in doubtful else described.get(i),
-                                  i not in doubtful, detected=True)
+            pairs = [(i, j) for i, j in zip(rows, cols) if cost[i, j] < big]
+            if image is not None:  # where motion is weak evidence, appearance may say it is someone else
+                pairs = [(i, j) for i, j in pairs
+                         if not self._contradicted(live[j], i, desc, t, shape[i, j], i in doubtful)]
+            for i, j in pairs:
+                tr = live[j]
+                if t - tr.born <= s.confirm and image is not None:  # young: still someone who came back?
+                    lost, d = self._nearest_lost(lambda: desc(i), t, matched_tracks | {tr.id}, before=tr.born)
+                    if lost is not None and d <= s.max_distance:
+                        tr.retired, lost.detected, tr = True, tr.detected, lost
+                ids[i] = tr.id
+                matched_tracks.add(tr.id)
+                self._observe(tr, faces[i], t, image, None if i in doubtful else described.get(i),
+                              i not in doubtful, detected=True)
         # re-identification of the rest, against every track not in this frame
         for i in range(len(faces)):
             if ids[i] >= 0:
@@ -272,6 +305,30 @@ class Tracker:
             matched_tracks.add(tr.id)
             self._observe(tr, faces[i], t, image, described.get(i), True, detected=True)
         return ids
+
+    def _contradicted(self, tr: _Track, i: int, desc, t: float, shape: float, doubtful: bool) -> bool:
+        """Whether the face ``i`` that motion gave to ``tr`` is someone else by appearance. Checked
+        where motion is weak evidence -- the track was last seen more than ``verify_after`` s ago
+        (a low sampling rate), the landmarks' shape jumped (``verify_shape``: a cut, or someone
+        taking another's place), the track is due a descriptor anyway (every ``refresh`` s), or the
+        pair was in doubt -- and only when the track has descriptors. Someone else: farther than
+        ``max_distance`` from the track's gallery, and either within it of another track and
+        ``margin`` nearer it than to this one, or farther than ``stranger`` (a person never seen)."""
+        s = self.settings
+        if not tr.descriptors:
+            return False
+        if not (doubtful or t - tr.last_time > s.verify_after or shape > s.verify_shape
+                or t - tr.described_at >= s.refresh):
+            return False
+        v = desc(i)
+        d = self._distance(tr, v)
+        if d <= s.max_distance:
+            return False
+        if d > s.stranger:
+            return True
+        others = [self._distance(o, v) for o in self.tracks
+                  if o is not tr and not o.retired and o.descriptors and o.last_time < t]
+        return bool(others) and min(others) <= min(s.max_distance, d - s.margin)
 
     def _nearest_lost(self, describe, t: float, taken: set, before: float = np.inf):
         """The track not in this frame (nor in ``taken``) last seen before ``before`` (and within
