@@ -365,18 +365,21 @@ def pose_errors(n: int = 40, seed: int = 11, detector: str = "mtcnn", size: int 
         angles = rng.uniform(-np.pi / 6, np.pi / 6, 3)
         spec.pose = dataclasses.replace(spec.pose, yaw=angles[0], pitch=angles[1], roll=angles[2])
         truth = np.degrees(angles)
-        exact.append(np.abs(np.array(head_pose(landmarks_of(spec, size))) - truth))
+        exact.append((np.array(head_pose(landmarks_of(spec, size))), truth))
         for key, relief in (("detected", 1.0), ("flat", 0.0)):
             spec.identity = dataclasses.replace(spec.identity, relief=relief)
             faces = finder.detect(render_spec(spec, size)[0], None)
             if faces:
-                found[key].append(np.abs(np.array(head_pose(faces[0].landmarks)) - truth))
+                found[key].append((np.array(head_pose(faces[0].landmarks)), truth))
     out = {"renders": n, "seed": seed, "size": size}
-    for key, errors in (("exact", exact), *found.items()):
-        e = np.mean(errors, 0) if errors else np.full(3, np.nan)
+    for key, pairs in (("exact", exact), *found.items()):
+        got, true = (np.array([p[k] for p in pairs]) for k in (0, 1)) if pairs else (np.full((0, 3), np.nan),) * 2
+        e = np.abs(got - true).mean(0) if pairs else np.full(3, np.nan)
         out.update({f"{key}_{axis}": round(float(v), 2) for axis, v in zip(("yaw", "pitch", "roll"), e)})
+        # how far the read pitch follows the true one (least-squares slope; 1: all the way)
+        out[f"{key}_pitch_gain"] = round(float(np.polyfit(true[:, 1], got[:, 1], 1)[0]), 2) if len(pairs) > 1 else float("nan")
         if key != "exact":
-            out[f"{key}_found"] = len(errors)
+            out[f"{key}_found"] = len(pairs)
     out["found"] = out.pop("detected_found")
     return out
 
@@ -386,13 +389,16 @@ def _pose_table(pose: dict) -> list[str]:
     return [f"## Head pose on {pose['renders']} SynthFACS renders within ±30°, seed {pose['seed']} (mean absolute "
             "error, degrees)", "",
             table([{"landmarks": "the renderer's own (the fit alone)", "yaw": pose["exact_yaw"],
-                    "pitch": pose["exact_pitch"], "roll": pose["exact_roll"]},
+                    "pitch": pose["exact_pitch"], "roll": pose["exact_roll"], "pitch gain": pose.get("exact_pitch_gain")},
                    {"landmarks": f"MTCNN + dlib's on the renders, faces with relief ({pose['found']} found)",
-                    "yaw": pose["detected_yaw"], "pitch": pose["detected_pitch"], "roll": pose["detected_roll"]},
+                    "yaw": pose["detected_yaw"], "pitch": pose["detected_pitch"], "roll": pose["detected_roll"],
+                    "pitch gain": pose.get("detected_pitch_gain")},
                    {"landmarks": f"the same, faces drawn flat (relief 0, as the default data set; "
                                  f"{pose['flat_found']} found)",
-                    "yaw": pose["flat_yaw"], "pitch": pose["flat_pitch"], "roll": pose["flat_roll"]}],
-                  ["landmarks", "yaw", "pitch", "roll"])]
+                    "yaw": pose["flat_yaw"], "pitch": pose["flat_pitch"], "roll": pose["flat_roll"],
+                    "pitch gain": pose.get("flat_pitch_gain")}],
+                  ["landmarks", "yaw", "pitch", "roll", "pitch gain"]),
+            "", "pitch gain: the least-squares slope of the read pitch against the true one (1: it follows all the way)."]
 
 
 def pose_only(args) -> None:

@@ -291,11 +291,14 @@ def test_head_pose_against_synthfacs_within_30_degrees():
     """The fit from the renderer's own landmarks, and end to end through MTCNN and dlib's landmarks
     as the benchmark measures it: on faces drawn with their relief (a nose dlib finds) yaw and roll
     are read within 5 degrees, pitch still short of the truth; the flat drawing reads yaw and pitch
-    worse (roll, which needs no nose, about as well)."""
+    worse (roll, which needs no nose, about as well). Why pitch falls short: the fit follows the
+    renderer's pitch all the way (gain 1), dlib's landmarks only about two thirds of it (a limit of
+    the landmarks, not of the fit: see mf2/prediction/pose.py)."""
     e = bench.pose_errors(40)
     assert e["found"] >= 32 and e["flat_found"] >= 32  # MTCNN misses a few cartoon faces at these poses
     assert e["exact_yaw"] <= 2.5 and e["exact_pitch"] <= 5.0 and e["exact_roll"] <= 0.5, e
     assert e["detected_yaw"] <= 5.0 and e["detected_pitch"] <= 8.5 and e["detected_roll"] <= 2.0, e
+    assert 0.9 <= e["exact_pitch_gain"] <= 1.1 and e["detected_pitch_gain"] < 0.85, e
     assert e["flat_yaw"] > e["detected_yaw"] + 1.5 and e["flat_pitch"] > e["detected_pitch"], e
 
 

@@ -11,7 +11,18 @@ outline as the head turns, nor the brows and lips, which the AUs move).
 Signs (the image as you see it): ``yaw`` > 0 turns the nose towards the image's right (the
 person's left), ``pitch`` > 0 lifts the chin, ``roll`` > 0 tilts the head clockwise. SynthFACS
 renders with the same angles (``Pose.yaw``, ``Pose.pitch``, ``Pose.roll``, radians), which is how
-the error is measured (``tests/test_pose.py``).
+the error is measured (``pose_errors`` in ``benchmarks/tracking.py``, tested in ``tests/test_tracking.py``).
+
+Pitch end to end is limited by dlib's landmarks, not by this fit (``benchmarks/results/pose-cpu.md``):
+on SynthFACS renders the fit follows the renderer's pitch all the way from its own landmarks (pitch
+gain 1.0), while dlib's points follow a pitched head about two thirds of the way (gain 0.62-0.68) and
+scatter by about 6 degrees around that. Tried on training seeds 1-8, judged on seeds 11 and 12, and
+not adopted because none brought held-out pitch near 5 degrees on both: a per-landmark, pose-dependent
+correction of dlib's placement (it lifts the gain, but the scatter grows with it: 7.3 degrees on the
+training seeds, 6.8 and 5.1 held out), a 3-D shape refitted to dlib's points, weights from each
+point's scatter, the brows, mouth or jaw added, and even a free linear regression from all 68 points
+to pitch (6.5 degrees held out). The renderer projects orthographically, so a perspective camera
+gains nothing there; dlib's box (``face_align``) moves the figures by a degree or two.
 """
 
 from __future__ import annotations
