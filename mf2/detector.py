@@ -316,7 +316,7 @@ class Detector:
             for frame, faces in detections(self.predictor, frames(items, fps or None, skip_frames), batch_size,
                                            decoding, beams, self._workers_pool(), self.workers,
                                            keep_images=annotator is not None, track=tracks,
-                                           grounding=grounding):
+                                           grounding=grounding, seed_every=self._seed_every):
                 if faces is None:
                     skipped.append({"source": frame.source, "frame": frame.frame, "error": frame.error})
                     log(f"skipped {frame.source}" + (f" at frame {frame.frame}" if frame.frame is not None else "")
@@ -378,13 +378,21 @@ class Detector:
                 yield frame
 
         for frame, faces in detections(self.predictor, numbered(), batch_size, decoding, beams, self._workers_pool(),
-                                       self.workers, track=tracks, grounding=grounding):
+                                       self.workers, track=tracks, grounding=grounding, seed_every=self._seed_every):
             table = TableBuilder()
             table.add(frame, faces)
             near = [{"source": source, "frame": frame.frame, "score": round(f.score, 3),
                      "box": [round(v, 1) for v in f.box]} for f in frame.near_misses]
             yield self._faces(table, {"files": 0, "frames": 1, "faces": len(faces),
                                       "frames_without_face": int(not faces), "near_misses": len(near)}, [], None, near)
+
+    @property
+    def _seed_every(self) -> int:
+        """Frames between tracking's seed frames (``TrackSettings.seed_every``): with MTCNN
+        finding faces in videos and tracking on; else 0."""
+        if self.tracking is None or self.predictor.detector_name != "mtcnn" or self.predictor.settings.face != "detect":
+            return 0
+        return self.tracking.seed_every
 
     def _faces(self, table: TableBuilder, counts: dict, skipped: list, annotator, near=()) -> Faces:
         p = self.predictor

@@ -91,6 +91,7 @@ class Face:
     landmarks: np.ndarray  # [68, 2] in image pixels
     score: float = 0.0  # the detector's score (HOG and CNN: dlib's margin, its own threshold 0; MTCNN: probability)
     detector: str = "hog"  # which detector found it
+    confirmed: bool = False  # only MTCNN's finer stages found it, and dlib's CNN confirmed it
 
 
 # The face detectors, and the score each needs by default (``min_face_score``) and the floor above
@@ -179,7 +180,7 @@ class FaceFinder:
 
             self.detector = MTCNN(device, thresholds=(*stages, NEAR_MISS_FLOOR["mtcnn"]), factor=factor)
         # finer stages than published: which faces the published ones find too is marked (else all are)
-        self._strict = None if tuple(stages) == MTCNN_STAGES else MTCNN_STAGES
+        self._stages, self._factor = tuple(stages), factor
 
     def landmarks(self, image: np.ndarray, box) -> np.ndarray:
         """dlib's 68 points [68, 2] of the face in ``box`` (x0, y0, x1, y1). A face whose eye line
@@ -211,17 +212,22 @@ class FaceFinder:
         """Every face scoring at least ``min_score`` (None: the detector's default), largest first."""
         return self.find([image], min_score)[0].faces
 
-    def find(self, images: list[np.ndarray], min_score: float | None = None) -> list[Found]:
+    def find(self, images: list[np.ndarray], min_score: float | None = None, fine: bool = False) -> list[Found]:
         """Per image, the faces scoring at least ``min_score`` (None: ``DEFAULT_MIN_SCORE``),
         largest first, and the near-misses between the detector's floor and that score. MTCNN
-        takes the images as batches (frames of one size share them)."""
+        takes the images as batches (frames of one size share them). ``fine``: MTCNN's finer
+        cascade for this call (``FINE_STAGES``, ``FINE_FACTOR``; a face only it finds is kept
+        where dlib's CNN confirms it, and marked ``confirmed``), whatever the finder's own."""
         for image in images:
             _native(image)
         t = DEFAULT_MIN_SCORE[self.name] if min_score is None else float(min_score)
         floor = min(NEAR_MISS_FLOOR[self.name], t)
         if self.name == "mtcnn":
+            stages, factor = (FINE_STAGES, FINE_FACTOR) if fine else (self._stages, self._factor)
+            strict = None if stages == MTCNN_STAGES else MTCNN_STAGES
             candidates = [[(box_from_points(p), float(s), bool(k)) for p, s, k in zip(f.points, f.scores, f.strict)]
-                          for f in self.detector.detect(images, strict=self._strict)]
+                          for f in self.detector.detect(images, (*stages, NEAR_MISS_FLOOR["mtcnn"]), strict=strict,
+                                                        factor=factor)]
         else:
             candidates = [[(b, s, True) for b, s in self._dlib_boxes(image, floor)] for image in images]
         out = []
@@ -230,8 +236,9 @@ class FaceFinder:
             boxes.sort(key=lambda c: (c[0][2] - c[0][0] + 1) * (c[0][3] - c[0][1] + 1), reverse=True)  # dlib's area
             kept = [s >= t and (strict or self.confirmed(image, b)) for b, s, strict in boxes]
             faces, near = [], []
-            for (b, s, _), keep in zip(boxes, kept):
-                (faces if keep else near).append(Face(tuple(float(v) for v in b), self.landmarks(image, b), s, self.name))
+            for (b, s, strict), keep in zip(boxes, kept):
+                (faces if keep else near).append(Face(tuple(float(v) for v in b), self.landmarks(image, b), s, self.name,
+                                                      confirmed=keep and not strict))
             out.append(Found(faces, near))
         return out
 

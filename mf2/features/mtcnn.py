@@ -149,11 +149,12 @@ class MTCNN:
 
     @torch.inference_mode()
     def detect(self, images: list[np.ndarray], thresholds=None, min_face: int | None = None,
-               strict: tuple | None = None) -> list[Found]:
+               strict: tuple | None = None, factor: float | None = None) -> list[Found]:
         """Per image (RGB uint8 [H, W, 3]), the faces found; images of one size share batches.
         ``thresholds`` and ``min_face``: this call's own (None: the detector's). ``strict``: P- and
         R-Net thresholds (above this call's) a face's own path is also marked against
-        (``Found.strict``); None: every face is marked as passing."""
+        (``Found.strict``); None: every face is marked as passing. ``factor``: this call's pyramid
+        step (None: the detector's)."""
         out: list[Found | None] = [None] * len(images)
         by_size: dict[tuple, list[int]] = {}
         for k, im in enumerate(images):
@@ -162,11 +163,12 @@ class MTCNN:
             batch = torch.from_numpy(np.stack([images[k] for k in indices])).to(self.device)
             for k, found in zip(indices, self._detect(batch.permute(0, 3, 1, 2).float(),
                                                       tuple(thresholds or self.thresholds), min_face or self.min_face,
-                                                      strict)):
+                                                      strict, factor or self.factor)):
                 out[k] = found
         return out
 
-    def _detect(self, imgs: torch.Tensor, thresholds: tuple, min_face: int | None, strict: tuple | None) -> list[Found]:
+    def _detect(self, imgs: torch.Tensor, thresholds: tuple, min_face: int | None, strict: tuple | None,
+                factor: float) -> list[Found]:
         n, _, h, w = imgs.shape
         t1, t2, t3 = thresholds
         marking = strict is not None
@@ -194,8 +196,8 @@ class MTCNN:
             keep = nms(b[:, :4], b[:, 4], 0.5, groups=o)
             boxes.append(b[keep])
             owners.append(o[keep])
-            scale *= self.factor
-            side *= self.factor
+            scale *= factor
+            side *= factor
         if not boxes:
             return [_empty() for _ in range(n)]
         boxes, owners = torch.cat(boxes), torch.cat(owners)

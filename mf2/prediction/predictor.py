@@ -63,6 +63,7 @@ class AlignedFace:
     score: float | None = None  # detection score (None: --face aligned)
     pose: tuple = (np.nan, np.nan, np.nan)  # (yaw, pitch, roll) degrees, from the landmarks (mf2.prediction.pose)
     track: int | None = None  # identity within its source (mf2.prediction.tracking); None: not tracked
+    confirmed: bool = False  # found by MTCNN's finer stages alone and confirmed by dlib's CNN (a seed frame's)
     aus: np.ndarray | None = None  # [12] AU probabilities, in the order of ``AUS``
     emotions: np.ndarray | None = None  # [8] emotion probabilities, in the order of ``EMOTIONS``
     explanation: str | None = None
@@ -147,9 +148,10 @@ class Predictor:
         """Every face of an image, aligned as in extraction (largest first)."""
         return self.find([image])[0][0]
 
-    def find(self, images: list[np.ndarray]) -> list[tuple[list[AlignedFace], list]]:
+    def find(self, images: list[np.ndarray], fine: bool = False) -> list[tuple[list[AlignedFace], list]]:
         """Per image, its faces aligned as in extraction (largest first) with their head pose, and
-        the near-misses (``mf2.features.face_align.Face``s scoring under ``min_face_score``)."""
+        the near-misses (``mf2.features.face_align.Face``s scoring under ``min_face_score``).
+        ``fine``: MTCNN's finer cascade, confirmed (``FaceFinder.find``; tracking's seed frames)."""
         S = self.size
         if self.settings.face == "aligned":
             out = []
@@ -163,7 +165,7 @@ class Predictor:
                                          pose=head_pose(lm))], []))
             return out
         out = []
-        for image, found in zip(images, self.finder.find(images, self.min_face_score)):
+        for image, found in zip(images, self.finder.find(images, self.min_face_score, fine=fine)):
             out.append(([self.aligned(image, f) for f in found.faces], found.near_misses))
         return out
 
@@ -171,7 +173,7 @@ class Predictor:
         """A found face (``mf2.features.face_align.Face``, e.g. a near-miss kept by tracking) aligned as in extraction."""
         crop, lm_crop, m = align(image, face.landmarks, self.size)
         return AlignedFace(tuple(float(c) for c in face.box), face.landmarks, crop, lm_crop, m, round(face.score, 3),
-                           pose=head_pose(face.landmarks))
+                           pose=head_pose(face.landmarks), confirmed=bool(getattr(face, "confirmed", False)))
 
     @torch.no_grad()
     def predict(self, faces: list[AlignedFace], explain: str | None = None, beams: int = 3,

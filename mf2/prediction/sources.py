@@ -47,6 +47,7 @@ class Frame:
     error: str | None = None  # why the input could not be read
     path: str | None = None  # an image file still to decode
     near_misses: list = field(default_factory=list)  # faces found under the score threshold
+    seed: bool = False  # a frame where tracking looks for new people with the finer cascade
 
     def load(self) -> np.ndarray | None:
         """Decode an image file's pixels (once); sets ``error`` instead of raising."""

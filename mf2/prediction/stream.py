@@ -55,20 +55,38 @@ def _chunks(items: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
+def _seeded(frames: Iterable[Frame], every: int) -> Iterator[Frame]:
+    """The frames, each video's first and every ``every``-th after it marked ``seed``."""
+    source, n = None, 0
+    for frame in frames:
+        if frame.frame is not None:
+            n = 0 if frame.source != source else n + 1
+            source = frame.source
+            frame.seed = n % every == 0
+        yield frame
+
+
 def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 32, explain: str | None = None,
                beams: int = 3, pool: Executor | None = None, workers: int = 0, keep_images: bool = False,
-               track=None, grounding: str = "heads") -> Iterator[tuple[Frame, list[AlignedFace] | None]]:
+               track=None, grounding: str = "heads", seed_every: int = 0) -> Iterator[tuple[Frame, list[AlignedFace] | None]]:
     """Each frame with its faces, predicted (largest face first; ``[]``: no face), in order.
     A frame that could not be read comes with ``None`` (and ``frame.error``) as soon as it is met.
     ``pool``: the ``workers`` threads that find faces (None: this thread). ``track(frame, faces)``:
     called in frame order, while the frame's pixels are still there, to set each face's ``track``.
-    The near-misses of a frame (faces under the score threshold) are in ``frame.near_misses``."""
+    The near-misses of a frame (faces under the score threshold) are in ``frame.near_misses``.
+    ``seed_every``: the first of a video's frames and every ``seed_every``-th after it are seed
+    frames (``frame.seed``), where faces are found with the finer cascade (``Predictor.find(...,
+    fine=True)``): a person the published cascade misses starts a track there (0: none)."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
 
     def find(chunk: list[Frame]):
         readable = [f for f in chunk if f.load() is not None and f.error is None]
-        found = dict(zip(map(id, readable), predictor.find([f.image for f in readable]))) if readable else {}
+        found = {}
+        for fine in (False, True):
+            part = [f for f in readable if f.seed == fine]
+            if part:
+                found.update(zip(map(id, part), predictor.find([f.image for f in part], fine=fine)))
         out = []
         for frame in chunk:
             faces, near = found.get(id(frame), (None, []))
@@ -78,6 +96,8 @@ def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 
             out.append(faces)
         return out
 
+    if seed_every:
+        frames = _seeded(frames, seed_every)
     window = max(1, (batch_size + 2 * workers) // predictor.detect_batch)  # found faces for the next batch
     pending, n_pending = [], 0
     for chunk, found in ordered_map(find, _chunks(frames, predictor.detect_batch), pool, window):

@@ -52,17 +52,24 @@
    (``FaceFinder.search``: twice the face's side, MTCNN's first two stages relaxed to 0.2 and
    0.3, O-Net down to the near-miss floor); a face found there (IoU >= 0.3 with the prediction,
    and not one of the frame's faces found again: IoU < 0.5 with each) continues the track. Only
-   tracks the detector found twice at least are searched for, and only up to
+   tracks the detector found twice at least (or once, confirmed: 6) are searched for, and only up to
    ``max_gap`` seconds after the detector itself last found it (``search=False``: never), so a
    track cannot live on what it found by looking alone -- or, when it went behind another person
    (its predicted box at least 30 % covered by the head of one of the frame's faces: its box
    grown to twice the side), for up to ``occlusion`` seconds while it stays covered, since it
    comes out where it went in.
+6. **Seed frames.** A video's first frame and every ``seed_every``-th frame read after it are
+   searched with MTCNN's finer cascade (``FINE_STAGES``, ``FINE_FACTOR``), a face only it
+   finds kept where dlib's CNN confirms it (``FaceFinder.confirmed``): a person the published
+   cascade does not find (small, grey, dim) starts a track there, and such a confirmed track is
+   searched for (5) from the next frame on. Running the finer cascade on every frame found as
+   much but halved ``benchmarks/predict.py``'s faces/s; one frame in 12 costs a twelfth of that.
 
 The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_weight`` 1,
 ``max_distance`` 0.55 (dlib's own same-person threshold on LFW is 0.6), ``memory`` None
 (unbounded), ``gallery`` 4, ``refresh`` 2 s, ``search`` True, ``occlusion`` 5 s, ``ambiguity`` 1,
-``confirm`` 2 s, ``verify_after`` 0.25 s, ``verify_shape`` 0.08, ``stranger`` 0.75, ``margin`` 0.2.
+``confirm`` 2 s, ``verify_after`` 0.25 s, ``verify_shape`` 0.08, ``stranger`` 0.75, ``margin`` 0.2,
+``seed_every`` 12 frames.
 ``benchmarks/tracking.py`` measures them (IDF1, identity switches) on clips with known identities.
 """
 
@@ -92,6 +99,7 @@ class TrackSettings:
     verify_shape: float = 0.08  # landmark shape change (Procrustes, face radii) after which it does not either
     stranger: float = 0.75  # descriptor distance at which a face is not the track's person, whoever else it is
     margin: float = 0.2  # or: this much nearer another track (within max_distance) than to its own
+    seed_every: int = 12  # frames between seed frames, where MTCNN's finer cascade looks for new people (0: none)
 
     def __post_init__(self):
         for name in ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh", "occlusion",
@@ -105,6 +113,8 @@ class TrackSettings:
             raise ValueError(f"tracking memory: expected None or a number >= 0, got {self.memory!r}")
         if not isinstance(self.search, bool):
             raise ValueError(f"tracking search: expected True or False, got {self.search!r}")
+        if not isinstance(self.seed_every, int) or isinstance(self.seed_every, bool) or self.seed_every < 0:
+            raise ValueError(f"tracking seed_every: expected a whole number >= 0, got {self.seed_every!r}")
         if not isinstance(self.gallery, int) or self.gallery < 1:
             raise ValueError(f"tracking gallery: expected a whole number >= 1, got {self.gallery!r}")
 
@@ -118,6 +128,7 @@ class _Track:
     described_at: float = -np.inf
     detected: list = field(default_factory=list)  # [(time, box)] the last two the detector itself found
     born: float = -np.inf  # when a new track started (-inf: not new, e.g. re-identified)
+    trusted: bool = False  # a detection of it was confirmed by a second detector (searched for at once)
     retired: bool = False  # merged into the lost track it turned out to be
 
     @property
@@ -353,8 +364,9 @@ class Tracker:
             return []
         out = []
         for tr in self.tracks:
-            if tr.retired or tr.last_time >= t or t - tr.detected_at > max(s.max_gap, s.occlusion) or len(tr.detected) < 2:
-                continue  # (a track the detector found once is not looked for: it may be a false face)
+            if tr.retired or tr.last_time >= t or t - tr.detected_at > max(s.max_gap, s.occlusion) \
+                    or (len(tr.detected) < 2 and not tr.trusted):
+                continue  # (a track the detector found once is not looked for unless confirmed: it may be a false face)
             pred = tr.predicted(t, s.max_gap)
             if t - tr.detected_at <= s.max_gap or (len(boxes) and _covered(pred, _heads(boxes)) >= 0.3):
                 out.append((tr.id, pred))
@@ -400,6 +412,7 @@ class Tracker:
         tr.seen = (t, tuple(float(x) for x in face.box))
         if detected:
             tr.detected = (tr.detected + [tr.seen])[-2:]
+            tr.trusted = tr.trusted or bool(getattr(face, "confirmed", False))
         tr.landmarks = np.asarray(face.landmarks, float)
         due = t - tr.described_at >= self.settings.refresh or not tr.descriptors
         if v is None and due and may_describe and image is not None:
