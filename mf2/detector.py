@@ -92,9 +92,12 @@ class _Tracks:
         if self.settings is None:
             return
         if frame.source != self.source or self.tracker is None:
-            self.source, self.tracker = frame.source, Tracker(self.settings)
+            self.source, self.tracker, self.clock = frame.source, Tracker(self.settings), -np.inf
         before = self.tracker.descriptors_computed
         t = frame.time if frame.time is not None else float(frame.frame)
+        # a frame timed before the one before it (a damaged stream's timestamps) is tracked as if at
+        # that one's time (the Tracker refuses time going back); its row keeps its own time
+        t = self.clock = max(t, self.clock)
         ids = self.tracker.update(frame.image, faces, t)
         self.descriptors += self.tracker.descriptors_computed - before
         for f, k in zip(faces, ids):
