@@ -37,6 +37,17 @@ from mf2.prediction.tracking import SAME_FACE, Tracker, TrackSettings, iou
 logger = logging.getLogger("mf2")
 
 
+class _DefaultFps(float):
+    """``detect``'s default ``fps`` (1.0), told apart from an ``fps`` a caller gave (which
+    ``skip_frames`` contradicts)."""
+
+    def __repr__(self) -> str:
+        return "1.0"
+
+
+DEFAULT_FPS = _DefaultFps(1.0)
+
+
 def _cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -92,9 +103,12 @@ class _Tracks:
         if self.settings is None:
             return
         if frame.source != self.source or self.tracker is None:
-            self.source, self.tracker = frame.source, Tracker(self.settings)
+            self.source, self.tracker, self.clock = frame.source, Tracker(self.settings), -np.inf
         before = self.tracker.descriptors_computed
         t = frame.time if frame.time is not None else float(frame.frame)
+        # a frame timed before the one before it (a damaged stream's timestamps) is tracked as if at
+        # that one's time (the Tracker refuses time going back); its row keeps its own time
+        t = self.clock = max(t, self.clock)
         ids = self.tracker.update(frame.image, faces, t)
         self.descriptors += self.tracker.descriptors_computed - before
         for f, k in zip(faces, ids):
@@ -254,14 +268,17 @@ class Detector:
             pool.shutdown(wait=False, cancel_futures=True)
 
     # -- detection ------------------------------------------------------------------------------
-    def detect(self, inputs, *, batch_size: int = 32, fps: float | None = 1.0, skip_frames: int | None = None,
+    def detect(self, inputs, *, batch_size: int = 32, fps: float | None = DEFAULT_FPS, skip_frames: int | None = None,
                explain=False, beams: int = 3, progress: bool | None = True, annotate=None, log=None,
                smooth: float | None = None, data_type: str | None = None, grounding: str = "heads") -> Faces:
         """Every face of ``inputs``: an image file (path), a PIL image or an image array (any
         dtype, [H, W], [H, W, 3] or [H, W, 4]), a folder (searched recursively for images and
         videos), a glob, a video file, or a list of these. Videos are sampled at ``fps`` frames
         per second of their own clock (0 or None: every frame), or every ``skip_frames``-th frame
-        (py-feat's name), and streamed; each person keeps one ``track`` id across a video's frames
+        (py-feat's name; giving both a positive ``fps`` and ``skip_frames`` is a ``ValueError``),
+        and streamed, each frame as a player shows it (the container's display rotation applied;
+        ``attrs["videos"]`` records it per video with the clock of its first frame) and timed in
+        seconds since the video's first frame; each person keeps one ``track`` id across a video's frames
         (``tracking=`` of the Detector). ``batch_size`` faces go through the model at a time (the
         results do not depend on it). ``explain``: True (greedy) or 'greedy' / 'beam' (``beams``
         wide) adds a generated description per face, worded from what the heads decided
@@ -281,6 +298,9 @@ class Detector:
         if skip_frames is not None:
             if not isinstance(skip_frames, int) or skip_frames < 1:
                 raise ValueError(f"skip_frames: expected a whole number >= 1, got {skip_frames!r}")
+            if fps and fps is not DEFAULT_FPS:  # not a precedence to guess: the caller asked for two samplings
+                raise ValueError(f"skip_frames={skip_frames} and fps={fps!r}: give one (skip_frames reads every n-th "
+                                 f"frame, fps samples the video's clock)")
             fps = None
         if data_type not in (None, "image", "video"):
             raise ValueError(f"data_type: expected 'image', 'video' or None, got {data_type!r}")
@@ -307,11 +327,12 @@ class Detector:
             if annotate is not None else None
         counts = {"files": len(items), "frames": 0, "faces": 0, "frames_without_face": 0, "near_misses": 0}
         near: list[dict] = []
+        videos: dict[str, dict] = {}  # per video: how its frames were turned, its clock at the first frame
         table = TableBuilder()
         tracks = _Tracks(self.tracking, self.predictor)
         # torch's threads for the whole run (MTCNN in the face-finding threads, the model here), not only a batch
         with self._bar(progress) as bar, _partial_on_failure(lambda: self._faces(table, counts, skipped, annotator,
-                                                                                 near)), \
+                                                                                 near, videos)), \
                 intra_op_threads(self.settings.threads):
             for frame, faces in detections(self.predictor, frames(items, fps or None, skip_frames), batch_size,
                                            decoding, beams, self._workers_pool(), self.workers,
@@ -322,6 +343,9 @@ class Detector:
                     log(f"skipped {frame.source}" + (f" at frame {frame.frame}" if frame.frame is not None else "")
                         + f": {frame.error}")
                     continue
+                if frame.start is not None and frame.source not in videos:
+                    videos[frame.source] = {"rotation": frame.rotation, "mirrored": frame.mirrored,
+                                            "start_time": frame.start}
                 counts["frames"] += 1
                 counts["faces"] += len(faces)
                 counts["frames_without_face"] += not faces
@@ -339,7 +363,7 @@ class Detector:
             raise InputError(f"nothing could be read ({len(skipped)} inputs skipped)")
         counts["descriptors"], counts["kept_by_tracking"] = tracks.descriptors, tracks.recovered
         counts["searched"], counts["found_by_search"] = tracks.searched, tracks.found
-        faces = self._faces(table, counts, skipped, annotator, near)
+        faces = self._faces(table, counts, skipped, annotator, near, videos)
         return faces.smooth(smooth) if smooth else faces
 
     def detect_image(self, inputs, **options) -> Faces:
@@ -394,11 +418,11 @@ class Detector:
             return 0
         return self.tracking.seed_every
 
-    def _faces(self, table: TableBuilder, counts: dict, skipped: list, annotator, near=()) -> Faces:
+    def _faces(self, table: TableBuilder, counts: dict, skipped: list, annotator, near=(), videos=None) -> Faces:
         p = self.predictor
         attrs = {"checkpoint": str(p.checkpoint), "counts": counts,
                  "skipped": [{k: v for k, v in s.items() if v is not None} for s in skipped],
-                 "near_misses": list(near),
+                 "near_misses": list(near), "videos": dict(videos or {}),
                  "threshold": p.thresholds.tolist(), "au_window": p.pooling["window_rulers"],
                  "face": self.settings.face, "face_detector": p.detector_name, "min_face_score": p.min_face_score,
                  "tracking": None if self.tracking is None else dataclasses.asdict(self.tracking),

@@ -125,6 +125,11 @@ def test_arrays_of_every_dtype_and_layout(photo):
     grey3 = np.repeat(grey[..., None], 3, 2)
     cases = {
         "uint16": (photo.astype(np.uint16) * 257, photo),
+        # an array does not say its bit depth: uint16 values all within 0-255 are 8-bit (astype(np.uint16)
+        # of an 8-bit frame was divided by 257, near black), as for every integer array
+        "uint16 8-bit values": (photo.astype(np.uint16), photo),
+        "uint16 16-bit values": (np.maximum(photo.astype(np.uint16) * 257, 256), photo),
+        "uint32 8-bit values": (photo.astype(np.uint32), photo),
         "float32 0-1": (photo.astype(np.float32) / 255, photo),
         "float64 0-255": (photo.astype(np.float64), photo),
         "int64 8-bit values": (photo.astype(np.int64), photo),
@@ -145,7 +150,9 @@ def test_arrays_of_every_dtype_and_layout(photo):
         assert np.abs(rgb.astype(int) - expected.astype(int)).max() <= 1, name
     for bad, why in ((np.full((64, 64), np.nan), "NaN"), (np.full((64, 64), -0.5), "float values"),
                      (np.full((64, 64), 70000, np.int32), "outside 0-65535"),
-                     (np.zeros((64, 64, 3), np.complex64), "complex64")):
+                     (np.zeros((64, 64, 3), np.complex64), "complex64"), (np.full((64, 64), 300.0), "outside 0-1 and 0-255"),
+                     (np.full((64, 64), -1, np.int16), "outside 0-65535"), (np.zeros((64, 64), object), "object"),
+                     (np.zeros((64, 64), "datetime64[s]"), "datetime64")):
         with pytest.raises(UnsupportedPixels, match=f"unsupported pixel format .*{why}"):
             to_rgb(bad)
     with pytest.raises(ImageError, match="not an image array"):

@@ -171,6 +171,30 @@ def test_a_new_track_that_turns_out_to_be_someone_back_is_merged():
     assert got == [0] * 6 + [1] * 14
 
 
+def test_frames_with_one_timestamp_continue_their_tracks():
+    """Two frames at one time (a VFR clip's repeated timestamp, frames timed by a rounded clock)
+    started a new track for each face: the tracks of the frame before are not 'this frame'. No
+    velocity is measured over no time; a time that goes back is refused."""
+    tracker = Tracker(TrackSettings(), lambda *a: np.zeros(4))
+    image = np.zeros((8, 8, 3), np.uint8)
+    got = []
+    for t, x in ((0.0, 100), (0.1, 110), (0.1, 111), (0.1, 112), (0.2, 122)):
+        got += tracker.update(image, [_face(x, 100), _face(x + 300, 100)], t)
+    assert got == [0, 1] * 5 and len(tracker.tracks) == 2
+    assert [d[0] for d in tracker.tracks[0].detected] == [0.1, 0.2]  # the repeats replaced, not a pair over 0 s
+    assert tracker.recover([_face(123, 100)], 0.2, 0.3) == [None]  # both seen in this frame
+    with pytest.raises(ValueError, match="time 0.1 is before the last frame's"):
+        tracker.update(image, [_face(120, 100)], 0.1)
+    from mf2.detector import _Tracks  # a damaged stream's times going back: tracked as at the time before
+
+    tracks, seen = _Tracks(TrackSettings()), []
+    for k, t in enumerate((0.0, 0.1, 0.05, 0.2)):
+        faces = [_face(100 + k, 100)]
+        tracks(SimpleNamespace(source="v", frame=k, time=t, image=None, near_misses=[]), faces)
+        seen.append(faces[0].track)
+    assert seen == [0, 0, 0, 0]
+
+
 def test_tracking_settings_are_checked():
     with pytest.raises(ValueError, match="max_gap"):
         TrackSettings(max_gap=-1)

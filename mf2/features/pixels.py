@@ -8,11 +8,15 @@ file and hands it to ``to_rgb``. Every reader of pixels in mf2 (``mf2 predict``,
 
 How values become 8 bits (the container says the range; where it does not, the rule is fixed):
 
-* 8-bit modes and arrays: as they are. 16-bit ones (PNG and TIFF grey ``I;16``, 16-bit RGB,
-  ``uint16`` arrays): value / 257, rounded -- 65535 is white.
-* 32-bit integers (PIL mode ``I``, other integer arrays): a 16-bit PNG opened as ``I`` is
-  16-bit; a TIFF says its bits per sample; otherwise values within 0-255 are 8-bit and within
-  0-65535 16-bit. Negative or larger values: ``UnsupportedPixels``.
+* 8-bit modes and arrays: as they are. 16-bit image files (PNG and TIFF grey ``I;16``, 16-bit
+  RGB) and PIL images of a 16-bit mode: value / 257, rounded -- 65535 is white.
+* 32-bit integers (PIL mode ``I``): a 16-bit PNG opened as ``I`` is 16-bit; a TIFF says its
+  bits per sample; otherwise as an integer array.
+* Integer arrays other than ``uint8`` (``uint16``, ``int32``, ``int64``, ...): an array does not
+  say its bit depth, so its values do -- all within 0-255: 8-bit values, as they are (a
+  ``uint16`` array of 8-bit values, e.g. after ``astype(np.uint16)``, is not read as 16-bit and
+  made near black); some above 255 and all within 0-65535: 16-bit, value / 257. Negative or
+  larger values: ``UnsupportedPixels``. ``bool``: False black, True white.
 * Floats (PIL mode ``F``, float arrays): within 0-1 scaled by 255 (numpy's and scikit-image's
   convention), else within 0-255 as 8-bit values; NaN, infinity, negative values or values
   above 255: ``UnsupportedPixels``.
@@ -20,7 +24,9 @@ How values become 8 bits (the container says the range; where it does not, the r
   palette's transparency, a 2- or 4-channel array) is composited over white, as a viewer shows
   it; an alpha channel that is zero everywhere is ignored (the picture is still there).
 * A video frame: converted to rgb24 by FFmpeg's scaler, then copied contiguous (PyAV returns
-  rows padded to a multiple of 16 bytes for many widths, which dlib would read as another image).
+  rows padded to a multiple of 16 bytes for many widths, which dlib would read as another image),
+  and turned as its display matrix says (``display_orientation``: a phone's portrait clip is
+  stored sideways with a 90 degree rotation for the player), so the frame is what a player shows.
 
 Unreadable inputs raise ``ImageError`` (a ``ValueError``, one line); pixel formats outside the
 rules above raise its subclass ``UnsupportedPixels`` ("unsupported pixel format (...)"), which
@@ -119,7 +125,7 @@ def to_rgb(image) -> np.ndarray:
     if isinstance(image, Image.Image):
         rgb = _pil_rgb(image)
     elif _is_video_frame(image):
-        rgb = image.to_ndarray(format="rgb24")
+        rgb = orient(image.to_ndarray(format="rgb24"), *display_orientation(image))
     else:
         rgb = _array_rgb(image)
     if min(rgb.shape[:2]) < MIN_SIDE:
@@ -180,7 +186,7 @@ def _array_rgb(image) -> np.ndarray:
     if a.dtype == np.bool_:
         a = a.astype(np.uint8) * 255
     elif np.issubdtype(a.dtype, np.integer):
-        a = _integer_to_8bit(a, 16 if a.dtype == np.uint16 else 8 if a.dtype == np.uint8 else None)
+        a = _integer_to_8bit(a, 8 if a.dtype == np.uint8 else None)  # the values say 8 or 16 bits
     elif np.issubdtype(a.dtype, np.floating):
         a = _float_to_8bit(a.astype(np.float64, copy=False))
     else:
@@ -236,3 +242,44 @@ def _over_white(rgba: np.ndarray) -> np.ndarray:
 
 def _is_video_frame(image) -> bool:
     return type(image).__name__ == "VideoFrame" and hasattr(image, "to_ndarray")
+
+
+# -- video frames: the display matrix ------------------------------------------------------------
+def display_orientation(frame) -> tuple[int, bool]:
+    """(degrees counter-clockwise, mirrored) that turn a decoded PyAV ``VideoFrame`` into what a
+    player shows: the frame's display matrix (FFmpeg's DISPLAYMATRIX side data, from the
+    container's rotation: an MP4/MOV track matrix, a phone's ``rotate``), read as FFmpeg's own
+    autorotation reads it -- rotate by the degrees (0, 90, 180 or -90), then mirror left-right
+    when ``mirrored``. A matrix that is not a quarter turn is taken to the nearest one.
+    (0, False) without a display matrix."""
+    import struct
+
+    try:
+        from av.sidedata.sidedata import Type
+
+        data = frame.side_data.get(Type.DISPLAYMATRIX)
+    except Exception:  # noqa: BLE001 - a PyAV without side data: no matrix
+        data = None
+    if data is None:
+        return _QUARTERS[round((getattr(frame, "rotation", 0) or 0) / 90) % 4], False
+    m0, m1, _, m3, m4 = struct.unpack("<5i", bytes(data)[:20])
+    return _quarter_turn(m0, m1, m3, m4)
+
+
+_QUARTERS = (0, 90, 180, -90)
+
+
+def _quarter_turn(m0: float, m1: float, m3: float, m4: float) -> tuple[int, bool]:
+    """The 2x2 part of a display matrix (a b; c d = m0 m1; m3 m4) -> (degrees, mirrored)."""
+    transposed = abs(m0) + abs(m4) < abs(m1) + abs(m3)
+    rows, cols = (m1 < 0, m3 < 0) if transposed else (m4 < 0, m0 < 0)  # flipped up-down, left-right
+    # the eight orientations as a turn then a left-right mirror (numpy's rot90 turns counter-clockwise)
+    return {(False, False, False): (0, False), (False, True, True): (180, False), (False, False, True): (0, True),
+            (False, True, False): (180, True), (True, True, False): (90, False), (True, False, True): (-90, False),
+            (True, False, False): (-90, True), (True, True, True): (90, True)}[(transposed, rows, cols)]
+
+
+def orient(rgb: np.ndarray, degrees: int, mirrored: bool = False) -> np.ndarray:
+    """``rgb`` turned ``degrees`` counter-clockwise (a multiple of 90), then mirrored left-right."""
+    out = np.rot90(rgb, (degrees // 90) % 4) if degrees % 360 else rgb
+    return out[:, ::-1] if mirrored else out

@@ -130,6 +130,7 @@ class _Track:
     born: float = -np.inf  # when a new track started (-inf: not new, e.g. re-identified)
     trusted: bool = False  # a detection of it was confirmed by a second detector (searched for at once)
     retired: bool = False  # merged into the lost track it turned out to be
+    frame: int = -1  # the Tracker's count of ``update`` calls when it last took a face
 
     @property
     def last_time(self) -> float:
@@ -231,17 +232,24 @@ class Tracker:
         self.describe = describe
         self.tracks: list[_Track] = []
         self.descriptors_computed = 0
+        self.frame, self.time = 0, -np.inf  # ``update`` calls so far, and the last one's time
 
     def update(self, image: np.ndarray | None, faces: list, t: float) -> list[int]:
         """Track ids of ``faces`` (objects with ``box`` and ``landmarks``) seen at time ``t``
-        (seconds; frame numbers work too); ``image``: the frame (for descriptors)."""
+        (seconds; frame numbers work too); ``image``: the frame (for descriptors). Two frames may
+        have one time (repeated timestamps: a track of the one continues in the other, with no
+        velocity between them); a time before the last one is a ``ValueError``."""
         s = self.settings
+        if not t >= self.time:
+            raise ValueError(f"Tracker.update: time {t!r} is before the last frame's ({self.time!r}); frames go in "
+                             f"time order")
+        self.frame, self.time = self.frame + 1, t
         if not faces:
             return []
         boxes = np.array([f.box for f in faces], float)
         sizes = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        live = [tr for tr in self.tracks if t - tr.last_time <= s.max_gap and tr.last_time < t and not tr.retired]
+        live = [tr for tr in self.tracks if t - tr.last_time <= s.max_gap and self._before(tr, t) and not tr.retired]
         cost = np.full((len(faces), len(live)), np.inf)
         shape = np.zeros((len(faces), len(live)))  # how far the landmarks' shape changed
         if live:
@@ -338,8 +346,13 @@ class Tracker:
         if d > s.stranger:
             return True
         others = [self._distance(o, v) for o in self.tracks
-                  if o is not tr and not o.retired and o.descriptors and o.last_time < t]
+                  if o is not tr and not o.retired and o.descriptors and self._before(o, t)]
         return bool(others) and min(others) <= min(s.max_distance, d - s.margin)
+
+    def _before(self, tr: _Track, t: float) -> bool:
+        """Whether ``tr`` was last seen before the frame at ``t``: at an earlier time, or at this
+        time in an earlier ``update`` (two frames with one timestamp)."""
+        return tr.last_time < t or tr.last_time == t and tr.frame < self.frame
 
     def _nearest_lost(self, describe, t: float, taken: set, before: float = np.inf):
         """The track not in this frame (nor in ``taken``) last seen before ``before`` (and within
@@ -347,7 +360,7 @@ class Tracker:
         if there is such a track), and the distance (None, inf: none)."""
         memory = np.inf if self.settings.memory is None else self.settings.memory
         lost = [tr for tr in self.tracks if not tr.retired and tr.id not in taken and tr.descriptors
-                and tr.last_time < min(t, before) and t - tr.last_time <= memory]
+                and self._before(tr, t) and tr.last_time < before and t - tr.last_time <= memory]
         if not lost:
             return None, np.inf
         v = describe()
@@ -364,7 +377,7 @@ class Tracker:
             return []
         out = []
         for tr in self.tracks:
-            if tr.retired or tr.last_time >= t or t - tr.detected_at > max(s.max_gap, s.occlusion) \
+            if tr.retired or not self._before(tr, t) or t - tr.detected_at > max(s.max_gap, s.occlusion) \
                     or (len(tr.detected) < 2 and not tr.trusted):
                 continue  # (a track the detector found once is not looked for unless confirmed: it may be a false face)
             pred = tr.predicted(t, s.max_gap)
@@ -381,10 +394,10 @@ class Tracker:
         the ids to consider (None: the tracks seen within ``max_gap``). Call after ``update``."""
         s = self.settings
         if tracks is None:
-            waiting = [tr for tr in self.tracks if tr.last_time < t and t - tr.last_time <= s.max_gap and not tr.retired]
+            waiting = [tr for tr in self.tracks if self._before(tr, t) and t - tr.last_time <= s.max_gap and not tr.retired]
         else:
             ids = set(tracks)
-            waiting = [tr for tr in self.tracks if tr.id in ids and tr.last_time < t and not tr.retired]
+            waiting = [tr for tr in self.tracks if tr.id in ids and self._before(tr, t) and not tr.retired]
         out: list[int | None] = [None] * len(candidates)
         if not waiting or not candidates:
             return out
@@ -398,7 +411,7 @@ class Tracker:
             i, j = np.unravel_index(flat, overlap.shape)
             if overlap[i, j] < min_iou:
                 break
-            if not used[i] and waiting[j].last_time < t:
+            if not used[i] and self._before(waiting[j], t):
                 out[i] = waiting[j].id
                 used |= same[i]
                 self._observe(waiting[j], candidates[i], t, None, None, False)
@@ -409,9 +422,9 @@ class Tracker:
         """The track moves to ``face`` (``detected``: found by the detector itself); its gallery
         takes the face's descriptor ``v`` (computed here when the track is due a refresh and
         ``may_describe``) once every ``refresh`` s."""
-        tr.seen = (t, tuple(float(x) for x in face.box))
-        if detected:
-            tr.detected = (tr.detected + [tr.seen])[-2:]
+        tr.seen, tr.frame = (t, tuple(float(x) for x in face.box)), self.frame
+        if detected:  # (one at a time, the latest: velocity is never measured over no time)
+            tr.detected = ([d for d in tr.detected if d[0] < t] + [tr.seen])[-2:]
             tr.trusted = tr.trusted or bool(getattr(face, "confirmed", False))
         tr.landmarks = np.asarray(face.landmarks, float)
         due = t - tr.described_at >= self.settings.refresh or not tr.descriptors
