@@ -168,7 +168,10 @@ class Faces(pd.DataFrame):
     def smooth(self, seconds: float) -> "Faces":
         """The table with each track's AU and emotion probabilities averaged over a centred window
         of ``seconds`` of its own frames (a face's top ``emotion`` follows); rows without a track
-        or a time are left as they are. ``attrs["smooth"]`` records the window."""
+        or a time (images) are left as they are. ``attrs["smooth"]`` records the window. A
+        ``ValueError`` for a table with nothing to smooth (only images), with faces of videos that
+        have no track (detected with tracking off: they would be left as they are), or one already
+        smoothed (a second window would make a filter that one number cannot record)."""
         from mf2.prediction.interop import smoothed
 
         return smoothed(self, seconds)

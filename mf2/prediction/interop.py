@@ -120,13 +120,25 @@ def write_openface(faces, path, thresholds) -> list[Path]:
 
 def smoothed(faces, seconds: float):
     """``Faces.smooth``: each track's probabilities averaged over a centred window of ``seconds``."""
-    if not (isinstance(seconds, (int, float)) and np.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"smooth: expected a positive number of seconds, got {seconds!r}")
+    from mf2._checks import number
+
+    seconds = number("smooth", seconds, low=0, low_open=True, note="(seconds)")
+    if faces.attrs.get("smooth") is not None:  # a window over a window is no window that one number could record
+        raise ValueError(f"smooth: these results are already smoothed ({faces.attrs['smooth']:g} s): smooth the "
+                         "unsmoothed table instead (e.g. detect again, or keep the table before .smooth)")
+    timed = faces["time"].notna().to_numpy(bool)
+    if not timed.any():
+        raise ValueError("smooth: no video frames in these results (only images, which have no time): nothing to "
+                         "smooth over time")
+    face = (faces["status"] == OK).to_numpy(bool)
+    untracked = face & timed & faces["track"].isna().to_numpy(bool)
+    if untracked.any():
+        raise ValueError(f"smooth: {int(untracked.sum())} faces of videos have no track (tracking was off), and "
+                         "smoothing averages each person's track over time: detect with tracking on")
     out = faces.copy()
     out.attrs = dict(faces.attrs, smooth=float(seconds))
     columns = list(AU_COLUMNS) + list(EMOTION_COLUMNS)
-    ok = (faces["status"] == OK).to_numpy(bool) & faces["track"].notna().to_numpy(bool) \
-        & faces["time"].notna().to_numpy(bool)
+    ok = face & timed & faces["track"].notna().to_numpy(bool)
     if not ok.any():
         return out
     values = faces[columns].to_numpy(np.float64)

@@ -79,19 +79,15 @@ class TrackSettings:
     confirm: float = 2.0  # seconds a new track is still compared with the lost ones (re-identification retried)
 
     def __post_init__(self):
+        from mf2._checks import flag, number
+
         for name in ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh", "occlusion",
                      "ambiguity", "confirm"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
-                raise ValueError(f"tracking {name}: expected a number >= 0, got {v!r}")
-        if not 0 <= self.min_iou <= 1:
-            raise ValueError(f"tracking min_iou: expected a value in [0, 1], got {self.min_iou!r}")
-        if self.memory is not None and not (np.isfinite(self.memory) and self.memory >= 0):
-            raise ValueError(f"tracking memory: expected None or a number >= 0, got {self.memory!r}")
-        if not isinstance(self.search, bool):
-            raise ValueError(f"tracking search: expected True or False, got {self.search!r}")
-        if not isinstance(self.gallery, int) or self.gallery < 1:
-            raise ValueError(f"tracking gallery: expected a whole number >= 1, got {self.gallery!r}")
+            setattr(self, name, number(f"tracking {name}", getattr(self, name), low=0))
+        self.min_iou = number("tracking min_iou", self.min_iou, low=0, high=1)
+        self.memory = number("tracking memory", self.memory, low=0, none=True)
+        self.search = flag("tracking search", self.search)
+        self.gallery = number("tracking gallery", self.gallery, integer=True, low=1)
 
 
 @dataclass
