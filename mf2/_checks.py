@@ -76,3 +76,22 @@ def flag(name: str, value, *, none: bool = False):
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return bool(value)
     raise ValueError(f"{name}: expected True or False{' or None' if none else ''}, got {_given(value)}")
+
+
+def au_thresholds(name: str, value, none: bool = True):
+    """None (if ``none``), one probability, or one per AU (12, in the order of ``AUS``), each
+    checked with ``number``: a plain float, or a tuple of 12."""
+    import numbers as _n
+
+    from mf2.data.labels import AUS
+
+    if value is None or isinstance(value, (_n.Real, str)):
+        return number(name, value, low=0, high=1, none=none)
+    try:
+        values = list(value)
+    except TypeError:
+        values = None
+    if values is None or len(values) != len(AUS):
+        raise ValueError(f"{name}: expected {'None, ' if none else ''}a number in [0, 1] or {len(AUS)} of them "
+                         f"(one per AU: {', '.join(AUS)}), got {_given(value)}")
+    return tuple(number(f"{name} of {a}", v, low=0, high=1) for a, v in zip(AUS, values))

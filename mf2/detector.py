@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
@@ -26,8 +25,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from mf2._checks import flag, number
-from mf2.data.labels import AUS
+from mf2._checks import au_thresholds, flag, number
 from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
 from mf2.prediction.annotate import Annotator
@@ -57,20 +55,6 @@ def _threads(torch_threads, workers: int, device: str) -> int | None:
     if torch_threads == "auto":  # on a CPU, the cores the face finders leave
         return max(1, _cores() - workers) if device == "cpu" else None
     return torch_threads
-
-
-def _au_threshold(threshold):
-    """None, one probability, or one per AU (12), each checked (``number``)."""
-    if threshold is None or isinstance(threshold, (numbers.Real, str)):
-        return number("threshold", threshold, low=0, high=1, none=True)
-    try:
-        values = list(threshold)
-    except TypeError:
-        values = None
-    if values is None or len(values) != len(AUS):
-        raise ValueError(f"threshold: expected None, a number in [0, 1] or {len(AUS)} of them (one per AU: "
-                         f"{', '.join(AUS)}), got {threshold!r}")
-    return tuple(number(f"threshold of {a}", v, low=0, high=1) for a, v in zip(AUS, values))
 
 
 def _tracking(tracking) -> TrackSettings | None:
@@ -209,7 +193,7 @@ class Detector:
                  allow_download: bool = False, tta: str | None = None):
         # every argument is checked here, before the model loads
         min_face_score = number("min_face_score", min_face_score, none=True)
-        threshold = _au_threshold(threshold)
+        threshold = au_thresholds("threshold", threshold)
         allow_download = flag("allow_download", allow_download)
         self.tracking = _tracking(tracking)
         device = str(resolve_device(device))
