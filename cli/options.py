@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 
 import click
@@ -50,25 +49,23 @@ class Number(click.ParamType):
         self.name = ("auto|" if auto else "") + kind.__name__
 
     def convert(self, value, param, ctx):
+        from mf2._checks import expected, number
+
         if self.auto and (value is None or value == "auto"):
             return None
-        if isinstance(value, bool):
-            self.fail(f"expected a number, got {value!r}", param, ctx)
-        try:
-            number = self.kind(value) if not isinstance(value, str) or self.kind is float else int(value, 10)
-        except (TypeError, ValueError):
-            expected = f"'auto' or {'an integer' if self.kind is int else 'a number'}" if self.auto else \
-                ("an integer" if self.kind is int else "a number")
-            self.fail(f"expected {expected}, got {value!r}", param, ctx)
-        if isinstance(number, float) and not math.isfinite(number):
-            self.fail(f"expected a finite number, got {value!r}", param, ctx)
-        low = self.min is not None and (number <= self.min if self.min_open else number < self.min)
-        high = self.max is not None and (number >= self.max if self.max_open else number > self.max)
-        if low or high:
-            lo = "" if self.min is None else f"{'>' if self.min_open else '>='} {self.min}"
-            hi = "" if self.max is None else f"{'<' if self.max_open else '<='} {self.max}"
-            self.fail(f"expected a number {' and '.join(x for x in (lo, hi) if x)}, got {value!r}", param, ctx)
-        return number
+        what = expected(self.kind is int, self.min, self.max, self.min_open, self.max_open,
+                        words=("auto",) if self.auto else ())
+        parsed = value
+        if isinstance(value, str):  # the command line's text; the library takes numbers only
+            try:
+                parsed = int(value, 10) if self.kind is int else float(value)
+            except ValueError:
+                self.fail(f"expected {what}, got {value!r}", param, ctx)
+        try:  # the library's own check (mf2._checks): the same rule and words from Python and the CLI
+            return self.kind(number(param.name if param is not None else "value", parsed, integer=self.kind is int,
+                                    low=self.min, high=self.max, low_open=self.min_open, high_open=self.max_open))
+        except ValueError:
+            self.fail(f"expected {what}, got {value!r}", param, ctx)
 
 
 class URL(click.ParamType):

@@ -80,6 +80,9 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, groundi
             workers = int(workers)
         except ValueError:
             raise click.BadParameter(f"expected 'auto' or a number, got {workers!r}", param_hint="--workers") from None
+    if smooth is not None and not tracking:  # smoothing averages each person's track: without tracks, nothing
+        raise click.UsageError("--smooth averages each person's track over time, and --no-tracking makes no tracks: "
+                               "drop one of them")
     if out_format == "openface" and out is None:
         raise click.UsageError("--format openface writes files: give --out x.csv (one input) or --out FOLDER")
     if out is not None and out.is_dir() and out_format != "openface":

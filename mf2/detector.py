@@ -25,12 +25,13 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from mf2._checks import au_thresholds, flag, number
 from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
 from mf2.prediction.annotate import Annotator
 from mf2.prediction.stream import detections
 from mf2.prediction.predictor import DECODINGS, GROUNDINGS, PredictSettings, Predictor, intra_op_threads
-from mf2.prediction.sources import InputError, expand, frames, in_memory_frame, is_video
+from mf2.prediction.sources import InputError, expand, frames, in_memory_frame, is_animated, is_video
 from mf2.prediction.table import TableBuilder
 from mf2.prediction.tracking import SAME_FACE, Tracker, TrackSettings, iou
 
@@ -54,20 +55,16 @@ def _cores() -> int:
 
 
 def _workers(num_workers) -> int:
+    num_workers = number("num_workers", num_workers, integer=True, low=0, words=("auto",))
     if num_workers == "auto":  # the cores but one (at most 4: dlib is the cheaper stage), at least one
         return max(1, min(4, _cores() - 1))
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers: expected 'auto' or a number >= 0, got {num_workers!r}")
     return num_workers
 
 
 def _threads(torch_threads, workers: int, device: str) -> int | None:
-    if torch_threads is None:
-        return None
+    torch_threads = number("torch_threads", torch_threads, integer=True, low=1, none=True, words=("auto",))
     if torch_threads == "auto":  # on a CPU, the cores the face finders leave
         return max(1, _cores() - workers) if device == "cpu" else None
-    if not isinstance(torch_threads, int) or torch_threads < 1:
-        raise ValueError(f"torch_threads: expected 'auto', None or a number >= 1, got {torch_threads!r}")
     return torch_threads
 
 
@@ -208,6 +205,11 @@ class Detector:
                  face_detector: str = "auto", min_face_score: float | None = None, threshold: float | None = None,
                  tracking=True, num_workers="auto", torch_threads="auto", vision_weights: str | None = None,
                  allow_download: bool = False, tta: str | None = None):
+        # every argument is checked here, before the model loads
+        min_face_score = number("min_face_score", min_face_score, none=True)
+        threshold = au_thresholds("threshold", threshold)
+        allow_download = flag("allow_download", allow_download)
+        self.tracking = _tracking(tracking)
         device = str(resolve_device(device))
         self.workers = _workers(num_workers)
         self.settings = PredictSettings(face=face, threshold=threshold, min_face_score=min_face_score, device=device,
@@ -215,7 +217,6 @@ class Detector:
                                         vision_weights=vision_weights, allow_download=allow_download,
                                         threads=_threads(torch_threads, self.workers, torch.device(device).type),
                                         tta=tta)
-        self.tracking = _tracking(tracking)
         self.predictor = Predictor(run, self.settings)
         self.run = str(run)
         self._pool: ThreadPoolExecutor | None = None
@@ -285,7 +286,8 @@ class Detector:
         (``grounding='heads'``) or by the ITG decoder alone (``'none'``). ``progress``: a bar with faces/s on stderr
         (None: only on a terminal). ``annotate``: a folder to write each frame into with its faces
         drawn (as ``mf2 predict --annotate``). ``smooth``: seconds of per-track temporal smoothing
-        of the probabilities (``Faces.smooth``; None: off). ``data_type``: 'image' or 'video'
+        of the probabilities (``Faces.smooth``; None: off; it needs tracking and a video among the
+        inputs, and says so before any work). ``data_type``: 'image' or 'video'
         refuses inputs of the other kind (py-feat's argument; None: both).
 
         Inputs that cannot be read are skipped, each reported (``log``, default the 'mf2'
@@ -293,17 +295,28 @@ class Detector:
         nothing at all could be read. Faces scoring under ``min_face_score`` but above the
         detector's floor are counted in ``attrs["counts"]["near_misses"]`` and listed (the first
         1,000) in ``attrs["near_misses"]``."""
-        if fps is not None and not (fps >= 0):
-            raise ValueError(f"fps: expected a positive number (0 = every frame), got {fps}")
+        # every argument is checked before any work (a bad one is not found after an hour of video)
+        batch_size = number("batch_size", batch_size, integer=True, low=1)
+        fps_given = fps is not DEFAULT_FPS
+        fps = number("fps", fps, low=0, none=True, note="(frames per second; 0 or None: every frame)")
+        skip_frames = number("skip_frames", skip_frames, integer=True, low=1, none=True)
         if skip_frames is not None:
-            if not isinstance(skip_frames, int) or skip_frames < 1:
-                raise ValueError(f"skip_frames: expected a whole number >= 1, got {skip_frames!r}")
-            if fps and fps is not DEFAULT_FPS:  # not a precedence to guess: the caller asked for two samplings
+            if fps and fps_given:  # not a precedence to guess: the caller asked for two samplings
                 raise ValueError(f"skip_frames={skip_frames} and fps={fps!r}: give one (skip_frames reads every n-th "
                                  f"frame, fps samples the video's clock)")
             fps = None
+        beams = number("beams", beams, integer=True, low=1)
+        progress = flag("progress", progress, none=True)
+        smooth = number("smooth", smooth, low=0, low_open=True, none=True, note="(seconds; None: off)")
+        if smooth is not None and self.tracking is None:
+            raise ValueError("smooth: smoothing averages each person's track over time, and this Detector does not "
+                             "track (tracking=False): use tracking=True, or leave smooth off")
         if data_type not in (None, "image", "video"):
             raise ValueError(f"data_type: expected 'image', 'video' or None, got {data_type!r}")
+        if log is not None and not callable(log):
+            raise ValueError(f"log: expected a function that takes a message (or None: the 'mf2' logger), got {log!r}")
+        if annotate is not None and not isinstance(annotate, (str, os.PathLike)):
+            raise ValueError(f"annotate: expected a folder (a path) or None, got {annotate!r}")
         decoding = _decoding(explain, grounding)
         log = log or logger.warning
         items, problems = expand(inputs)
@@ -312,6 +325,9 @@ class Detector:
             if wrong:
                 raise InputError(f"data_type={data_type!r}, but {wrong[0]} is "
                                  f"{'a video' if data_type == 'image' else 'not a video'}")
+        if smooth is not None and not any(isinstance(i, str) and (is_video(i) or is_animated(i)) for i in items):
+            raise ValueError("smooth: no video among the inputs, and smoothing averages each person's track over a "
+                             "video's time (an image has no time): leave smooth off for images")
         skipped = [{"source": item, "error": why} for item, why in problems]
         for item in skipped:
             log(f"skipped {item['source']}: {item['error']}")
@@ -364,7 +380,7 @@ class Detector:
         counts["descriptors"], counts["kept_by_tracking"] = tracks.descriptors, tracks.recovered
         counts["searched"], counts["found_by_search"] = tracks.searched, tracks.found
         faces = self._faces(table, counts, skipped, annotator, near, videos)
-        return faces.smooth(smooth) if smooth else faces
+        return faces.smooth(smooth) if smooth is not None else faces
 
     def detect_image(self, inputs, **options) -> Faces:
         """py-feat's ``detect_image``: ``detect`` on image inputs only (``data_type='image'``)."""
@@ -383,15 +399,29 @@ class Detector:
         as its batch of ``batch_size`` faces is through the model. Every frame given is read (none
         is skipped). Rows are named ``source``, numbered by ``frame`` from 0, timed at
         ``frame / frame_rate`` when ``frame_rate`` (the rate the frames were captured at) is given,
-        and tracked across the frames (``track``). A frame that is not an image gives a 'not an
-        image array' ``InputError``. (``fps=`` was this argument's old name: it is refused, since
-        ``detect``'s ``fps`` samples a video and this one did not.)"""
+        and tracked across the frames (``track``): tracking needs ``frame_rate``, since its
+        settings are seconds (with no rate a frame has no time; a ``ValueError`` says so at the
+        call; a Detector with ``tracking=False`` takes frames without a rate, timed None). Every
+        argument is checked at the call; a frame that is not an image gives a 'not an image
+        array' ``InputError`` when it is reached. (``fps=`` was this argument's old name: it is
+        refused, since ``detect``'s ``fps`` samples a video and this one did not.)"""
         if fps is not None:
             raise TypeError(f"detect_frames: fps= is now frame_rate= (the rate your frames were captured at, used "
                             f"only to time them; every frame given is read): pass frame_rate={fps!r}")
-        if frame_rate is not None and not (frame_rate > 0 and frame_rate < float("inf")):
-            raise ValueError(f"frame_rate: expected a positive number of frames per second, got {frame_rate!r}")
+        # checked here, at the call, not at the first frame (this returns a generator)
+        frame_rate = number("frame_rate", frame_rate, low=0, low_open=True, none=True, note="(frames per second)")
+        if frame_rate is None and self.tracking is not None:
+            raise ValueError("frame_rate: needed to track people across frames (the tracking settings are seconds: "
+                             f"max_gap {self.tracking.max_gap:g} s, ...; frames without a rate have no time): pass the "
+                             "rate your frames were captured at, or use a Detector with tracking=False")
+        batch_size = number("batch_size", batch_size, integer=True, low=1)
+        beams = number("beams", beams, integer=True, low=1)
+        if not isinstance(source, str):
+            raise ValueError(f"source: expected a name (a str), got {source!r}")
         decoding = _decoding(explain, grounding)
+        return self._frames(frames_in, batch_size, frame_rate, decoding, beams, source, grounding)
+
+    def _frames(self, frames_in, batch_size, frame_rate, decoding, beams, source, grounding) -> Iterator[Faces]:
         tracks = _Tracks(self.tracking, self.predictor)
 
         def numbered():

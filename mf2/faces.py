@@ -80,7 +80,12 @@ class Faces(pd.DataFrame):
     @classmethod
     def concat(cls, parts) -> "Faces":
         """Tables one after another (e.g. the per-frame tables of ``Detector.detect_frames``)."""
+        if isinstance(parts, pd.DataFrame):  # one table: list() would give its column names
+            raise ValueError("concat: expected a list (or an iterable) of tables, got one table: wrap it, [faces]")
         parts = list(parts)
+        bad = [type(p).__name__ for p in parts if not isinstance(p, pd.DataFrame)]
+        if bad:
+            raise ValueError(f"concat: expected tables (Faces), got a {bad[0]} among them")
         if not parts:
             return cls.from_columns({c: [] for c in COLUMNS})
         return cls(pd.concat(parts, ignore_index=True))
@@ -147,7 +152,9 @@ class Faces(pd.DataFrame):
     def active_aus(self, threshold=None) -> pd.DataFrame:
         """Whether each AU's probability reaches ``threshold`` (one number, or one per AU; default:
         the thresholds the detector used, the run's tuned ones) [rows, 12] (bool; False without a face)."""
-        t = self._threshold if threshold is None else per_au(threshold)
+        from mf2._checks import au_thresholds
+
+        t = self._threshold if threshold is None else per_au(au_thresholds("threshold", threshold))
         return pd.DataFrame(self.aus.ge(pd.Series(t, index=list(AU_COLUMNS))).fillna(False).astype(bool))
 
     def tracks(self) -> pd.DataFrame:
@@ -168,7 +175,10 @@ class Faces(pd.DataFrame):
     def smooth(self, seconds: float) -> "Faces":
         """The table with each track's AU and emotion probabilities averaged over a centred window
         of ``seconds`` of its own frames (a face's top ``emotion`` follows); rows without a track
-        or a time are left as they are. ``attrs["smooth"]`` records the window."""
+        or a time (images) are left as they are. ``attrs["smooth"]`` records the window. A
+        ``ValueError`` for a table with nothing to smooth (only images), with faces of videos that
+        have no track (detected with tracking off: they would be left as they are), or one already
+        smoothed (a second window would make a filter that one number cannot record)."""
         from mf2.prediction.interop import smoothed
 
         return smoothed(self, seconds)
@@ -199,19 +209,24 @@ class Faces(pd.DataFrame):
         top emotion), with face ``i``'s emotion probabilities as bars beside it; a matplotlib
         Figure of 1000 x 500 px, saved as PNG to ``path`` if given. The frame is read again from
         its file; pass ``image`` (RGB [H, W, 3]) for an in-memory input."""
+        from mf2._checks import number
         from mf2.prediction.sources import as_rgb
 
+        if not len(self):
+            raise ValueError("plot_detections: no rows to draw")
+        i = number("i", i, integer=True, low=-len(self), high=len(self) - 1, note="(a row position)")
         fig = plots.detections_figure(self, i, None if image is None else as_rgb(image), self._threshold,
                                       self.attrs.get("au_window", 1.0))
         return self._saved(fig, path)
 
     def plot_timeline(self, source: str | None = None, *, track: int | None = None, face: int | None = None, aus=None,
                       path=None):
-        """A video's emotion probabilities and AUs (``aus``: AU column names; default those that
-        reach the threshold) over time, one line each, with the top emotion as a band and its
-        legend; for one person, ``track`` (default: the track seen in most frames), or with
-        ``face`` the ``face``-th largest face of each frame (default the first video of the
-        table). 1000 x 600 px."""
+        """A video's emotion probabilities and AUs (``aus``: an AU name, 'AU12' or 'AU1', or a list
+        of them; default those that reach the threshold) over time, one line each, with the top
+        emotion as a band and its legend; for one person, ``track`` (default: the track seen in
+        most frames), or with ``face`` the ``face``-th largest face of each frame (default the
+        first video of the table). 1000 x 600 px. An image's faces have no time line: a
+        ``ValueError`` says so (``plot_detections`` draws them)."""
         return self._saved(plots.timeline_figure(self, source, face, aus, self._threshold, track=track), path)
 
     def plot_aus(self, *, path=None):
@@ -221,34 +236,35 @@ class Faces(pd.DataFrame):
     def save_plots(self, folder) -> list[Path]:
         """For each source: ``<name>_aus.png``, and ``<name>_detections.png`` (its first row) for an
         image file or, for a video, ``<name>_track<k>_timeline.png`` for each of the 8 people seen
-        longest (``<name>_timeline.png`` when no face was tracked), into ``folder``; returns the paths."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        longest (``<name>_timeline.png`` when no face was tracked), into ``folder``; returns the paths.
+        Where a file of one of a source's names is already in ``folder`` (the user's own, an
+        earlier run's), that source's plots are all named ``<name>_2…`` (``mf2.io.fresh_base``):
+        none is overwritten."""
+        from mf2.io import fresh_base, output_folder
+
+        folder = output_folder(folder, "plots")
         written, used = [], set()
         for source in pd.unique(self["source"]):
             rows = np.flatnonzero((self["source"] == source).to_numpy(bool))
             part = self.iloc[rows]
             base = "_".join(str(source).strip("<>").split()) if str(source).startswith("<") else Path(source).stem
-            name, k = base, 1
-            while name in used:
-                k += 1
-                name = f"{base}_{k}"
-            used.add(name)
+            figures = []  # (the file's suffix, a function that draws it)
             if part["frame"].notna().any():  # a video: a timeline per person (the 8 seen longest)
                 people = plots.tracks_by_length(part)
                 if not people:
-                    written.append(plots.save_figure(plots.timeline_figure(part, source, 0, None, self._threshold),
-                                                     folder / f"{name}_timeline.png"))
+                    figures.append(("_timeline.png", lambda p=part, s=source: plots.timeline_figure(
+                        p, s, 0, None, self._threshold)))
                 for track in people[:8]:
-                    written.append(plots.save_figure(plots.timeline_figure(part, source, None, None, self._threshold,
-                                                                           track=track),
-                                                     folder / f"{name}_track{track}_timeline.png"))
+                    figures.append((f"_track{track}_timeline.png", lambda p=part, s=source, k=track:
+                                    plots.timeline_figure(p, s, None, None, self._threshold, track=k)))
             elif not str(source).startswith("<"):  # an image file (in-memory images are not kept)
-                written.append(plots.save_figure(plots.detections_figure(part, 0, None, self._threshold,
-                                                                         self.attrs.get("au_window", 1.0)),
-                                                 folder / f"{name}_detections.png"))
+                figures.append(("_detections.png", lambda p=part: plots.detections_figure(
+                    p, 0, None, self._threshold, self.attrs.get("au_window", 1.0))))
             title = f"{Path(str(source)).name}: mean AU probabilities ({int((part['status'] == OK).sum())} faces)"
-            written.append(plots.save_figure(plots.aus_figure(part, self._threshold, title), folder / f"{name}_aus.png"))
+            figures.append(("_aus.png", lambda p=part, t=title: plots.aus_figure(p, self._threshold, t)))
+            name = fresh_base(folder, base, [suffix for suffix, _ in figures], used)
+            for suffix, draw in figures:
+                written.append(plots.save_figure(draw(), folder / f"{name}{suffix}"))
         return written
 
     @property

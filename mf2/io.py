@@ -34,8 +34,17 @@ class AtomicFile:
 
     def __init__(self, path, mode: str = "w", **open_kwargs):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise OutputPathError(f"{self.path} is a folder, and a file is needed here; choose a file name")
+        for part in self.path.parents:
+            if part.exists() and not part.is_dir():
+                raise OutputPathError(f"{self.path}: {part} is a file, not a folder; choose another path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:  # mkstemp makes it 0600: the file gets the mode a plain open() would give (a file replaced keeps its own)
+            os.fchmod(fd, self.path.stat().st_mode & 0o7777 if self.path.exists() else 0o666 & ~_umask())
+        except OSError:
+            pass
         if "b" not in mode:
             open_kwargs = {"encoding": "utf-8", "newline": "", **open_kwargs}
         self.file = os.fdopen(fd, mode, **open_kwargs)
@@ -249,6 +258,52 @@ def tensor_shapes(path, remedy: str = "restore it from a copy") -> dict:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise _safetensors_error(path, exc, remedy) from None
+
+
+def fresh_base(folder, base: str, suffixes, used: set) -> str:
+    """A name for the files ``name + suffix`` (each of ``suffixes``) in ``folder``: ``base``, else
+    ``base_2``, ``base_3``, ... -- the first for which no such file was taken in this run (``used``,
+    file names; the chosen ones are added) nor is already there. mf2 writes into a folder it was
+    given (``--annotate``, ``--plots``, OpenFace's folder) only under names nobody holds: never
+    over a user's own file, nor over an earlier run's (a rerun writes beside it)."""
+    folder, suffixes = Path(folder), list(suffixes)
+    name, k = base, 1
+    while any(name + x in used or os.path.lexists(folder / (name + x)) for x in suffixes):
+        k += 1
+        name = f"{base}_{k}"
+    used.update(name + x for x in suffixes)
+    return name
+
+
+class OutputPathError(ValueError):
+    """An output that cannot be written as asked (a folder where a file goes, a file where a
+    folder goes), as one line naming it."""
+
+
+def output_folder(path, what: str = "output") -> Path:
+    """``path`` made as a folder (with its parents), or an ``OutputPathError`` saying which part
+    of it is a file."""
+    path = Path(path)
+    for part in [path, *path.parents]:
+        if part.exists() and not part.is_dir():
+            raise OutputPathError(f"{what} {path}: {'it' if part == path else part} is a file, and a folder is needed "
+                                  "here; choose another path")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _umask() -> int:
+    """The process's umask (read from /proc where there is one, so no thread sees it changed)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class PathConflict(ValueError):

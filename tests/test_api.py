@@ -203,7 +203,7 @@ def test_arrays_pil_images_and_frames_from_a_loop(detector, inputs):
     np.testing.assert_array_equal(loop.iloc[[0, 2]][list(AU_COLUMNS)].to_numpy(),
                                   np.repeat(from_file[list(AU_COLUMNS)].to_numpy(), 2, 0))
     with pytest.raises(InputError, match="frame 0: not an image array"):  # 5 channels
-        next(detector.detect_frames([np.zeros((50, 50, 5), np.uint8)]))
+        next(detector.detect_frames([np.zeros((50, 50, 5), np.uint8)], frame_rate=25))
 
 
 def test_bad_inputs_give_the_cli_errors_and_counted_skips(detector, pretrained, inputs, tmp_path):

@@ -543,3 +543,255 @@ def test_an_interrupted_predict_keeps_what_it_predicted(world, monkeypatch):
     from mf2 import read_faces
     partial = read_faces(world / "faces.csv.partial")
     assert len(partial) == 1 and partial["status"].tolist() == ["ok"]
+
+
+# -- a stranger's probe of mf2.Detector, Faces and mf2 predict (arguments, outputs, plots) ---------
+
+@pytest.fixture(scope="module")
+def probe(pretrained, tmp_path_factory):
+    """A detector on the tiny run (CPU, no threads), a photo of a face, and a 1 s clip of it
+    (5 frames at 5 fps), with their faces detected once."""
+    import av
+    from skimage.data import astronaut
+
+    import mf2
+
+    root = tmp_path_factory.mktemp("probe")
+    Image.fromarray(astronaut()).save(root / "photo.png")
+    face = np.ascontiguousarray(astronaut()[:256, 64:320])
+    with av.open(str(root / "clip.mp4"), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.height, stream.width, stream.pix_fmt = 256, 256, "yuv420p"
+        for _ in range(5):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(face, format="rgb24")))
+        container.mux(stream.encode())
+    with mf2.Detector.from_run(pretrained / "run", device="cpu", num_workers=0) as det:
+        det.root, det.photo, det.clip = root, root / "photo.png", root / "clip.mp4"
+        det.photo_faces = det.detect(det.photo, progress=False)
+        det.clip_faces = det.detect(det.clip, fps=0, progress=False)
+        yield det
+
+
+def test_the_number_check_takes_numpy_numbers_and_names_what_it_refuses():
+    from mf2._checks import number
+
+    assert number("skip_frames", np.int64(2), integer=True, low=1) == 2
+    assert type(number("skip_frames", np.int64(2), integer=True, low=1)) is int
+    assert number("smooth", np.float32(0.3), low=0, low_open=True) == 0.3  # float32's 0.3, not 0.30000001
+    assert number("w", "auto", integer=True, words=("auto",)) == "auto" and number("m", None, none=True) is None
+    for value, given in [(True, "True (a bool)"), ("2", "'2' (a str)"), (None, "None"), (float("nan"), "nan"),
+                         (np.float64("inf"), "np.float64(inf)"), (0, "0"), (2.5, "2.5")]:
+        with pytest.raises(ValueError) as e:
+            number("skip_frames", value, integer=True, low=1)
+        assert str(e.value) == f"skip_frames: expected an integer >= 1, got {given}"
+    with pytest.raises(ValueError, match=r"^threshold: expected None or a number in \[0, 1\], got 2$"):
+        number("threshold", 2, low=0, high=1, none=True)
+
+
+def test_tracking_settings_take_numpy_numbers_and_refuse_bool_str_none():
+    from mf2.prediction.tracking import TrackSettings
+
+    s = TrackSettings(max_gap=np.float32(1.5), gallery=np.int64(2), min_iou=np.float64(0.3))
+    assert (s.max_gap, s.gallery, s.min_iou) == (1.5, 2, 0.3) and type(s.gallery) is int
+    for field, value, fragment in [("max_gap", "1", "tracking max_gap: expected a number >= 0, got '1' (a str)"),
+                                   ("min_iou", None, "tracking min_iou: expected a number in [0, 1], got None"),
+                                   ("min_iou", True, "got True (a bool)"), ("gallery", 2.5, "an integer >= 1"),
+                                   ("memory", float("inf"), "None or a number >= 0"),
+                                   ("search", 1, "tracking search: expected True or False, got 1")]:
+        with pytest.raises(ValueError) as e:
+            TrackSettings(**{field: value})
+        assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("call, value, fragment", [
+    ("skip_frames", np.int64(2), None), ("fps", np.float32(0.5), None), ("batch_size", np.int64(2), None),
+    ("skip_frames", True, "skip_frames: expected None or an integer >= 1, got True (a bool)"),
+    ("skip_frames", "2", "got '2' (a str)"), ("fps", "1", "fps: expected None or a number >= 0"),
+    ("batch_size", None, "batch_size: expected an integer >= 1, got None"), ("batch_size", True, "(a bool)"),
+    ("beams", "3", "beams: expected an integer >= 1"), ("smooth", -1, "smooth: expected None or a number > 0"),
+    ("smooth", float("nan"), "got nan"), ("progress", "yes", "progress: expected True or False or None"),
+])
+def test_detect_arguments_numpy_passes_the_rest_refused_before_any_work(probe, monkeypatch, tmp_path, call, value,
+                                                                        fragment):
+    import mf2.detector
+
+    if fragment is None:  # numpy numbers are numbers
+        faces = probe.detect(probe.clip, **{"progress": False, call: value})
+        assert faces.attrs["counts"]["frames"] >= 1
+        return
+    monkeypatch.setattr(mf2.detector, "detections", lambda *a, **k: pytest.fail("detection ran"))
+    with pytest.raises(ValueError) as e:
+        probe.detect(probe.clip, annotate=tmp_path / "ann", **{"progress": False, call: value})
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "ann").exists()  # nothing was made either
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("min_face_score", "0.3", "min_face_score: expected None or a number, got '0.3' (a str)"),
+    ("threshold", "0.5", "threshold: expected None or a number in [0, 1], got '0.5' (a str)"),
+    ("threshold", True, "got True (a bool)"), ("threshold", [0.5] * 11, "12 of them"),
+    ("tracking", {"max_gap": "1"}, "tracking max_gap: expected a number >= 0"),
+    ("num_workers", 1.5, "num_workers: expected 'auto' or an integer >= 0, got 1.5"),
+    ("torch_threads", "2", "torch_threads: expected 'auto', None or an integer >= 1"),
+])
+def test_detector_arguments_are_one_line_naming_the_argument(pretrained, option, value, fragment):
+    import mf2
+
+    with pytest.raises(ValueError) as e:
+        mf2.Detector.from_run(pretrained / "run", device="cpu", **{option: value})
+    assert fragment in str(e.value)
+
+
+def test_detector_takes_numpy_numbers(pretrained):
+    import mf2
+
+    with mf2.Detector.from_run(pretrained / "run", device="cpu", num_workers=np.int64(0), threshold=np.float32(0.3),
+                               min_face_score=np.float32(0.6), tracking={"max_gap": np.float32(2)}) as det:
+        assert det.workers == 0 and det.tracking.max_gap == 2.0 and det.predictor.min_face_score == pytest.approx(0.6)
+        assert det.predictor.thresholds.tolist() == [0.3] * 12
+
+
+def test_smoothing_needs_tracks_and_is_done_once(pretrained, probe):
+    import mf2
+
+    with mf2.Detector.from_run(pretrained / "run", device="cpu", num_workers=0, tracking=False) as untracked:
+        with pytest.raises(ValueError, match="smooth: .*tracking=False"):
+            untracked.detect(probe.clip, smooth=1, progress=False)
+    with pytest.raises(ValueError, match="smooth: no video among the inputs"):
+        probe.detect(probe.photo, smooth=1, progress=False)
+    with pytest.raises(ValueError, match="smooth: no video frames in these results"):
+        probe.photo_faces.smooth(1)
+    untracked_rows = probe.clip_faces.copy()
+    untracked_rows["track"] = pd_na_like(untracked_rows["track"])
+    with pytest.raises(ValueError, match=r"smooth: 5 faces of videos have no track"):
+        untracked_rows.smooth(1)
+    once = probe.clip_faces.smooth(np.float32(0.5))
+    assert once.attrs["smooth"] == 0.5 and once.info["smooth"] == 0.5
+    with pytest.raises(ValueError, match=r"already smoothed \(0.5 s\)"):
+        once.smooth(1)
+    # the CLI: the same refusals, one line, before the model is loaded
+    result = cli("predict", "--checkpoint", pretrained / "run", probe.clip, "--no-tracking", "--smooth", "1")
+    assert result.exit_code == 2 and "Error: --smooth averages each person's track" in result.output, result.output
+    one_line_error(cli("predict", "--checkpoint", pretrained / "run", probe.photo, "--smooth", "1"),
+                   "smooth: no video among the inputs")
+
+
+def pd_na_like(column):
+    import pandas as pd
+
+    return pd.Series(pd.NA, index=column.index, dtype=column.dtype)
+
+
+def test_the_cli_numbers_say_what_the_library_says(pretrained, probe):
+    run = pretrained / "run"
+    for args, fragment in [(["--threshold", "2"], "'--threshold': expected a number in [0, 1], got '2'"),
+                           (["--batch-size", "2.5"], "'--batch-size': expected an integer >= 1, got '2.5'"),
+                           (["--fps", "nan"], "'--fps': expected a number >= 0, got 'nan'"),
+                           (["--smooth", "0"], "'--smooth': expected a number > 0, got '0'")]:
+        result = cli("predict", "--checkpoint", run, probe.photo, *args)
+        assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_detect_frames_needs_a_rate_to_track_and_checks_at_the_call(pretrained, probe):
+    import mf2
+    from skimage.data import astronaut
+
+    frames = [astronaut()] * 2
+    with pytest.raises(ValueError, match="frame_rate: needed to track"):
+        probe.detect_frames(frames)  # at the call: no next() needed
+    with pytest.raises(ValueError, match=r"frame_rate: expected None or a number > 0 \(frames per second\), got '10'"):
+        probe.detect_frames(frames, frame_rate="10")
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1, got True"):
+        probe.detect_frames(frames, frame_rate=10, batch_size=True)
+    timed = mf2.Faces.concat(probe.detect_frames(frames, frame_rate=np.float32(10)))
+    assert timed["time"].tolist() == [0.0, 0.1] and timed["track"].tolist() == [0, 0]
+    with mf2.Detector.from_run(pretrained / "run", device="cpu", num_workers=0, tracking=False) as untracked:
+        parts = list(untracked.detect_frames(frames))
+    plain = mf2.Faces.concat(parts)
+    assert plain["time"].isna().all() and plain["track"].isna().all() and parts[0].attrs["tracking"] is None
+
+
+def test_annotate_plots_and_openface_never_write_over_a_file_already_there(pretrained, probe, tmp_path):
+    folder = tmp_path / "ann"
+    folder.mkdir()
+    (folder / "photo.png").write_text("my own photo")
+    faces = probe.detect(probe.photo, progress=False, annotate=folder)
+    assert (folder / "photo.png").read_text() == "my own photo"
+    assert sorted(p.name for p in folder.iterdir()) == ["photo.png", "photo_2.png"] and faces.attrs["annotated"] == 1
+    assert Image.open(folder / "photo_2.png").size == Image.open(probe.photo).size
+    result = cli("predict", "--checkpoint", pretrained / "run", probe.photo, "--annotate", folder, "--out",
+                 tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    assert (folder / "photo.png").read_text() == "my own photo" and (folder / "photo_3.png").is_file()
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "photo_aus.png").write_text("mine")
+    written = probe.photo_faces.save_plots(plots)
+    assert [p.name for p in written] == ["photo_2_detections.png", "photo_2_aus.png"]
+    assert (plots / "photo_aus.png").read_text() == "mine"
+    openface = tmp_path / "of"
+    openface.mkdir()
+    (openface / "photo.csv").write_text("mine")
+    assert [p.name for p in probe.photo_faces.to_openface(openface)] == ["photo_2.csv"]
+    assert (openface / "photo.csv").read_text() == "mine"
+
+
+def test_plot_timeline_of_an_image_and_aus_as_one_name(probe):
+    with pytest.raises(ValueError, match="photo.png is an image .*plot_detections"):
+        probe.photo_faces.plot_timeline(str(probe.photo))
+    with pytest.raises(ValueError, match="plot_timeline: no video in these results"):
+        probe.photo_faces.plot_timeline()
+    fig = probe.clip_faces.plot_timeline(aus="AU12")  # one AU, not the lines 'A', 'U', '1', '2'
+    assert [line.get_label() for line in fig.axes[2].get_lines() if not line.get_label().startswith("_")] == \
+        ["AU12 Lip Corner Puller"]
+    fig = probe.clip_faces.plot_timeline(aus=["AU1", "au04"])  # the labels' spelling, any case
+    assert [line.get_label().split()[0] for line in fig.axes[2].get_lines()][:2] == ["AU01", "AU04"]
+    for aus, fragment in [("AU99", "'AU99'"), (["AU12", 12], "12"), (12, "got 12"), ([], "none")]:
+        with pytest.raises(ValueError, match="aus: expected") as e:
+            probe.clip_faces.plot_timeline(aus=aus)
+        assert fragment in str(e.value) and "AU01, AU02" in str(e.value)
+    with pytest.raises(ValueError, match="track: expected None or an integer >= 0, got '0'"):
+        probe.clip_faces.plot_timeline(track="0")
+    with pytest.raises(ValueError, match="i: expected an integer"):
+        probe.photo_faces.plot_detections("0")
+    with pytest.raises(ValueError, match="threshold: expected None or a number in"):
+        probe.photo_faces.active_aus("0.5")
+    with pytest.raises(ValueError, match="concat: expected a list"):
+        type(probe.photo_faces).concat(probe.photo_faces)
+
+
+def test_written_files_get_the_umask_mode_and_clear_errors_for_wrong_paths(probe, tmp_path):
+    from mf2.io import OutputPathError, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        faces = probe.photo_faces
+        faces.to_csv(tmp_path / "r.csv")
+        faces.write_json(tmp_path / "r.json")
+        faces.to_openface(tmp_path / "of.csv")
+        faces.save_plots(tmp_path / "plots")
+        probe.detect(probe.photo, progress=False, annotate=tmp_path / "ann")
+        files = [tmp_path / n for n in ("r.csv", "r.csv.json", "r.json", "of.csv", "plots/photo_aus.png",
+                                        "ann/photo.png")]
+        assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o644" for f in files}
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.txt", "x")
+        assert oct((tmp_path / "private.txt").stat().st_mode & 0o777) == "0o600"  # the user's umask, whatever it is
+        (tmp_path / "kept.txt").write_text("old")
+        os.chmod(tmp_path / "kept.txt", 0o640)
+        atomic_write_text(tmp_path / "kept.txt", "new")
+        assert oct((tmp_path / "kept.txt").stat().st_mode & 0o777) == "0o640"  # a file replaced keeps its mode
+    finally:
+        os.umask(old)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "folder.csv").mkdir()
+    for write, fragment in [(lambda: faces.to_openface(tmp_path / "notes.txt"), "notes.txt is a file"),
+                            (lambda: faces.to_openface(tmp_path / "folder.csv"), "folder.csv is a folder"),
+                            (lambda: faces.to_csv(tmp_path / "folder.csv"), "folder.csv is a folder"),
+                            (lambda: faces.write_json(tmp_path / "notes.txt/r.json"), "notes.txt is a file"),
+                            (lambda: faces.save_plots(tmp_path / "notes.txt"), "notes.txt: it is a file"),
+                            (lambda: probe.detect(probe.photo, progress=False, annotate=tmp_path / "notes.txt"),
+                             "notes.txt: it is a file")]:
+        with pytest.raises(OutputPathError, match=fragment):
+            write()
+    assert (tmp_path / "notes.txt").read_text() == "mine"

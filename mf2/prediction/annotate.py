@@ -6,8 +6,9 @@ the face where a name covers no other; on small faces none; the active AUs alway
 the box), and the top emotion with its probability; lines and
 text are sized by the face, so a group photo's labels do not pile up; a legend says what each
 colour is. Images keep their format (PNG or JPEG; others become PNG); video frames are
-written as ``<video>_f<frame>.jpg``; in-memory images as ``image_<k>.png``. Names never
-overwrite each other within a run.
+written as ``<video>_f<frame>.jpg``; in-memory images as ``image_<k>.png``. A name that
+this run already wrote, or that a file in the folder already has (the user's own, an earlier
+run's), gets ``_2``, ``_3``, ... (``mf2.io.fresh_base``): nothing there is overwritten.
 
 ``face_from_row`` rebuilds a drawable face from a row of results (box, landmarks and
 probabilities), so a plot drawn later from the table matches what ``--annotate`` drew.
@@ -25,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mf2.data.labels import AUS, EMOTIONS, per_au
 from mf2.data.landmarks import au_centres, ruler
 from mf2.features.face_align import _ALIGN_POINTS, apply, canonical_landmarks, invert, similarity
-from mf2.io import save_image
+from mf2.io import fresh_base, output_folder, save_image
 
 
 @lru_cache(maxsize=8)
@@ -79,7 +80,7 @@ class Annotator:
         self.au_regions = au_regions
         self.folder = Path(folder) if folder is not None else None
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            output_folder(self.folder, "annotate")
         self.thresholds, self.au_window = per_au(threshold), au_window
         self.used: set[str] = set()
         self.written = 0
@@ -94,12 +95,7 @@ class Annotator:
         else:
             ext = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
             base = path.stem
-        name, k = base + ext, 1
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}{ext}"
-        self.used.add(name)
-        return name
+        return fresh_base(self.folder, base, [ext], self.used) + ext
 
     def draw(self, image: np.ndarray, faces) -> Image.Image:
         im = Image.fromarray(image).convert("RGB")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mf2.io import AtomicFile
+from mf2.io import AtomicFile, OutputPathError, fresh_base, output_folder
 from mf2.prediction.table import AU_COLUMNS, EMOTION_COLUMNS, OK
 
 OPENFACE_COLUMNS = ("frame", "face_id", "timestamp", "confidence", "success", "pose_Rx", "pose_Ry", "pose_Rz",
@@ -88,7 +88,8 @@ def _openface_text(table: pd.DataFrame) -> str:
 
 def write_openface(faces, path, thresholds) -> list[Path]:
     """``faces`` as OpenFace 2.x CSVs: ``path`` (ending .csv) for one source, else one
-    ``path/<name>.csv`` per source. Returns the paths written."""
+    ``path/<name>.csv`` per source (``<name>_2.csv`` ... where a file of that name is already in the
+    folder: none is overwritten). Returns the paths written."""
     path = Path(path)
     sources = list(pd.unique(faces["source"]))
     if not sources:
@@ -97,8 +98,14 @@ def write_openface(faces, path, thresholds) -> list[Path]:
     if single and len(sources) > 1:
         raise ValueError(f"to_openface: {len(sources)} sources, and OpenFace writes one CSV per video: give a folder "
                          f"instead of {path}")
+    if single and path.is_dir():
+        raise OutputPathError(f"to_openface: {path} is a folder: give another x.csv, or a path not ending in .csv "
+                              "for a folder of CSVs")
     if not single:
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise OutputPathError(f"to_openface: {path} is a file; OpenFace's CSVs go to x.csv (one source) or into a "
+                                  "folder (one CSV per source)")
+        output_folder(path, "to_openface:")
     written, used = [], set()
     for source in sources:
         rows = faces.iloc[np.flatnonzero((faces["source"] == source).to_numpy(bool))]
@@ -106,12 +113,7 @@ def write_openface(faces, path, thresholds) -> list[Path]:
             target = path
         else:
             base = "_".join(str(source).strip("<>").split()) if str(source).startswith("<") else Path(str(source)).stem
-            name, k = base, 1
-            while name in used:
-                k += 1
-                name = f"{base}_{k}"
-            used.add(name)
-            target = path / f"{name}.csv"
+            target = path / (fresh_base(path, base, [".csv"], used) + ".csv")  # never over a file already there
         with AtomicFile(target, "w") as f:
             f.write(_openface_text(openface_table(rows, thresholds)))
         written.append(target)
@@ -120,13 +122,25 @@ def write_openface(faces, path, thresholds) -> list[Path]:
 
 def smoothed(faces, seconds: float):
     """``Faces.smooth``: each track's probabilities averaged over a centred window of ``seconds``."""
-    if not (isinstance(seconds, (int, float)) and np.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"smooth: expected a positive number of seconds, got {seconds!r}")
+    from mf2._checks import number
+
+    seconds = number("smooth", seconds, low=0, low_open=True, note="(seconds)")
+    if faces.attrs.get("smooth") is not None:  # a window over a window is no window that one number could record
+        raise ValueError(f"smooth: these results are already smoothed ({faces.attrs['smooth']:g} s): smooth the "
+                         "unsmoothed table instead (e.g. detect again, or keep the table before .smooth)")
+    timed = faces["time"].notna().to_numpy(bool)
+    if not timed.any():
+        raise ValueError("smooth: no video frames in these results (only images, which have no time): nothing to "
+                         "smooth over time")
+    face = (faces["status"] == OK).to_numpy(bool)
+    untracked = face & timed & faces["track"].isna().to_numpy(bool)
+    if untracked.any():
+        raise ValueError(f"smooth: {int(untracked.sum())} faces of videos have no track (tracking was off), and "
+                         "smoothing averages each person's track over time: detect with tracking on")
     out = faces.copy()
     out.attrs = dict(faces.attrs, smooth=float(seconds))
     columns = list(AU_COLUMNS) + list(EMOTION_COLUMNS)
-    ok = (faces["status"] == OK).to_numpy(bool) & faces["track"].notna().to_numpy(bool) \
-        & faces["time"].notna().to_numpy(bool)
+    ok = face & timed & faces["track"].notna().to_numpy(bool)
     if not ok.any():
         return out
     values = faces[columns].to_numpy(np.float64)

@@ -118,6 +118,24 @@ def chosen_aus(table, threshold: float = 0.5, most: int = 6) -> list[str]:
     return order[:most] if reached else order[:4]
 
 
+def au_names(aus) -> list[str] | None:
+    """``aus`` as AU column names: None stays None; one name ('AU12', or the label's 'AU1') is
+    one AU, not its letters; a list of names; any other is a ``ValueError`` listing the model's AUs."""
+    if aus is None:
+        return None
+    spelled = dict(zip(AUS, AU_COLUMNS)) | {c: c for c in AU_COLUMNS}
+    given = [aus] if isinstance(aus, str) else aus
+    try:
+        given = list(given)
+    except TypeError:
+        raise ValueError(f"aus: expected an AU name or a list of them ({', '.join(AU_COLUMNS)}), got {aus!r}") from None
+    unknown = [a for a in given if not isinstance(a, str) or a.upper() not in spelled]
+    if unknown or not given:
+        raise ValueError(f"aus: expected names among {', '.join(AU_COLUMNS)}, got "
+                         f"{', '.join(map(repr, unknown)) if unknown else 'none'}")
+    return list(dict.fromkeys(spelled[a.upper()] for a in given))
+
+
 def tracks_by_length(table) -> list[int]:
     """The track ids of ``table``'s faces, the one seen in most frames first."""
     ok = table[(table["status"] == OK).to_numpy(bool) & table["track"].notna().to_numpy(bool)]
@@ -133,14 +151,24 @@ def timeline_figure(table, source: str | None = None, face: int | None = 0, aus=
     the AUs ``aus`` (default: ``chosen_aus``) over one video's time, for one person: ``track``
     (default, when ``face`` is None too: the track seen in most frames), or the ``face``-th
     largest face of each frame."""
+    from mf2._checks import number
+
+    track = number("track", track, integer=True, low=0, none=True)
+    face = number("face", face, integer=True, low=0, none=True)
+    aus = au_names(aus)
     videos = table.loc[table["frame"].notna(), "source"]
     if source is None:
         if videos.empty:
-            raise ValueError("plot_timeline: no video in these results (rows with a frame number)")
+            raise ValueError("plot_timeline: no video in these results (rows with a frame number); for an image's "
+                             "faces, plot_detections(i) or plot_aus()")
         source = videos.iloc[0]
     rows = table[(table["source"] == source).to_numpy(bool)]
     if rows.empty:
-        raise ValueError(f"plot_timeline: no rows of {source}")
+        known = ", ".join(map(str, pd.unique(table["source"])[:5]))
+        raise ValueError(f"plot_timeline: no rows of {source!r} (sources: {known})")
+    if rows["frame"].isna().all():
+        raise ValueError(f"plot_timeline: {source} is an image (one frame, no time line); plot_detections(i) draws its "
+                         "faces, plot_aus() their mean AUs")
     if track is None and face is None:
         people = tracks_by_length(rows)
         track, face = (people[0], None) if people else (None, 0)
@@ -161,10 +189,7 @@ def timeline_figure(table, source: str | None = None, face: int | None = 0, aus=
     t = mine["time"].to_numpy(np.float64)
     if np.isnan(t).all():
         t = mine["frame"].to_numpy(np.float64)
-    aus = list(aus) if aus is not None else chosen_aus(rows[ok & chosen], threshold)
-    unknown = [a for a in aus if a not in AU_COLUMNS]
-    if unknown:
-        raise ValueError(f"aus: expected names among {', '.join(AU_COLUMNS)}, got {', '.join(map(str, unknown))}")
+    aus = aus if aus is not None else chosen_aus(rows[ok & chosen], threshold)
     fig = _figure("timeline")
     grid = fig.add_gridspec(3, 1, height_ratios=(0.35, 3, 3), hspace=0.12, left=0.07, right=0.75, top=0.93,
                             bottom=0.09)

@@ -102,21 +102,16 @@ class TrackSettings:
     seed_every: int = 12  # frames between seed frames, where MTCNN's finer cascade looks for new people (0: none)
 
     def __post_init__(self):
+        from mf2._checks import flag, number
+
         for name in ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh", "occlusion",
                      "ambiguity", "confirm", "verify_after", "verify_shape", "stranger", "margin"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
-                raise ValueError(f"tracking {name}: expected a number >= 0, got {v!r}")
-        if not 0 <= self.min_iou <= 1:
-            raise ValueError(f"tracking min_iou: expected a value in [0, 1], got {self.min_iou!r}")
-        if self.memory is not None and not (np.isfinite(self.memory) and self.memory >= 0):
-            raise ValueError(f"tracking memory: expected None or a number >= 0, got {self.memory!r}")
-        if not isinstance(self.search, bool):
-            raise ValueError(f"tracking search: expected True or False, got {self.search!r}")
-        if not isinstance(self.seed_every, int) or isinstance(self.seed_every, bool) or self.seed_every < 0:
-            raise ValueError(f"tracking seed_every: expected a whole number >= 0, got {self.seed_every!r}")
-        if not isinstance(self.gallery, int) or self.gallery < 1:
-            raise ValueError(f"tracking gallery: expected a whole number >= 1, got {self.gallery!r}")
+            setattr(self, name, number(f"tracking {name}", getattr(self, name), low=0))
+        self.min_iou = number("tracking min_iou", self.min_iou, low=0, high=1)
+        self.memory = number("tracking memory", self.memory, low=0, none=True)
+        self.search = flag("tracking search", self.search)
+        self.gallery = number("tracking gallery", self.gallery, integer=True, low=1)
+        self.seed_every = number("tracking seed_every", self.seed_every, integer=True, low=0)
 
 
 @dataclass
