@@ -553,3 +553,34 @@ def test_the_library_never_writes_over_its_inputs(detector, tmp_path):
     with pytest.raises(ValueError, match="mf2 never writes (over|into) its inputs"):
         faces.to_csv(photo)
     assert photo.read_bytes() == before and not (tmp_path / "in" / "a.png.json").exists()
+
+
+def test_seed_frames_add_confirmed_faces_and_leave_the_others_as_they_are():
+    """Seed frames (a video's first and every ``seed_every``-th after it) look with MTCNN's finer
+    cascade too: the faces the published cascade finds stay exactly as they are (box, points,
+    score), a face only the finer one finds is added only where dlib's CNN confirms it (so the
+    astronaut video's neck-ring face is not), and a confirmed track is searched for after one
+    detection (an unconfirmed one only after two: it may be a false face)."""
+    from mf2.prediction.sources import Frame
+    from mf2.prediction.stream import _seeded
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from predict import video_frames
+
+    finder = FaceFinder("mtcnn")
+    for image in video_frames(60)[::10] + [bench.group_photo()]:
+        plain, seeded = finder.find([image])[0], finder.find([image], fine=True)[0]
+        same = {f.box: f for f in seeded.faces}
+        for f in plain.faces:  # each face found as usual, unchanged
+            assert f.box in same and same[f.box].score == f.score and np.array_equal(same[f.box].landmarks, f.landmarks)
+        assert not any(f.confirmed for f in plain.faces)
+    assert len(finder.find([video_frames(1)[0]], fine=True)[0].faces) == 1  # no neck-ring face
+    marks = [f.seed for f in _seeded([Frame("a.mp4", k) for k in range(25)] + [Frame("b.mp4", 0), Frame("x.jpg")], 12)]
+    assert marks == [k % 12 == 0 for k in range(25)] + [True, False]
+
+    tracker = Tracker(TrackSettings(), lambda *a: np.zeros(4))
+    image = np.zeros((8, 8, 3), np.uint8)
+    found, confirmed = _face(100, 100), _face(400, 100)
+    confirmed.confirmed = True
+    tracker.update(image, [found, confirmed], 0.0)
+    assert [k for k, _ in tracker.searched(0.1)] == [1]

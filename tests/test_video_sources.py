@@ -227,7 +227,7 @@ def test_a_uint16_array_of_8_bit_values_is_not_made_black(detector, face):
     """``astype(np.uint16)`` of an 8-bit frame was divided by 257 (near black, no face)."""
     assert np.array_equal(to_rgb(face.astype(np.uint16)), face)
     assert np.array_equal(to_rgb(face.astype(np.uint16) * 257), face)  # 16-bit values: still 16-bit
-    [faces] = detector.detect_frames([face.astype(np.uint16)])
+    [faces] = detector.detect_frames([face.astype(np.uint16)], frame_rate=25)
     assert faces.status.tolist() == ["ok"]
 
 

@@ -216,18 +216,15 @@ class FaceFinder:
         """Per image, the faces scoring at least ``min_score`` (None: ``DEFAULT_MIN_SCORE``),
         largest first, and the near-misses between the detector's floor and that score. MTCNN
         takes the images as batches (frames of one size share them). ``fine``: MTCNN's finer
-        cascade for this call (``FINE_STAGES``, ``FINE_FACTOR``; a face only it finds is kept
-        where dlib's CNN confirms it, and marked ``confirmed``), whatever the finder's own."""
+        cascade (``FINE_STAGES``, ``FINE_FACTOR``) looks too, and a face only it finds (overlapping
+        none of the faces found) is added where dlib's CNN confirms it, marked ``confirmed``; the
+        faces found as usual stay exactly as they are."""
         for image in images:
             _native(image)
         t = DEFAULT_MIN_SCORE[self.name] if min_score is None else float(min_score)
         floor = min(NEAR_MISS_FLOOR[self.name], t)
         if self.name == "mtcnn":
-            stages, factor = (FINE_STAGES, FINE_FACTOR) if fine else (self._stages, self._factor)
-            strict = None if stages == MTCNN_STAGES else MTCNN_STAGES
-            candidates = [[(box_from_points(p), float(s), bool(k)) for p, s, k in zip(f.points, f.scores, f.strict)]
-                          for f in self.detector.detect(images, (*stages, NEAR_MISS_FLOOR["mtcnn"]), strict=strict,
-                                                        factor=factor)]
+            candidates = self._mtcnn(images, self._stages, self._factor)
         else:
             candidates = [[(b, s, True) for b, s in self._dlib_boxes(image, floor)] for image in images]
         out = []
@@ -240,7 +237,36 @@ class FaceFinder:
                 (faces if keep else near).append(Face(tuple(float(v) for v in b), self.landmarks(image, b), s, self.name,
                                                       confirmed=keep and not strict))
             out.append(Found(faces, near))
+        if fine and self.name == "mtcnn" and (self._stages, self._factor) != (FINE_STAGES, FINE_FACTOR):
+            for image, found, boxes in zip(images, out, self._mtcnn(images, FINE_STAGES, FINE_FACTOR)):
+                self._add_confirmed(image, found, boxes, t)
         return out
+
+    def _mtcnn(self, images: list[np.ndarray], stages: tuple, factor: float) -> list[list[tuple]]:
+        """MTCNN's (box, score, passed the published stages) per image, with these first stages."""
+        strict = None if tuple(stages) == MTCNN_STAGES else MTCNN_STAGES
+        return [[(box_from_points(p), float(s), bool(k)) for p, s, k in zip(f.points, f.scores, f.strict)]
+                for f in self.detector.detect(images, (*stages, NEAR_MISS_FLOOR["mtcnn"]), strict=strict, factor=factor)]
+
+    def _add_confirmed(self, image: np.ndarray, found: Found, boxes: list, t: float) -> None:
+        """The faces of the finer cascade's ``boxes`` scoring ``t`` that overlap no face found
+        (IoU < 0.5: a face behind another overlaps it less) join ``found.faces``: where dlib's CNN
+        confirms them marked ``confirmed`` (a track they start is searched for at once), else only
+        if their own path passed the published thresholds (at the finer pyramid's scales, which
+        the published pyramid skips); a near-miss where one is, goes."""
+        added = False
+        for b, s, strict in sorted(boxes, key=lambda c: -c[1]):
+            if s < t or any(_iou(b, f.box) >= 0.5 for f in found.faces):
+                continue
+            confirmed = self.confirmed(image, b)
+            if not (confirmed or strict):
+                continue
+            found.faces.append(Face(tuple(float(v) for v in b), self.landmarks(image, b), s, self.name,
+                                    confirmed=confirmed))
+            found.near_misses = [n for n in found.near_misses if _iou(b, n.box) < 0.3]
+            added = True
+        if added:
+            found.faces.sort(key=lambda f: (f.box[2] - f.box[0] + 1) * (f.box[3] - f.box[1] + 1), reverse=True)
 
     def confirmed(self, image: np.ndarray, box) -> bool:
         """Whether dlib's CNN detector finds the face in ``box`` too (see ``CONFIRM_SIDE``): the
@@ -302,6 +328,16 @@ class FaceFinder:
             return [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
         found = self.detector(image, upsample)
         return [((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), float(d.confidence)) for d in found]
+
+
+def _iou(a, b) -> float:
+    """Overlap (intersection over union) of two boxes (x0, y0, x1, y1)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _native(image) -> None:

@@ -59,17 +59,21 @@
    grown to twice the side), for up to ``occlusion`` seconds while it stays covered, since it
    comes out where it went in.
 6. **Seed frames.** A video's first frame and every ``seed_every``-th frame read after it are
-   searched with MTCNN's finer cascade (``FINE_STAGES``, ``FINE_FACTOR``), a face only it
-   finds kept where dlib's CNN confirms it (``FaceFinder.confirmed``): a person the published
-   cascade does not find (small, grey, dim) starts a track there, and such a confirmed track is
-   searched for (5) from the next frame on. Running the finer cascade on every frame found as
-   much but halved ``benchmarks/predict.py``'s faces/s; one frame in 12 costs a twelfth of that.
+   also searched with MTCNN's finer cascade (``FINE_STAGES``, ``FINE_FACTOR``); a face only it
+   finds, where no face was found, is added where dlib's CNN confirms it
+   (``FaceFinder.find(..., fine=True)``; the faces found as usual stay as they are): a person the
+   published cascade does not find (small, grey, dim) starts a track there, and such a
+   confirmed track is searched for (5) from the next frame on. Running the finer cascade on
+   every frame found as much but halved ``benchmarks/predict.py``'s faces/s; on the benchmark's
+   clips seeds every 6, 12 or 48 frames found the same faces but for one (most are found on the
+   first frame), and every 12th cost about a tenth of the video's faces/s, every 48th none
+   measurable (paired runs, ``farm-bench``).
 
 The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_weight`` 1,
 ``max_distance`` 0.55 (dlib's own same-person threshold on LFW is 0.6), ``memory`` None
 (unbounded), ``gallery`` 4, ``refresh`` 2 s, ``search`` True, ``occlusion`` 5 s, ``ambiguity`` 1,
 ``confirm`` 2 s, ``verify_after`` 0.25 s, ``verify_shape`` 0.08, ``stranger`` 0.75, ``margin`` 0.2,
-``seed_every`` 12 frames.
+``seed_every`` 48 frames.
 ``benchmarks/tracking.py`` measures them (IDF1, identity switches) on clips with known identities.
 """
 
@@ -99,7 +103,7 @@ class TrackSettings:
     verify_shape: float = 0.08  # landmark shape change (Procrustes, face radii) after which it does not either
     stranger: float = 0.75  # descriptor distance at which a face is not the track's person, whoever else it is
     margin: float = 0.2  # or: this much nearer another track (within max_distance) than to its own
-    seed_every: int = 12  # frames between seed frames, where MTCNN's finer cascade looks for new people (0: none)
+    seed_every: int = 48  # frames between seed frames, where MTCNN's finer cascade looks for new people (0: none)
 
     def __post_init__(self):
         from mf2._checks import flag, number
