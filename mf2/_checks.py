@@ -73,7 +73,9 @@ def flag(name: str, value, *, none: bool = False):
     """``value`` as a bool: True/False (numpy's too); ``none``: None as well."""
     if value is None and none:
         return None
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):  # (numpy 2 names its type 'bool', not 'bool_')
         return bool(value)
     raise ValueError(f"{name}: expected True or False{' or None' if none else ''}, got {_given(value)}")
 

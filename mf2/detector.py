@@ -28,6 +28,7 @@ import torch
 from mf2._checks import au_thresholds, flag, number
 from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
+from mf2.features.face_align import resolve_detector
 from mf2.prediction.annotate import Annotator
 from mf2.prediction.stream import detections
 from mf2.prediction.predictor import DECODINGS, GROUNDINGS, PredictSettings, Predictor, intra_op_threads
@@ -54,21 +55,27 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+MAX_THREADS = 1024  # more threads than any machine has cores is a typo (10**12 overflowed torch at detect time)
+
+
 def _workers(num_workers) -> int:
-    num_workers = number("num_workers", num_workers, integer=True, low=0, words=("auto",))
+    num_workers = number("num_workers", num_workers, integer=True, low=0, high=MAX_THREADS, words=("auto",))
     if num_workers == "auto":  # the cores but one (at most 4: dlib is the cheaper stage), at least one
         return max(1, min(4, _cores() - 1))
     return num_workers
 
 
 def _threads(torch_threads, workers: int, device: str) -> int | None:
-    torch_threads = number("torch_threads", torch_threads, integer=True, low=1, none=True, words=("auto",))
+    torch_threads = number("torch_threads", torch_threads, integer=True, low=1, high=MAX_THREADS, none=True,
+                           words=("auto",))
     if torch_threads == "auto":  # on a CPU, the cores the face finders leave
         return max(1, _cores() - workers) if device == "cpu" else None
     return torch_threads
 
 
 def _tracking(tracking) -> TrackSettings | None:
+    if isinstance(tracking, (bool, np.bool_)):
+        tracking = bool(tracking)
     if tracking is True:
         return TrackSettings()
     if tracking is False or tracking is None:
@@ -154,6 +161,8 @@ MAX_NEAR_MISSES = 1000  # listed in faces.attrs["near_misses"] (all are counted)
 def _decoding(explain, grounding: str = "heads") -> str | None:
     if grounding not in GROUNDINGS:
         raise ValueError(f"grounding: expected 'heads' or 'none', got {grounding!r}")
+    if isinstance(explain, (bool, np.bool_)):
+        explain = bool(explain)
     if explain is None or explain is False:
         return None
     if explain is True:
@@ -207,6 +216,8 @@ class Detector:
                  allow_download: bool = False, tta: str | None = None):
         # every argument is checked here, before the model loads
         min_face_score = number("min_face_score", min_face_score, none=True)
+        if min_face_score is not None and resolve_detector(face_detector) == "mtcnn" and not 0 <= min_face_score <= 1:
+            raise ValueError(f"min_face_score: MTCNN's score is a probability, expected a value in [0, 1], got {min_face_score!r}")
         threshold = au_thresholds("threshold", threshold)
         allow_download = flag("allow_download", allow_download)
         self.tracking = _tracking(tracking)

@@ -631,8 +631,11 @@ def test_detect_arguments_numpy_passes_the_rest_refused_before_any_work(probe, m
     ("threshold", "0.5", "threshold: expected None or a number in [0, 1], got '0.5' (a str)"),
     ("threshold", True, "got True (a bool)"), ("threshold", [0.5] * 11, "12 of them"),
     ("tracking", {"max_gap": "1"}, "tracking max_gap: expected a number >= 0"),
-    ("num_workers", 1.5, "num_workers: expected 'auto' or an integer >= 0, got 1.5"),
-    ("torch_threads", "2", "torch_threads: expected 'auto', None or an integer >= 1"),
+    ("num_workers", 1.5, "num_workers: expected 'auto' or an integer in [0, 1024], got 1.5"),
+    ("torch_threads", "2", "torch_threads: expected 'auto', None or an integer in [1, 1024]"),
+    ("torch_threads", 10 ** 12, "torch_threads: expected 'auto', None or an integer in [1, 1024]"),
+    ("min_face_score", 5.0, "min_face_score: MTCNN's score is a probability"),
+    ("min_face_score", -3, "min_face_score: MTCNN's score is a probability"),
 ])
 def test_detector_arguments_are_one_line_naming_the_argument(pretrained, option, value, fragment):
     import mf2
@@ -640,6 +643,20 @@ def test_detector_arguments_are_one_line_naming_the_argument(pretrained, option,
     with pytest.raises(ValueError) as e:
         mf2.Detector.from_run(pretrained / "run", device="cpu", **{option: value})
     assert fragment in str(e.value)
+
+
+def test_numpy_bools_are_bools():
+    """numpy 2 names its bool type 'bool' (not 'bool_'): np.True_ was refused as 'not True or False'."""
+    from mf2._checks import flag
+    from mf2.detector import _decoding, _tracking
+    from mf2.prediction.tracking import TrackSettings
+
+    assert flag("search", np.True_) is True and flag("search", np.False_) is False
+    assert TrackSettings(search=np.False_).search is False
+    assert _tracking(np.True_) == TrackSettings() and _tracking(np.False_) is None
+    assert _decoding(np.True_) == "greedy" and _decoding(np.False_) is None
+    with pytest.raises(ValueError, match="expected True or False"):
+        flag("search", np.int64(1))
 
 
 def test_detector_takes_numpy_numbers(pretrained):

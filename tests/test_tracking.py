@@ -66,12 +66,12 @@ def test_identity_survives_crossing_a_gap_and_a_return():
     assert tracker.descriptors_computed < len(truth) / 4  # descriptors at events, not every face
 
 
-def _crossing(last_code):
+def _crossing(last_code, settings=None):
     """Two people (codes a, b) moving towards each other, 80 px, 10 frames; then one face where
     both are predicted (their boxes coincide) with descriptor ``last_code``: its track id."""
     a, b = np.eye(4)[0], np.eye(4)[1]
     codes = {}
-    tracker = Tracker(TrackSettings(), lambda image, box, lm: codes[tuple(box)])
+    tracker = Tracker(settings or TrackSettings(), lambda image, box, lm: codes[tuple(box)])
     image = np.zeros((8, 8, 3), np.uint8)
     for k in range(10):
         fa, fb = _face(100 + 10 * k, 100), _face(300 - 10 * k, 100)
@@ -90,8 +90,10 @@ def test_appearance_weighs_in_where_motion_is_in_doubt_but_refuses_no_one():
     assert _crossing(np.eye(4)[1]) == 1
     assert _crossing(np.eye(4)[0]) == 0
     between = np.array([0.5, 0.5, np.sqrt(0.72 ** 2 - 0.5), 0.0])  # 0.72 from both
-    assert TrackSettings().max_distance < 0.72 < TrackSettings().stranger
-    assert _crossing(between) in (0, 1)  # far from both: an existing id, not a new one
+    loose = TrackSettings(stranger=0.8)
+    assert loose.max_distance < 0.72 < loose.stranger
+    assert _crossing(between, loose) in (0, 1)  # far from both, no stranger: an existing id, not a new one
+    assert _crossing(between) == 2  # beyond the default stranger (0.65): someone new
     assert _crossing(np.eye(4)[2]) == 2  # 1.41 from both: a stranger
 
 
@@ -132,14 +134,19 @@ def test_motion_is_checked_against_appearance_where_it_is_weak_evidence():
     frames = [(k / 10, [(_person(100, 100, 0.0), a if k < 10 else c)]) for k in range(30)]
     got = [ids[0] for ids in _run(frames)]
     assert got[:10] == [0] * 10 and got[-5:] == [1] * 5 and got.index(1) <= 20
+    # the same with a stranger as near as two real people are (the astronaut and Grace Hopper:
+    # 0.66-0.70), alone in the frame (no other track to be nearer)
+    near_stranger = a + (c - a) * 0.67 / np.linalg.norm(c - a)
+    frames = [(k / 10, [(_person(100, 100, 0.0), a if k < 10 else near_stranger)]) for k in range(30)]
+    got = [ids[0] for ids in _run(frames)]
+    assert got[:10] == [0] * 10 and got[-5:] == [1] * 5
     # 2 fps: each person moved into the other's place between two frames (same shapes)
     frames = [(k / 2, [(_person(100, 100, 0.0), a), (_person(300, 100, 0.0), b)]) for k in range(3)]
     frames += [(1.5, [(_person(110, 100, 0.0), b), (_person(290, 100, 0.0), a)])]
     assert _run(frames)[-1] == [1, 0]
-    # a turned face (0.65 from its gallery, beyond max_distance but no stranger, near no one else)
+    # a turned face (0.6 from its gallery, beyond max_distance but no stranger, near no one else)
     # at 2 fps keeps its id
-    turned = a * np.sqrt(1 - 0.65 ** 2 / 2) + c * 0.65 / np.sqrt(2)
-    turned = a + (turned - a) * 0.65 / np.linalg.norm(turned - a)
+    turned = a + (c - a) * 0.6 / np.linalg.norm(c - a)
     frames = [(k / 2, [(_person(100, 100, 0.0), a)]) for k in range(3)] + [(1.5, [(_person(105, 100, 0.0), turned)])]
     assert _run(frames)[-1] == [0]
 

@@ -31,8 +31,9 @@
    face is someone else -- the pair is undone, and the face goes to re-identification (3) --
    when it is farther than ``max_distance`` from the track's gallery and either within it of
    another track and ``margin`` nearer that one, or farther than ``stranger`` from it (dlib's
-   descriptors of two people are rarely nearer than 0.6; a half-hidden or turned face of the
-   same person was up to 0.61 from its own gallery on the benchmark's clips).
+   descriptors of two people are rarely nearer than 0.6 -- the astronaut and Grace Hopper are
+   0.66-0.70 apart; a half-hidden or turned face of the same person was up to 0.61 from its own
+   gallery on the benchmark's clips, a squeezed copy of a real face 0.38-0.43).
 3. **Re-identification.** A face still unmatched is compared with every track of the source
    not seen in this frame -- lost for up to ``memory`` seconds (default: the whole video) --
    and joins the nearest within ``max_distance``; else it starts a new track. For its first
@@ -72,7 +73,7 @@
 The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_weight`` 1,
 ``max_distance`` 0.55 (dlib's own same-person threshold on LFW is 0.6), ``memory`` None
 (unbounded), ``gallery`` 4, ``refresh`` 2 s, ``search`` True, ``occlusion`` 5 s, ``ambiguity`` 1,
-``confirm`` 2 s, ``verify_after`` 0.25 s, ``verify_shape`` 0.08, ``stranger`` 0.75, ``margin`` 0.2,
+``confirm`` 2 s, ``verify_after`` 0.25 s, ``verify_shape`` 0.08, ``stranger`` 0.65, ``margin`` 0.2,
 ``seed_every`` 48 frames.
 ``benchmarks/tracking.py`` measures them (IDF1, identity switches) on clips with known identities.
 """
@@ -101,7 +102,7 @@ class TrackSettings:
     confirm: float = 2.0  # seconds a new track is still compared with the lost ones (re-identification retried)
     verify_after: float = 0.25  # seconds since a track was seen after which motion alone does not decide
     verify_shape: float = 0.08  # landmark shape change (Procrustes, face radii) after which it does not either
-    stranger: float = 0.75  # descriptor distance at which a face is not the track's person, whoever else it is
+    stranger: float = 0.65  # descriptor distance at which a face is not the track's person, whoever else it is
     margin: float = 0.2  # or: this much nearer another track (within max_distance) than to its own
     seed_every: int = 48  # frames between seed frames, where MTCNN's finer cascade looks for new people (0: none)
 
