@@ -64,8 +64,9 @@ class Number(click.ParamType):
         try:  # the library's own check (mf2._checks): the same rule and words from Python and the CLI
             return self.kind(number(param.name if param is not None else "value", parsed, integer=self.kind is int,
                                     low=self.min, high=self.max, low_open=self.min_open, high_open=self.max_open))
-        except ValueError:
-            self.fail(f"expected {what}, got {value!r}", param, ctx)
+        except ValueError as exc:  # its words after 'expected' (a NaN's says 'finite'), the text as typed
+            said = str(exc).split(": expected ", 1)[-1].rsplit(", got ", 1)[0]
+            self.fail(f"expected {said}, got {value!r}", param, ctx)
 
 
 class URL(click.ParamType):

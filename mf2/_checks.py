@@ -45,8 +45,10 @@ def number(name: str, value, *, integer: bool = False, low=None, high=None, low_
     if value is None and none or isinstance(value, str) and value in words:
         return value
 
-    def fail():
+    def fail(finite: bool = False):
         what = expected(integer, low, high, low_open, high_open, none, words)
+        if finite:  # NaN and infinities: say what was wrong with them
+            what = what.replace("a number", "a finite number").replace("an integer", "a finite integer")
         return ValueError(f"{name}: expected {what}{f' {note}' if note else ''}, got {_given(value)}")
 
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -57,7 +59,7 @@ def number(name: str, value, *, integer: bool = False, low=None, high=None, low_
         # numpy's float32 0.3 is 0.3 (its shortest form), not 0.30000001192092896
         out = float(str(value)) if type(value).__module__ == "numpy" else float(value)
         if not math.isfinite(out):
-            raise fail()
+            raise fail(finite=True)
         if integer:
             if not out.is_integer():
                 raise fail()

@@ -583,7 +583,8 @@ def test_the_number_check_takes_numpy_numbers_and_names_what_it_refuses():
                          (np.float64("inf"), "np.float64(inf)"), (0, "0"), (2.5, "2.5")]:
         with pytest.raises(ValueError) as e:
             number("skip_frames", value, integer=True, low=1)
-        assert str(e.value) == f"skip_frames: expected an integer >= 1, got {given}"
+        finite = "finite " if given in ("nan", "np.float64(inf)") else ""
+        assert str(e.value) == f"skip_frames: expected a{'n' if not finite else ''} {finite}integer >= 1, got {given}"
     with pytest.raises(ValueError, match=r"^threshold: expected None or a number in \[0, 1\], got 2$"):
         number("threshold", 2, low=0, high=1, none=True)
 
@@ -596,7 +597,7 @@ def test_tracking_settings_take_numpy_numbers_and_refuse_bool_str_none():
     for field, value, fragment in [("max_gap", "1", "tracking max_gap: expected a number >= 0, got '1' (a str)"),
                                    ("min_iou", None, "tracking min_iou: expected a number in [0, 1], got None"),
                                    ("min_iou", True, "got True (a bool)"), ("gallery", 2.5, "an integer >= 1"),
-                                   ("memory", float("inf"), "None or a number >= 0"),
+                                   ("memory", float("inf"), "None or a finite number >= 0"),
                                    ("search", 1, "tracking search: expected True or False, got 1")]:
         with pytest.raises(ValueError) as e:
             TrackSettings(**{field: value})
@@ -703,7 +704,7 @@ def test_the_cli_numbers_say_what_the_library_says(pretrained, probe):
     run = pretrained / "run"
     for args, fragment in [(["--threshold", "2"], "'--threshold': expected a number in [0, 1], got '2'"),
                            (["--batch-size", "2.5"], "'--batch-size': expected an integer >= 1, got '2.5'"),
-                           (["--fps", "nan"], "'--fps': expected a number >= 0, got 'nan'"),
+                           (["--fps", "nan"], "'--fps': expected a finite number >= 0, got 'nan'"),
                            (["--smooth", "0"], "'--smooth': expected a number > 0, got '0'")]:
         result = cli("predict", "--checkpoint", run, probe.photo, *args)
         assert result.exit_code == 2 and fragment in result.output, result.output
