@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top. A module belongs to the longest prefix that names it ("mf2" names the root only).
 LAYERS = [
-    ("mf2", "mf2._version", "mf2._C", "mf2._compat", "mf2.io", "mf2.devices", "mf2.distributed", "mf2.ops",
-     "mf2.data.labels"),  # foundations
+    ("mf2", "mf2._version", "mf2._C", "mf2._compat", "mf2._checks", "mf2.io", "mf2.devices", "mf2.distributed",
+     "mf2.ops", "mf2.data.labels"),  # foundations
     ("mf2.data", "mf2.info"),  # data sets and manifests
     ("mf2.captions", "mf2.features"),  # captions; frozen features and their cache
     ("mf2.models",),  # MF², DFN and their configs
