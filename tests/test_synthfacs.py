@@ -264,3 +264,42 @@ def test_bad_preset_settings_are_one_line_errors(tmp_path):
         sf.write_synthfacs(tmp_path, 8, 224, preset_name="hard")
     with pytest.raises(ValueError, match="test_fraction"):
         sf.sample_specs(8, 0, val_fraction=0.5, test_fraction=0.5)
+
+
+def test_each_hard_departure_is_its_own_preset_field_and_cues_make_creases_visible():
+    import dataclasses
+
+    hard = sf.PRESETS["hard"]
+    assert (hard.intensities, hard.wide_identity, hard.wide_pose, hard.harsh_light, hard.capture) == \
+        ("subtle", True, True, True, True)
+    with pytest.raises(ValueError, match="intensities"):
+        dataclasses.replace(hard, intensities="loud")
+    # posed: every active AU at least half shown
+    sf.PRESETS["_posed"] = dataclasses.replace(sf.PRESETS["default"], name="_posed", intensities="posed")
+    try:
+        active = [v for s in sf.sample_specs(200, 0, preset_name="_posed")
+                  for au, v in s.expression.intensities.items() if v >= 0.2]
+    finally:
+        del sf.PRESETS["_posed"]
+    assert min(active) >= 0.5 and max(active) <= 1.0
+    # a crease floor darkens AU4's glabella lines and furrow on dark skin more than 0.72 x the skin
+    # alone does (the brows' own move is the same); AU1's wider forehead lines cover more pixels
+    ident = sf.Identity.sample(np.random.default_rng(1))
+    dark = dataclasses.replace(ident, skin=(70, 45, 35))
+    pose, light = sf.Pose(scale=0.34), sf.Lighting(noise=0.0, background=((128, 128, 128), (128, 128, 128)))
+    rest = {a: 0.0 for a in AUS}
+
+    def change(cues, au="AU4"):
+        off, _ = sf.render(dark, rest, pose, light, 224, np.random.default_rng(0), cues)
+        on, _ = sf.render(dark, {**rest, au: 1.0}, pose, light, 224, np.random.default_rng(0), cues)
+        d = np.abs(on.astype(float) - off.astype(float)).mean(-1)
+        return d.sum(), (d > 8).sum()
+
+    plain, floored = change(sf.Cues()), change(sf.Cues(floor=60))
+    assert floored[0] > 1.15 * plain[0] and floored[1] > 1.2 * plain[1], (plain, floored)
+    plain, wide = change(sf.Cues(floor=60), "AU1"), change(sf.Cues(floor=60, width=2.0), "AU1")  # forehead lines
+    assert wide[0] > 1.3 * plain[0] and wide[1] > 1.15 * plain[1], (plain, wide)
+    # the defaults draw as before the setting existed (the pinned data sets check the bytes)
+    a, _ = sf.render(ident, rest, pose, light, 224, np.random.default_rng(0))
+    b, _ = sf.render(ident, rest, pose, light, 224, np.random.default_rng(0), sf.Cues(floor=0.0, width=1.0))
+    assert np.array_equal(a, b)

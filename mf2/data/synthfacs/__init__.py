@@ -10,6 +10,7 @@ AU-driven deformations (SPEC §3.4). No licence, no download; the default data o
 from mf2.data.labels import AU_INDEX
 from mf2.data.stats import dataset_stats
 from mf2.data.synthfacs.dataset import (
+                                        INTENSITIES,
                                         PRESETS,
                                         Expression,
                                         Preset,
@@ -23,9 +24,9 @@ from mf2.data.synthfacs.dataset import (
                                         write_synthfacs,
 )
 from mf2.data.synthfacs.face import DEPTH, MEAN_IDENTITY, Identity, Pose, face_landmarks, project
-from mf2.data.synthfacs.render import Capture, Lighting, capture, render
+from mf2.data.synthfacs.render import Capture, Cues, Lighting, capture, render
 
-__all__ = ["Identity", "Pose", "Lighting", "Capture", "capture", "Expression", "SampleSpec", "Preset", "PRESETS",
+__all__ = ["Identity", "Pose", "Lighting", "Capture", "Cues", "capture", "INTENSITIES", "Expression", "SampleSpec", "Preset", "PRESETS",
            "stored_landmarks", "MEAN_IDENTITY", "DEPTH", "sample_expression",
            "face_landmarks", "project", "render", "sample_specs", "render_spec", "landmarks_of", "manifest_row",
            "write_synthfacs", "dataset_stats", "AU_INDEX"]
