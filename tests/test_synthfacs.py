@@ -274,6 +274,9 @@ def test_each_hard_departure_is_its_own_preset_field_and_cues_make_creases_visib
         ("subtle", True, True, True, True)
     with pytest.raises(ValueError, match="intensities"):
         dataclasses.replace(hard, intensities="loud")
+    for bad in (dict(floor=-1.0), dict(floor=float("nan")), dict(width=0.0), dict(width=float("inf"))):
+        with pytest.raises(ValueError, match="cues"):
+            sf.Cues(**bad)
     # posed: every active AU at least half shown
     sf.PRESETS["_posed"] = dataclasses.replace(sf.PRESETS["default"], name="_posed", intensities="posed")
     try:

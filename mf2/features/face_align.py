@@ -119,8 +119,9 @@ CONFIRM_SIDE = 100
 # (``FINE_FACTOR``'s steps, ``SEARCH_FACTOR``: the window is small, so its extra levels cost little). With the
 # published steps (0.709) a face's one candidate scale can fall between a face's size and the
 # grid's: a 150-px face whose mouth another face hid was found in a window centred 5 px away and
-# missed in the one the track predicted, frame after frame; with steps 0.8 both (benchmarks/
-# tracking.py: 26 faces missed -> 15, the rest half hidden).
+# missed in the one the track predicted, frame after frame; with steps 0.8 both (paired on
+# benchmarks/tracking.py's clips: 15 more faces for 0.927x the faces/s,
+# benchmarks/results/tracking-search-factor-cpu.md).
 SEARCH_STAGES, SEARCH_WINDOW, SEARCH_FACTOR = (0.2, 0.3), 2.0, FINE_FACTOR
 # MTCNN's five points -> the square box dlib's 68-point model was trained on (HOG boxes): the
 # centre at 0.525 of the way from the eyes' midpoint to the mouth's, the side 1.256 x that

@@ -83,6 +83,12 @@ class Cues:
     floor: float = 0.0
     width: float = 1.0
 
+    def __post_init__(self):
+        if not (math.isfinite(self.floor) and 0 <= self.floor <= 255):
+            raise ValueError(f"cues.floor: expected grey levels in [0, 255], got {self.floor}")
+        if not (math.isfinite(self.width) and self.width > 0):
+            raise ValueError(f"cues.width: expected a positive factor, got {self.width}")
+
 
 def capture(image: np.ndarray, cap: Capture) -> Image.Image:
     """A drawn face [S, S, 3] as the camera and the file keep it: blurred, resized to
