@@ -273,6 +273,41 @@ def test_dlib_descriptors_tell_the_three_real_people_apart(people):
                 assert np.linalg.norm(base[i] - base[j]) > limit
 
 
+
+def test_descriptors_run_in_a_child_process_and_equal_dlibs_own(people, monkeypatch):
+    """dlib holds the GIL through its descriptor network, so mf2 computes it in a child process:
+    the numbers equal dlib's ``compute_face_descriptor(image, shape)`` in this process, a killed
+    child is started again, and where no child can start they are computed here, with a warning."""
+    import dlib
+    import face_recognition_models
+
+    from mf2.prediction import face_descriptor as fd
+
+    rgb = np.ascontiguousarray(people[0][0].rgba[..., :3])
+    f = FaceFinder("mtcnn").detect(rgb, None)[0]
+    rect = dlib.rectangle(*[int(round(v)) for v in f.box])
+    shape = dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in f.landmarks])
+    model = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    own = np.asarray(model.compute_face_descriptor(rgb, shape, 0), np.float64)
+    assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
+    child = fd._child
+    assert child is not None and child.poll() is None and child.pid != __import__("os").getpid()
+    child.kill()
+    child.wait()
+    assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
+    assert fd._child is not child and fd._child.poll() is None
+    with pytest.raises(ValueError, match="face chip"):
+        fd.describe_chip(np.zeros((10, 10, 3), np.uint8))
+    # no child can start (an interpreter that is not there): the same numbers, computed here
+    fd._child.kill()
+    fd._child.wait()
+    monkeypatch.setattr(fd.sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(fd, "_in_process", False)
+    with pytest.warns(RuntimeWarning, match="computing them in this process"):
+        assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
+    assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
+    monkeypatch.setattr(fd, "_in_process", False)  # later tests start a child again
+
 # -- detectors ---------------------------------------------------------------------------------------
 
 def test_nms_matches_a_plain_greedy_reference():

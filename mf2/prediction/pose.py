@@ -21,7 +21,8 @@ not adopted because none brought held-out pitch near 5 degrees on both: a per-la
 correction of dlib's placement (it lifts the gain, but the scatter grows with it: 7.3 degrees on the
 training seeds, 6.8 and 5.1 held out), a 3-D shape refitted to dlib's points, weights from each
 point's scatter, the brows, mouth or jaw added, and even a free linear regression from all 68 points
-to pitch (6.5 degrees held out). The renderer projects orthographically, so a perspective camera
+to pitch (6.5 degrees held out); nor MTCNN's five points (the nose's height between the eyes and the
+mouth), alone (8.7 held out) or beside dlib's pitch (6.5; dlib's alone, rescaled: 6.1). The renderer projects orthographically, so a perspective camera
 gains nothing there; dlib's box (``face_align``) moves the figures by a degree or two.
 """
 

@@ -4,6 +4,8 @@ batches through the model -> each frame with its predicted faces, in input order
 * Face finding (decoding an image file, dlib's detector and landmarks, the aligned crop) runs
   in a pool of worker threads, ``window`` frames ahead of the model: dlib releases the GIL, so
   it works while the backbone and MF² run their batch.
+* With worker threads, a batch runs through the model on a thread of its own while the frames
+  of the next one are tracked (one batch in flight; results stay in order).
 * Faces of consecutive frames and files are batched (``batch_size`` faces per forward pass;
   a frame without a face counts as one, so a faceless video still moves on).
 * A frame's pixels and face crops are dropped as soon as they are used (``keep_images`` keeps a
@@ -14,7 +16,7 @@ batches through the model -> each frame with its predicted faces, in input order
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 from mf2.prediction.predictor import AlignedFace, Predictor
@@ -99,21 +101,44 @@ def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 
     if seed_every:
         frames = _seeded(frames, seed_every)
     window = max(1, (batch_size + 2 * workers) // predictor.detect_batch)  # found faces for the next batch
-    pending, n_pending = [], 0
-    for chunk, found in ordered_map(find, _chunks(frames, predictor.detect_batch), pool, window):
-        for frame, faces in zip(chunk, found):
-            if faces is None:
-                yield frame, None
-                continue
-            if track is not None:
-                track(frame, faces)
-                if not keep_images:
-                    frame.image = None
-            pending.append((frame, faces))
-            n_pending += max(1, len(faces))
-            if n_pending >= batch_size:
-                predictor.predict([f for _, fs in pending for f in fs], explain, beams, grounding)
-                yield from pending
-                pending, n_pending = [], 0
-    predictor.predict([f for _, fs in pending for f in fs], explain, beams, grounding)
-    yield from pending
+    # with worker threads, a batch runs through the model on a thread of its own while this one
+    # tracks the next batch's frames (dlib's descriptors and the local searches release the GIL as
+    # the model does): one batch in flight, so results stay in order and memory stays bounded
+    model = ThreadPoolExecutor(1, thread_name_prefix="mf2-model") if pool is not None else None
+    pending, n_pending, running = [], 0, None
+
+    def predict(batch):
+        faces = [f for _, fs in batch for f in fs]
+        if model is None:
+            predictor.predict(faces, explain, beams, grounding)
+            return None, batch
+        return model.submit(predictor.predict, faces, explain, beams, grounding), batch
+
+    def done(run):
+        if run[0] is not None:
+            run[0].result()
+        return run[1]
+
+    try:
+        for chunk, found in ordered_map(find, _chunks(frames, predictor.detect_batch), pool, window):
+            for frame, faces in zip(chunk, found):
+                if faces is None:
+                    yield frame, None
+                    continue
+                if track is not None:
+                    track(frame, faces)
+                    if not keep_images:
+                        frame.image = None
+                pending.append((frame, faces))
+                n_pending += max(1, len(faces))
+                if n_pending >= batch_size:
+                    if running is not None:
+                        yield from done(running)
+                    running, pending, n_pending = predict(pending), [], 0
+        if running is not None:
+            yield from done(running)
+            running = None
+        yield from done(predict(pending))
+    finally:  # the consumer stopped early (or an error): the batch in flight ends before we return
+        if model is not None:
+            model.shutdown(wait=True, cancel_futures=True)

