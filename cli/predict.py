@@ -9,6 +9,12 @@ from ._common import one_line_errors, precision_option
 from .options import Number, PathType, Text, device_option
 
 
+# Detector's keywords -> this command's options (a ValueError from the library names the keyword)
+_OPTION_OF = {"num_workers": "--workers", "min_face_score": "--min-face-score", "face_detector": "--face-detector",
+              "threshold": "--threshold", "device": "--device", "precision": "--precision", "face": "--face",
+              "vision_weights": "--vision-weights", "tta": "--tta"}
+
+
 @click.command()
 @click.option("--checkpoint", "run", type=PathType(path_type=Path), required=True,
               help="Run folder (mf2 pretrain or mf2 finetune) or exported model folder (mf2 export).")
@@ -93,10 +99,17 @@ def predict(run, inputs, out, annotate, plots, explain, decoding, beams, groundi
 
         outputs["--out's record"] = sidecar_path(out)  # x.csv.json, written beside the table
     refuse_overlap({"--checkpoint": run, "input": list(inputs)}, outputs)
-    with exclusive_outputs(outputs), Detector.from_run(
+    try:
+        detector = Detector.from_run(
             run, device, precision, face, face_detector=face_detector, min_face_score=min_face_score,
             threshold=threshold, tracking=tracking, num_workers=workers, vision_weights=vision_weights,
-            allow_download=allow_download, tta=None if tta == "none" else tta) as det:
+            allow_download=allow_download, tta=None if tta == "none" else tta)
+    except ValueError as exc:  # the library names its keyword; say the option the user typed
+        name, _, why = str(exc).partition(": ")
+        if name in _OPTION_OF:
+            raise click.BadParameter(why, param_hint=_OPTION_OF[name]) from None
+        raise
+    with exclusive_outputs(outputs), detector as det:
         try:
             faces = det.detect(list(inputs), batch_size=batch_size, fps=fps, explain=decoding if explain else False,
                                beams=beams, progress=None, annotate=annotate, log=lambda m: click.echo(m, err=True),

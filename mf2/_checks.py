@@ -82,6 +82,17 @@ def flag(name: str, value, *, none: bool = False):
     raise ValueError(f"{name}: expected True or False{' or None' if none else ''}, got {_given(value)}")
 
 
+def path(name: str, value, *, none: bool = False):
+    """``value`` as a path string: a str or ``os.PathLike`` (not empty); ``none``: None as well."""
+    import os
+
+    if value is None and none:
+        return None
+    if isinstance(value, (str, os.PathLike)) and str(os.fspath(value)).strip():
+        return os.fspath(value)
+    raise ValueError(f"{name}: expected a file path{' or None' if none else ''}, got {_given(value)}")
+
+
 def au_thresholds(name: str, value, none: bool = True):
     """None (if ``none``), one probability, or one per AU (12, in the order of ``AUS``), each
     checked with ``number``: a plain float, or a tuple of 12."""

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from mf2._checks import au_thresholds, flag, number
+from mf2._checks import path as file_path
 from mf2.devices import resolve_device, resolve_precision
 from mf2.faces import Faces
 from mf2.features.face_align import resolve_detector
@@ -220,6 +221,7 @@ class Detector:
             raise ValueError(f"min_face_score: MTCNN's score is a probability, expected a value in [0, 1], got {min_face_score!r}")
         threshold = au_thresholds("threshold", threshold)
         allow_download = flag("allow_download", allow_download)
+        vision_weights = file_path("vision_weights", vision_weights, none=True)
         self.tracking = _tracking(tracking)
         device = str(resolve_device(device))
         self.workers = _workers(num_workers)

@@ -705,7 +705,10 @@ def test_the_cli_numbers_say_what_the_library_says(pretrained, probe):
     for args, fragment in [(["--threshold", "2"], "'--threshold': expected a number in [0, 1], got '2'"),
                            (["--batch-size", "2.5"], "'--batch-size': expected an integer >= 1, got '2.5'"),
                            (["--fps", "nan"], "'--fps': expected a finite number >= 0, got 'nan'"),
-                           (["--smooth", "0"], "'--smooth': expected a number > 0, got '0'")]:
+                           (["--smooth", "0"], "'--smooth': expected a number > 0, got '0'"),
+                           # checked by the library, named as the option typed (not its keyword)
+                           (["--workers", "-1"], "Invalid value for --workers: expected 'auto' or an integer in [0, 1024], got -1"),
+                           (["--min-face-score", "5"], "Invalid value for --min-face-score: MTCNN's score is a probability")]:
         result = cli("predict", "--checkpoint", run, probe.photo, *args)
         assert result.exit_code == 2 and fragment in result.output, result.output
 

@@ -218,6 +218,21 @@ def test_tracking_settings_are_checked():
     with pytest.raises(ValueError, match="unknown setting 'bogus'; known: .*max_gap"):
         _tracking(dict(bogus=1, max_gap=2))
     assert _tracking(dict(max_gap=2)).max_gap == 2
+    # on assignment too: a setting changed after construction is checked as at construction
+    s = TrackSettings()
+    with pytest.raises(ValueError, match="max_gap"):
+        s.max_gap = -5
+    with pytest.raises(ValueError, match="gallery"):
+        s.gallery = 1.5
+    with pytest.raises(AttributeError, match="unknown setting 'bogus'"):
+        s.bogus = 1
+    s.max_gap = 3
+    assert s.max_gap == 3.0 and s == TrackSettings(max_gap=3)
+    # a Detector's other arguments as well: a path that is not one is one line, not a TypeError
+    from mf2.detector import Detector
+
+    with pytest.raises(ValueError, match="vision_weights: expected a file path or None, got 3"):
+        Detector(None, vision_weights=3)
 
 
 def test_where_a_missed_person_is_looked_for():

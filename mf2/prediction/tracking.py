@@ -108,17 +108,31 @@ class TrackSettings:
     margin: float = 0.2  # or: this much nearer another track (within max_distance) than to its own
     seed_every: int = 48  # frames between seed frames, where MTCNN's finer cascade looks for new people (0: none)
 
-    def __post_init__(self):
+    def __setattr__(self, name, value):
+        """Each setting checked when it is set, at construction and on assignment alike
+        (``settings.max_gap = -5`` is refused as ``TrackSettings(max_gap=-5)`` is)."""
         from mf2._checks import flag, number
 
-        for name in ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh", "occlusion",
-                     "ambiguity", "confirm", "verify_after", "verify_shape", "stranger", "margin"):
-            setattr(self, name, number(f"tracking {name}", getattr(self, name), low=0))
-        self.min_iou = number("tracking min_iou", self.min_iou, low=0, high=1)
-        self.memory = number("tracking memory", self.memory, low=0, none=True)
-        self.search = flag("tracking search", self.search)
-        self.gallery = number("tracking gallery", self.gallery, integer=True, low=1)
-        self.seed_every = number("tracking seed_every", self.seed_every, integer=True, low=0)
+        label = f"tracking {name}"
+        if name == "min_iou":
+            value = number(label, value, low=0, high=1)
+        elif name == "memory":
+            value = number(label, value, low=0, none=True)
+        elif name == "search":
+            value = flag(label, value)
+        elif name == "gallery":
+            value = number(label, value, integer=True, low=1)
+        elif name == "seed_every":
+            value = number(label, value, integer=True, low=0)
+        elif name in _NON_NEGATIVE:
+            value = number(label, value, low=0)
+        else:
+            raise AttributeError(f"tracking: unknown setting {name!r}")
+        object.__setattr__(self, name, value)
+
+
+_NON_NEGATIVE = ("max_gap", "max_shift", "appearance_weight", "max_distance", "refresh", "occlusion", "ambiguity",
+                 "confirm", "verify_after", "verify_shape", "stranger", "margin")
 
 
 @dataclass
