@@ -445,7 +445,8 @@ class Detector:
                 yield frame
 
         for frame, faces in detections(self.predictor, numbered(), batch_size, decoding, beams, self._workers_pool(),
-                                       self.workers, track=tracks, grounding=grounding, seed_every=self._seed_every):
+                                       self.workers, track=tracks, grounding=grounding, seed_every=self._seed_every,
+                                       overlap=False):
             table = TableBuilder()
             table.add(frame, faces)
             near = [{"source": source, "frame": frame.frame, "score": round(f.score, 3),

@@ -289,7 +289,7 @@ def test_dlib_descriptors_tell_the_three_real_people_apart(people):
 
 
 
-def test_descriptors_run_in_a_child_process_and_equal_dlibs_own(people, monkeypatch):
+def test_descriptors_run_in_a_child_process_and_equal_dlibs_own(people, monkeypatch, tmp_path):
     """dlib holds the GIL through its descriptor network, so mf2 computes it in a child process:
     the numbers equal dlib's ``compute_face_descriptor(image, shape)`` in this process, a killed
     child is started again, and where no child can start they are computed here, with a warning."""
@@ -321,6 +321,39 @@ def test_descriptors_run_in_a_child_process_and_equal_dlibs_own(people, monkeypa
     with pytest.warns(RuntimeWarning, match="computing them in this process"):
         assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
     assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
+    monkeypatch.setattr(fd, "_in_process", False)
+    monkeypatch.undo()
+    # Ctrl-C after the chip was sent and before the answer was read: the answer must not be
+    # taken for the next request's (the child is killed, the next request starts a fresh one)
+    other = descriptor(rgb[:, ::-1].copy(), (rgb.shape[1] - f.box[2], f.box[1], rgb.shape[1] - f.box[0], f.box[3]),
+                       np.c_[rgb.shape[1] - 1 - f.landmarks[:, 0], f.landmarks[:, 1]])
+    read, calls = fd._read, []
+
+    def interrupted(stream, n, timeout=None):
+        calls.append(n)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return read(stream, n, timeout)
+
+    monkeypatch.setattr(fd, "_read", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        descriptor(rgb, f.box, f.landmarks)
+    monkeypatch.setattr(fd, "_read", read)
+    assert not np.array_equal(own, other)
+    assert np.array_equal(descriptor(rgb[:, ::-1].copy(), (rgb.shape[1] - f.box[2], f.box[1], rgb.shape[1] - f.box[0], f.box[3]),
+                                     np.c_[rgb.shape[1] - 1 - f.landmarks[:, 0], f.landmarks[:, 1]]), other)
+    # a "python" that starts but never answers (a frozen app, a hung child): killed after the
+    # timeout, and the descriptors computed here
+    silent = tmp_path / "silent"
+    silent.write_text("#!/bin/sh\nexec sleep 300\n")
+    silent.chmod(0o755)
+    fd._kill(fd._child)
+    fd._child = None
+    monkeypatch.setattr(fd.sys, "executable", str(silent))
+    monkeypatch.setattr(fd, "START_TIMEOUT", 0.5)
+    monkeypatch.setattr(fd, "_in_process", False)
+    with pytest.warns(RuntimeWarning, match="no answer from the descriptor process"):
+        assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
     monkeypatch.setattr(fd, "_in_process", False)  # later tests start a child again
 
 # -- detectors ---------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ batches through the model -> each frame with its predicted faces, in input order
   in a pool of worker threads, ``window`` frames ahead of the model: dlib releases the GIL, so
   it works while the backbone and MF² run their batch.
 * With worker threads, a batch runs through the model on a thread of its own while the frames
-  of the next one are tracked (one batch in flight; results stay in order).
+  of the next one are tracked (one batch in flight; results stay in order); not for a live
+  source (``Detector.detect_frames``), whose results come as soon as their batch is through.
 * Faces of consecutive frames and files are batched (``batch_size`` faces per forward pass;
   a frame without a face counts as one, so a faceless video still moves on).
 * A frame's pixels and face crops are dropped as soon as they are used (``keep_images`` keeps a
@@ -70,7 +71,8 @@ def _seeded(frames: Iterable[Frame], every: int) -> Iterator[Frame]:
 
 def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 32, explain: str | None = None,
                beams: int = 3, pool: Executor | None = None, workers: int = 0, keep_images: bool = False,
-               track=None, grounding: str = "heads", seed_every: int = 0) -> Iterator[tuple[Frame, list[AlignedFace] | None]]:
+               track=None, grounding: str = "heads", seed_every: int = 0,
+               overlap: bool = True) -> Iterator[tuple[Frame, list[AlignedFace] | None]]:
     """Each frame with its faces, predicted (largest face first; ``[]``: no face), in order.
     A frame that could not be read comes with ``None`` (and ``frame.error``) as soon as it is met.
     ``pool``: the ``workers`` threads that find faces (None: this thread). ``track(frame, faces)``:
@@ -78,7 +80,10 @@ def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 
     The near-misses of a frame (faces under the score threshold) are in ``frame.near_misses``.
     ``seed_every``: the first of a video's frames and every ``seed_every``-th after it are seed
     frames (``frame.seed``), where faces are found with the finer cascade (``Predictor.find(...,
-    fine=True)``): a person the published cascade misses starts a track there (0: none)."""
+    fine=True)``): a person the published cascade misses starts a track there (0: none).
+    ``overlap``: with ``pool``, a batch runs through the model on a thread of its own while the
+    next one is found and tracked (files and videos); False for a live source, whose results
+    should come as soon as their batch is through."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
 
@@ -104,7 +109,9 @@ def detections(predictor: Predictor, frames: Iterable[Frame], batch_size: int = 
     # with worker threads, a batch runs through the model on a thread of its own while this one
     # tracks the next batch's frames (dlib's descriptors and the local searches release the GIL as
     # the model does): one batch in flight, so results stay in order and memory stays bounded
-    model = ThreadPoolExecutor(1, thread_name_prefix="mf2-model") if pool is not None else None
+    # (``overlap`` False: a live source's batch is handed on as soon as it is through the model,
+    # not when the next one is full)
+    model = ThreadPoolExecutor(1, thread_name_prefix="mf2-model") if pool is not None and overlap else None
     pending, n_pending, running = [], 0, None
 
     def predict(batch):
