@@ -420,6 +420,50 @@ def pose_only(args) -> None:
     (args.out / f"pose-{suffix}.md").write_text("\n".join(md))
 
 
+def _frames(path: Path, n: int, step: int = 8) -> list:
+    """Every ``step``-th decoded frame of the clip at ``path`` (RGB arrays), ``n`` of them at most."""
+    import av
+
+    from mf2.features.pixels import to_rgb
+
+    with av.open(str(path)) as container:
+        return [to_rgb(f) for k, f in enumerate(container.decode(video=0)) if k % step == 0][:n]
+
+
+def descriptor_speed(images: list, repeats: int = 3) -> dict:
+    """dlib's own ``compute_face_descriptor`` against mf2's PyTorch run of the same network
+    (``mf2.prediction.face_descriptor``) on the chips of every face MTCNN finds in ``images``:
+    milliseconds per face for each (the two interleaved, ``repeats`` rounds, the faster round of
+    each), their ratio, and the largest difference of a descriptor and of a distance between two."""
+    import dlib
+    import face_recognition_models
+
+    from mf2.features.face_align import FaceFinder
+    from mf2.prediction import face_descriptor as fd
+
+    finder = FaceFinder("mtcnn")
+    chips = np.array([fd.chip(image, f.box, f.landmarks) for image in images for f in finder.detect(image, None)])
+    model = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    fd.describe_chip(chips[0])  # loaded and warm
+    own = np.array([model.compute_face_descriptor(c) for c in chips], np.float64)
+    theirs_s, ours_s = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for c in chips:
+            model.compute_face_descriptor(c)
+        t1 = time.perf_counter()
+        ours = np.array([fd.describe_chip(c) for c in chips])
+        t2 = time.perf_counter()
+        theirs_s.append(t1 - t0)
+        ours_s.append(t2 - t1)
+    dist = lambda d: np.linalg.norm(d[:, None] - d[None], axis=2)  # noqa: E731
+    theirs_ms, ours_ms = 1000 * min(theirs_s) / len(chips), 1000 * min(ours_s) / len(chips)
+    return {"faces": len(chips), "dlib_ms_per_face": round(theirs_ms, 1), "mf2_torch_ms_per_face": round(ours_ms, 1),
+            "speedup": round(theirs_ms / ours_ms, 2), "max_abs_difference": float(f"{np.abs(ours - own).max():.1e}"),
+            "max_distance_difference": float(f"{np.abs(dist(ours) - dist(own)).max():.1e}"),
+            "load_avg": round(os.getloadavg()[0], 2)}
+
+
 def cascade_comparison(clips, device: str = "cpu", real_frames: int = 60, min_side: float = 40.0,
                        iou_min: float = 0.3) -> list[dict]:
     """MTCNN on every frame of the clips three ways: as published (P- and R-Net from 0.6 and 0.7,
@@ -564,6 +608,8 @@ def main():
                           "near_miss_scores": ", ".join(f"{f.score:.2f}" for f in found.near_misses),
                           "seconds": round(time.perf_counter() - t0, 2)})
             print(json.dumps(group[-1]), flush=True)
+        speed = descriptor_speed([photo, *_frames(clips[0][1], 2 if args.tiny else 12)])
+        print(json.dumps({"descriptor": speed}), flush=True)
         pose = pose_errors(8 if args.tiny else 60)
         print(json.dumps({"pose": pose}), flush=True)
         if args.annotate:
@@ -575,7 +621,7 @@ def main():
     suffix = f"{args.device.split(':')[0]}{'-tiny' if args.tiny else ''}"
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": _machine(args.device), "seconds": seconds, "rate": args.rate, "rows": rows,
-              "summary": summary, "cascades": cascades, "group_photo": group, "pose": pose}
+              "summary": summary, "cascades": cascades, "group_photo": group, "descriptor": speed, "pose": pose}
     (args.out / f"tracking-{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [f"# Faces and identities in videos of several people ({args.device}, "
           f"{_machine(args.device)['cores']} cores)", "",
@@ -599,6 +645,11 @@ def main():
           "confirmations in the third.", "",
           "## The group photo (six real faces)", "",
           table(group, ["detector", "faces", "near_misses", "scores", "near_miss_scores", "seconds"]), "",
+          "## dlib's face descriptor: dlib's own binding against mf2's PyTorch run of its network and weights", "",
+          table([{k: f"{v:.1e}" if k.startswith("max_") else v for k, v in speed.items()}], list(speed)), "",
+          f"On the chips of the faces MTCNN finds in the group photo and in frames of the first clip; the faster of "
+          "3 interleaved rounds of each (`dlib-bin` is built without BLAS and holds the GIL through its pass); "
+          "differences: of a descriptor's values and of a distance between two faces' descriptors.", "",
           *_pose_table(pose),
           "",
           "load_avg: the machine's 1-minute load average while each figure was taken (2 = both cores busy); "

@@ -289,72 +289,51 @@ def test_dlib_descriptors_tell_the_three_real_people_apart(people):
 
 
 
-def test_descriptors_run_in_a_child_process_and_equal_dlibs_own(people, monkeypatch, tmp_path):
-    """dlib holds the GIL through its descriptor network, so mf2 computes it in a child process:
-    the numbers equal dlib's ``compute_face_descriptor(image, shape)`` in this process, a killed
-    child is started again, and where no child can start they are computed here, with a warning."""
+def test_descriptors_equal_dlibs_own_and_the_model_file_is_checked(people, tmp_path):
+    """dlib's descriptor network, run by PyTorch from dlib's own file, gives dlib's numbers: on a
+    SynthFACS face, its mirror, a grey copy, a real face and a face cut by the image's border,
+    alone and as a batch; a file that is not that network (truncated, another dlib network, noise)
+    is a one-line ValueError when it is read."""
     import dlib
     import face_recognition_models
 
     from mf2.prediction import face_descriptor as fd
 
-    rgb = np.ascontiguousarray(people[0][0].rgba[..., :3])
-    f = FaceFinder("mtcnn").detect(rgb, None)[0]
-    rect = dlib.rectangle(*[int(round(v)) for v in f.box])
-    shape = dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in f.landmarks])
     model = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
-    own = np.asarray(model.compute_face_descriptor(rgb, shape, 0), np.float64)
-    assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
-    child = fd._child
-    assert child is not None and child.poll() is None and child.pid != __import__("os").getpid()
-    child.kill()
-    child.wait()
-    assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
-    assert fd._child is not child and fd._child.poll() is None
+    finder = FaceFinder("mtcnn")
+    rgb = np.ascontiguousarray(people[0][0].rgba[..., :3])
+    grey = np.ascontiguousarray(np.repeat(rgb.mean(2, keepdims=True).astype(np.uint8), 3, 2))
+    photo = bench.group_photo()
+    images = [rgb, np.ascontiguousarray(rgb[:, ::-1]), grey, photo]
+    border = np.ascontiguousarray(rgb[:, rgb.shape[1] // 3:])  # the face's left part cut off
+    chips, own = [], []
+    for image in [*images, border]:
+        found = finder.detect(image, None)
+        assert found, "a face to describe"
+        for f in found[:3]:
+            rect = dlib.rectangle(*[int(round(v)) for v in f.box])
+            shape = dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in f.landmarks])
+            own.append(np.asarray(model.compute_face_descriptor(image, shape, 0), np.float64))
+            got = descriptor(image, f.box, f.landmarks)
+            assert got.dtype == np.float64 and got.shape == (128,)
+            assert np.abs(got - own[-1]).max() < 1e-5
+            chips.append(fd.chip(image, f.box, f.landmarks))
+    own = np.array(own)
+    assert np.abs(fd.describe_chips(np.array(chips)) - own).max() < 1e-5  # a batch as one by one
+    # distances, which the tracker compares with its thresholds, as dlib's
+    dist = lambda d: np.linalg.norm(d[:, None] - d[None], axis=2)  # noqa: E731
+    assert np.abs(dist(fd.describe_chips(np.array(chips))) - dist(own)).max() < 1e-5
     with pytest.raises(ValueError, match="face chip"):
         fd.describe_chip(np.zeros((10, 10, 3), np.uint8))
-    # no child can start (an interpreter that is not there): the same numbers, computed here
-    fd._child.kill()
-    fd._child.wait()
-    monkeypatch.setattr(fd.sys, "executable", "/nonexistent/python")
-    monkeypatch.setattr(fd, "_in_process", False)
-    with pytest.warns(RuntimeWarning, match="computing them in this process"):
-        assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
-    assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
-    monkeypatch.setattr(fd, "_in_process", False)
-    monkeypatch.undo()
-    # Ctrl-C after the chip was sent and before the answer was read: the answer must not be
-    # taken for the next request's (the child is killed, the next request starts a fresh one)
-    other = descriptor(rgb[:, ::-1].copy(), (rgb.shape[1] - f.box[2], f.box[1], rgb.shape[1] - f.box[0], f.box[3]),
-                       np.c_[rgb.shape[1] - 1 - f.landmarks[:, 0], f.landmarks[:, 1]])
-    read, calls = fd._read, []
+    data = open(face_recognition_models.face_recognition_model_location(), "rb").read()
+    (tmp_path / "cut.dat").write_bytes(data[:len(data) // 2])
+    (tmp_path / "noise.dat").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    for path in (tmp_path / "cut.dat", tmp_path / "noise.dat", face_recognition_models.cnn_face_detector_model_location(),
+                 face_recognition_models.pose_predictor_model_location()):
+        with pytest.raises(ValueError, match="not dlib's face recognition ResNet") as e:
+            fd.load_net(path)
+        assert "\n" not in str(e.value)
 
-    def interrupted(stream, n, timeout=None):
-        calls.append(n)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        return read(stream, n, timeout)
-
-    monkeypatch.setattr(fd, "_read", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        descriptor(rgb, f.box, f.landmarks)
-    monkeypatch.setattr(fd, "_read", read)
-    assert not np.array_equal(own, other)
-    assert np.array_equal(descriptor(rgb[:, ::-1].copy(), (rgb.shape[1] - f.box[2], f.box[1], rgb.shape[1] - f.box[0], f.box[3]),
-                                     np.c_[rgb.shape[1] - 1 - f.landmarks[:, 0], f.landmarks[:, 1]]), other)
-    # a "python" that starts but never answers (a frozen app, a hung child): killed after the
-    # timeout, and the descriptors computed here
-    silent = tmp_path / "silent"
-    silent.write_text("#!/bin/sh\nexec sleep 300\n")
-    silent.chmod(0o755)
-    fd._kill(fd._child)
-    fd._child = None
-    monkeypatch.setattr(fd.sys, "executable", str(silent))
-    monkeypatch.setattr(fd, "START_TIMEOUT", 0.5)
-    monkeypatch.setattr(fd, "_in_process", False)
-    with pytest.warns(RuntimeWarning, match="no answer from the descriptor process"):
-        assert np.array_equal(descriptor(rgb, f.box, f.landmarks), own)
-    monkeypatch.setattr(fd, "_in_process", False)  # later tests start a child again
 
 # -- detectors ---------------------------------------------------------------------------------------
 
@@ -533,6 +512,9 @@ def test_tracking_benchmark_tiny_mode(benchmark_run):
     assert published["cascade"] == "published (mf2's default)" and confirmed["cascade"].startswith("finer, confirmed")
     assert finer["recall_40px"] >= published["recall_40px"] and published["astronaut_video_extra_faces"] == 0
     assert confirmed["astronaut_video_extra_faces"] == 0 and confirmed["false_positives"] == 0
+    speed = result["descriptor"]  # the PyTorch run of dlib's network: dlib's numbers
+    assert speed["faces"] >= 6 and speed["max_abs_difference"] < 1e-5 and speed["max_distance_difference"] < 1e-5
+    assert speed["dlib_ms_per_face"] > 0 and speed["mf2_torch_ms_per_face"] > 0
     assert (benchmark_run / "tracking-cpu-tiny.md").read_text().startswith("# Faces and identities")
 
 

