@@ -33,7 +33,7 @@ from mf2.features.face_align import resolve_detector
 from mf2.prediction.annotate import Annotator
 from mf2.prediction.stream import detections
 from mf2.prediction.predictor import DECODINGS, GROUNDINGS, PredictSettings, Predictor, intra_op_threads
-from mf2.prediction.sources import InputError, expand, frames, in_memory_frame, is_animated, is_video
+from mf2.prediction.sources import InputError, expand, flatten, frames, in_memory_frame, is_clip
 from mf2.prediction.table import TableBuilder
 from mf2.prediction.tracking import SAME_FACE, Tracker, TrackSettings, iou
 
@@ -332,13 +332,14 @@ class Detector:
             raise ValueError(f"annotate: expected a folder (a path) or None, got {annotate!r}")
         decoding = _decoding(explain, grounding)
         log = log or logger.warning
+        inputs = flatten(inputs)  # once: a generator (or a Series, a set) is read here, and checked below as given
         items, problems = expand(inputs)
         if data_type is not None:
-            wrong = [i for i in items if isinstance(i, str) and is_video(i) != (data_type == "video")]
-            if wrong:
+            wrong = [i for i in items if isinstance(i, str) and is_clip(i) != (data_type == "video")]
+            if wrong:  # (an animated GIF, WebP or PNG is a clip; a multi-page TIFF's pages are images)
                 raise InputError(f"data_type={data_type!r}, but {wrong[0]} is "
-                                 f"{'a video' if data_type == 'image' else 'not a video'}")
-        if smooth is not None and not any(isinstance(i, str) and (is_video(i) or is_animated(i)) for i in items):
+                                 f"{'a video (or an animated image)' if data_type == 'image' else 'not a video'}")
+        if smooth is not None and not any(isinstance(i, str) and is_clip(i) for i in items):
             raise ValueError("smooth: no video among the inputs, and smoothing averages each person's track over a "
                              "video's time (an image has no time): leave smooth off for images")
         skipped = [{"source": item, "error": why} for item, why in problems]
@@ -350,8 +351,7 @@ class Detector:
         if annotate is not None:  # the CLI's rule, for the library too: never write over or into an input
             from mf2.io import refuse_overlap
 
-            given = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-            refuse_overlap({"input": [i for i in given if isinstance(i, (str, os.PathLike))]}, {"annotate": annotate})
+            refuse_overlap({"input": [i for i in inputs if isinstance(i, (str, os.PathLike))]}, {"annotate": annotate})
         annotator = Annotator(annotate, self.predictor.thresholds, self.predictor.pooling["window_rulers"]) \
             if annotate is not None else None
         counts = {"files": len(items), "frames": 0, "faces": 0, "frames_without_face": 0, "near_misses": 0}
@@ -423,6 +423,8 @@ class Detector:
                             f"only to time them; every frame given is read): pass frame_rate={fps!r}")
         # checked here, at the call, not at the first frame (this returns a generator)
         frame_rate = number("frame_rate", frame_rate, low=0, low_open=True, none=True, note="(frames per second)")
+        if frame_rate is not None and not np.isfinite(1.0 / frame_rate):  # (a rate so small no time is finite)
+            raise ValueError(f"frame_rate: expected frames per second whose frame times are finite, got {frame_rate!r}")
         if frame_rate is None and self.tracking is not None:
             raise ValueError("frame_rate: needed to track people across frames (the tracking settings are seconds: "
                              f"max_gap {self.tracking.max_gap:g} s, ...; frames without a rate have no time): pass the "

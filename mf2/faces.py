@@ -24,6 +24,7 @@ writes is this table. ``to_openface`` writes OpenFace 2.x's CSV columns (``mf2.p
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,10 @@ class Faces(pd.DataFrame):
         """A table written by ``to_csv`` (or by ``mf2 predict --out x.csv``), with its dtypes."""
         try:
             header = pd.read_csv(path, nrows=0).columns
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
+            # (OSError: a file named .gz that is not gzip, and its siblings)
             raise ValueError(f"{path}: not a CSV table ({str(exc).splitlines()[0]})") from None
         missing = [c for c in COLUMNS if c not in header]
         if missing:
@@ -88,15 +92,21 @@ class Faces(pd.DataFrame):
             raise ValueError(f"concat: expected tables (Faces), got a {bad[0]} among them")
         if not parts:
             return cls.from_columns({c: [] for c in COLUMNS})
-        return cls(pd.concat(parts, ignore_index=True))
+        joined = cls(pd.concat(parts, ignore_index=True))
+        joined.attrs = _joined_attrs([p.attrs for p in parts])
+        return joined
 
     def to_csv(self, path_or_buf=None, *, index: bool = False, **kwargs):
         """``DataFrame.to_csv`` without the index by default; a path is written atomically, with
         the table's ``attrs`` beside it in ``<path>.json`` (thresholds, model, detector, counts),
         which ``read_faces`` reads back."""
         if isinstance(path_or_buf, (str, Path)):
-            sources = [x for x in pd.unique(self["source"].dropna()) if isinstance(x, str)] if "source" in self else []
-            refuse_overlap({"source": sources}, {"table": path_or_buf})  # never over the photos or videos it read
+            compression = kwargs.get("compression", "infer")
+            if compression not in ("infer", None) or compression == "infer" and \
+                    Path(path_or_buf).suffix.lower() in COMPRESSED_SUFFIXES:
+                raise ValueError(f"to_csv: {path_or_buf}: tables are written uncompressed (the sidecar that keeps "
+                                 "their thresholds checks the CSV's own bytes): write a .csv and compress it after")
+            self._refuse_sources("table", path_or_buf, f"{path_or_buf}.json")
             text = pd.DataFrame.to_csv(self, None, index=index, **kwargs)
             with AtomicFile(path_or_buf, "w") as f:
                 f.write(text)
@@ -111,7 +121,15 @@ class Faces(pd.DataFrame):
         OpenFace writes a folder. Returns the files written."""
         from mf2.prediction.interop import write_openface
 
+        self._refuse_sources("OpenFace output", path)
         return write_openface(self, path, self._threshold)
+
+    def _refuse_sources(self, what: str, *paths) -> None:
+        """Every writer's rule: never over (or into a folder holding) a photo or video this table
+        was read from (``mf2.io.refuse_overlap``, the commands' rule) -- a PathConflict before
+        anything is written."""
+        sources = [x for x in pd.unique(self["source"].dropna()) if isinstance(x, str)] if "source" in self else []
+        refuse_overlap({"source": sources}, {what: [p for p in paths if isinstance(p, (str, os.PathLike))]})
 
     # -- accessors ------------------------------------------------------------------------
     @property
@@ -273,9 +291,9 @@ class Faces(pd.DataFrame):
         read without its ``.json``)."""
         return per_au(self.attrs.get("threshold", 0.5))
 
-    @staticmethod
-    def _saved(fig, path):
+    def _saved(self, fig, path):
         if path is not None:
+            self._refuse_sources("plot", path)
             plots.save_figure(fig, path)
         return fig
 
@@ -315,11 +333,43 @@ class Faces(pd.DataFrame):
 
     def write_json(self, path) -> Path:
         """``{"checkpoint", "rows": json_rows(), "skipped"}`` to ``path``, atomically."""
+        self._refuse_sources("JSON output", path)
         with AtomicFile(path, "w") as f:
             json.dump({"checkpoint": self.attrs.get("checkpoint"), "info": self.info, "rows": self.json_rows(),
                        "skipped": self.attrs.get("skipped", []), "near_misses": self.attrs.get("near_misses", [])}, f)
             f.write("\n")
         return Path(path)
+
+
+COMPRESSED_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}  # pandas' inferred compressions
+_ADDED = {"skipped": list, "near_misses": list, "annotated": list, "videos": dict}  # attrs that accumulate
+
+
+def _joined_attrs(attrs: list[dict]) -> dict:
+    """The ``attrs`` of tables joined by ``Faces.concat``: counts added up, the lists of skipped
+    inputs, near-misses and annotated files one after another, the videos' records together, and
+    every setting (thresholds, model, detector, tracking, ...) kept -- which the tables must share
+    (a ``ValueError`` names the first that differs: the joined table could not say which it was
+    made with). Tables without attrs (built by hand) add nothing."""
+    attrs = [a for a in attrs if a]
+    out: dict = {}
+    for a in attrs:
+        for key, value in a.items():
+            if key == "counts":
+                counts = out.setdefault("counts", {})
+                for k, v in value.items():
+                    counts[k] = counts.get(k, 0) + v
+            elif key in _ADDED:
+                if _ADDED[key] is list:
+                    out[key] = out.get(key, []) + list(value)
+                else:
+                    out[key] = {**value, **out.get(key, {})}
+            elif key not in out:
+                out[key] = value
+            elif out[key] != value:
+                raise ValueError(f"concat: the tables were made with different settings ({key}: {out[key]!r} and "
+                                 f"{value!r}); join tables of one Detector")
+    return out
 
 
 def read_faces(path) -> Faces:

@@ -816,3 +816,159 @@ def test_written_files_get_the_umask_mode_and_clear_errors_for_wrong_paths(probe
         with pytest.raises(OutputPathError, match=fragment):
             write()
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# -- a stranger's second probe: writers, sampling, joins, odd sources ---------------------------------
+
+def test_every_writer_refuses_the_photo_it_was_read_from(probe, tmp_path):
+    """to_csv refused to write over a photo it read; write_json, the plots' ``path=`` and
+    to_openface wrote over it (``src.replace('.jpg', '.json')`` on 'IMG_1.JPG' is the source's own
+    name). All go through one rule now; the photo stays byte-identical."""
+    from mf2.io import PathConflict
+
+    photo = tmp_path / "IMG_1.JPG"
+    Image.open(probe.photo).convert("RGB").save(photo, format="JPEG")
+    before = tree(photo)
+    faces = probe.detect(photo, progress=False)
+    for write in (lambda: faces.to_csv(photo), lambda: faces.write_json(photo), lambda: faces.to_openface(photo),
+                  lambda: faces.to_openface(tmp_path), lambda: faces.plot_detections(0, path=photo),
+                  lambda: faces.plot_aus(path=photo)):
+        with pytest.raises(PathConflict, match="never writes"):
+            write()
+    assert tree(photo) == before
+
+
+@pytest.mark.parametrize("container", ["generator", "series", "set"])
+def test_annotate_refuses_the_input_folder_whatever_holds_the_inputs(probe, tmp_path, container):
+    import pandas as pd
+
+    from mf2.io import PathConflict
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(probe.photo, folder / "a.png")
+    paths = [str(folder / "a.png")]
+    given = {"generator": (p for p in paths), "series": pd.Series(paths), "set": set(paths)}[container]
+    with pytest.raises(PathConflict, match="never writes"):
+        probe.detect(given, progress=False, annotate=folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+def _clip(path, rate, frames, codec="libx264"):
+    import av
+
+    from skimage.data import astronaut
+
+    face = np.ascontiguousarray(astronaut()[:256, 64:320])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width, stream.pix_fmt = 256, 256, "yuv420p"
+        for k in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.roll(face, k, 1), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm", ".mp4"])
+def test_sampling_at_the_videos_own_rate_reads_every_frame(tmp_path, suffix):
+    """Matroska and WebM round timestamps to milliseconds (a 30 fps clip's second frame at 0.033 s,
+    before 1/30): fps=30 read 6 of 10 frames and fps=15 an irregular 0, 2, 5, 6, 8. A frame within
+    half a frame of a sample time is that sample's."""
+    from mf2.prediction.sources import video_frames
+
+    path = _clip(tmp_path / f"c{suffix}", 30, 10, "libvpx-vp9" if suffix == ".webm" else "libx264")
+    frames_at = lambda fps: [f.frame for f in video_frames(str(path), fps) if not f.error]  # noqa: E731
+    assert frames_at(None) == frames_at(30) == frames_at(60) == frames_at(29.97) == list(range(10))
+    assert frames_at(15) == [0, 2, 4, 6, 8]
+    assert frames_at(10) == [0, 3, 6, 9]
+
+
+def test_a_multipage_tiff_reads_every_page_and_is_an_image_not_a_video(probe, tmp_path):
+    """A TIFF's pages have no duration: at the default rate only pages 0 and 10 of 12 were read,
+    uncounted; detect_image took it and detect_video refused it as 'not a video'. Every page is
+    read now; an animated GIF is a clip (detect_video), a multi-page TIFF images (detect_image)."""
+    from mf2.prediction.sources import InputError
+
+    page = Image.open(probe.photo).convert("RGB").resize((256, 256))
+    pages = [page.rotate(0, translate=(3 * k, 0)) for k in range(12)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    pages[0].save(tmp_path / "clip.gif", save_all=True, append_images=pages[1:4], duration=500)
+    faces = probe.detect(tmp_path / "pages.tif", progress=False)
+    assert faces["frame"].tolist() == list(range(12)) and faces.attrs["counts"]["frames"] == 12
+    assert len(probe.detect_image(tmp_path / "pages.tif", progress=False)) == 12
+    with pytest.raises(InputError, match="not a video"):
+        probe.detect_video(tmp_path / "pages.tif", progress=False)
+    assert probe.detect_video(tmp_path / "clip.gif", progress=False)["frame"].tolist() == [0, 1, 2, 3]
+    assert probe.detect(tmp_path / "clip.gif", progress=False)["frame"].tolist() == [0, 2]  # 1 fps of 0.5 s frames
+    with pytest.raises(InputError, match="a video"):
+        probe.detect_image(tmp_path / "clip.gif", progress=False)
+
+
+def test_concat_keeps_the_tables_settings_and_adds_their_counts(probe):
+    """pandas drops ``attrs`` that differ between the joined tables (the counts always do): the
+    README's ``Faces.concat(parts)`` lost its thresholds (``active_aus`` fell back to 0.5) and its
+    detector (OpenFace confidence by dlib's formula). Settings are kept, counts added, lists
+    joined; tables of different settings are refused."""
+    from mf2 import Faces
+
+    a, b = probe.photo_faces, probe.clip_faces
+    joined = Faces.concat([a, b])
+    assert joined.attrs["threshold"] == a.attrs["threshold"] and joined.info == a.info
+    assert joined.attrs["counts"]["frames"] == a.attrs["counts"]["frames"] + b.attrs["counts"]["frames"]
+    assert joined.active_aus().equals(Faces.concat([a]).active_aus().iloc[:0].pipe(
+        lambda _: __import__("pandas").concat([a.active_aus(), b.active_aus()], ignore_index=True)))
+    other = b.copy()
+    other.attrs = {**b.attrs, "threshold": [0.5] * 12}
+    with pytest.raises(ValueError, match="different settings \\(threshold"):
+        Faces.concat([a, other])
+
+
+def test_folders_follow_linked_subfolders_and_globs_pass_folders_over(probe, tmp_path):
+    from mf2.prediction.sources import expand
+
+    (tmp_path / "archive/2023").mkdir(parents=True)
+    (tmp_path / "photos").mkdir()
+    shutil.copy(probe.photo, tmp_path / "archive/2023/a.png")
+    shutil.copy(probe.photo, tmp_path / "photos/b.png")
+    os.symlink("../archive/2023", tmp_path / "photos/2023")
+    os.symlink("..", tmp_path / "photos/2023/loop")  # a loop of links ends
+    items, problems = expand(str(tmp_path / "photos"))
+    assert [Path(i).relative_to(tmp_path).as_posix() for i in items] == ["photos/2023/a.png", "photos/b.png"]
+    assert problems == []
+    items_glob, problems_glob = expand(str(tmp_path / "photos/**/*"))
+    assert sorted(items_glob)[:2] == sorted(items) and not any(Path(p).is_dir() for p, _ in problems_glob)
+    assert expand(str(tmp_path / "arch*"))[1] == [(str(tmp_path / "arch*"), "only folders match (a folder's files: "
+                                                   "name the folder, or end the glob in /**/*)")]
+
+
+def test_text_files_ffmpeg_would_render_are_not_videos(probe, tmp_path):
+    """FFmpeg's tty demuxer opens a film's .nfo release notes as a "video" of rendered text."""
+    from mf2.prediction.sources import kind, video_frames
+
+    (tmp_path / "release.nfo").write_text("Movie.2024.1080p\nSource: Blu-ray\nEnjoy!\n")
+    (tmp_path / "notes.mp4").write_text("Movie.2024.1080p\nSource: Blu-ray\nEnjoy!\n")
+    assert kind(tmp_path / "release.nfo") == "unknown"
+    assert all(f.error for f in video_frames(str(tmp_path / "notes.mp4"), None))
+
+
+def test_compressed_tables_are_refused_in_one_line(probe, tmp_path):
+    import gzip
+
+    from mf2 import read_faces
+
+    for write in (lambda: probe.photo_faces.to_csv(tmp_path / "f.csv.gz"),
+                  lambda: probe.photo_faces.to_csv(tmp_path / "f.csv", compression="gzip")):
+        with pytest.raises(ValueError, match="written uncompressed"):
+            write()
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "plain.csv.gz").write_text("source,frame\n")
+    with pytest.raises(ValueError, match="not a CSV table"):
+        read_faces(tmp_path / "plain.csv.gz")
+    with gzip.open(tmp_path / "real.csv.gz", "wt") as f:
+        f.write(probe.photo_faces.to_csv())
+    assert len(read_faces(tmp_path / "real.csv.gz")) == len(probe.photo_faces)
+
+
+def test_a_frame_rate_without_finite_times_is_refused(probe):
+    with pytest.raises(ValueError, match="frame_rate"):
+        next(probe.detect_frames([np.zeros((64, 64, 3), np.uint8)], frame_rate=1e-320))

@@ -69,19 +69,21 @@ def frame_count(path) -> int:
 
 
 def image_frames(path):
-    """(index, seconds, RGB uint8 [H, W, 3] or an ImageError) of each frame of an animated image,
-    timed by the frames' own durations (0.1 s where a frame gives none)."""
+    """(index, seconds, duration or None, RGB uint8 [H, W, 3] or an ImageError) of each frame of
+    an animated image, timed by the frames' own durations (0.1 s where a frame gives none; the
+    duration is then None: a multi-page TIFF's pages are pages, not a clip's frames)."""
     from PIL import Image, ImageSequence
 
     t = 0.0
     with Image.open(path) as im:
         for index, frame in enumerate(ImageSequence.Iterator(im)):
-            try:
-                yield index, round(t, 4), to_rgb(frame.copy())
-            except ImageError as exc:
-                yield index, round(t, 4), exc
             duration = frame.info.get("duration")
-            t += (duration / 1000.0) if isinstance(duration, (int, float)) and duration > 0 else 0.1
+            duration = duration / 1000.0 if isinstance(duration, (int, float)) and duration > 0 else None
+            try:
+                yield index, round(t, 4), duration, to_rgb(frame.copy())
+            except ImageError as exc:
+                yield index, round(t, 4), duration, exc
+            t += duration or 0.1
 
 
 def load_image(path) -> np.ndarray:

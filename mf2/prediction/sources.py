@@ -27,6 +27,7 @@ frames"): one input, one skip.
 from __future__ import annotations
 
 import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,9 +105,15 @@ def kind(path) -> str:
 
     try:
         with av.open(str(path)) as container:
-            return "video" if container.streams.video else "unknown"
+            # FFmpeg renders text art as video (a film's .nfo release notes through its tty
+            # demuxer): a text file is not a video, whatever FFmpeg makes of it
+            real = [v for v in container.streams.video if v.codec_context.name not in TEXT_CODECS]
+            return "video" if real else "unknown"
     except Exception:  # noqa: BLE001 - neither
         return "unknown"
+
+
+TEXT_CODECS = {"ansi", "bintext", "xbin", "idf"}  # FFmpeg's text-art "video" codecs (tty, bintext, xbin, idf)
 
 
 def is_video(path) -> bool:
@@ -123,13 +130,29 @@ def is_animated(path) -> bool:
     return (suffix in ANIMATED_EXTENSIONS or suffix not in IMAGE_EXTENSIONS) and frame_count(path) > 1
 
 
+def is_clip(path) -> bool:
+    """A video, or an animated image whose frames are a clip's (GIF, WebP, PNG: timed by their
+    durations) -- what ``data_type='video'`` takes; a multi-page TIFF's pages are images."""
+    if is_video(path):
+        return True
+    if not is_animated(path):
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.format != "TIFF"
+    except Exception:  # noqa: BLE001 - unreadable: said when it is read
+        return False
+
+
 def _is_image_object(item) -> bool:
     from PIL import Image
 
     return isinstance(item, (Image.Image, np.ndarray)) or type(item).__name__ == "VideoFrame"
 
 
-def _flatten(inputs) -> list:
+def flatten(inputs) -> list:
     """One input or an iterable of them -> a list of inputs (a 4-D array is a stack of images)."""
     if isinstance(inputs, (str, Path)) or _is_image_object(inputs) and not (
             isinstance(inputs, np.ndarray) and inputs.ndim == 4):
@@ -146,12 +169,27 @@ def _not_read(path: Path) -> str:
     return "not a regular file"  # a FIFO, a device: never read (it could block or never end)
 
 
+def _folder_files(folder: Path) -> list[Path]:
+    """Every entry under ``folder`` but its folders, sorted: linked folders are followed (a
+    ``photos/2023`` linked to an archive is read as a glob ``photos/**/*`` reads it), each real
+    folder once (a loop of links ends)."""
+    out, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        out += [Path(root) / f for f in files]
+    return sorted(out)
+
+
 def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
     """(items to read: file paths and ``InMemory`` images, [(input, why nothing was read)]).
 
     ``inputs``: a path, folder, glob, PIL image or array, or a list of them."""
     items, problems = [], []
-    for k, item in enumerate(_flatten(inputs)):
+    for k, item in enumerate(flatten(inputs)):
         if _is_image_object(item):
             items.append(InMemory(f"<image {k}>", item))
             continue
@@ -164,7 +202,7 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
             continue
         path = Path(item)
         if path.is_dir():
-            wanted = [p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS]
+            wanted = [p for p in _folder_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS]
             found = [str(p) for p in wanted if p.is_file()]
             items += found
             # a link to nothing (or to a folder) named like an image: said, not passed over
@@ -177,9 +215,12 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
             matches = sorted(glob.glob(item, recursive=True))
             found = [p for p in matches if Path(p).is_file()]
             items += found
-            problems += [(p, _not_read(Path(p))) for p in matches if not Path(p).is_file()]
+            # (the folders a glob such as photos/**/* matches are passed over: their files are matched too)
+            problems += [(p, _not_read(Path(p))) for p in matches if not Path(p).is_file() and not Path(p).is_dir()]
             if not matches:
                 problems.append((item, "no files match"))
+            elif all(Path(p).is_dir() for p in matches):
+                problems.append((item, "only folders match (a folder's files: name the folder, or end the glob in /**/*)"))
         elif path.is_symlink() or path.exists():
             problems.append((item, _not_read(path)))
         else:
@@ -214,6 +255,24 @@ def in_memory_frame(name: str, image, frame: int | None = None, time: float | No
         return Frame(name, frame, time, error=str(exc))
 
 
+class Sampler:
+    """Which frames ``fps`` (None or 0: all) or ``every`` (every n-th decoded frame) takes, for
+    videos and animated images alike. A frame is taken when its time reaches the next sample time
+    less half a frame (``interval``): containers round timestamps to their clock (Matroska and
+    WebM to milliseconds: a 30 fps clip's second frame is at 0.033 s, before 1/30), so a frame a
+    tick early is still the one a rate asks for -- the video's own rate (or more) reads every
+    frame, half of it every other one. After a gap, the sample times start again from the frame."""
+
+    def __init__(self, fps: float | None, every: int | None = None):
+        self.step, self.every, self.next = (1.0 / fps if fps else 0.0), every, 0.0
+
+    def take(self, index: int, t: float, interval: float) -> bool:
+        if self.every and index % self.every or t + max(0.5 * interval, 1e-6) < self.next:
+            return False
+        self.next = self.next + self.step if self.next + self.step > t else t + self.step
+        return True
+
+
 def video_frames(path: str, fps: float | None, every: int | None = None):
     """Frames of a video at ``fps`` (None or 0: all), or every ``every``-th decoded frame,
     decoded one at a time, each as a player shows it (the container's display rotation applied)
@@ -228,15 +287,16 @@ def video_frames(path: str, fps: float | None, every: int | None = None):
         yield Frame(path, error=f"unreadable video ({str(exc).splitlines()[0]})")
         return
     with container:
-        if not container.streams.video:
-            yield Frame(path, error="no video stream")
+        streams = [v for v in container.streams.video if v.codec_context.name not in TEXT_CODECS]
+        if not streams:
+            yield Frame(path, error="no video stream" if not container.streams.video else
+                        "neither an image nor a video (text, which FFmpeg would render as a video)")
             return
-        stream = container.streams.video[0]
+        stream = streams[0]
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or 25)
         tagged = _rotate_tag(stream)
-        step = 1.0 / fps if fps else 0.0
-        next_time, index, start, sampled = 0.0, -1, None, 0
+        sampler, index, start, sampled = Sampler(fps, every), -1, None, 0
         unusable: dict[str, list] = {}  # why -> [frames, the first]
         try:
             for frame in container.decode(stream):
@@ -244,12 +304,8 @@ def video_frames(path: str, fps: float | None, every: int | None = None):
                 stamp = float(frame.time) if frame.time is not None else index / rate
                 start = stamp if start is None else start
                 t = stamp - start
-                if every and index % every:
+                if not sampler.take(index, t, 1.0 / rate):
                     continue
-                if t + 1e-6 < next_time:
-                    continue
-                # the next sample time; after a gap in the video (or with step 0), from this frame
-                next_time = next_time + step if next_time + step > t else t + step
                 sampled += 1
                 turn = display_orientation(frame)
                 try:
@@ -286,16 +342,15 @@ def _unusable(path: str, unusable: dict, sampled: int):
 
 
 def animated_frames(path: str, fps: float | None, every: int | None = None):
-    """Frames of an animated image, sampled as ``video_frames`` samples a video."""
-    step = 1.0 / fps if fps else 0.0
-    next_time = 0.0
+    """Frames of an animated image, sampled as ``video_frames`` samples a video; frames without a
+    duration (a multi-page TIFF's pages: pages, not a clip) are all read, whatever the rate."""
+    sampler, pages = Sampler(fps, every), Sampler(None, every)
     unusable: dict[str, list] = {}  # why -> [frames, the first]
     sampled = 0
     try:
-        for index, t, image in image_frames(path):
-            if every and index % every or t + 1e-6 < next_time:
+        for index, t, duration, image in image_frames(path):
+            if not (sampler if duration is not None else pages).take(index, t, duration or 0.0):
                 continue
-            next_time = next_time + step if next_time + step > t else t + step
             sampled += 1
             if isinstance(image, ImageError):
                 unusable.setdefault(str(image), [0, index])[0] += 1
