@@ -83,7 +83,12 @@ class Faces(pd.DataFrame):
 
     @classmethod
     def concat(cls, parts) -> "Faces":
-        """Tables one after another (e.g. the per-frame tables of ``Detector.detect_frames``)."""
+        """Tables one after another (e.g. the per-frame tables of ``Detector.detect_frames``), with
+        their settings kept and counts added (tables of different settings are refused). Images
+        given in memory are named by their place in one ``detect`` call (``<image 0>``, ...): where
+        two tables both hold an ``<image k>``, they are different pictures, and the later
+        table's is renamed ``<image k of table j>`` (j from 0), so that ``summary``, ``tracks`` and
+        ``to_openface`` do not take them for one."""
         if isinstance(parts, pd.DataFrame):  # one table: list() would give its column names
             raise ValueError("concat: expected a list (or an iterable) of tables, got one table: wrap it, [faces]")
         parts = list(parts)
@@ -92,6 +97,7 @@ class Faces(pd.DataFrame):
             raise ValueError(f"concat: expected tables (Faces), got a {bad[0]} among them")
         if not parts:
             return cls.from_columns({c: [] for c in COLUMNS})
+        parts = _distinct_images(parts)
         joined = cls(pd.concat(parts, ignore_index=True))
         joined.attrs = _joined_attrs([p.attrs for p in parts])
         return joined
@@ -339,6 +345,25 @@ class Faces(pd.DataFrame):
                        "skipped": self.attrs.get("skipped", []), "near_misses": self.attrs.get("near_misses", [])}, f)
             f.write("\n")
         return Path(path)
+
+
+def _distinct_images(parts: list) -> list:
+    """``parts`` with each ``<image k>`` of a later table that an earlier table holds too renamed
+    ``<image k of table j>`` (see ``Faces.concat``)."""
+    import re
+
+    seen, out = set(), []
+    for j, part in enumerate(parts):
+        names = set(part["source"].dropna().unique()) if "source" in part else set()
+        images = {n for n in names if isinstance(n, str) and re.fullmatch(r"<image \d+>", n)}
+        clash = images & seen
+        if clash:
+            part = part.copy()
+            part["source"] = part["source"].map(lambda n: f"{n[:-1]} of table {j}>" if n in clash else n)
+            part = part.astype({"source": parts[j]["source"].dtype})
+        seen |= images
+        out.append(part)
+    return out
 
 
 COMPRESSED_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}  # pandas' inferred compressions

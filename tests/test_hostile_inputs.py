@@ -972,3 +972,19 @@ def test_compressed_tables_are_refused_in_one_line(probe, tmp_path):
 def test_a_frame_rate_without_finite_times_is_refused(probe):
     with pytest.raises(ValueError, match="frame_rate"):
         next(probe.detect_frames([np.zeros((64, 64, 3), np.uint8)], frame_rate=1e-320))
+
+
+def test_images_of_separate_calls_stay_separate_when_joined(probe):
+    """In-memory images are named by their place in one call: three calls of one array each all
+    said <image 0>, and joined they were one source of one frame (one person in tracks())."""
+    from skimage.data import astronaut
+
+    from mf2 import Faces
+
+    shots = [astronaut(), np.ascontiguousarray(astronaut()[:, ::-1]), astronaut()[::2, ::2]]
+    parts = [probe.detect(x, progress=False) for x in shots]
+    joined = Faces.concat(parts)
+    assert joined["source"].tolist() == ["<image 0>", "<image 0 of table 1>", "<image 0 of table 2>"]
+    assert len(joined.summary()) == 3 and [p["source"].tolist() for p in parts] == [["<image 0>"]] * 3
+    frames = list(probe.detect_frames([astronaut(), astronaut()], frame_rate=5))  # one stream: one source
+    assert Faces.concat(frames)["source"].unique().tolist() == ["<frames>"]
