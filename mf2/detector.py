@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
@@ -475,7 +476,12 @@ class Detector:
                  "model": type(p.model).__name__, "vision": p.vision.name, "versions": _versions()}
         if annotator is not None:
             attrs["annotated"] = annotator.written
-        return Faces.from_columns(table.columns(), attrs)
+        columns = table.columns()
+        # the files read, as absolute paths (writers refuse them after a chdir too), and this table's
+        # id (Faces.concat counts the pieces of one table once)
+        attrs["paths"] = sorted({os.path.abspath(x) for x in columns["source"] if isinstance(x, str) and not x.startswith("<")})
+        attrs["tables"] = [uuid.uuid4().hex]
+        return Faces.from_columns(columns, attrs)
 
     @staticmethod
     def _bar(progress):

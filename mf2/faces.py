@@ -106,7 +106,8 @@ class Faces(pd.DataFrame):
         """``DataFrame.to_csv`` without the index by default; a path is written atomically, with
         the table's ``attrs`` beside it in ``<path>.json`` (thresholds, model, detector, counts),
         which ``read_faces`` reads back."""
-        if isinstance(path_or_buf, (str, Path)):
+        if isinstance(path_or_buf, (str, os.PathLike)):
+            path_or_buf = os.fspath(path_or_buf)
             compression = kwargs.get("compression", "infer")
             if compression not in ("infer", None) or compression == "infer" and \
                     Path(path_or_buf).suffix.lower() in COMPRESSED_SUFFIXES:
@@ -135,6 +136,7 @@ class Faces(pd.DataFrame):
         was read from (``mf2.io.refuse_overlap``, the commands' rule) -- a PathConflict before
         anything is written."""
         sources = [x for x in pd.unique(self["source"].dropna()) if isinstance(x, str)] if "source" in self else []
+        sources += [p for p in self.attrs.get("paths", []) if isinstance(p, str)]  # as read: a chdir since changes nothing
         refuse_overlap({"source": sources}, {what: [p for p in paths if isinstance(p, (str, os.PathLike))]})
 
     # -- accessors ------------------------------------------------------------------------
@@ -355,45 +357,63 @@ def _distinct_images(parts: list) -> list:
     seen, out = set(), []
     for j, part in enumerate(parts):
         names = set(part["source"].dropna().unique()) if "source" in part else set()
-        images = {n for n in names if isinstance(n, str) and re.fullmatch(r"<image \d+>", n)}
-        clash = images & seen
-        if clash:
+        images = {n for n in names if isinstance(n, str) and re.fullmatch(r"<image \d+( of table \d+)?>", n)}
+        renamed = {}
+        for n in sorted(images & seen):  # a name taken: the first "<image k of table i>" free, i from j
+            base, i = re.sub(r" of table \d+>$", ">", n)[:-1], j
+            while f"{base} of table {i}>" in seen | names:
+                i += 1
+            renamed[n] = f"{base} of table {i}>"
+            seen.add(renamed[n])
+        if renamed:
             part = part.copy()
-            part["source"] = part["source"].map(lambda n: f"{n[:-1]} of table {j}>" if n in clash else n)
-            part = part.astype({"source": parts[j]["source"].dtype})
+            part["source"] = part["source"].map(lambda n: renamed.get(n, n)).astype(parts[j]["source"].dtype)
         seen |= images
         out.append(part)
     return out
 
 
 COMPRESSED_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}  # pandas' inferred compressions
-_ADDED = {"skipped": list, "near_misses": list, "annotated": list, "videos": dict}  # attrs that accumulate
+_LISTED = ("skipped", "near_misses", "paths")  # attrs that accumulate: lists joined; "videos" merged, counts added
 
 
 def _joined_attrs(attrs: list[dict]) -> dict:
     """The ``attrs`` of tables joined by ``Faces.concat``: counts added up, the lists of skipped
-    inputs, near-misses and annotated files one after another, the videos' records together, and
-    every setting (thresholds, model, detector, tracking, ...) kept -- which the tables must share
-    (a ``ValueError`` names the first that differs: the joined table could not say which it was
-    made with). Tables without attrs (built by hand) add nothing."""
-    attrs = [a for a in attrs if a]
+    inputs, near-misses and sources' paths joined, the videos' records together, and every setting
+    (thresholds, model, detector, tracking, ...) kept -- which the tables must share (a
+    ``ValueError`` names the first that differs: the joined table could not say which it was made
+    with). Pieces of one table (its rows split by source, by a filter: each keeps the whole
+    table's attrs, ``tables`` naming it) add its counts once. Tables without attrs add nothing."""
     out: dict = {}
-    for a in attrs:
+    seen: list = []
+    for a in (a for a in attrs if a):
+        ids = a.get("tables") if isinstance(a.get("tables"), list) else []
+        again = bool(ids) and set(ids) <= set(seen)  # a piece of a table already counted
+        seen += [i for i in ids if i not in seen]
         for key, value in a.items():
-            if key == "counts":
-                counts = out.setdefault("counts", {})
-                for k, v in value.items():
-                    counts[k] = counts.get(k, 0) + v
-            elif key in _ADDED:
-                if _ADDED[key] is list:
-                    out[key] = out.get(key, []) + list(value)
-                else:
+            if key == "tables":
+                continue
+            if key in ("counts", "annotated") or key in _LISTED or key == "videos":
+                if again:
+                    continue
+                if key == "counts" and isinstance(value, dict):
+                    counts = out.setdefault("counts", {})
+                    for k, v in value.items():
+                        counts[k] = counts.get(k, 0) + v if isinstance(v, (int, float)) else counts.get(k, v)
+                elif key == "annotated" and isinstance(value, (int, float)):
+                    out[key] = out.get(key, 0) + value
+                elif key in _LISTED and isinstance(value, list):
+                    out[key] = out.get(key, []) + [v for v in value if key != "paths" or v not in out.get(key, [])]
+                elif key == "videos" and isinstance(value, dict):
                     out[key] = {**value, **out.get(key, {})}
-            elif key not in out:
+                continue
+            if key not in out:
                 out[key] = value
             elif out[key] != value:
                 raise ValueError(f"concat: the tables were made with different settings ({key}: {out[key]!r} and "
                                  f"{value!r}); join tables of one Detector")
+    if seen:
+        out["tables"] = seen
     return out
 
 

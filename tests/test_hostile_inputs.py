@@ -937,8 +937,9 @@ def test_folders_follow_linked_subfolders_and_globs_pass_folders_over(probe, tmp
     assert problems == []
     items_glob, problems_glob = expand(str(tmp_path / "photos/**/*"))
     assert sorted(items_glob)[:2] == sorted(items) and not any(Path(p).is_dir() for p, _ in problems_glob)
-    assert expand(str(tmp_path / "arch*"))[1] == [(str(tmp_path / "arch*"), "only folders match (a folder's files: "
-                                                   "name the folder, or end the glob in /**/*)")]
+    (tmp_path / "empty/sub").mkdir(parents=True)
+    assert expand(str(tmp_path / "empt*/**"))[1] == [(str(tmp_path / "empt*/**"), "only folders match (a folder's "
+                                                      "files: name the folder, or end the glob in /**/*)")]
 
 
 def test_text_files_ffmpeg_would_render_are_not_videos(probe, tmp_path):
@@ -988,3 +989,60 @@ def test_images_of_separate_calls_stay_separate_when_joined(probe):
     assert len(joined.summary()) == 3 and [p["source"].tolist() for p in parts] == [["<image 0>"]] * 3
     frames = list(probe.detect_frames([astronaut(), astronaut()], frame_rate=5))  # one stream: one source
     assert Faces.concat(frames)["source"].unique().tolist() == ["<frames>"]
+
+
+# -- the same stranger, on the fixes above ---------------------------------------------------------
+
+def test_writers_refuse_the_source_after_a_chdir_and_for_any_pathlike(probe, tmp_path, monkeypatch):
+    from mf2.io import PathConflict
+
+    (tmp_path / "photos").mkdir()
+    shutil.copy(probe.photo, tmp_path / "photos/a.png")
+    monkeypatch.chdir(tmp_path)
+    faces = probe.detect("photos/a.png", progress=False)  # the table says "photos/a.png"
+    before = tree(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path / "photos")
+
+    class Where:  # an os.PathLike that is neither str nor Path (py.path.local, ...)
+        def __fspath__(self):
+            return str(tmp_path / "photos/a.png")
+
+    for write in (lambda: faces.to_csv(tmp_path / "photos/a.png"), lambda: faces.write_json("a.png"),
+                  lambda: faces.plot_aus(path=str(tmp_path / "photos/a.png")), lambda: faces.to_csv(Where())):
+        with pytest.raises(PathConflict, match="never writes"):
+            write()
+    assert tree(tmp_path / "photos") == before
+
+
+def test_concat_in_a_loop_and_of_a_tables_pieces(probe, tmp_path):
+    from skimage.data import astronaut
+
+    from mf2 import Faces
+
+    acc = probe.detect(astronaut(), progress=False)
+    for x in (np.ascontiguousarray(astronaut()[:, ::-1]), astronaut()[::2, ::2]):
+        acc = Faces.concat([acc, probe.detect(x, progress=False)])
+    assert acc["source"].nunique() == 3
+    both = probe.detect([probe.photo, probe.clip, tmp_path / "missing.png"], progress=False, log=lambda m: None)
+    pieces = [both[both["source"] == s] for s in both["source"].unique()]
+    again = Faces.concat(pieces)
+    assert again.attrs["counts"] == both.attrs["counts"] and again.attrs["skipped"] == both.attrs["skipped"]
+
+
+def test_gifs_without_durations_are_sampled_and_globs_say_their_folders(probe, tmp_path):
+    from mf2.prediction.sources import animated_frames, expand
+
+    page = Image.open(probe.photo).convert("RGB").resize((64, 64))
+    frames = [page.rotate(0, translate=(k, 0)) for k in range(20)]  # (Pillow merges identical frames)
+    frames[0].save(tmp_path / "zero.gif", save_all=True, append_images=frames[1:], duration=0)
+    assert [f.frame for f in animated_frames(str(tmp_path / "zero.gif"), 1)] == [0, 10]  # 0.1 s a frame, as shown
+    (tmp_path / "photos/2023").mkdir(parents=True)
+    shutil.copy(probe.photo, tmp_path / "photos/a.png")
+    shutil.copy(probe.photo, tmp_path / "photos/2023/b.png")
+    os.symlink("..", tmp_path / "photos/2023/up")  # a loop of links
+    items, problems = expand(str(tmp_path / "photos/*"))  # a plain glob: its folder is said
+    assert items == [str(tmp_path / "photos/a.png")] and [p for p, _ in problems] == [str(tmp_path / "photos/2023")]
+    items, problems = expand(str(tmp_path / "photos/**/*"))  # each real folder once, the loop not followed
+    assert sorted(items) == [str(tmp_path / "photos/2023/b.png"), str(tmp_path / "photos/a.png")] and problems == []
+    paths = np.array([str(tmp_path / "photos/a.png"), str(tmp_path / "photos/2023/b.png")], dtype=object)
+    assert expand(paths)[0] == list(paths) and expand(paths.astype(str))[0] == list(paths)  # df["path"].to_numpy()

@@ -327,8 +327,9 @@ def test_descriptors_equal_dlibs_own_and_the_model_file_is_checked(people, tmp_p
         fd.describe_chip(np.zeros((10, 10, 3), np.uint8))
     data = open(face_recognition_models.face_recognition_model_location(), "rb").read()
     (tmp_path / "cut.dat").write_bytes(data[:len(data) // 2])
+    (tmp_path / "tail.dat").write_bytes(data[:-10])  # cut in its last layer's trailing fields: it still parses
     (tmp_path / "noise.dat").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    for path in (tmp_path / "cut.dat", tmp_path / "noise.dat", face_recognition_models.cnn_face_detector_model_location(),
+    for path in (tmp_path / "cut.dat", tmp_path / "tail.dat", tmp_path, tmp_path / "noise.dat", face_recognition_models.cnn_face_detector_model_location(),
                  face_recognition_models.pose_predictor_model_location()):
         with pytest.raises(ValueError, match="not dlib's face recognition ResNet") as e:
             fd.load_net(path)

