@@ -6,7 +6,7 @@ arithmetic is PyTorch's. ``dlib-bin`` is built without BLAS, and its binding hol
 for the whole pass: 0.09-0.2 s a face on one core, during which the face finders and the model
 thread stood still (an earlier version ran it in a child process for that reason). The same
 network in PyTorch gives dlib's numbers (max difference from ``compute_face_descriptor`` about
-3e-7, tested), several times faster (``benchmarks/results/face_descriptor-cpu.md``), and its
+3e-7, tested), several times faster (``benchmarks/results/tracking-cpu.md`` times both), and its
 operations release the GIL.
 
 The face's 150-px chip is cut by dlib (``dlib.get_face_chip``, as ``compute_face_descriptor(image,
