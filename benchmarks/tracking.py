@@ -420,8 +420,9 @@ def pose_only(args) -> None:
     (args.out / f"pose-{suffix}.md").write_text("\n".join(md))
 
 
-def _frames(path: Path, n: int, step: int = 8) -> list:
-    """Every ``step``-th decoded frame of the clip at ``path`` (RGB arrays), ``n`` of them at most."""
+def _frames(path: Path, n: int | None = None, step: int = 1) -> list:
+    """Every ``step``-th decoded frame of the clip at ``path`` (RGB arrays), ``n`` of them at most
+    (None: all)."""
     import av
 
     from mf2.features.pixels import to_rgb
@@ -475,18 +476,13 @@ def cascade_comparison(clips, device: str = "cpu", real_frames: int = 60, min_si
     batch; the confirmed row includes dlib's 68 points and the CNN's looks), and the faces found beyond
     the one in each of ``real_frames`` frames of ``predict.py``'s video (a window over the
     astronaut photo: one real face)."""
-    import av
     from predict import video_frames
 
     from mf2.features.face_align import FINE_FACTOR, FINE_STAGES, MTCNN_FACTOR, MTCNN_STAGES, FaceFinder
     from mf2.features.mtcnn import MTCNN
-    from mf2.features.pixels import to_rgb
     from mf2.prediction.tracking import iou
 
-    decoded = []
-    for _, path, truth in clips:
-        with av.open(str(path)) as container:
-            decoded.append(([to_rgb(f) for f in container.decode(video=0)], truth))
+    decoded = [(_frames(path), truth) for _, path, truth in clips]
     astronaut = video_frames(5 * real_frames)[::5]
     finder = FaceFinder("mtcnn", device, stages=FINE_STAGES, factor=FINE_FACTOR)
     ways = []
@@ -608,7 +604,7 @@ def main():
                           "near_miss_scores": ", ".join(f"{f.score:.2f}" for f in found.near_misses),
                           "seconds": round(time.perf_counter() - t0, 2)})
             print(json.dumps(group[-1]), flush=True)
-        speed = descriptor_speed([photo, *_frames(clips[0][1], 2 if args.tiny else 12)])
+        speed = descriptor_speed([photo, *_frames(clips[0][1], 2 if args.tiny else 12, step=8)])
         print(json.dumps({"descriptor": speed}), flush=True)
         pose = pose_errors(8 if args.tiny else 60)
         print(json.dumps({"pose": pose}), flush=True)

