@@ -476,13 +476,13 @@ class Detector:
                  "model": type(p.model).__name__, "vision": p.vision.name, "versions": _versions()}
         if annotator is not None:
             attrs["annotated"] = annotator.written
-        columns = table.columns()
-        # the files read, as absolute paths (writers refuse them after a chdir too), and this table's
-        # id (Faces.concat counts the pieces of one table once)
-        sources = dict.fromkeys(columns["source"])  # (one per source, not per row)
-        attrs["paths"] = sorted({os.path.abspath(x) for x in sources if isinstance(x, str) and not x.startswith("<")})
+        # the folder relative sources were read from (writers refuse them after a chdir too: one
+        # string, not a path per source, since pandas copies attrs on every operation), and this
+        # table's id (Faces.concat counts the pieces of one table once)
+        with contextlib.suppress(OSError):  # (a working folder deleted since: nothing to resolve against)
+            attrs["cwd"] = [os.getcwd()]
         attrs["tables"] = [uuid.uuid4().hex]
-        return Faces.from_columns(columns, attrs)
+        return Faces.from_columns(table.columns(), attrs)
 
     @staticmethod
     def _bar(progress):

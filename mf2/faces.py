@@ -136,7 +136,9 @@ class Faces(pd.DataFrame):
         was read from (``mf2.io.refuse_overlap``, the commands' rule) -- a PathConflict before
         anything is written."""
         sources = [x for x in pd.unique(self["source"].dropna()) if isinstance(x, str)] if "source" in self else []
-        sources += [p for p in self.attrs.get("paths", []) if isinstance(p, str)]  # as read: a chdir since changes nothing
+        # a relative source as read, from the folder current then: a chdir since changes nothing
+        folders = [c for c in self.attrs.get("cwd", []) if isinstance(c, str)]
+        sources += [os.path.join(c, x) for c in folders for x in sources if not os.path.isabs(x) and not x.startswith("<")]
         refuse_overlap({"source": sources}, {what: [p for p in paths if isinstance(p, (str, os.PathLike))]})
 
     # -- accessors ------------------------------------------------------------------------
@@ -374,13 +376,13 @@ def _distinct_images(parts: list) -> list:
 
 
 COMPRESSED_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}  # pandas' inferred compressions
-_LISTED = ("skipped", "near_misses", "paths")  # attrs that accumulate as lists, joined
+_LISTED = ("skipped", "near_misses", "cwd")  # attrs that accumulate as lists, joined
 _ACCUMULATED = ("counts", "annotated", "videos", *_LISTED)  # counts added, videos' records merged, lists joined
 
 
 def _joined_attrs(attrs: list[dict]) -> dict:
     """The ``attrs`` of tables joined by ``Faces.concat``: counts added up, the lists of skipped
-    inputs, near-misses and sources' paths joined, the videos' records together, and every setting
+    inputs, near-misses and working folders joined, the videos' records together, and every setting
     (thresholds, model, detector, tracking, ...) kept -- which the tables must share (a
     ``ValueError`` names the first that differs: the joined table could not say which it was made
     with). Pieces of one table (its rows split by source, by a filter: each keeps the whole
@@ -404,7 +406,7 @@ def _joined_attrs(attrs: list[dict]) -> dict:
                 elif key == "annotated" and isinstance(value, (int, float)):
                     out[key] = out.get(key, 0) + value
                 elif key in _LISTED and isinstance(value, list):
-                    out[key] = out.get(key, []) + [v for v in value if key != "paths" or v not in out.get(key, [])]
+                    out[key] = out.get(key, []) + [v for v in value if key != "cwd" or v not in out.get(key, [])]
                 elif key == "videos" and isinstance(value, dict):
                     out[key] = {**value, **out.get(key, {})}
                 continue
