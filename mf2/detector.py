@@ -481,7 +481,7 @@ class Detector:
         # table's id (Faces.concat counts the pieces of one table once)
         with contextlib.suppress(OSError):  # (a working folder deleted since: nothing to resolve against)
             attrs["cwd"] = [os.getcwd()]
-        attrs["tables"] = [uuid.uuid4().hex]
+        attrs["tables"] = uuid.uuid4().hex
         return Faces.from_columns(table.columns(), attrs)
 
     @staticmethod

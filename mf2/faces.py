@@ -363,7 +363,7 @@ def _distinct_images(parts: list) -> list:
         renamed = {}
         for n in sorted(images & seen):  # a name taken: the first "<image k of table i>" free, i from j
             base, i = re.sub(r" of table \d+>$", ">", n)[:-1], j
-            while f"{base} of table {i}>" in seen | names:
+            while f"{base} of table {i}>" in seen or f"{base} of table {i}>" in names:
                 i += 1
             renamed[n] = f"{base} of table {i}>"
             seen.add(renamed[n])
@@ -386,13 +386,13 @@ def _joined_attrs(attrs: list[dict]) -> dict:
     (thresholds, model, detector, tracking, ...) kept -- which the tables must share (a
     ``ValueError`` names the first that differs: the joined table could not say which it was made
     with). Pieces of one table (its rows split by source, by a filter: each keeps the whole
-    table's attrs, ``tables`` naming it) add its counts once. Tables without attrs add nothing."""
+    table's attrs, ``tables`` naming it: ids in one string) add its counts once. Tables without attrs add nothing."""
     out: dict = {}
-    seen: list = []
+    seen: dict = {}  # table ids, in order (a dict: membership in constant time)
     for a in (a for a in attrs if a):
-        ids = a.get("tables") if isinstance(a.get("tables"), list) else []
-        again = bool(ids) and set(ids) <= set(seen)  # a piece of a table already counted
-        seen += [i for i in ids if i not in seen]
+        ids = a["tables"].split() if isinstance(a.get("tables"), str) else []
+        again = bool(ids) and all(i in seen for i in ids)  # a piece of a table already counted
+        seen.update(dict.fromkeys(ids))
         for key, value in a.items():
             if key == "tables":
                 continue
@@ -416,7 +416,7 @@ def _joined_attrs(attrs: list[dict]) -> dict:
                 raise ValueError(f"concat: the tables were made with different settings ({key}: {out[key]!r} and "
                                  f"{value!r}); join tables of one Detector")
     if seen:
-        out["tables"] = seen
+        out["tables"] = " ".join(seen)  # one string: pandas copies attrs on every operation, a string for free
     return out
 
 

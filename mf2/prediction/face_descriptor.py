@@ -163,7 +163,8 @@ def _parse(data: bytes) -> DescriptorNet:
             params = r.tensor().ravel()
             n, kh, kw, sy, sx, py, px = (r.int() for _ in range(7))
             k_in = convs[-1][0].shape[0] if convs else 3
-            if params.size != n * k_in * kh * kw + n or (sy, sx) not in ((1, 1), (2, 2)) or (py, px) != ((kh // 2, kw // 2) if sy == 1 else (0, 0)):
+            padding = (kh // 2, kw // 2) if sy == 1 else (0, 0)  # dlib's defaults
+            if params.size != n * k_in * kh * kw + n or (sy, sx) not in ((1, 1), (2, 2)) or (py, px) != padding:
                 raise ValueError(f"convolution {len(convs)} of {params.size} parameters, {n} filters {kh}x{kw} "
                                  f"stride {sy}, padding {py} on {k_in} channels")
             convs.append((params[:-n].reshape(n, k_in, kh, kw).copy(), params[-n:].copy(), sy, (py, px)))
