@@ -91,13 +91,15 @@ def predictions(run: Path, cache: Path, which: str, split: str) -> dict:
     from mf2.evaluation.cache_predictions import predict_split
     from mf2.features.reader import CacheReader
     from mf2.features import schema
-    from mf2.runs import load_model
+    from mf2.runs import RunFolder, load_model
 
     model, _, ckpt = load_model(run, "cpu", which)
+    thresholds = RunFolder.checkpoint_state(ckpt).get("au_thresholds")  # chosen on val with the epoch
     reader = CacheReader(cache, split, model.cfg.emo_text)
     emo, au, y_emo, y_au = predict_split(model, reader, torch.device("cpu"))
     videos = np.array([str(v) for v in reader.store.group[schema.VIDEO][:][reader.rows].tolist()], dtype=object)
-    return {"emotion": emo, "aus": au, "y_emotion": y_emo, "y_aus": y_au, "videos": videos, "checkpoint": ckpt.name}
+    return {"emotion": emo, "aus": au, "y_emotion": y_emo, "y_aus": y_au, "videos": videos, "checkpoint": ckpt.name,
+            "thresholds": np.asarray(thresholds if thresholds else [0.5] * au.shape[1])}
 
 
 def main(argv=None):
@@ -124,6 +126,7 @@ def main(argv=None):
 
     from mf2.evaluation.evaluate import SELECTION_SPLIT, resolve_split
     from mf2.evaluation.metrics import au_f1, emotion_scores, paired_bootstrap
+    from mf2.data.labels import AUS
     from mf2.evaluation.probe import au_region_probe, pooled_feature_probe
     from mf2.features.reader import CacheReader
 
@@ -139,13 +142,17 @@ def main(argv=None):
         if size > n_train:
             print(f"size {size}: the cache has only {n_train} training rows; skipped", flush=True)
             continue
-        model_stack, probe_stack, per_seed = [], [], []
+        model_stack, probe_stack, per_seed, tuned_stack = [], [], [], []
         for seed in range(args.seeds):
             run = args.work / "runs" / f"n{size}_seed{seed}"
             seconds = train(cache, run, size, seed, args.epochs)
             last, other = predictions(run, cache, scored, split), \
                 predictions(run, cache, "latest" if scored == "best" else "best", split)
-            probe = pooled_feature_probe(cache, split, train_rows=size, seed=seed, predictions=True)
+            # the probe's AU thresholds tuned on val as the run's are (on a cache without a test
+            # split, val is what is scored: no tuned figures then, they would read their own labels)
+            tuned = split != SELECTION_SPLIT
+            probe = pooled_feature_probe(cache, split, train_rows=size, seed=seed, predictions=True,
+                                         thresholds_from=SELECTION_SPLIT if tuned else None)
             regions = au_region_probe(cache, split, train_rows=size, seed=seed)
             m_au_all = au_f1(last["aus"], last["y_aus"])
             m_au, m_emo = m_au_all["mean"], emotion_scores(last["emotion"], last["y_emotion"])["mean_accuracy"]
@@ -156,7 +163,12 @@ def main(argv=None):
                                  emotion_scores(other["emotion"], other["y_emotion"])["mean_accuracy"],
                              "probe_au_f1": probe["au"]["mean"], "probe_emotion_mean_acc": probe["emotion"]["mean_accuracy"],
                              "probe_per_au": probe["au"]["per_au"], "region_probe_au_f1": regions["au"]["mean"],
-                             "region_probe_per_au": regions["au"]["per_au"]})
+                             "region_probe_per_au": regions["au"]["per_au"],
+                             **({"model_au_f1_tuned": au_f1(last["aus"], last["y_aus"], last["thresholds"])["mean"],
+                                 "probe_au_f1_tuned": probe["au_tuned"]["mean"]} if tuned else {})})
+            if tuned:
+                probe_thresholds = np.array([probe["au_tuned"]["thresholds"][a] for a in AUS])
+                tuned_stack.append((last["aus"] >= last["thresholds"], probe["au_probs"] >= probe_thresholds))
             print(f"size {size} seed {seed}: MF² AU F1 {m_au:.3f} emotion {m_emo:.3f} | probe AU F1 "
                   f"{probe['au']['mean']:.3f} emotion {probe['emotion']['mean_accuracy']:.3f} ({seconds:.0f} s)", flush=True)
             model_stack.append(last)
@@ -170,6 +182,13 @@ def main(argv=None):
         rows.append({"train_images": size, "seeds": args.seeds, "scored_images": int(len(model_stack[0]["y_emotion"])),
                      "per_seed": per_seed, "model_minus_probe": paired,
                      "per_au_seeds_pooled": {"model": pooled_au, "probe": pooled_probe}})
+        if tuned_stack:  # the same, each at its AU thresholds chosen on val
+            model_on, probe_on = (np.concatenate([t[i] for t in tuned_stack]) for i in (0, 1))
+            rows[-1]["model_minus_probe_tuned"] = paired_bootstrap(
+                (cat("emotion"), model_on), (np.concatenate([p[0] for p in probe_stack]), probe_on),
+                (cat("y_emotion"), cat("y_aus")), cat("videos"), args.bootstrap)
+            rows[-1]["per_au_tuned_seeds_pooled"] = {"model": au_f1(model_on, cat("y_aus"))["per_au"],
+                                                     "probe": au_f1(probe_on, cat("y_aus"))["per_au"]}
     epochs = args.epochs or 30
     result = {"cache": str(cache), "train_rows_in_cache": n_train, "split": split, "checkpoint": scored,
               "settings": f"mf2 pretrain --preset small defaults (auto lr and warm-up, AU frequency weighting, {epochs} "
@@ -216,6 +235,17 @@ def markdown(result: dict) -> str:
             p = row["per_au_seeds_pooled"]
             lines.append(f"| {row['train_images']} | " + " | ".join(
                 f"{100 * p['model'][a]:.1f} / {100 * p['probe'][a]:.1f}" for a in AUS) + " |")
+    if result["sizes"] and "model_minus_probe_tuned" in result["sizes"][0]:
+        lines += ["", f"AU F1 on {split} at each AU's threshold chosen on val (the run's own, kept with its checkpoint: "
+                  "what `mf2 predict` and `active_aus()` decide with; the probe's tuned on val the same way), MF² / "
+                  "probe; Δ as above:", "",
+                  "| train images | MF² AU F1 | probe AU F1 | Δ AU F1 [95%] | " + " | ".join(AUS) + " |",
+                  "|---|---|---|---|" + "---|" * len(AUS)]
+        for row in result["sizes"]:
+            d, p = row["model_minus_probe_tuned"]["au_mean_f1"], row["per_au_tuned_seeds_pooled"]
+            lines.append(f"| {row['train_images']} | {spread(row, 'model_au_f1_tuned')} | {spread(row, 'probe_au_f1_tuned')}"
+                         f" | {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | " + " | ".join(
+                             f"{100 * p['model'][a]:.1f} / {100 * p['probe'][a]:.1f}" for a in AUS) + " |")
     real = result.get("real_faces")
     if real and result["sizes"]:
         m, p = real["model"], real["probe"]

@@ -168,6 +168,10 @@ def _train_flags():
             type=Number(float, min=0, max=1, max_open=True),
             help="Feature mixup: each face's head inputs and labels mixed with another face's of the batch, its share "
                  "drawn in [0, this].")),
+        Flag("average_epochs", ("--average-epochs",), dict(
+            type=Number(float, min=0),
+            help="Validate, pick the best epoch from and save the trained weights' moving average over about this "
+                 "many epochs (0: the weights as trained).")),
         Flag("deterministic", ("--deterministic/--nondeterministic",), dict(
             help="Deterministic algorithms: the same seed on the same machine gives the same run, bit for bit. "
                  "Default: on for CPUs (about 4% slower), off for GPUs (where it costs more; see README).",

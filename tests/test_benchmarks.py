@@ -156,8 +156,12 @@ def test_small_data_runs_on_the_hard_preset_and_scores_the_test_split(tmp_path):
         "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26"}
     assert -1 <= row["model_minus_probe"]["au_mean_f1"]["diff"] <= 1
     assert 0 <= row["per_seed"][0]["region_probe_au_f1"] <= 1  # each AU's own region, probed
+    # beside, each at its AU thresholds chosen on val (the run's from its checkpoint, the probe's tuned the same way)
+    assert 0 <= row["per_seed"][0]["model_au_f1_tuned"] <= 1 and 0 <= row["per_seed"][0]["probe_au_f1_tuned"] <= 1
+    assert -1 <= row["model_minus_probe_tuned"]["au_mean_f1"]["diff"] <= 1
     md = (tmp_path / "sd.md").read_text()
     assert "on the same test images" in md and "real posed faces" in md and "Per-AU F1 on test" in md
+    assert "threshold chosen on val" in md
     from mf2.cli.main import main
 
     run, cache = tmp_path / "w/runs/n16_seed0", tmp_path / "w/features.zarr"

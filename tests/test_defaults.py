@@ -14,6 +14,7 @@ from mf2.data import synthfacs as sf
 from mf2.data.labels import AUS, EMOTIONS
 from mf2.data.landmarks import AU_CENTRE_RULES, MIRROR, au_centres, mirror_landmarks
 from mf2.evaluation.metrics import all_active_au_f1, selection_score, tune_thresholds
+from mf2.features import schema
 from mf2.features.backbones import load_vision
 from mf2.data.manifest import read_manifest
 from mf2.features.reader import CacheReader
@@ -348,6 +349,16 @@ def test_train_rows_draws_the_same_subset_for_the_model_and_the_probe(pretrained
     np.testing.assert_array_equal(feats, FeatureStore.open(cache).read("vision/tokens", 0, len(FeatureStore.open(cache)))
                                   [sub.rows][:, 0].astype(np.float32))
     assert pooled_feature_probe(cache, "val", train_rows=10, seed=3)["train_images"] == 10
+    # the probe's AU thresholds tuned on another split, as a run's are: that split's best F1 thresholds
+    from mf2.evaluation.metrics import au_f1, tune_thresholds
+
+    on_val = pooled_feature_probe(cache, "val", train_rows=10, seed=3, predictions=True)
+    on_train = pooled_feature_probe(cache, "train", train_rows=10, seed=3, predictions=True, thresholds_from="val")
+    y = lambda split: CacheReader(cache, split).store.read(schema.AUS, 0, len(FeatureStore.open(cache)))[  # noqa: E731
+        CacheReader(cache, split).rows]
+    want = tune_thresholds(on_val["au_probs"], y("val"))
+    assert list(on_train["au_tuned"]["thresholds"].values()) == want.tolist()
+    assert on_train["au_tuned"]["mean"] == au_f1(on_train["au_probs"], y("train"), want)["mean"]
     result = CliRunner().invoke(main, ["pretrain", "--cache", str(cache), "--out", str(tmp_path / "r"), "--epochs", "1",
                                        "--batch-size", "4", "--train-rows", "12", "--seed", "3"])
     assert result.exit_code == 0, result.output

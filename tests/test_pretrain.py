@@ -197,6 +197,61 @@ def test_two_epochs_equal_one_plus_resume(cache, tmp_path):
     assert (tmp_path / "a/log.csv").read_text().splitlines()[0].startswith("epoch,")
 
 
+def test_weight_average_is_the_debiased_ema_leaves_training_alone_and_resumes(cache, tmp_path):
+    from mf2.training.averaging import RAW_PREFIX, WeightAverage, decay_for
+
+    # the average by hand: sum_i d^(t-i) (1-d) w_i / (1 - d^t); the first step's is that step's weights
+    lin = torch.nn.Linear(3, 2)
+    lin.bias.requires_grad_(False)  # frozen weights are the model's own
+    avg, d, seen = WeightAverage(lin, 0.8), 0.8, []
+    for t in range(1, 6):
+        with torch.no_grad():
+            lin.weight.add_(torch.randn(2, 3))
+        seen.append(lin.weight.detach().clone())
+        avg.update()
+        want = sum(d ** (t - i) * (1 - d) * w for i, w in enumerate(seen, 1)) / (1 - d ** t)
+        torch.testing.assert_close(avg.shadow[0], want)
+    assert avg.names == ["weight"] and abs(decay_for(2, 10) - np.exp(-1 / 20)) < 1e-12
+    trained = lin.weight.detach().clone()
+    with avg.applied():
+        assert torch.equal(lin.weight, avg.shadow[0]) and torch.equal(avg.raw()[RAW_PREFIX + "weight"], trained)
+    assert torch.equal(lin.weight, trained)
+
+    # in a run: the trained weights are those of a run without the average, bit for bit; the
+    # checkpoint's model is the average; a kill and --resume continues both exactly
+    plain = _run(cache, tmp_path / "plain")
+    cfg = dict(epochs=2, batch_size=8, lr=5e-4, warmup_steps=5, deterministic=True, average_epochs=1.0)
+    run = lambda out, **kw: pretrain(cache, out, MF2Config.from_preset("small"), TrainConfig(**cfg),  # noqa: E731
+                                     log=lambda *_: None, **kw)
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", max_epochs_this_run=1)
+    resumed = run(tmp_path / "b", resume=True)
+    assert straight["train_loss"] == plain["train_loss"]  # the average does not touch the training
+    for key in ("epoch", "step", "train_loss", "val_au_f1", "val_emotion_mean_acc"):
+        assert straight[key] == resumed[key], key
+    last = lambda root, name: load_file(str(root / "checkpoints/epoch_0001" / name))  # noqa: E731
+    p, a, b = last(tmp_path / "plain", "model.safetensors"), last(tmp_path / "a", "model.safetensors"), \
+        last(tmp_path / "b", "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    raw = {k[len(RAW_PREFIX):]: v for k, v in last(tmp_path / "a", "optim.safetensors").items() if k.startswith(RAW_PREFIX)}
+    assert raw and all(torch.equal(raw[k], p[k]) for k in raw)  # the trained weights beside it
+    assert any(not torch.equal(a[k], p[k]) for k in raw)  # and the model is their average, not them
+    state = json.loads((tmp_path / "a/checkpoints/epoch_0001/state.json").read_text())
+    assert state["weight_average"]["updates"] == state["step"]
+    # a run kept without an average cannot be resumed as one with it (one line, never other weights)
+    config = json.loads((tmp_path / "plain/config.json").read_text())
+    config["train"]["average_epochs"] = 1.0
+    config["train"]["epochs"] = 3
+    (tmp_path / "plain/config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="holds no trained weights beside the average"):
+        _run(cache, tmp_path / "plain", resume=True)
+    # runs written before the field kept the weights as trained
+    from mf2.runs.migrate import migrate_config
+    assert migrate_config({"train": {"epochs": 2}})["train"]["average_epochs"] == 0.0
+    with pytest.raises(ValueError, match="train.average_epochs"):
+        TrainConfig(average_epochs=-1)
+
+
 def test_run_folder_rules_and_paper_preset(cache, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["pretrain", "--cache", str(cache), "--out", str(tmp_path / "r"), "--epochs", "1",

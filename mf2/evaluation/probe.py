@@ -14,7 +14,7 @@ import numpy as np
 from mf2.data.labels import AUS
 from mf2.data.labels import MISSING
 from mf2.evaluation.baselines import _fit_linear, logistic_baseline
-from mf2.evaluation.metrics import au_f1
+from mf2.evaluation.metrics import au_f1, tune_thresholds
 from mf2.features.reader import sample_rows
 from mf2.features.store import FeatureStore
 from mf2.features import schema
@@ -33,17 +33,30 @@ def _rows(store: FeatureStore, split: str, limit: int | None = None, seed: int =
 
 
 def pooled_feature_probe(cache, split: str = "val", train_rows: int | None = None, seed: int = 0,
-                         predictions: bool = False) -> dict:
+                         predictions: bool = False, thresholds_from: str | None = None) -> dict:
     """The probes fitted on the train split (``train_rows`` of it drawn with ``seed``, as
-    ``pretrain --train-rows`` draws them), scored on ``split``."""
+    ``pretrain --train-rows`` draws them), scored on ``split``. With ``thresholds_from`` (a split,
+    'val'), also ``au_tuned``: AU F1 on ``split`` at each AU's threshold tuned on that split, as a
+    trained run's are (``tune_thresholds``)."""
     store = FeatureStore.open(cache)
     store.verify([schema.VALID, schema.SPLIT, schema.EMOTION, schema.AUS, schema.TOKENS])
     train_x, train_rows = _rows(store, "train", train_rows, seed)
     x, rows = _rows(store, split)
     if not len(train_rows) or not len(rows):
         raise ValueError(f"{cache}: the probe needs rows in both the train and {split} splits")
-    result = logistic_baseline(train_x, train_rows, x, rows, predictions=predictions)
+    result = logistic_baseline(train_x, train_rows, x, rows, predictions=predictions or thresholds_from is not None)
     result["features"] = "pooled global token (vision/tokens[:, 0])"
+    if thresholds_from is not None:
+        tune_x, tune_rows = _rows(store, thresholds_from)
+        if not len(tune_rows):
+            raise ValueError(f"{cache}: no {thresholds_from} rows to tune the probe's AU thresholds on")
+        tune = logistic_baseline(train_x, train_rows, tune_x, tune_rows, predictions=True)  # the same fit, deterministic
+        labels = lambda rs: np.array([[r[au] for au in AUS] for r in rs])  # noqa: E731
+        thresholds = tune_thresholds(tune["au_probs"], labels(tune_rows))
+        result["au_tuned"] = {**au_f1(result["au_probs"], labels(rows), thresholds),
+                              "thresholds": dict(zip(AUS, thresholds.tolist())), "chosen_on": thresholds_from}
+        if not predictions:
+            result.pop("emotion_probs"), result.pop("au_probs")
     return result
 
 

@@ -37,6 +37,9 @@ def migrate_config(config: dict, path="config.json") -> dict:
     # runs from before AU weighting trained with plain BCE (and resume so)
     if isinstance(train, dict) and "au_weighting" not in train:
         train["au_weighting"] = "none"
+    # runs from before TrainConfig.average_epochs kept the weights as trained (and resume so)
+    if isinstance(train, dict) and "average_epochs" not in train:
+        train["average_epochs"] = 0.0
     # DFN runs from before best-epoch checkpoints were trained on their base run's latest
     if c["kind"] == "dfn" and "base_checkpoint" not in c:
         c["base_checkpoint"] = "latest"

@@ -33,15 +33,18 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer, names: dict) -> tuple[d
 
 
 def save_checkpoint(run: RunFolder, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    rng: dict, best_score: float | None = None) -> Path:
+                    rng: dict, best_score: float | None = None, training_tensors: dict | None = None) -> Path:
     """Write epoch ``epoch``'s checkpoint and point latest.json at it; with ``best_score`` it is
-    also the new best (best.json). Older checkpoints go, except the best one."""
+    also the new best (best.json). Older checkpoints go, except the best one.
+    ``training_tensors``: more tensors that only resuming reads (the trained weights beside a
+    weight average, ``mf2.training.averaging``), kept in optim.safetensors."""
     final = run.checkpoints / f"epoch_{epoch:04d}"
     with atomic_folder(final) as tmp:
         save_tensors({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         names = {id(p): n for n, p in model.named_parameters()}
         tensors, scalars = _flatten_optimizer(optimizer, names)
         tensors.update({f"rng::{k}": v for k, v in rng.items()})
+        tensors.update(training_tensors or {})
         save_tensors(tensors, tmp / "optim.safetensors")
         groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "optimizer_scalars": scalars,
@@ -57,9 +60,11 @@ def save_checkpoint(run: RunFolder, epoch: int, model: torch.nn.Module, optimize
     return final
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
-    """Restore model (and optimizer); returns (state.json, rng tensors). Every file is verified
-    against the checkpoint's SHA256SUMS, and the weights against the model, before use."""
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    average=None) -> tuple[dict, dict]:
+    """Restore model (and optimizer; and with ``average``, a ``WeightAverage``, the average and
+    the trained weights it was taken of); returns (state.json, rng tensors). Every file is
+    verified against the checkpoint's SHA256SUMS, and the weights against the model, before use."""
     path = Path(path)
     model.load_state_dict(fit_weights(model, path / "model.safetensors"))
     state = RunFolder.checkpoint_state(path)
@@ -75,4 +80,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                 optimizer.state[p] = entry
         for group, saved in zip(optimizer.param_groups, state["param_groups"]):
             group.update(saved)
+    if average is not None:
+        average.restore(tensors, state, path)
     return state, rng

@@ -8,6 +8,7 @@ only the warm-up), batch 56.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -25,6 +26,7 @@ from mf2.models.config import check, positive
 from mf2.models.mf2 import HeadRegularisation
 from mf2.models.qformer import CHECKPOINTING
 from mf2.runs import RunError, RunFolder, typed_section
+from mf2.training.averaging import WeightAverage
 from mf2.training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -76,6 +78,9 @@ class TrainConfig:
     emotion_smoothing: float = 0.0
     head_dropout: float = 0.0
     head_mixup: float = 0.0
+    # validation, the best epoch and the checkpoints' weights are the trained weights' moving
+    # average over about this many epochs (``mf2.training.averaging``); 0 = the weights as trained
+    average_epochs: float = 0.0
 
     def __post_init__(self):
         p = "train"
@@ -94,6 +99,8 @@ class TrainConfig:
         check(p, "au_weighting", self.au_weighting, str, lambda v: v in ("frequency", "none"), "frequency or none")
         for name in ("emotion_smoothing", "head_dropout", "head_mixup"):
             check(p, name, getattr(self, name), (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
+        check(p, "average_epochs", self.average_epochs, (int, float),
+              lambda v: math.isfinite(v) and v >= 0, "a number of epochs >= 0 (0 = off)")
         for name in ("compile", "flip"):
             check(p, name, getattr(self, name), bool)
 
@@ -120,6 +127,8 @@ class TrainConfig:
         share = self.warmup_steps / max(total_steps, 1)
         line = (f"schedule: {self.epochs} epochs of {steps_per_epoch} steps (batch {self.batch_size}), lr {self.lr:g}, "
                 f"linear warm-up {self.warmup_steps} steps ({share:.0%} of {total_steps}), then cosine decay")
+        if self.average_epochs:
+            line += f"; validated and saved: the weights' moving average over ~{self.average_epochs:g} epochs"
         if self.warmup_steps >= total_steps:
             line += (f"\nwarning: the warm-up ({self.warmup_steps} steps) is not shorter than the run ({total_steps} "
                      "steps): the learning rate never reaches its value (--warmup-steps auto scales it to the run)")
@@ -239,13 +248,17 @@ def train_step(batch, losses_of, optimizer, lr: float, precision: str, device) -
     return out
 
 
-def train_epoch(batches, losses_of, optimizer, step: int, total_steps: int, cfg: TrainConfig, progress=None):
-    """One pass over ``batches`` (``train_step`` with the scheduled lr). Returns the new step count
+def train_epoch(batches, losses_of, optimizer, step: int, total_steps: int, cfg: TrainConfig, progress=None,
+                average: WeightAverage | None = None):
+    """One pass over ``batches`` (``train_step`` with the scheduled lr; then ``average``'s update,
+    when the run keeps one). Returns the new step count
     and the epoch's mean losses and timing. Losses are summed where they are computed and read
     once at the end, so the steps of an epoch queue on a GPU without waiting for each other."""
     sums, n_batches, n_samples, t0 = {}, 0, 0, time.perf_counter()
     for batch in batches:
         out = train_step(batch, losses_of, optimizer, lr_at(step, total_steps, cfg), cfg.precision, cfg.device)
+        if average is not None:
+            average.update()
         step += 1
         n_batches += 1
         size = len(batch["emotion"]) if isinstance(batch, dict) else len(batch)
@@ -260,9 +273,9 @@ def train_epoch(batches, losses_of, optimizer, step: int, total_steps: int, cfg:
 
 
 def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: torch.Generator | None = None,
-                  log=print) -> tuple[int, int]:
-    """Restore model, optimizer and random states from the run's latest checkpoint; returns
-    (the epoch to start at, the step count)."""
+                  log=print, average: WeightAverage | None = None) -> tuple[int, int]:
+    """Restore model, optimizer, the weight average (when the run keeps one) and random states
+    from the run's latest checkpoint; returns (the epoch to start at, the step count)."""
     ckpt = run.latest_checkpoint()
     if ckpt is None:  # stopped before its first epoch ended: the model is as a new run's (same seed)
         if distributed.rank() == 0:
@@ -271,7 +284,7 @@ def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: 
             "with its recorded settings")
         return 0, 0
     run.require_record(ckpt, run.config())
-    state, rng = load_checkpoint(ckpt, model, optimizer)
+    state, rng = load_checkpoint(ckpt, model, optimizer, average)
     if distributed.rank() == 0:
         run.keep_log_until(state["epoch"] + 1)
     torch.set_rng_state(rng["torch"])
@@ -292,32 +305,36 @@ CHANCE_EPOCHS = 3  # validation at chance this many epochs in a row is worth a w
 
 def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, batches, losses_of, validate,
         rng_state, start_epoch: int, step: int, total_steps: int, max_epochs_this_run: int | None = None,
-        progress=None, log=print) -> dict | None:
+        progress=None, log=print, average: WeightAverage | None = None) -> dict | None:
     """The epoch loop of every trainer: ``batches(epoch)`` through ``losses_of`` (the model, or its
     DDP wrapper) with the scheduled lr; then on rank 0 ``validate()`` (the log row's validation
     columns), a row in the run's log, a checkpoint (with ``rng_state()``; the best-scoring epoch's
-    is kept as ``best``, with the AU thresholds validation chose) and a log line. Returns the last
-    epoch's row (None when no epoch ran)."""
+    is kept as ``best``, with the AU thresholds validation chose) and a log line. With ``average``
+    (a ``WeightAverage``), validation and the checkpoint's weights are the average's, and the
+    trained weights go beside it for resuming. Returns the last epoch's row (None when no epoch ran)."""
     rank, world = distributed.rank(), distributed.world_size()
     end_epoch = cfg.epochs if max_epochs_this_run is None else min(cfg.epochs, start_epoch + max_epochs_this_run)
     row, best, at_chance = None, run.best_score() if rank == 0 else None, 0
     for epoch in range(start_epoch, end_epoch):
         model.train()
-        step, stats = train_epoch(batches(epoch), losses_of, optimizer, step, total_steps, cfg, progress)
+        step, stats = train_epoch(batches(epoch), losses_of, optimizer, step, total_steps, cfg, progress, average)
         row = {"epoch": epoch + 1, "rank": rank, "step": step, "lr": optimizer.param_groups[0]["lr"],
                "seconds": stats["seconds"],
                "samples_per_s": round(stats["samples"] * world / stats["seconds"], 2) if stats["seconds"] else None,
                **stats["train"]}
         if rank == 0:
-            row.update(validate())
-            thresholds = row.pop("au_thresholds", None)
-            row["score"] = selection_score(row, cfg.tasks)
-            improved = best is None or row["score"] > best
-            best = row["score"] if improved else best
-            run.append_log(row)
-            save_checkpoint(run, epoch, model, optimizer, {"step": step, "score": row["score"],
-                                                           "au_thresholds": thresholds},
-                            rng_state(), best_score=row["score"] if improved else None)
+            with average.applied() if average is not None else contextlib.nullcontext():
+                row.update(validate())
+                thresholds = row.pop("au_thresholds", None)
+                row["score"] = selection_score(row, cfg.tasks)
+                improved = best is None or row["score"] > best
+                best = row["score"] if improved else best
+                run.append_log(row)
+                save_checkpoint(run, epoch, model, optimizer,
+                                {"step": step, "score": row["score"], "au_thresholds": thresholds,
+                                 **({"weight_average": average.state()} if average is not None else {})},
+                                rng_state(), best_score=row["score"] if improved else None,
+                                training_tensors=average.raw() if average is not None else None)
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                          if k in LOG_KEYS) + (" (best so far)" if improved and epoch > start_epoch else ""))
             at_chance = at_chance + 1 if _at_chance(row, cfg.tasks) else 0

@@ -24,6 +24,7 @@ import torch
 from mf2 import distributed
 from mf2.devices import resolve_device, resolve_precision
 from mf2.runs import RunError, RunFolder
+from mf2.training.averaging import WeightAverage, decay_for
 from mf2.training.loop import (TrainConfig, au_pos_weight, batch_for, epochs_to_train, fit, make_optimizer,
                                record_epochs, resume_latest, rng_state, saved_train_config, seed_everything)
 
@@ -153,7 +154,9 @@ def train(trainer: Trainer, out, cfg: TrainConfig, *, resume: bool = False, over
         optimizer = make_optimizer(model, cfg)
         pos_weight = au_pos_weight(aus, cfg.au_weighting)
         quiet(cfg.schedule_line(total_steps, steps_per_epoch))
-        start_epoch, step = resume_latest(run, model, optimizer, trainer.restore_rng(), log) if resume else (0, 0)
+        # the trained weights' moving average, when the run keeps one (made before resuming restores it)
+        average = WeightAverage(model, decay_for(cfg.average_epochs, steps_per_epoch)) if cfg.average_epochs else None
+        start_epoch, step = resume_latest(run, model, optimizer, trainer.restore_rng(), log, average) if resume else (0, 0)
         if not resume and rank == 0:
             sections, params = trainer.record(cfg, model)
             run.write_config(trainer.kind, **sections, train=asdict(cfg), au_pos_weight=pos_weight)
@@ -166,7 +169,8 @@ def train(trainer: Trainer, out, cfg: TrainConfig, *, resume: bool = False, over
         return fit(run, model, optimizer, cfg, start_epoch=start_epoch, step=step, total_steps=total_steps,
                    batches=lambda epoch: trainer.batches(epoch, cfg, rank, world),
                    losses_of=trainer.losses_of(net, cfg, weight), validate=lambda: trainer.validate(cfg),
-                   rng_state=trainer.rng_state, max_epochs_this_run=max_epochs_this_run, progress=progress, log=log)
+                   rng_state=trainer.rng_state, max_epochs_this_run=max_epochs_this_run, progress=progress, log=log,
+                   average=average)
 
 
 def _refuse_shared_videos(cache) -> None:
