@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -320,6 +321,11 @@ def test_descriptors_equal_dlibs_own_and_the_model_file_is_checked(people, tmp_p
             chips.append(fd.chip(image, f.box, f.landmarks))
     own = np.array(own)
     assert np.abs(fd.describe_chips(np.array(chips)) - own).max() < 1e-5  # a batch as one by one
+    frozen = np.array(chips)
+    frozen.flags.writeable = False  # a read-only view (a decoded frame's): copied, not handed to torch as is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.abs(fd.describe_chips(frozen) - own).max() < 1e-5
     # distances, which the tracker compares with its thresholds, as dlib's
     dist = lambda d: np.linalg.norm(d[:, None] - d[None], axis=2)  # noqa: E731
     assert np.abs(dist(fd.describe_chips(np.array(chips))) - dist(own)).max() < 1e-5

@@ -18,6 +18,7 @@ anything else (a truncated or edited copy, another network, a folder) is a one-l
 
 from __future__ import annotations
 
+from pathlib import Path
 import threading
 
 import numpy as np
@@ -128,7 +129,7 @@ def load_net(path) -> DescriptorNet:
     import hashlib
 
     try:
-        data = open(path, "rb").read()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise ValueError(f"{path}: not dlib's face recognition ResNet (v1) model file: {e.strerror or e}") from None
     digest = hashlib.sha256(data).hexdigest()
@@ -203,7 +204,7 @@ def net() -> DescriptorNet:
 
 def describe_chips(chips: np.ndarray) -> np.ndarray:
     """Descriptors [n, 128] float64 of [n, 150, 150, 3] uint8 chips."""
-    chips = np.ascontiguousarray(chips, dtype=np.uint8)
+    chips = np.require(chips, np.uint8, ["C", "W"])  # torch wraps only writeable memory (a read-only view is copied)
     if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
         raise ValueError(f"face chips: expected shape (n, {CHIP}, {CHIP}, 3), got {chips.shape}")
     with torch.inference_mode():
