@@ -98,8 +98,37 @@ def predictions(run: Path, cache: Path, which: str, split: str) -> dict:
     reader = CacheReader(cache, split, model.cfg.emo_text)
     emo, au, y_emo, y_au = predict_split(model, reader, torch.device("cpu"))
     videos = np.array([str(v) for v in reader.store.group[schema.VIDEO][:][reader.rows].tolist()], dtype=object)
+    ids = [str(v) for v in reader.store.group[schema.IDS][:][reader.rows].tolist()]
     return {"emotion": emo, "aus": au, "y_emotion": y_emo, "y_aus": y_au, "videos": videos, "checkpoint": ckpt.name,
+            "ids": ids,
             "thresholds": np.asarray(thresholds if thresholds else [0.5] * au.shape[1])}
+
+
+def minus_beside(work: Path, size: int, seeds: int, scored: str, split: str, model_stack: list, resamples: int) -> dict:
+    """This setting's runs − the same sizes' and seeds' runs in ``work`` (each scored on its own
+    cache, whose scored images must be these), all seeds pooled and paired image by image: at 0.5
+    and at each run's AU thresholds chosen on val."""
+    from mf2.evaluation.metrics import au_f1, emotion_scores, paired_bootstrap
+    from mf2.runs import RunFolder
+
+    other = []
+    for seed in range(seeds):
+        run = work / "runs" / f"n{size}_seed{seed}"
+        if not RunFolder(run).exists() or RunFolder(run).best_checkpoint() is None:
+            raise SystemExit(f"--beside: {run} is not a trained run (train it with the same sizes and seeds first)")
+        o = predictions(run, Path(RunFolder(run).config()["cache"]), scored, split)
+        if o["ids"] != model_stack[seed]["ids"]:
+            raise SystemExit(f"--beside: {run}'s cache scores other {split} images; paired differences need the same")
+        other.append(o)
+    cat = lambda stack, key: np.concatenate([m[key] for m in stack])  # noqa: E731
+    mine, theirs = (cat(model_stack, "emotion"), cat(model_stack, "aus")), (cat(other, "emotion"), cat(other, "aus"))
+    labels, videos = (cat(model_stack, "y_emotion"), cat(model_stack, "y_aus")), cat(model_stack, "videos")
+    on = lambda stack: np.concatenate([m["aus"] >= m["thresholds"] for m in stack])  # noqa: E731
+    return {"work": str(work), "beside_au_f1": [au_f1(o["aus"], o["y_aus"])["mean"] for o in other],
+            "beside_emotion_mean_acc": [emotion_scores(o["emotion"], o["y_emotion"])["mean_accuracy"] for o in other],
+            "paired": paired_bootstrap(mine, theirs, labels, videos, resamples),
+            "paired_tuned": paired_bootstrap((mine[0], on(model_stack)), (theirs[0], on(other)), labels, videos, resamples),
+            "beside_per_au": au_f1(theirs[1], labels[1])["per_au"]}
 
 
 def main(argv=None):
@@ -119,6 +148,9 @@ def main(argv=None):
     parser.add_argument("--work", type=Path, default=Path("small-data-work"), help="Where data and runs go.")
     parser.add_argument("--bootstrap", type=int, default=1000, help="Resamples of the val videos for the intervals.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/small_data-cpu")
+    parser.add_argument("--beside", type=Path, default=None,
+                        help="Another --work folder whose runs (same sizes and seeds, on a cache of the same scored "
+                             "images: another setting, map or region table) are scored beside: this − that, paired.")
     args = parser.parse_args(argv)
     if args.tiny:
         args.preset, args.images, args.sizes, args.seeds, args.epochs = "hard", 48, "16", 1, 1
@@ -182,6 +214,9 @@ def main(argv=None):
         rows.append({"train_images": size, "seeds": args.seeds, "scored_images": int(len(model_stack[0]["y_emotion"])),
                      "per_seed": per_seed, "model_minus_probe": paired,
                      "per_au_seeds_pooled": {"model": pooled_au, "probe": pooled_probe}})
+        if args.beside is not None:
+            rows[-1]["minus_beside"] = minus_beside(args.beside, size, args.seeds, scored, split, model_stack,
+                                                    args.bootstrap)
         if tuned_stack:  # the same, each at its AU thresholds chosen on val
             model_on, probe_on = (np.concatenate([t[i] for t in tuned_stack]) for i in (0, 1))
             rows[-1]["model_minus_probe_tuned"] = paired_bootstrap(
@@ -190,7 +225,7 @@ def main(argv=None):
             rows[-1]["per_au_tuned_seeds_pooled"] = {"model": au_f1(model_on, cat("y_aus"))["per_au"],
                                                      "probe": au_f1(probe_on, cat("y_aus"))["per_au"]}
     epochs = args.epochs or 30
-    result = {"cache": str(cache), "train_rows_in_cache": n_train, "split": split, "checkpoint": scored,
+    result = {**({"beside": str(args.beside)} if args.beside is not None else {}),"cache": str(cache), "train_rows_in_cache": n_train, "split": split, "checkpoint": scored,
               "settings": f"mf2 pretrain --preset small defaults (auto lr and warm-up, AU frequency weighting, {epochs} "
                           f"epochs); scored on {split} at the {'best epoch (chosen on val)' if scored == 'best' else 'last epoch'}",
               "real_faces": REAL_FACES, "sizes": rows}
@@ -246,6 +281,17 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['train_images']} | {spread(row, 'model_au_f1_tuned')} | {spread(row, 'probe_au_f1_tuned')}"
                          f" | {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | " + " | ".join(
                              f"{100 * p['model'][a]:.1f} / {100 * p['probe'][a]:.1f}" for a in AUS) + " |")
+    if result["sizes"] and "minus_beside" in result["sizes"][0]:
+        lines += ["", f"This setting − the runs of `{result['beside']}` (same sizes, seeds and {split} images; paired, all "
+                  f"seeds pooled, 95% interval from resampling {split} videos):", "",
+                  "| train images | their AU F1 | Δ AU F1 [95%] | Δ AU F1 at val-chosen thresholds [95%] | their emotion acc "
+                  "| Δ emotion acc [95%] |", "|---|---|---|---|---|---|"]
+        for row in result["sizes"]:
+            b = row["minus_beside"]
+            f = lambda d: f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"  # noqa: E731
+            lines.append(f"| {row['train_images']} | {np.mean(b['beside_au_f1']):.3f} | {f(b['paired']['au_mean_f1'])} | "
+                         f"{f(b['paired_tuned']['au_mean_f1'])} | {np.mean(b['beside_emotion_mean_acc']):.3f} | "
+                         f"{f(b['paired']['emotion_mean_accuracy'])} |")
     real = result.get("real_faces")
     if real and result["sizes"]:
         m, p = real["model"], real["probe"]

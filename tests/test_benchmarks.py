@@ -162,6 +162,12 @@ def test_small_data_runs_on_the_hard_preset_and_scores_the_test_split(tmp_path):
     md = (tmp_path / "sd.md").read_text()
     assert "on the same test images" in md and "real posed faces" in md and "Per-AU F1 on test" in md
     assert "threshold chosen on val" in md
+    # --beside pairs another work folder's runs image by image: beside itself, every difference is 0
+    run_script("small_data.py", "--tiny", "--augment", "flip", "--work", tmp_path / "w", "--out", tmp_path / "self",
+               "--beside", tmp_path / "w", cwd=tmp_path, timeout=600)
+    beside = json.loads((tmp_path / "self.json").read_text())["sizes"][0]["minus_beside"]
+    assert all(beside[k][m]["diff"] == 0 for k in ("paired", "paired_tuned") for m in ("au_mean_f1", "emotion_mean_accuracy"))
+    assert "This setting − the runs of" in (tmp_path / "self.md").read_text()
     from mf2.cli.main import main
 
     run, cache = tmp_path / "w/runs/n16_seed0", tmp_path / "w/features.zarr"
