@@ -3,6 +3,7 @@ a few thousand SynthFACS faces, beside the linear probe on the same cache's pool
 
     python benchmarks/small_data.py [--cache STORE | --preset default|hard --images N] [--sizes 200,800]
                                     [--seeds 3] [--work DIR] [--bootstrap 1000] [--tiny]
+                                    [--pretrain-args "ARGS" --beside OTHER_WORK]
 
 * Data: ``--cache`` reuses a feature store (``mf2 extract-features`` with its defaults);
   otherwise ``--images`` SynthFACS faces of ``--preset`` (``hard``: SynthFACS-hard, with its
@@ -20,6 +21,10 @@ a few thousand SynthFACS faces, beside the linear probe on the same cache's pool
 * Intervals: model − probe on the same scored images, all seeds pooled, with a 95% percentile
   interval from resampling the split's videos (``paired_bootstrap``; a video's frames are drawn
   with all its seeds), and the seeds' range.
+* ``--pretrain-args``: more ``mf2 pretrain`` arguments for every run (a regulariser, a schedule),
+  in a ``--work`` of their own; with ``--beside`` the defaults' ``--work``, each setting is
+  scored against the defaults' runs paired image by image (how a default change is shown
+  winning, or not, with an interval).
 * ``--tiny``: a few dozen faces, one seed, one epoch: that the script runs end to end (the
   figures mean nothing).
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -67,8 +73,9 @@ def build_cache(work: Path, images: int, preset: str = "default", augment: str =
     return cache
 
 
-def train(cache: Path, run: Path, size: int, seed: int, epochs: int | None = None) -> float:
-    """Pretrain (or find finished) one run; the seconds it took (0 when already done)."""
+def train(cache: Path, run: Path, size: int, seed: int, epochs: int | None = None, extra: tuple = ()) -> float:
+    """Pretrain (or find finished) one run, with ``extra`` pretrain arguments after the
+    defaults; the seconds it took (0 when already done)."""
     from mf2.runs import RunFolder
 
     folder = RunFolder(run)
@@ -81,7 +88,7 @@ def train(cache: Path, run: Path, size: int, seed: int, epochs: int | None = Non
         resume = []
     t0 = time.perf_counter()
     sh("pretrain", "--cache", cache, "--out", run, "--preset", "small", "--train-rows", size, "--seed", seed, *resume,
-       *(["--epochs", epochs] if epochs else []))
+       *(["--epochs", epochs] if epochs else []), *extra)
     return time.perf_counter() - t0
 
 
@@ -148,6 +155,10 @@ def main(argv=None):
     parser.add_argument("--work", type=Path, default=Path("small-data-work"), help="Where data and runs go.")
     parser.add_argument("--bootstrap", type=int, default=1000, help="Resamples of the val videos for the intervals.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/small_data-cpu")
+    parser.add_argument("--pretrain-args", default="",
+                        help="More mf2 pretrain arguments for every run (quoted, e.g. '--head-mixup 0.2'): a setting "
+                             "measured against the defaults' runs with --beside. Recorded in --work; a --work whose "
+                             "runs had other arguments is refused.")
     parser.add_argument("--beside", type=Path, default=None,
                         help="Another --work folder whose runs (same sizes and seeds, on a cache of the same scored "
                              "images: another setting, map or region table) are scored beside: this − that, paired.")
@@ -163,6 +174,12 @@ def main(argv=None):
     from mf2.features.reader import CacheReader
 
     args.work.mkdir(parents=True, exist_ok=True)
+    extra = tuple(shlex.split(args.pretrain_args))
+    recorded = args.work / "pretrain_args.json"
+    if recorded.exists() and tuple(json.loads(recorded.read_text())) != extra:
+        raise SystemExit(f"--work {args.work}: its runs were trained with pretrain arguments "
+                         f"{json.loads(recorded.read_text())!r}, not {list(extra)!r}: use another --work")
+    recorded.write_text(json.dumps(list(extra)) + "\n")
     images = args.images or (1400 if args.preset == "hard" else 4000)
     cache = args.cache or build_cache(args.work, images, args.preset, args.augment)
     split = resolve_split(cache)  # test when the cache holds one
@@ -177,7 +194,7 @@ def main(argv=None):
         model_stack, probe_stack, per_seed, tuned_stack = [], [], [], []
         for seed in range(args.seeds):
             run = args.work / "runs" / f"n{size}_seed{seed}"
-            seconds = train(cache, run, size, seed, args.epochs)
+            seconds = train(cache, run, size, seed, args.epochs, extra)
             last, other = predictions(run, cache, scored, split), \
                 predictions(run, cache, "latest" if scored == "best" else "best", split)
             # the probe's AU thresholds tuned on val as the run's are (on a cache without a test
@@ -226,8 +243,9 @@ def main(argv=None):
                                                      "probe": au_f1(probe_on, cat("y_aus"))["per_au"]}
     epochs = args.epochs or 30
     result = {**({"beside": str(args.beside)} if args.beside is not None else {}),"cache": str(cache), "train_rows_in_cache": n_train, "split": split, "checkpoint": scored,
-              "settings": f"mf2 pretrain --preset small defaults (auto lr and warm-up, AU frequency weighting, {epochs} "
-                          f"epochs); scored on {split} at the {'best epoch (chosen on val)' if scored == 'best' else 'last epoch'}",
+              "pretrain_args": list(extra),
+              "settings": f"mf2 pretrain --preset small{' ' + shlex.join(extra) if extra else ''}, every other setting at "
+                          f"its default (auto lr and warm-up, AU frequency weighting, {epochs} epochs); scored on {split} at the {'best epoch (chosen on val)' if scored == 'best' else 'last epoch'}",
               "real_faces": REAL_FACES, "sizes": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float) + "\n")
@@ -247,7 +265,8 @@ def markdown(result: dict) -> str:
 
     split = result.get("split", "val")
     other = "last" if result.get("checkpoint") == "best" else "best"
-    lines = ["# Small data: MF² (offline defaults) vs the linear probe, SynthFACS", "",
+    lines = ["# Small data: MF² (" + (f"`{shlex.join(result['pretrain_args'])}`" if result.get("pretrain_args")
+                                      else "offline defaults") + ") vs the linear probe, SynthFACS", "",
              f"Cache: `{result['cache']}` ({result['train_rows_in_cache']} training rows); {result['settings']}.",
              f"Each cell: mean over seeds [min, max]. Δ: MF² − probe on the same {split} images, all seeds pooled, "
              f"95% interval from resampling {split} videos. The probe reads the pooled global token; the AU-region "

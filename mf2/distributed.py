@@ -76,6 +76,16 @@ def gather_nograd(x: torch.Tensor) -> list[torch.Tensor]:
     return parts
 
 
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable: e.g. a dict of CPU tensors), in rank order, on every
+    rank. One process: ``[obj]``."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def rank_offset(n: int, device="cpu") -> int:
     """Where this rank's ``n`` rows start in a gathered batch."""
     if world_size() == 1:

@@ -168,6 +168,21 @@ def test_small_data_runs_on_the_hard_preset_and_scores_the_test_split(tmp_path):
     beside = json.loads((tmp_path / "self.json").read_text())["sizes"][0]["minus_beside"]
     assert all(beside[k][m]["diff"] == 0 for k in ("paired", "paired_tuned") for m in ("au_mean_f1", "emotion_mean_accuracy"))
     assert "This setting − the runs of" in (tmp_path / "self.md").read_text()
+    # --pretrain-args: a setting's runs in a work folder of their own, beside the defaults' runs
+    run_script("small_data.py", "--tiny", "--cache", tmp_path / "w/features.zarr", "--work", tmp_path / "mix",
+               "--out", tmp_path / "mix", "--pretrain-args", "--head-mixup 0.2", "--beside", tmp_path / "w",
+               cwd=tmp_path, timeout=600)
+    from mf2.runs import RunFolder
+
+    mixed = json.loads((tmp_path / "mix.json").read_text())
+    assert mixed["pretrain_args"] == ["--head-mixup", "0.2"] and "--head-mixup 0.2" in mixed["settings"]
+    assert RunFolder(tmp_path / "mix/runs/n16_seed0").config()["train"]["head_mixup"] == 0.2
+    assert RunFolder(tmp_path / "w/runs/n16_seed0").config()["train"]["head_mixup"] == 0.0
+    assert "minus_beside" in mixed["sizes"][0] and "`--head-mixup 0.2`" in (tmp_path / "mix.md").read_text()
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks/small_data.py"), "--tiny", "--cache",
+                              str(tmp_path / "w/features.zarr"), "--work", str(tmp_path / "mix"), "--out",
+                              str(tmp_path / "no")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "use another --work" in refused.stderr and "Traceback" not in refused.stderr
     from mf2.cli.main import main
 
     run, cache = tmp_path / "w/runs/n16_seed0", tmp_path / "w/features.zarr"

@@ -252,6 +252,58 @@ def test_weight_average_is_the_debiased_ema_leaves_training_alone_and_resumes(ca
         TrainConfig(average_epochs=-1)
 
 
+def test_what_resuming_reads_is_checked_and_a_diverged_run_stops_unsaved(cache, tmp_path, monkeypatch):
+    from mf2.training import loop
+    from mf2.training.averaging import RAW_PREFIX, WeightAverage, decay_for
+
+    lin = torch.nn.Linear(3, 2)
+    good = {RAW_PREFIX + "weight": torch.zeros(2, 3), RAW_PREFIX + "bias": torch.zeros(2)}
+    state = lambda **kw: {"weight_average": {"updates": 3, "decay": 0.5, **kw}}  # noqa: E731
+    WeightAverage(lin, 0.5).restore(good, state(), "ckpt")  # fits
+    for tensors, saved, message in [
+            (good, state(updates=-1), "updates should be a count >= 0"),
+            (good, state(updates=None), "updates should be a count >= 0"),
+            (good, state(updates="x"), "updates should be a count >= 0"),
+            (good, state(decay=0.9), "its steps per epoch changed"),
+            ({**good, RAW_PREFIX + "bias": torch.zeros(2, dtype=torch.float16)}, state(), "float16"),
+            ({**good, RAW_PREFIX + "weight": torch.full((2, 3), float("nan"))}, state(), "NaN or infinite")]:
+        before = lin.weight.detach().clone()
+        with pytest.raises(ValueError, match=message):
+            WeightAverage(lin, 0.5).restore(tensors, saved, "ckpt")
+        assert torch.equal(lin.weight, before)  # nothing half-restored
+    with pytest.raises(ValueError, match="train.average_epochs: 1e.17 epochs of 10 steps is too long"):
+        decay_for(1e17, 10)
+    with pytest.raises(ValueError, match=r"train.average_epochs: expected .*got 1000000.*\.\.\.$"):
+        TrainConfig(average_epochs=10 ** 400)  # too large for a float: refused, not an OverflowError
+
+    # a loss that is not finite stops the run before anything of that epoch is written
+    real = loop.train_epoch
+
+    def diverging(*a, **k):
+        step, stats = real(*a, **k)
+        return step, {**stats, "train": {**stats["train"], "train_loss": float("nan")}}
+
+    _run(cache, tmp_path / "d", max_epochs_this_run=1)
+    monkeypatch.setattr(loop, "train_epoch", diverging)
+    with pytest.raises(ValueError, match="training diverged in epoch 2 .*the last checkpoint is epoch_0000"):
+        _run(cache, tmp_path / "d", resume=True)
+    assert [p.name for p in (tmp_path / "d/checkpoints").glob("epoch_*")] == ["epoch_0000"]
+    assert len((tmp_path / "d/log.jsonl").read_text().splitlines()) == 1
+    # weights that are not finite are refused when read (predict, evaluate, export, resume)
+    from mf2.io import save_tensors, write_checksums
+
+    folder = tmp_path / "d/checkpoints/epoch_0000"
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = torch.full_like(tensors[name], float("inf"))
+    save_tensors(tensors, folder / "model.safetensors")
+    write_checksums(folder, ["model.safetensors", "optim.safetensors", "state.json"])
+    from mf2.runs import load_model
+
+    with pytest.raises(ValueError, match=f"tensor {name} holds NaN or infinite values"):
+        load_model(tmp_path / "d", "cpu", "latest")
+
+
 def test_run_folder_rules_and_paper_preset(cache, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["pretrain", "--cache", str(cache), "--out", str(tmp_path / "r"), "--epochs", "1",
@@ -299,6 +351,44 @@ def test_torchrun_two_processes_gather_negatives(cache, tmp_path):
     assert row["train_emo_itc_candidates"] == 16  # 8 per rank, gathered from both
     assert row["train_au_itc_candidates"] > 8 * 3  # AU sequences of both ranks
     assert json.loads((tmp_path / "ddp/config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not installed")
+def test_torchrun_resume_continues_every_process_exactly_and_refuses_another_count(cache, tmp_path):
+    """Each process seeds its own generators (dropout, ITM negatives), so a checkpoint keeps every
+    process's random states and each resumes its own: two processes stopped after epoch 1 and
+    resumed end bit-identical to two that ran straight; one process cannot resume their run."""
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    mf2_cmd = os.path.join(os.path.dirname(sys.executable), "mf2")
+    env = {**os.environ, "MF2_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    args = ["--cache", str(cache), "--epochs", "2", "--batch-size", "8", "--warmup-steps", "5", "--average-epochs", "1"]
+    two = [torchrun, "--standalone", "--nproc_per_node", "2"]
+    straight = subprocess.run([*two, "--no-python", mf2_cmd, "pretrain", "--out", str(tmp_path / "a"), *args],
+                              env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = tmp_path / "first_epoch.py"  # the same command, stopped after its first epoch (as a kill would)
+    first.write_text("import sys\nfrom mf2.cli.main import main\nimport mf2.training.pretrain as p\n"
+                     "train = p.train\np.train = lambda *a, **k: train(*a, **{**k, 'max_epochs_this_run': 1})\n"
+                     "main(sys.argv[1:])\n")
+    for command in ([*two, str(first), "pretrain", "--out", str(tmp_path / "b"), *args],
+                    [*two, "--no-python", mf2_cmd, "pretrain", "--cache", str(cache), "--out", str(tmp_path / "b"),
+                     "--resume"]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("model.safetensors", "optim.safetensors"):
+        a, b = (load_file(str(tmp_path / r / "checkpoints/epoch_0001" / name)) for r in ("a", "b"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert any(k.startswith("rng::rank1:") for k in load_file(str(tmp_path / "a/checkpoints/epoch_0001/optim.safetensors")))
+    rows = [json.loads((tmp_path / r / "log.jsonl").read_text().splitlines()[-1]) for r in ("a", "b")]
+    assert rows[0]["train_loss"] == rows[1]["train_loss"] and rows[0]["val_au_f1"] == rows[1]["val_au_f1"]
+    config = json.loads((tmp_path / "b/config.json").read_text())
+    config["train"]["epochs"] = 3
+    (tmp_path / "b/config.json").write_text(json.dumps(config))
+    one = subprocess.run([mf2_cmd, "pretrain", "--cache", str(cache), "--out", str(tmp_path / "b"), "--resume"], env=env,
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert one.returncode != 0 and "written by a run of 2 processes, this is 1" in one.stderr + one.stdout
+    assert "Traceback" not in one.stderr
 
 
 def test_training_beats_chance_on_held_out_synthfacs(cache, tmp_path):

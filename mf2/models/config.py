@@ -28,9 +28,19 @@ def check(prefix: str, name: str, value, kinds, ok=None, expected: str = "") -> 
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     right_type = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds) and not (
         isinstance(value, float) and not math.isfinite(value))  # NaN and infinity are not settings
-    if not right_type or (ok is not None and value is not None and not ok(value)):
+    if not right_type or (ok is not None and value is not None and not _holds(ok, value)):
         what = expected or " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-        raise ValueError(f"{prefix}.{name}: expected {what}, got {value!r}")
+        shown = repr(value)
+        raise ValueError(f"{prefix}.{name}: expected {what}, got {shown if len(shown) <= 60 else shown[:40] + '...'}")
+
+
+def _holds(ok, value) -> bool:
+    """``ok(value)``, where a value the test cannot even compute (an integer too large for a
+    float, ...) fails it rather than escaping as a traceback."""
+    try:
+        return bool(ok(value))
+    except (ArithmeticError, TypeError, ValueError):
+        return False
 
 
 def positive(prefix: str, obj, *names: str) -> None:

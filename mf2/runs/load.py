@@ -74,7 +74,12 @@ def fit_weights(model: torch.nn.Module, path: Path, remedy: str = REMEDY, ignore
         raise IntegrityError(f"{path}: these weights do not fit the model its config.json describes ({first}; "
                              f"{len(wrong)} of another shape, {len(missing)} missing, {len(unexpected)} unexpected): "
                              f"the config and the weights disagree; {remedy}")
-    return migrate_state(load_tensors(path, remedy=remedy))
+    tensors = migrate_state(load_tensors(path, remedy=remedy))
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise IntegrityError(f"{path}: tensor {bad} holds NaN or infinite values (a run that diverged, or a changed "
+                             f"file); {remedy}")
+    return tensors
 
 
 def _load_mf2(folder: RunFolder, config: dict, checkpoint: Path, device) -> MF2:

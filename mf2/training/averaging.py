@@ -26,8 +26,13 @@ RAW_PREFIX = "train::"  # the trained (not averaged) weights inside optim.safete
 
 
 def decay_for(average_epochs: float, steps_per_epoch: float) -> float:
-    """Each step's decay for a time constant of ``average_epochs`` epochs."""
-    return math.exp(-1.0 / max(average_epochs * steps_per_epoch, 1e-12))
+    """Each step's decay for a time constant of ``average_epochs`` epochs; a time constant so long
+    that the decay is 1 in floating point (no step would ever count) is a one-line error."""
+    decay = math.exp(-1.0 / max(average_epochs * steps_per_epoch, 1e-12))
+    if decay >= 1.0:
+        raise ValueError(f"train.average_epochs: {average_epochs:g} epochs of {steps_per_epoch:g} steps is too long an "
+                         "average (a step's share rounds to 0); use at most the run's own length in epochs")
+    return decay
 
 
 class WeightAverage:
@@ -78,17 +83,30 @@ class WeightAverage:
     @torch.no_grad()
     def restore(self, tensors: dict, state: dict, where) -> None:
         """After a checkpoint's weights (the average) were loaded into the model: they become the
-        average, and its ``train::`` tensors the model's trained weights again."""
+        average, and its ``train::`` tensors the model's trained weights again. Everything read is
+        checked first (the update count, the decay this run's settings give, each tensor's shape,
+        dtype and finiteness): a checkpoint that does not fit is one line, the model untouched."""
         saved = state.get("weight_average")
         missing = [n for n in self.names if f"{RAW_PREFIX}{n}" not in tensors]
         if not isinstance(saved, dict) or missing:
             raise ValueError(f"{where}: this checkpoint holds no trained weights beside the average "
                              f"({'missing ' + missing[0] if missing else 'no weight_average in state.json'}); "
                              "it was not written by a run with train.average_epochs > 0")
-        self.shadow = [p.detach().clone() for p in self.params]
+        updates, decay = saved.get("updates"), saved.get("decay")
+        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+            raise ValueError(f"{where}: state.json's weight_average.updates should be a count >= 0, got {updates!r}")
+        if isinstance(decay, (int, float)) and not isinstance(decay, bool) and not math.isclose(decay, self.decay,
+                                                                                             rel_tol=1e-12):
+            raise ValueError(f"{where}: its weight average decays by {decay!r} a step, this run's settings give "
+                             f"{self.decay!r} (its steps per epoch changed): resume with the settings it was trained with")
         for n, p in zip(self.names, self.params):
             raw = tensors[f"{RAW_PREFIX}{n}"]
-            if raw.shape != p.shape:
-                raise ValueError(f"{where}: {RAW_PREFIX}{n} has shape {tuple(raw.shape)}, the model's {tuple(p.shape)}")
-            p.copy_(raw.to(p.dtype))
-        self.updates = int(saved["updates"])
+            if raw.shape != p.shape or raw.dtype != p.dtype:
+                raise ValueError(f"{where}: {RAW_PREFIX}{n} is {raw.dtype} {tuple(raw.shape)}, the model's "
+                                 f"{p.dtype} {tuple(p.shape)}")
+            if raw.is_floating_point() and not bool(torch.isfinite(raw).all()):
+                raise ValueError(f"{where}: {RAW_PREFIX}{n} holds NaN or infinite values")
+        self.shadow = [p.detach().clone() for p in self.params]
+        for n, p in zip(self.names, self.params):
+            p.copy_(tensors[f"{RAW_PREFIX}{n}"])
+        self.updates = updates

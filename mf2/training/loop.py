@@ -284,12 +284,22 @@ def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: 
             "with its recorded settings")
         return 0, 0
     run.require_record(ckpt, run.config())
+    rank, world = distributed.rank(), distributed.world_size()
+    written_by = RunFolder.checkpoint_state(ckpt).get("world_size", run.config().get("world_size"))
+    if written_by is not None and written_by != world:
+        raise RunError(f"--resume {run}: its checkpoint {ckpt.name} was written by a run of {written_by} "
+                       f"process{'es' if written_by > 1 else ''}, this is {world}: the steps per epoch, the learning-rate "
+                       f"schedule and each process's random state depend on it; resume it with {written_by} "
+                       "(torchrun --nproc_per_node x --nnodes)")
     state, rng = load_checkpoint(ckpt, model, optimizer, average)
-    if distributed.rank() == 0:
+    if rank == 0:
         run.keep_log_until(state["epoch"] + 1)
-    torch.set_rng_state(rng["torch"])
+    own = {k: v for k, v in rng.items() if ":" not in k} if rank == 0 else \
+        {k.split(":", 1)[1]: v for k, v in rng.items() if k.startswith(f"rank{rank}:")}
+    own = own or {k: v for k, v in rng.items() if ":" not in k}  # (before each process's was kept: rank 0's)
+    torch.set_rng_state(own["torch"])
     if generator is not None:
-        generator.set_state(rng["itm"])
+        generator.set_state(own["itm"])
     log(f"resuming {run} after epoch {state['epoch'] + 1}")
     return state["epoch"] + 1, state["step"]
 
@@ -297,6 +307,16 @@ def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: 
 def rng_state(generator: torch.Generator | None = None) -> dict:
     """The random states a checkpoint keeps: torch's, and the ITM sampling generator's."""
     return {"torch": torch.get_rng_state(), **({"itm": generator.get_state()} if generator is not None else {})}
+
+
+def every_rank_rng(state) -> dict:
+    """``state()`` (a process's random states) of every process, as a checkpoint keeps them:
+    rank 0's under their own names, rank k's as ``rank<k>:<name>`` (each process seeds its own
+    generators, so each resumes its own). A collective: every rank calls it."""
+    out = {}
+    for k, states in enumerate(distributed.gather_objects(state())):
+        out.update({(name if k == 0 else f"rank{k}:{name}"): v for name, v in states.items()})
+    return out
 
 
 LOG_KEYS = ("epoch", "train_loss", "val_au_f1", "val_emotion_mean_acc", "samples_per_s", "seconds")
@@ -318,6 +338,15 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, 
     for epoch in range(start_epoch, end_epoch):
         model.train()
         step, stats = train_epoch(batches(epoch), losses_of, optimizer, step, total_steps, cfg, progress, average)
+        # a loss that is not finite has already made the weights so (the optimiser stepped them)
+        loss = stats["train"].get("train_loss", 0.0)
+        if distributed.max_over_ranks(int(not math.isfinite(loss)), _device_of(model)):  # every rank stops, none saves
+            last = run.latest_checkpoint() if rank == 0 else None
+            raise RunError(f"{run}: training diverged in epoch {epoch + 1} (mean loss {loss} on rank {rank}); "
+                           "nothing of this epoch was saved"
+                           + (f", the last checkpoint is {last.name}" if last is not None else "")
+                           + ": lower --lr (or train in fp32) and start again")
+        rngs = every_rank_rng(rng_state)
         row = {"epoch": epoch + 1, "rank": rank, "step": step, "lr": optimizer.param_groups[0]["lr"],
                "seconds": stats["seconds"],
                "samples_per_s": round(stats["samples"] * world / stats["seconds"], 2) if stats["seconds"] else None,
@@ -331,9 +360,9 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, 
                 best = row["score"] if improved else best
                 run.append_log(row)
                 save_checkpoint(run, epoch, model, optimizer,
-                                {"step": step, "score": row["score"], "au_thresholds": thresholds,
+                                {"step": step, "score": row["score"], "au_thresholds": thresholds, "world_size": world,
                                  **({"weight_average": average.state()} if average is not None else {})},
-                                rng_state(), best_score=row["score"] if improved else None,
+                                rngs, best_score=row["score"] if improved else None,
                                 training_tensors=average.raw() if average is not None else None)
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                          if k in LOG_KEYS) + (" (best so far)" if improved and epoch > start_epoch else ""))
@@ -345,6 +374,10 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, 
                     "learning rate and warm-up, the labels, and that the features carry the faces")
         distributed.barrier()
     return row
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _at_chance(row: dict, tasks: str) -> bool:
