@@ -365,7 +365,7 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, 
                                 rngs, best_score=row["score"] if improved else None,
                                 training_tensors=average.raw() if average is not None else None)
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                         if k in LOG_KEYS) + (" (best so far)" if improved and epoch > start_epoch else ""))
+                         if k in LOG_KEYS) + (" (best so far)" if improved and epoch > 0 else ""))
             at_chance = at_chance + 1 if _at_chance(row, cfg.tasks) else 0
             if at_chance == CHANCE_EPOCHS:
                 log(f"warning: validation has stayed at chance for {CHANCE_EPOCHS} epochs (emotion mean accuracy "
