@@ -248,8 +248,9 @@ def main(argv=None):
                           f"its default (auto lr and warm-up, AU frequency weighting, {epochs} epochs); scored on {split} at the {'best epoch (chosen on val)' if scored == 'best' else 'last epoch'}",
               "real_faces": REAL_FACES, "sizes": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
+    # --out names a stem: '.json' and '.md' are added to it (a dot in it is part of the name)
+    (args.out.parent / f"{args.out.name}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (args.out.parent / f"{args.out.name}.md").write_text(markdown(result))
     print(markdown(result))
 
 

@@ -170,15 +170,15 @@ def test_small_data_runs_on_the_hard_preset_and_scores_the_test_split(tmp_path):
     assert "This setting − the runs of" in (tmp_path / "self.md").read_text()
     # --pretrain-args: a setting's runs in a work folder of their own, beside the defaults' runs
     run_script("small_data.py", "--tiny", "--cache", tmp_path / "w/features.zarr", "--work", tmp_path / "mix",
-               "--out", tmp_path / "mix", "--pretrain-args", "--head-mixup 0.2", "--beside", tmp_path / "w",
+               "--out", tmp_path / "mix0.2", "--pretrain-args", "--head-mixup 0.2", "--beside", tmp_path / "w",
                cwd=tmp_path, timeout=600)
     from mf2.runs import RunFolder
 
-    mixed = json.loads((tmp_path / "mix.json").read_text())
+    mixed = json.loads((tmp_path / "mix0.2.json").read_text())
     assert mixed["pretrain_args"] == ["--head-mixup", "0.2"] and "--head-mixup 0.2" in mixed["settings"]
     assert RunFolder(tmp_path / "mix/runs/n16_seed0").config()["train"]["head_mixup"] == 0.2
     assert RunFolder(tmp_path / "w/runs/n16_seed0").config()["train"]["head_mixup"] == 0.0
-    assert "minus_beside" in mixed["sizes"][0] and "`--head-mixup 0.2`" in (tmp_path / "mix.md").read_text()
+    assert "minus_beside" in mixed["sizes"][0] and "`--head-mixup 0.2`" in (tmp_path / "mix0.2.md").read_text()
     refused = subprocess.run([sys.executable, str(ROOT / "benchmarks/small_data.py"), "--tiny", "--cache",
                               str(tmp_path / "w/features.zarr"), "--work", str(tmp_path / "mix"), "--out",
                               str(tmp_path / "no")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
