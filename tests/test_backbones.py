@@ -28,7 +28,7 @@ def test_every_registered_backbone_with_offline_weights_is_what_it_claims(name):
 
     vision = load_vision(name)
     size = vision.input_size
-    x = torch.from_numpy(np.asarray(Image.fromarray(coffee()).resize((size, size)))).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(Image.fromarray(coffee()).resize((size, size)))).permute(2, 0, 1)[None].float() / 255
     tokens, fmap, layout = vision(x, au_map=vision.resolve_au_map("auto"))
     assert tokens.shape[0] == 1 and tokens.shape[-1] == vision.dim and torch.isfinite(tokens).all()
     assert layout in ("BCHW", "BHWC") and fmap.dim() == 4
