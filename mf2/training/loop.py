@@ -283,9 +283,10 @@ def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: 
         log(f"{run}: no checkpoint yet (it stopped before its first epoch ended): starting it again at epoch 1 "
             "with its recorded settings")
         return 0, 0
-    run.require_record(ckpt, run.config())
+    config = run.config()
+    run.require_record(ckpt, config)
     rank, world = distributed.rank(), distributed.world_size()
-    written_by = RunFolder.checkpoint_state(ckpt).get("world_size", run.config().get("world_size"))
+    written_by = RunFolder.checkpoint_state(ckpt).get("world_size", config.get("world_size"))
     if written_by is not None and written_by != world:
         raise RunError(f"--resume {run}: its checkpoint {ckpt.name} was written by a run of {written_by} "
                        f"process{'es' if written_by > 1 else ''}, this is {world}: the steps per epoch, the learning-rate "
@@ -294,9 +295,7 @@ def resume_latest(run: RunFolder, model: torch.nn.Module, optimizer, generator: 
     state, rng = load_checkpoint(ckpt, model, optimizer, average)
     if rank == 0:
         run.keep_log_until(state["epoch"] + 1)
-    own = {k: v for k, v in rng.items() if ":" not in k} if rank == 0 else \
-        {k.split(":", 1)[1]: v for k, v in rng.items() if k.startswith(f"rank{rank}:")}
-    own = own or {k: v for k, v in rng.items() if ":" not in k}  # (before each process's was kept: rank 0's)
+    own = rank_rng(rng, rank)
     torch.set_rng_state(own["torch"])
     if generator is not None:
         generator.set_state(own["itm"])
@@ -317,6 +316,13 @@ def every_rank_rng(state) -> dict:
     for k, states in enumerate(distributed.gather_objects(state())):
         out.update({(name if k == 0 else f"rank{k}:{name}"): v for name, v in states.items()})
     return out
+
+
+def rank_rng(rng: dict, rank: int) -> dict:
+    """Process ``rank``'s random states from a checkpoint's (``every_rank_rng``); rank 0's in a
+    checkpoint from before each process's were kept."""
+    own = {k.split(":", 1)[1]: v for k, v in rng.items() if k.startswith(f"rank{rank}:")}
+    return own or {k: v for k, v in rng.items() if ":" not in k}
 
 
 LOG_KEYS = ("epoch", "train_loss", "val_au_f1", "val_emotion_mean_acc", "samples_per_s", "seconds")
@@ -340,7 +346,7 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, 
         step, stats = train_epoch(batches(epoch), losses_of, optimizer, step, total_steps, cfg, progress, average)
         # a loss that is not finite has already made the weights so (the optimiser stepped them)
         loss = stats["train"].get("train_loss", 0.0)
-        if distributed.max_over_ranks(int(not math.isfinite(loss)), _device_of(model)):  # every rank stops, none saves
+        if distributed.max_over_ranks(int(not math.isfinite(loss)), next(model.parameters()).device):  # every rank stops, none saves
             last = run.latest_checkpoint() if rank == 0 else None
             raise RunError(f"{run}: training diverged in epoch {epoch + 1} (mean loss {loss} on rank {rank}); "
                            "nothing of this epoch was saved"
@@ -374,10 +380,6 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer, cfg: TrainConfig, *, 
                     "learning rate and warm-up, the labels, and that the features carry the faces")
         distributed.barrier()
     return row
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _at_chance(row: dict, tasks: str) -> bool:
