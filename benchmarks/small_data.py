@@ -242,10 +242,11 @@ def main(argv=None):
             rows[-1]["per_au_tuned_seeds_pooled"] = {"model": au_f1(model_on, cat("y_aus"))["per_au"],
                                                      "probe": au_f1(probe_on, cat("y_aus"))["per_au"]}
     epochs = args.epochs or 30
+    weighting = extra[extra.index("--au-weighting") + 1] if "--au-weighting" in extra[:-1] else "frequency"
     result = {**({"beside": str(args.beside)} if args.beside is not None else {}),"cache": str(cache), "train_rows_in_cache": n_train, "split": split, "checkpoint": scored,
               "pretrain_args": list(extra),
               "settings": f"mf2 pretrain --preset small{' ' + shlex.join(extra) if extra else ''}, every other setting at "
-                          f"its default (auto lr and warm-up, AU frequency weighting, {epochs} epochs); scored on {split} at the {'best epoch (chosen on val)' if scored == 'best' else 'last epoch'}",
+                          f"its default (auto lr and warm-up, AU {weighting} weighting, {epochs} epochs); scored on {split} at the {'best epoch (chosen on val)' if scored == 'best' else 'last epoch'}",
               "real_faces": REAL_FACES, "sizes": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # --out names a stem: '.json' and '.md' are added to it (a dot in it is part of the name)

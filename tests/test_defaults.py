@@ -60,6 +60,39 @@ def test_au_loss_weights_follow_training_frequencies():
     assert au_pos_weight(aus, "none") == [1.0] * 12
     with pytest.raises(ValueError, match="au_weighting"):
         au_pos_weight(aus, "inverse")
+    assert au_pos_weight(aus, "f1") == [3.0] * 12 and au_pos_weight(aus, "f1", 0.8) == [pytest.approx(1.5)] * 12
+    with pytest.raises(ValueError, match="au_f1_target"):
+        au_pos_weight(aus, "f1", 0.0)
+
+
+def _weighted_logistic(x: np.ndarray, y: np.ndarray, w: float) -> np.ndarray:
+    """A 1-D logistic regression whose positives weigh w, fitted by Newton's method: [slope, bias]."""
+    X, beta, s = np.stack([x, np.ones_like(x)], 1), np.zeros(2), np.where(y == 1, w, 1.0)
+    for _ in range(30):
+        p = 1 / (1 + np.exp(-X @ beta))
+        beta -= np.linalg.solve((X * (s * p * (1 - p))[:, None]).T @ X, X.T @ (s * (p - y)))
+    return beta
+
+
+@pytest.mark.parametrize("prevalence,separation", [(0.05, 1.5), (0.1, 1.0), (0.5, 1.0), (0.3, 2.0)])
+def test_the_f1_weighting_puts_one_half_at_the_f1_optimal_threshold(prevalence, separation):
+    """With its target at the F1 an AU can reach, 'f1' weighting's 0.5 decides as the best threshold
+    does, rare AU or frequent (the F1-optimal calibrated threshold is half the best F1, whatever
+    the prevalence); the frequency weighting's 0.5 (a balanced decision) does not, for a rare one."""
+    rng = np.random.default_rng(0)
+    y = (rng.random(20000) < prevalence).astype(float)
+    x = rng.normal(size=len(y)) + separation * y
+
+    def f1(active):
+        return 2 * (active & (y == 1)).sum() / (active.sum() + (y == 1).sum())
+
+    best = max(f1(x > t) for t in np.quantile(x, np.linspace(0.001, 0.999, 999)))
+    labels = y[:, None].astype(int)
+    slope, bias = _weighted_logistic(x, y, au_pos_weight(labels, "f1", best)[0])
+    assert f1(slope * x + bias > 0) >= best - 0.01
+    if prevalence == 0.05:
+        slope, bias = _weighted_logistic(x, y, au_pos_weight(labels, "frequency")[0])
+        assert f1(slope * x + bias > 0) < best - 0.05
 
 
 def test_thresholds_are_chosen_per_au_on_validation():

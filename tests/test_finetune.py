@@ -166,10 +166,17 @@ def test_evaluate_beside_another_run_gives_table_v(pretrained, tmp_path):
 
 @pytest.mark.parametrize("mode", ["--dfn", "--full"])
 def test_finetune_takes_the_training_options_pretrain_has(pretrained, tmp_path, mode):
-    """--weight-decay, --au-weighting and --train-rows (once pretrain's only) reach the run and act."""
-    output = _finetune(pretrained, tmp_path / "r", mode, "--weight-decay", "0.01", "--au-weighting", "none",
+    """--weight-decay, --au-weighting (with --au-f1-target) and --train-rows (once pretrain's only)
+    reach the run and act."""
+    weighting = ["--au-weighting", "none"] if mode == "--dfn" else ["--au-weighting", "f1", "--au-f1-target", "0.8"]
+    output = _finetune(pretrained, tmp_path / "r", mode, "--weight-decay", "0.01", *weighting,
                        "--train-rows", "16", "--seed", "2")
     config = json.loads((tmp_path / "r/config.json").read_text())
-    assert config["train"]["weight_decay"] == 0.01 and config["train"]["au_weighting"] == "none"
-    assert config["train"]["train_rows"] == 16 and config["au_pos_weight"] == [1.0] * 12  # plain BCE
+    assert config["train"]["weight_decay"] == 0.01 and config["train"]["au_weighting"] == weighting[1]
+    assert config["train"]["train_rows"] == 16
+    if mode == "--dfn":
+        assert config["au_pos_weight"] == [1.0] * 12 and "AU loss: plain BCE" in output
+    else:  # 2 / 0.8 - 1 for every AU
+        assert config["au_pos_weight"] == [pytest.approx(1.5)] * 12 and config["train"]["au_f1_target"] == 0.8
+        assert "AU loss: every AU's positives weigh 1.5" in output
     assert "2 epochs of 2 steps (batch 8)" in output  # 16 rows at batch 8

@@ -68,9 +68,11 @@ class TrainConfig:
     # the paper preset on a GPU (Table VI's batch 56 then fits in 40 GB), none otherwise
     activation_checkpointing: str = "auto"
     compile: bool = False  # torch.compile each Q-Former block (fused element-wise kernels; a minute to compile)
-    # the AU loss: 'frequency' weighs each AU's positives by its negatives/positives ratio in the
-    # training split (1 to 20: rare AUs count more, frequent ones as they are); 'none' = plain BCE
+    # the AU loss's positive weight (``au_pos_weight``): 'frequency' = each AU's negatives/positives
+    # ratio in the training split (1 to 20); 'f1' = 2 / au_f1_target - 1 for every AU (0.5 of the
+    # sigmoid then sits at the F1-optimal probability, whatever the AU's frequency); 'none' = plain BCE
     au_weighting: str = "frequency"
+    au_f1_target: float = 0.5  # the F1 the 'f1' weighting expects the AUs to reach (0.5: weight 3)
     flip: bool = True  # sample each face's mirrored view half the time when the cache holds them (--augment flip)
     train_rows: int | None = None  # train on this many training rows drawn with the seed (learning curves); None = all
     # small-data regularisers of the task heads (``models.mf2.HeadRegularisation``; pretraining and
@@ -96,7 +98,8 @@ class TrainConfig:
         check(p, "precision", self.precision, str, lambda v: v in PRECISIONS, " or ".join(PRECISIONS))
         check(p, "activation_checkpointing", self.activation_checkpointing, str,
               lambda v: v in ("auto", *CHECKPOINTING), "auto, " + ", ".join(CHECKPOINTING))
-        check(p, "au_weighting", self.au_weighting, str, lambda v: v in ("frequency", "none"), "frequency or none")
+        check(p, "au_weighting", self.au_weighting, str, lambda v: v in AU_WEIGHTINGS, ", ".join(AU_WEIGHTINGS))
+        check(p, "au_f1_target", self.au_f1_target, (int, float), lambda v: 0 < v <= 1, "a number in (0, 1]")
         for name in ("emotion_smoothing", "head_dropout", "head_mixup"):
             check(p, name, getattr(self, name), (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
         check(p, "average_epochs", self.average_epochs, (int, float),
@@ -186,17 +189,29 @@ def epochs_to_train(run: RunFolder, cfg: TrainConfig, extend_to: int | None, log
 
 
 MAX_AU_POS_WEIGHT = 20.0
+AU_WEIGHTINGS = ("frequency", "f1", "none")
 
 
-def au_pos_weight(aus: np.ndarray, weighting: str = "frequency") -> list[float]:
-    """Each AU's positive-class weight [12] from training labels [N, 12] (-1 = missing): its
-    negatives over its positives, between 1 and 20 ('none': all 1)."""
-    if weighting not in ("frequency", "none"):
-        raise ValueError(f"au_weighting: expected 'frequency' or 'none', got {weighting!r}")
+def au_pos_weight(aus: np.ndarray, weighting: str = "frequency", f1_target: float = 0.5) -> list[float]:
+    """Each AU's positive-class weight [12] from training labels [N, 12] (-1 = missing).
+
+    'frequency': its negatives over its positives, between 1 and 20 (0.5 of the sigmoid then marks
+    the AU's training frequency: a balanced decision). 'f1': 2 / f1_target - 1 for every AU. A loss
+    whose positives weigh w puts 0.5 of the sigmoid at the calibrated probability 1 / (1 + w), and
+    the threshold on calibrated probabilities that maximises F1 is half the best F1 reached
+    (Lipton, Elkan & Narayanaswamy, "Optimal thresholding of classifiers to maximize F1 measure", 2014),
+    whatever the AU's frequency: w = 2 / F - 1 makes 0.5 that threshold for an AU whose best F1 is
+    F (0.5: w = 3). 'none': all 1 (plain BCE; 0.5 then marks probability 0.5)."""
+    if weighting not in AU_WEIGHTINGS:
+        raise ValueError(f"au_weighting: expected one of {', '.join(AU_WEIGHTINGS)}, got {weighting!r}")
+    if not 0 < f1_target <= 1:
+        raise ValueError(f"au_f1_target: expected a number in (0, 1], got {f1_target!r}")
     aus = np.asarray(aus)
     pos, neg = (aus == 1).sum(0), (aus == 0).sum(0)
     if weighting == "none":
         return [1.0] * aus.shape[1]
+    if weighting == "f1":
+        return [float(2.0 / f1_target - 1.0)] * aus.shape[1]
     return [float(np.clip(n / p, 1.0, MAX_AU_POS_WEIGHT)) if p else 1.0 for p, n in zip(pos, neg)]
 
 

@@ -152,8 +152,13 @@ def train(trainer: Trainer, out, cfg: TrainConfig, *, resume: bool = False, over
         device = torch.device(cfg.device)
         model = trainer.build(cfg, device)
         optimizer = make_optimizer(model, cfg)
-        pos_weight = au_pos_weight(aus, cfg.au_weighting)
+        pos_weight = au_pos_weight(aus, cfg.au_weighting, cfg.au_f1_target)
         quiet(cfg.schedule_line(total_steps, steps_per_epoch))
+        quiet({"frequency": f"AU loss: each AU's positives weigh its training negatives/positives ratio "
+                            f"({min(pos_weight):.3g} to {max(pos_weight):.3g}; --au-weighting frequency)",
+               "f1": f"AU loss: every AU's positives weigh {pos_weight[0]:.3g} (--au-weighting f1: 0.5 is the "
+                     f"F1-optimal threshold for an AU F1 of {cfg.au_f1_target:g})",
+               "none": "AU loss: plain BCE (--au-weighting none)"}[cfg.au_weighting])
         # the trained weights' moving average, when the run keeps one (made before resuming restores it)
         average = WeightAverage(model, decay_for(cfg.average_epochs, steps_per_epoch)) if cfg.average_epochs else None
         start_epoch, step = resume_latest(run, model, optimizer, trainer.restore_rng(), log, average) if resume else (0, 0)
