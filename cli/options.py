@@ -150,10 +150,10 @@ def _train_flags():
                                          help="Which classification losses train.")),
         Flag("seed", ("--seed",), dict(type=Number(int))),
         Flag("au_weighting", ("--au-weighting",), dict(
-            type=click.Choice(["frequency", "f1", "none"]),
+            type=click.Choice(["frequency", "f1", "frequency-f1", "none"]),
             help="The AU loss's positive weight: each AU's training negatives/positives ratio (1 to 20; 0.5 then "
                  "marks a balanced decision), 2/--au-f1-target - 1 for every AU (0.5 then marks the F1-optimal "
-                 "probability), or plain BCE.")),
+                 "probability), the larger of the two, or plain BCE.")),
         Flag("au_f1_target", ("--au-f1-target",), dict(
             type=Number(float, min=0, max=1, min_open=True),
             help="The AU F1 that --au-weighting f1 expects (0.5: every AU's positives weigh 3).")),

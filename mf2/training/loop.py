@@ -70,7 +70,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile each Q-Former block (fused element-wise kernels; a minute to compile)
     # the AU loss's positive weight (``au_pos_weight``): 'frequency' = each AU's negatives/positives
     # ratio in the training split (1 to 20); 'f1' = 2 / au_f1_target - 1 for every AU (0.5 of the
-    # sigmoid then sits at the F1-optimal probability, whatever the AU's frequency); 'none' = plain BCE
+    # sigmoid then sits at the F1-optimal probability, whatever the AU's frequency); 'frequency-f1' =
+    # the larger of the two per AU; 'none' = plain BCE
     au_weighting: str = "frequency"
     au_f1_target: float = 0.5  # the F1 the 'f1' weighting expects the AUs to reach (0.5: weight 3)
     flip: bool = True  # sample each face's mirrored view half the time when the cache holds them (--augment flip)
@@ -189,7 +190,7 @@ def epochs_to_train(run: RunFolder, cfg: TrainConfig, extend_to: int | None, log
 
 
 MAX_AU_POS_WEIGHT = 20.0
-AU_WEIGHTINGS = ("frequency", "f1", "none")
+AU_WEIGHTINGS = ("frequency", "f1", "frequency-f1", "none")
 
 
 def au_pos_weight(aus: np.ndarray, weighting: str = "frequency", f1_target: float = 0.5) -> list[float]:
@@ -201,7 +202,10 @@ def au_pos_weight(aus: np.ndarray, weighting: str = "frequency", f1_target: floa
     the threshold on calibrated probabilities that maximises F1 is half the best F1 reached
     (Lipton, Elkan & Narayanaswamy, "Optimal thresholding of classifiers to maximize F1 measure", 2014),
     whatever the AU's frequency: w = 2 / F - 1 makes 0.5 that threshold for an AU whose best F1 is
-    F (0.5: w = 3). 'none': all 1 (plain BCE; 0.5 then marks probability 0.5)."""
+    F (0.5: w = 3). 'frequency-f1': the larger of the two: an AU the model cannot yet separate
+    is best called at its frequency (its best F1 is then near twice its frequency, which is what
+    the frequency weight assumes), a frequent AU it separates at the F1 weight's threshold.
+    'none': all 1 (plain BCE; 0.5 then marks probability 0.5)."""
     if weighting not in AU_WEIGHTINGS:
         raise ValueError(f"au_weighting: expected one of {', '.join(AU_WEIGHTINGS)}, got {weighting!r}")
     if not 0 < f1_target <= 1:
@@ -210,9 +214,11 @@ def au_pos_weight(aus: np.ndarray, weighting: str = "frequency", f1_target: floa
     pos, neg = (aus == 1).sum(0), (aus == 0).sum(0)
     if weighting == "none":
         return [1.0] * aus.shape[1]
+    f1 = 2.0 / f1_target - 1.0
     if weighting == "f1":
-        return [float(2.0 / f1_target - 1.0)] * aus.shape[1]
-    return [float(np.clip(n / p, 1.0, MAX_AU_POS_WEIGHT)) if p else 1.0 for p, n in zip(pos, neg)]
+        return [float(f1)] * aus.shape[1]
+    frequency = [float(np.clip(n / p, 1.0, MAX_AU_POS_WEIGHT)) if p else 1.0 for p, n in zip(pos, neg)]
+    return [max(w, f1) for w in frequency] if weighting == "frequency-f1" else frequency
 
 
 def seed_everything(seed: int, deterministic: bool = True, device: str = "cpu") -> None:

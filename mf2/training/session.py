@@ -158,6 +158,9 @@ def train(trainer: Trainer, out, cfg: TrainConfig, *, resume: bool = False, over
                             f"({min(pos_weight):.3g} to {max(pos_weight):.3g}; --au-weighting frequency)",
                "f1": f"AU loss: every AU's positives weigh {pos_weight[0]:.3g} (--au-weighting f1: 0.5 is the "
                      f"F1-optimal threshold for an AU F1 of {cfg.au_f1_target:g})",
+               "frequency-f1": f"AU loss: each AU's positives weigh its training negatives/positives ratio, at least "
+                               f"{2 / cfg.au_f1_target - 1:.3g} ({min(pos_weight):.3g} to {max(pos_weight):.3g}; "
+                               "--au-weighting frequency-f1)",
                "none": "AU loss: plain BCE (--au-weighting none)"}[cfg.au_weighting])
         # the trained weights' moving average, when the run keeps one (made before resuming restores it)
         average = WeightAverage(model, decay_for(cfg.average_epochs, steps_per_epoch)) if cfg.average_epochs else None
