@@ -156,7 +156,8 @@ def _train_flags():
                  "probability), the larger of the two, or plain BCE.")),
         Flag("au_f1_target", ("--au-f1-target",), dict(
             type=Number(float, min=0, max=1, min_open=True),
-            help="The AU F1 that --au-weighting f1 expects (0.5: every AU's positives weigh 3).")),
+            help="The AU F1 that --au-weighting f1 and frequency-f1 expect (0.5: positives weigh 3; at most 20, "
+                 "as the frequency weights).")),
         Flag("train_rows", ("--train-rows",), dict(
             type=Number(int, min=1),
             help="Train on this many training rows, drawn with --seed (learning curves) [default: all].",

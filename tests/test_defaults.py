@@ -61,6 +61,7 @@ def test_au_loss_weights_follow_training_frequencies():
     with pytest.raises(ValueError, match="au_weighting"):
         au_pos_weight(aus, "inverse")
     assert au_pos_weight(aus, "f1") == [3.0] * 12 and au_pos_weight(aus, "f1", 0.8) == [pytest.approx(1.5)] * 12
+    assert au_pos_weight(aus, "f1", 1e-9) == [20.0] * 12  # capped as the frequency weights are
     assert au_pos_weight(aus, "frequency-f1")[:5] == [3.0, 9.0, 20.0, 3.0, 3.0]  # the larger, AU by AU
     with pytest.raises(ValueError, match="au_f1_target"):
         au_pos_weight(aus, "f1", 0.0)

@@ -284,6 +284,13 @@ def test_what_resuming_reads_is_checked_and_a_diverged_run_stops_unsaved(cache, 
         return step, {**stats, "train": {**stats["train"], "train_loss": float("nan")}}
 
     _run(cache, tmp_path / "d", max_epochs_this_run=1)
+    # the AU loss's weights are computed again from the labels: other ones than the run's are refused
+    config_file = tmp_path / "d/config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "au_pos_weight": [w + 1 for w in config["au_pos_weight"]]}))
+    with pytest.raises(ValueError, match="the AU loss weights would be .* not the run's recorded"):
+        _run(cache, tmp_path / "d", resume=True)
+    config_file.write_text(json.dumps(config))
     monkeypatch.setattr(loop, "train_epoch", diverging)
     with pytest.raises(ValueError, match="training diverged in epoch 2 .*the last checkpoint is epoch_0000"):
         _run(cache, tmp_path / "d", resume=True)

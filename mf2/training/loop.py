@@ -202,7 +202,7 @@ def au_pos_weight(aus: np.ndarray, weighting: str = "frequency", f1_target: floa
     the threshold on calibrated probabilities that maximises F1 is half the best F1 reached
     (Lipton, Elkan & Narayanaswamy, "Optimal thresholding of classifiers to maximize F1 measure", 2014),
     whatever the AU's frequency: w = 2 / F - 1 makes 0.5 that threshold for an AU whose best F1 is
-    F (0.5: w = 3). 'frequency-f1': the larger of the two: an AU the model cannot yet separate
+    F (0.5: w = 3; at most 20, as the frequency weights). 'frequency-f1': the larger of the two: an AU the model cannot yet separate
     is best called at its frequency (its best F1 is then near twice its frequency, which is what
     the frequency weight assumes), a frequent AU it separates at the F1 weight's threshold.
     'none': all 1 (plain BCE; 0.5 then marks probability 0.5)."""
@@ -214,7 +214,7 @@ def au_pos_weight(aus: np.ndarray, weighting: str = "frequency", f1_target: floa
     pos, neg = (aus == 1).sum(0), (aus == 0).sum(0)
     if weighting == "none":
         return [1.0] * aus.shape[1]
-    f1 = 2.0 / f1_target - 1.0
+    f1 = min(2.0 / f1_target - 1.0, MAX_AU_POS_WEIGHT)
     if weighting == "f1":
         return [float(f1)] * aus.shape[1]
     frequency = [float(np.clip(n / p, 1.0, MAX_AU_POS_WEIGHT)) if p else 1.0 for p, n in zip(pos, neg)]
