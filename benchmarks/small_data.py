@@ -242,7 +242,9 @@ def main(argv=None):
             rows[-1]["per_au_tuned_seeds_pooled"] = {"model": au_f1(model_on, cat("y_aus"))["per_au"],
                                                      "probe": au_f1(probe_on, cat("y_aus"))["per_au"]}
     epochs = args.epochs or 30
-    weighting = extra[extra.index("--au-weighting") + 1] if "--au-weighting" in extra[:-1] else "frequency"
+    from mf2.runs import RunFolder  # the weighting the runs trained with, as they recorded it
+    weighting = RunFolder(args.work / "runs" / f"n{rows[0]['train_images']}_seed0").config()["train"]["au_weighting"] \
+        if rows else "frequency"
     result = {**({"beside": str(args.beside)} if args.beside is not None else {}),"cache": str(cache), "train_rows_in_cache": n_train, "split": split, "checkpoint": scored,
               "pretrain_args": list(extra),
               "settings": f"mf2 pretrain --preset small{' ' + shlex.join(extra) if extra else ''}, every other setting at "

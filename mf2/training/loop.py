@@ -73,7 +73,7 @@ class TrainConfig:
     # sigmoid then sits at the F1-optimal probability, whatever the AU's frequency); 'frequency-f1' =
     # the larger of the two per AU; 'none' = plain BCE
     au_weighting: str = "frequency"
-    au_f1_target: float = 0.5  # the F1 the 'f1' weighting expects the AUs to reach (0.5: weight 3)
+    au_f1_target: float = 0.5  # the F1 'f1' and 'frequency-f1' expect the AUs to reach (0.5: weight 3)
     flip: bool = True  # sample each face's mirrored view half the time when the cache holds them (--augment flip)
     train_rows: int | None = None  # train on this many training rows drawn with the seed (learning curves); None = all
     # small-data regularisers of the task heads (``models.mf2.HeadRegularisation``; pretraining and
@@ -202,10 +202,10 @@ def au_pos_weight(aus: np.ndarray, weighting: str = "frequency", f1_target: floa
     the threshold on calibrated probabilities that maximises F1 is half the best F1 reached
     (Lipton, Elkan & Narayanaswamy, "Optimal thresholding of classifiers to maximize F1 measure", 2014),
     whatever the AU's frequency: w = 2 / F - 1 makes 0.5 that threshold for an AU whose best F1 is
-    F (0.5: w = 3; at most 20, as the frequency weights). 'frequency-f1': the larger of the two: an AU the model cannot yet separate
-    is best called at its frequency (its best F1 is then near twice its frequency, which is what
-    the frequency weight assumes), a frequent AU it separates at the F1 weight's threshold.
-    'none': all 1 (plain BCE; 0.5 then marks probability 0.5)."""
+    F (``f1_weight``). 'frequency-f1': the larger of the two: an AU the model cannot yet separate is
+    best called at its frequency (its best F1 is then near twice its frequency, which is what the
+    frequency weight assumes), a frequent AU it separates at the F1 weight's threshold. 'none':
+    all 1 (plain BCE; 0.5 then marks probability 0.5)."""
     if weighting not in AU_WEIGHTINGS:
         raise ValueError(f"au_weighting: expected one of {', '.join(AU_WEIGHTINGS)}, got {weighting!r}")
     if not 0 < f1_target <= 1:
@@ -214,11 +214,29 @@ def au_pos_weight(aus: np.ndarray, weighting: str = "frequency", f1_target: floa
     pos, neg = (aus == 1).sum(0), (aus == 0).sum(0)
     if weighting == "none":
         return [1.0] * aus.shape[1]
-    f1 = min(2.0 / f1_target - 1.0, MAX_AU_POS_WEIGHT)
+    f1 = f1_weight(f1_target)
     if weighting == "f1":
         return [float(f1)] * aus.shape[1]
     frequency = [float(np.clip(n / p, 1.0, MAX_AU_POS_WEIGHT)) if p else 1.0 for p, n in zip(pos, neg)]
     return [max(w, f1) for w in frequency] if weighting == "frequency-f1" else frequency
+
+
+def f1_weight(f1_target: float) -> float:
+    """The positive weight 2 / F - 1 that makes 0.5 the F1-optimal threshold for an AU whose best
+    F1 is F (0.5: 3), at most 20 as the frequency weights are."""
+    return float(min(2.0 / f1_target - 1.0, MAX_AU_POS_WEIGHT))
+
+
+def au_loss_line(cfg: TrainConfig, pos_weight: list[float]) -> str:
+    """The line a run prints about its AU loss weights (``au_pos_weight``'s for ``cfg``)."""
+    span = f"{min(pos_weight):.3g} to {max(pos_weight):.3g}"
+    return {"frequency": f"AU loss: each AU's positives weigh its training negatives/positives ratio "
+                         f"({span}; --au-weighting frequency)",
+            "f1": f"AU loss: every AU's positives weigh {pos_weight[0]:.3g} (--au-weighting f1: 0.5 is the "
+                  f"F1-optimal threshold for an AU F1 of {2 / (1 + pos_weight[0]):.3g})",
+            "frequency-f1": f"AU loss: each AU's positives weigh its training negatives/positives ratio, at least "
+                            f"{f1_weight(cfg.au_f1_target):.3g} ({span}; --au-weighting frequency-f1)",
+            "none": "AU loss: plain BCE (--au-weighting none)"}[cfg.au_weighting]
 
 
 def seed_everything(seed: int, deterministic: bool = True, device: str = "cpu") -> None:

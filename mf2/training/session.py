@@ -26,7 +26,7 @@ from mf2 import distributed
 from mf2.devices import resolve_device, resolve_precision
 from mf2.runs import RunError, RunFolder
 from mf2.training.averaging import WeightAverage, decay_for
-from mf2.training.loop import (MAX_AU_POS_WEIGHT, TrainConfig, au_pos_weight, batch_for, epochs_to_train, fit,
+from mf2.training.loop import (TrainConfig, au_loss_line, au_pos_weight, batch_for, epochs_to_train, fit,
                                make_optimizer, record_epochs, resume_latest, rng_state, saved_train_config,
                                seed_everything)
 
@@ -151,9 +151,6 @@ def train(trainer: Trainer, out, cfg: TrainConfig, *, resume: bool = False, over
         steps_per_epoch = len(aus) // cfg.batch_size // world
         total_steps = max(1, steps_per_epoch * cfg.epochs)
         cfg = cfg.resolved(trainer.preset, total_steps, trainer.method)
-        device = torch.device(cfg.device)
-        model = trainer.build(cfg, device)
-        optimizer = make_optimizer(model, cfg)
         pos_weight = au_pos_weight(aus, cfg.au_weighting, cfg.au_f1_target)
         recorded = saved.get("au_pos_weight") if saved is not None else None
         if recorded is not None and not np.allclose(recorded, pos_weight, rtol=1e-6, atol=0):
@@ -163,15 +160,11 @@ def train(trainer: Trainer, out, cfg: TrainConfig, *, resume: bool = False, over
                            f"not the run's recorded {[round(w, 3) for w in recorded]} (other training labels, or "
                            "another mf2's weighting rule): resume with the cache and mf2 the run started with, or "
                            "start a new run")
+        device = torch.device(cfg.device)
+        model = trainer.build(cfg, device)
+        optimizer = make_optimizer(model, cfg)
         quiet(cfg.schedule_line(total_steps, steps_per_epoch))
-        quiet({"frequency": f"AU loss: each AU's positives weigh its training negatives/positives ratio "
-                            f"({min(pos_weight):.3g} to {max(pos_weight):.3g}; --au-weighting frequency)",
-               "f1": f"AU loss: every AU's positives weigh {pos_weight[0]:.3g} (--au-weighting f1: 0.5 is the "
-                     f"F1-optimal threshold for an AU F1 of {2 / (1 + pos_weight[0]):.3g})",
-               "frequency-f1": f"AU loss: each AU's positives weigh its training negatives/positives ratio, at least "
-                               f"{min(2 / cfg.au_f1_target - 1, MAX_AU_POS_WEIGHT):.3g} "
-                               f"({min(pos_weight):.3g} to {max(pos_weight):.3g}; --au-weighting frequency-f1)",
-               "none": "AU loss: plain BCE (--au-weighting none)"}[cfg.au_weighting])
+        quiet(au_loss_line(cfg, pos_weight))
         # the trained weights' moving average, when the run keeps one (made before resuming restores it)
         average = WeightAverage(model, decay_for(cfg.average_epochs, steps_per_epoch)) if cfg.average_epochs else None
         start_epoch, step = resume_latest(run, model, optimizer, trainer.restore_rng(), log, average) if resume else (0, 0)
