@@ -25,6 +25,8 @@ a few thousand SynthFACS faces, beside the linear probe on the same cache's pool
   in a ``--work`` of their own; with ``--beside`` the defaults' ``--work``, each setting is
   scored against the defaults' runs paired image by image (how a default change is shown
   winning, or not, with an interval).
+* ``--tta flip``: MF²'s predictions average the mirrored view in (``evaluate --tta flip``; a cache
+  extracted with ``--augment flip``); the probes keep to the original views.
 * ``--tiny``: a few dozen faces, one seed, one epoch: that the script runs end to end (the
   figures mean nothing).
 
@@ -92,7 +94,7 @@ def train(cache: Path, run: Path, size: int, seed: int, epochs: int | None = Non
     return time.perf_counter() - t0
 
 
-def predictions(run: Path, cache: Path, which: str, split: str) -> dict:
+def predictions(run: Path, cache: Path, which: str, split: str, tta: str | None = None) -> dict:
     import torch
 
     from mf2.evaluation.cache_predictions import predict_split
@@ -103,7 +105,7 @@ def predictions(run: Path, cache: Path, which: str, split: str) -> dict:
     model, _, ckpt = load_model(run, "cpu", which)
     thresholds = RunFolder.checkpoint_state(ckpt).get("au_thresholds")  # chosen on val with the epoch
     reader = CacheReader(cache, split, model.cfg.emo_text)
-    emo, au, y_emo, y_au = predict_split(model, reader, torch.device("cpu"))
+    emo, au, y_emo, y_au = predict_split(model, reader, torch.device("cpu"), tta=tta)
     videos = np.array([str(v) for v in reader.store.group[schema.VIDEO][:][reader.rows].tolist()], dtype=object)
     ids = [str(v) for v in reader.store.group[schema.IDS][:][reader.rows].tolist()]
     return {"emotion": emo, "aus": au, "y_emotion": y_emo, "y_aus": y_au, "videos": videos, "checkpoint": ckpt.name,
@@ -114,7 +116,8 @@ def predictions(run: Path, cache: Path, which: str, split: str) -> dict:
 def minus_beside(work: Path, size: int, seeds: int, scored: str, split: str, model_stack: list, resamples: int) -> dict:
     """This setting's runs − the same sizes' and seeds' runs in ``work`` (each scored on its own
     cache, whose scored images must be these), all seeds pooled and paired image by image: at 0.5
-    and at each run's AU thresholds chosen on val."""
+    and at each run's AU thresholds chosen on val. The other runs are scored as trained, without
+    test-time views (this setting's ``--tta`` is part of what is measured against them)."""
     from mf2.evaluation.metrics import au_f1, emotion_scores, paired_bootstrap
     from mf2.runs import RunFolder
 
@@ -159,10 +162,14 @@ def main(argv=None):
                         help="More mf2 pretrain arguments for every run (quoted, e.g. '--head-mixup 0.2'): a setting "
                              "measured against the defaults' runs with --beside. Recorded in --work; a --work whose "
                              "runs had other arguments is refused.")
+    parser.add_argument("--tta", choices=["none", "flip"], default="none",
+                        help="Test-time views for MF²'s predictions (flip: the mirrored view averaged in, as evaluate "
+                             "--tta flip; the cache needs --augment flip). The probes read the original views.")
     parser.add_argument("--beside", type=Path, default=None,
                         help="Another --work folder whose runs (same sizes and seeds, on a cache of the same scored "
                              "images: another setting, map or region table) are scored beside: this − that, paired.")
     args = parser.parse_args(argv)
+    args.tta = None if args.tta == "none" else args.tta
     if args.tiny:
         args.preset, args.images, args.sizes, args.seeds, args.epochs = "hard", 48, "16", 1, 1
         args.bootstrap = min(args.bootstrap, 50)
@@ -195,8 +202,8 @@ def main(argv=None):
         for seed in range(args.seeds):
             run = args.work / "runs" / f"n{size}_seed{seed}"
             seconds = train(cache, run, size, seed, args.epochs, extra)
-            last, other = predictions(run, cache, scored, split), \
-                predictions(run, cache, "latest" if scored == "best" else "best", split)
+            last, other = predictions(run, cache, scored, split, args.tta), \
+                predictions(run, cache, "latest" if scored == "best" else "best", split, args.tta)
             # the probe's AU thresholds tuned on val as the run's are (on a cache without a test
             # split, val is what is scored: no tuned figures then, they would read their own labels)
             tuned = split != SELECTION_SPLIT
@@ -248,7 +255,9 @@ def main(argv=None):
     result = {**({"beside": str(args.beside)} if args.beside is not None else {}),"cache": str(cache), "train_rows_in_cache": n_train, "split": split, "checkpoint": scored,
               "pretrain_args": list(extra),
               "settings": f"mf2 pretrain --preset small{' ' + shlex.join(extra) if extra else ''}, every other setting at "
-                          f"its default (auto lr and warm-up, AU {weighting} weighting, {epochs} epochs); scored on {split} at the {'best epoch (chosen on val)' if scored == 'best' else 'last epoch'}",
+                          f"its default (auto lr and warm-up, AU {weighting} weighting, {epochs} epochs); scored on {split} at the {'best epoch (chosen on val)' if scored == 'best' else 'last epoch'}"
+                          + (f", MF² with --tta {args.tta} (the probes on the original views)" if args.tta else ""),
+              "tta": args.tta,
               "real_faces": REAL_FACES, "sizes": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # --out names a stem: '.json' and '.md' are added to it (a dot in it is part of the name)

@@ -194,6 +194,14 @@ def test_small_data_runs_on_the_hard_preset_and_scores_the_test_split(tmp_path):
     metrics = json.loads((run / "eval_test_tta_flip/metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["tta"] == "flip" and metrics["selection"]["best_epoch"] == "val"
     assert "n16_seed0 without --tta" in metrics["beside"]
+    # small_data --tta flip scores MF² as evaluate --tta flip does, beside the same runs as trained
+    run_script("small_data.py", "--tiny", "--cache", cache, "--work", tmp_path / "w", "--out", tmp_path / "tta",
+               "--tta", "flip", "--beside", tmp_path / "w", cwd=tmp_path, timeout=600)
+    tta = json.loads((tmp_path / "tta.json").read_text())
+    assert tta["tta"] == "flip" and "MF² with --tta flip" in tta["settings"]
+    assert tta["sizes"][0]["per_seed"][0]["model_au_f1"] == pytest.approx(metrics["au"]["mean"])
+    plain = result["sizes"][0]["per_seed"][0]["model_au_f1"]
+    assert tta["sizes"][0]["minus_beside"]["paired"]["au_mean_f1"]["diff"] == pytest.approx(metrics["au"]["mean"] - plain)
     out = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run), "--cache", str(cache), "--split", "val",
                                     "--bootstrap", "0"])
     assert out.exit_code == 0 and "optimistic" in out.output
@@ -217,3 +225,25 @@ def test_the_gpu_session_script_parses_and_asks_only_for_flags_its_benchmarks_ha
         offered = run_script(name, "--help", cwd=tmp_path).stdout
         for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", args):
             assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", offered), f"{name} has no {flag}"
+
+
+def test_au_features_probes_each_variant_on_the_same_faces(tmp_path):
+    """The tiny mode renders hard faces, extracts them two ways, probes each AU's own region per way
+    (at 0.5 and at thresholds tuned on val) and pairs each with the first: the reference − itself is 0."""
+    run_script("au_features.py", "--tiny", "--work", tmp_path / "w", "--out", tmp_path / "af", cwd=tmp_path,
+               timeout=900)
+    result = json.loads((tmp_path / "af.json").read_text())
+    assert result["split"] == "test" and result["reference"] == "defaults"
+    ref, other = result["rows"]
+    assert other["variant"] == "small-face" and other["extract_args"] == ["--au-regions", "small-face"]
+    assert ref["minus_reference"]["diff"] == 0 and ref["minus_reference_tuned"]["diff"] == 0
+    assert 0 <= other["au_f1"] <= 1 and 0 <= other["au_f1_tuned"] <= 1
+    assert set(other["per_au_tuned_seeds_pooled"]) == {
+        "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26"}
+    from mf2.features.store import FeatureStore
+
+    assert FeatureStore.open(tmp_path / "w/small-face.zarr").signature["pooling"]["regions"] == "small-face"
+    assert "| 16 | small-face | `--au-regions small-face` |" in (tmp_path / "af.md").read_text()
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks/au_features.py"), "--tiny", "--variant", "bad name=x",
+                              "--work", str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--variant" in refused.stderr and "Traceback" not in refused.stderr

@@ -74,23 +74,26 @@ def _region_features(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
 
 
 def au_region_probe(cache, split: str = "val", train_rows: int | None = None, seed: int = 0,
-                    weight_decay: float = 1e-3) -> dict:
+                    weight_decay: float = 1e-3, thresholds_from: str | None = None, predictions: bool = False) -> dict:
     """Per AU, a binary logistic regression on that AU's own pooled region (``_region_features``),
     fitted on the train split (``train_rows`` of it, drawn as ``pretrain --train-rows`` draws them)
-    and scored on ``split``: per-AU F1 at 0.5 and their mean."""
+    and scored on ``split``: per-AU F1 at 0.5 and their mean. With ``thresholds_from`` (a split,
+    'val'), also ``au_tuned``: F1 on ``split`` at each AU's threshold tuned on that split (as a
+    trained run's are); with ``predictions``, the probabilities (``au_probs``), labels and videos."""
     import torch
 
     store = FeatureStore.open(cache)
     store.verify([schema.VALID, schema.SPLIT, schema.AUS, schema.AU_TOKENS])
     n = len(store)
     meta = {k: store.read(name, 0, n) for k, name in (("valid", schema.VALID), ("split", schema.SPLIT), ("aus", schema.AUS))}
-    train = sample_rows(np.flatnonzero(meta["valid"] & (meta["split"] == "train")), train_rows, seed)
-    test = np.flatnonzero(meta["valid"] & (meta["split"] == split))
-    if not len(train) or not len(test):
-        raise ValueError(f"{cache}: the probe needs rows in both the train and {split} splits")
-    xt, xs = _region_features(store, train), _region_features(store, test)
-    yt, ys = meta["aus"][train], meta["aus"][test]
-    probs = np.zeros(ys.shape, dtype=np.float64)
+    rows_of = lambda s: np.flatnonzero(meta["valid"] & (meta["split"] == s))  # noqa: E731
+    train = sample_rows(rows_of("train"), train_rows, seed)
+    scored = {split: rows_of(split), **({thresholds_from: rows_of(thresholds_from)} if thresholds_from else {})}
+    if not len(train) or not all(len(r) for r in scored.values()):
+        raise ValueError(f"{cache}: the probe needs rows in the train and {' and '.join(scored)} splits")
+    xt, yt = _region_features(store, train), meta["aus"][train]
+    xs = {s: _region_features(store, r) for s, r in scored.items()}
+    probs = {s: np.zeros((len(r), len(AUS)), dtype=np.float64) for s, r in scored.items()}
     for k in range(len(AUS)):
         mean, std = xt[:, k].mean(0), xt[:, k].std(0) + 1e-6
         keep = yt[:, k] != MISSING
@@ -99,7 +102,18 @@ def au_region_probe(cache, split: str = "val", train_rows: int | None = None, se
         model = _fit_linear(x, lambda z, y=y: torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y), 1,
                             weight_decay)
         with torch.no_grad():
-            probs[:, k] = torch.sigmoid(model(torch.from_numpy((xs[:, k] - mean) / std).double()))[:, 0].numpy()
-    scores = au_f1(probs, ys)
-    return {"au": {"per_au": scores["per_au"], "mean": scores["mean"]}, "train_images": int(len(train)),
-            "images": int(len(test)), "features": "each AU's own pooled region (vision/au_tokens, mean per centre)"}
+            for s in scored:
+                probs[s][:, k] = torch.sigmoid(model(torch.from_numpy((xs[s][:, k] - mean) / std).double()))[:, 0].numpy()
+    ys = meta["aus"][scored[split]]
+    scores = au_f1(probs[split], ys)
+    result = {"au": {"per_au": scores["per_au"], "mean": scores["mean"]}, "train_images": int(len(train)),
+              "images": int(len(scored[split])),
+              "features": "each AU's own pooled region (vision/au_tokens, mean per centre)"}
+    if thresholds_from:
+        thresholds = tune_thresholds(probs[thresholds_from], meta["aus"][scored[thresholds_from]])
+        result["au_tuned"] = {**au_f1(probs[split], ys, thresholds), "thresholds": dict(zip(AUS, thresholds.tolist())),
+                              "chosen_on": thresholds_from}
+    if predictions:
+        videos = store.read(schema.VIDEO, 0, n)[scored[split]]
+        result.update(au_probs=probs[split], y_aus=ys, videos=np.array([str(v) for v in videos], dtype=object))
+    return result
