@@ -42,11 +42,38 @@ VARIANTS = ("defaults=", "small-face=--au-regions small-face", "window0.7=--au-w
             "size320=--image-size 320", "stride8=--au-map stride8")
 
 
+# what this script sets for every variant: a variant's arguments change how the regions are
+# extracted, never which faces or where they go
+OWNED = ("--manifest", "--out", "--augment", "--overwrite", "--skip-bad")
+
+
 def parse_variant(text: str) -> tuple[str, list[str]]:
     name, sep, args = text.partition("=")
-    if not sep or not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+    if not sep or not name or name.strip(".") == "" or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise SystemExit(f"--variant: expected NAME=EXTRACT-ARGS (NAME of letters, digits, '-', '_', '.'), got {text!r}")
-    return name, shlex.split(args)
+    try:
+        words = shlex.split(args)
+    except ValueError as e:
+        raise SystemExit(f"--variant {text!r}: {e}")
+    owned = [w for w in words if w.split("=")[0] in OWNED]
+    if owned:
+        raise SystemExit(f"--variant {text!r}: {owned[0].split('=')[0]} is this script's to set (every variant reads the "
+                         "same faces, without mirrored views, into --work/NAME.zarr)")
+    return name, words
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def sizes_list(text: str) -> list[int]:
+    return [positive(t) for t in text.split(",")]
 
 
 def main(argv=None):
@@ -56,18 +83,18 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=1400, help="SynthFACS faces to render when there is no --manifest.")
     parser.add_argument("--variant", action="append", default=None,
                         help="NAME=EXTRACT-ARGS, repeated; the first is the reference [default: the list in VARIANTS].")
-    parser.add_argument("--sizes", default="200,800", help="Training subset sizes, comma-separated.")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--sizes", type=sizes_list, default="200,800", help="Training subset sizes, comma-separated.")
+    parser.add_argument("--seeds", type=positive, default=3)
     parser.add_argument("--work", type=Path, default=Path("au-features-work"))
-    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--bootstrap", type=positive, default=1000)
     parser.add_argument("--tiny", action="store_true", help="48 hard faces, two variants, size 16, one seed.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/au_features-cpu")
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in (args.variant or VARIANTS)]
-    if args.tiny:
-        args.preset, args.images, args.sizes, args.seeds = "hard", 48, "16", 1
+    if args.tiny:  # the first two of the default list, unless variants are given
+        args.preset, args.images, args.sizes, args.seeds = "hard", 48, [16], 1
         args.bootstrap = min(args.bootstrap, 50)
-        variants = variants[:2] if args.variant else [parse_variant(VARIANTS[0]), parse_variant(VARIANTS[1])]
+        variants = variants if args.variant else variants[:2]
     if len({n for n, _ in variants}) != len(variants):
         raise SystemExit("--variant: each needs a name of its own")
 
@@ -76,6 +103,8 @@ def main(argv=None):
     from mf2.evaluation.metrics import au_f1, paired_bootstrap
     from mf2.evaluation.probe import au_region_probe
 
+    if args.manifest is not None and not args.manifest.is_file():
+        raise SystemExit(f"--manifest {args.manifest}: no such file")
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = args.manifest
     if manifest is None:
@@ -85,17 +114,29 @@ def main(argv=None):
         if not (data / "manifest.captioned.jsonl").exists():
             sh("caption", "--manifest", data / "manifest.jsonl")
         manifest = data / "manifest.captioned.jsonl"
-    caches = {}
-    for name, extra in variants:
+    from mf2.features.reader import CacheReader
+    from mf2.features.store import FeatureStore
+
+    caches, sizes = {}, args.sizes
+    for k, (name, extra) in enumerate(variants):
         caches[name] = args.work / f"{name}.zarr"
         sh("extract-features", "--manifest", manifest, "--out", caches[name], "--augment", "none", *extra)  # resumes
         print(f"{name}: extracted ({shlex.join(extra) or 'the defaults'})", flush=True)
-    split = resolve_split(caches[variants[0][0]])
-    if split == SELECTION_SPLIT:
-        raise SystemExit(f"{manifest}: no test split to score on (the thresholds are tuned on {SELECTION_SPLIT}); "
-                         "build it with --test-fraction")
+        if k == 0:  # what is scored, and on how many training rows, before the other variants are extracted
+            split = resolve_split(caches[name])
+            if split == SELECTION_SPLIT:
+                raise SystemExit(f"{manifest}: no test split to score on (the thresholds are tuned on "
+                                 f"{SELECTION_SPLIT}); build it with --test-fraction")
+            n_train = len(CacheReader(caches[name], "train"))
+            for size in [s for s in sizes if s > n_train]:
+                print(f"size {size}: the faces have only {n_train} training rows; skipped", flush=True)
+            sizes = [s for s in sizes if s <= n_train]
+        digest = FeatureStore.open(caches[name]).signature["manifest"]
+        if digest != FeatureStore.open(caches[variants[0][0]]).signature["manifest"]:
+            raise SystemExit(f"{caches[name]}: extracted from other faces than {caches[variants[0][0]]}; paired "
+                             "differences need the same (another --work)")
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in sizes:
         probes = {name: [au_region_probe(cache, split, size, seed, thresholds_from=SELECTION_SPLIT, predictions=True)
                          for seed in range(args.seeds)] for name, cache in caches.items()}
         ref = probes[variants[0][0]]
@@ -121,7 +162,9 @@ def main(argv=None):
             print(f"size {size} {name}: AU F1 {rows[-1]['au_f1']:.3f} (tuned {rows[-1]['au_f1_tuned']:.3f}); − "
                   f"{variants[0][0]}: {d05['diff']:+.3f} [{d05['low']:+.3f}, {d05['high']:+.3f}], tuned "
                   f"{dtu['diff']:+.3f} [{dtu['low']:+.3f}, {dtu['high']:+.3f}]", flush=True)
-    result = {"manifest": str(manifest), "split": split, "reference": variants[0][0], "sizes": args.sizes,
+    if not rows:
+        raise SystemExit(f"no size to score: {manifest} has {n_train} training rows")
+    result = {"manifest": str(manifest), "split": split, "reference": variants[0][0], "sizes": sizes,
               "images_scored": int(len(ref[0]["videos"])), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     (args.out.parent / f"{args.out.name}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -113,6 +113,15 @@ def predictions(run: Path, cache: Path, which: str, split: str, tta: str | None 
             "thresholds": np.asarray(thresholds if thresholds else [0.5] * au.shape[1])}
 
 
+def _check_mirrored(cache: Path) -> None:
+    from mf2.features import schema
+    from mf2.features.store import FeatureStore
+
+    if schema.flipped(schema.TOKENS) not in FeatureStore.open(cache).group:
+        raise SystemExit(f"--tta flip: {cache} holds no mirrored views (extract it with --augment flip, or pass "
+                         "--augment flip when this script builds the cache)")
+
+
 def minus_beside(work: Path, size: int, seeds: int, scored: str, split: str, model_stack: list, resamples: int) -> dict:
     """This setting's runs − the same sizes' and seeds' runs in ``work`` (each scored on its own
     cache, whose scored images must be these), all seeds pooled and paired image by image: at 0.5
@@ -170,6 +179,10 @@ def main(argv=None):
                              "images: another setting, map or region table) are scored beside: this − that, paired.")
     args = parser.parse_args(argv)
     args.tta = None if args.tta == "none" else args.tta
+    if args.seeds < 1 or args.bootstrap < 1:
+        parser.error("--seeds and --bootstrap: expected at least 1")
+    if args.cache is not None and args.tta == "flip":  # refused before anything is trained
+        _check_mirrored(args.cache)
     if args.tiny:
         args.preset, args.images, args.sizes, args.seeds, args.epochs = "hard", 48, "16", 1, 1
         args.bootstrap = min(args.bootstrap, 50)
@@ -189,6 +202,8 @@ def main(argv=None):
     recorded.write_text(json.dumps(list(extra)) + "\n")
     images = args.images or (1400 if args.preset == "hard" else 4000)
     cache = args.cache or build_cache(args.work, images, args.preset, args.augment)
+    if args.tta == "flip":
+        _check_mirrored(cache)
     split = resolve_split(cache)  # test when the cache holds one
     scored = "best" if split != SELECTION_SPLIT else "latest"
     n_train = len(CacheReader(cache, "train"))

@@ -247,3 +247,12 @@ def test_au_features_probes_each_variant_on_the_same_faces(tmp_path):
     refused = subprocess.run([sys.executable, str(ROOT / "benchmarks/au_features.py"), "--tiny", "--variant", "bad name=x",
                               "--work", str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--variant" in refused.stderr and "Traceback" not in refused.stderr
+    # a variant changes how regions are extracted, never which faces; a size beyond the training rows is skipped
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks/au_features.py"), "--tiny", "--variant",
+                              "other=--manifest elsewhere.jsonl", "--work", str(tmp_path / "w")], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0 and "--manifest is this script's to set" in refused.stderr
+    run_script("au_features.py", "--manifest", tmp_path / "w/synth/manifest.captioned.jsonl", "--work", tmp_path / "w",
+               "--variant", "defaults=", "--sizes", "16,1000", "--seeds", "1", "--bootstrap", "20", "--out",
+               tmp_path / "big", cwd=tmp_path, timeout=300)
+    assert [r["train_images"] for r in json.loads((tmp_path / "big.json").read_text())["rows"]] == [16]

@@ -394,6 +394,15 @@ def test_train_rows_draws_the_same_subset_for_the_model_and_the_probe(pretrained
     want = tune_thresholds(on_val["au_probs"], y("val"))
     assert list(on_train["au_tuned"]["thresholds"].values()) == want.tolist()
     assert on_train["au_tuned"]["mean"] == au_f1(on_train["au_probs"], y("train"), want)["mean"]
+    # the AU-region probe tunes the same way; neither tunes on the split it scores
+    from mf2.evaluation.probe import au_region_probe
+
+    regions = au_region_probe(cache, "train", train_rows=10, seed=3, thresholds_from="val", predictions=True)
+    assert regions["au_tuned"]["chosen_on"] == "val" and regions["au_probs"].shape == (len(y("train")), 12)
+    assert regions["au"]["mean"] == au_f1(regions["au_probs"], y("train"))["mean"]
+    for probe in (pooled_feature_probe, au_region_probe):
+        with pytest.raises(ValueError, match="tuned on the val split they are scored on"):
+            probe(cache, "val", thresholds_from="val")
     result = CliRunner().invoke(main, ["pretrain", "--cache", str(cache), "--out", str(tmp_path / "r"), "--epochs", "1",
                                        "--batch-size", "4", "--train-rows", "12", "--seed", "3"])
     assert result.exit_code == 0, result.output

@@ -32,12 +32,20 @@ def _rows(store: FeatureStore, split: str, limit: int | None = None, seed: int =
     return feats, rows
 
 
+def _check_tuning(split: str, thresholds_from: str | None) -> None:
+    """Thresholds tuned on the scored split's own labels would score them optimistically: refused."""
+    if thresholds_from is not None and thresholds_from == split:
+        raise ValueError(f"thresholds_from: the AU thresholds would be tuned on the {split} split they are scored on; "
+                         "tune them on another split (val) or score at 0.5 (thresholds_from=None)")
+
+
 def pooled_feature_probe(cache, split: str = "val", train_rows: int | None = None, seed: int = 0,
                          predictions: bool = False, thresholds_from: str | None = None) -> dict:
     """The probes fitted on the train split (``train_rows`` of it drawn with ``seed``, as
     ``pretrain --train-rows`` draws them), scored on ``split``. With ``thresholds_from`` (a split,
     'val'), also ``au_tuned``: AU F1 on ``split`` at each AU's threshold tuned on that split, as a
     trained run's are (``tune_thresholds``)."""
+    _check_tuning(split, thresholds_from)
     store = FeatureStore.open(cache)
     store.verify([schema.VALID, schema.SPLIT, schema.EMOTION, schema.AUS, schema.TOKENS])
     train_x, train_rows = _rows(store, "train", train_rows, seed)
@@ -82,6 +90,7 @@ def au_region_probe(cache, split: str = "val", train_rows: int | None = None, se
     trained run's are); with ``predictions``, the probabilities (``au_probs``), labels and videos."""
     import torch
 
+    _check_tuning(split, thresholds_from)
     store = FeatureStore.open(cache)
     store.verify([schema.VALID, schema.SPLIT, schema.AUS, schema.AU_TOKENS])
     n = len(store)
