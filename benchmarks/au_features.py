@@ -76,6 +76,15 @@ def sizes_list(text: str) -> list[int]:
     return [positive(t) for t in text.split(",")]
 
 
+def seeds_pooled(probes: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds' probabilities, and their calls at each seed's tuned thresholds, stacked."""
+    from mf2.data.labels import AUS
+
+    probs = np.concatenate([q["au_probs"] for q in probes])
+    on = np.concatenate([q["au_probs"] >= np.array([q["au_tuned"]["thresholds"][a] for a in AUS]) for q in probes])
+    return probs, on
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", type=Path, help="A captioned manifest (default: render SynthFACS into --work).")
@@ -131,8 +140,8 @@ def main(argv=None):
             for size in [s for s in sizes if s > n_train]:
                 print(f"size {size}: the faces have only {n_train} training rows; skipped", flush=True)
             sizes = [s for s in sizes if s <= n_train]
-        digest = FeatureStore.open(caches[name]).signature["manifest"]
-        if digest != FeatureStore.open(caches[variants[0][0]]).signature["manifest"]:
+            reference_faces = FeatureStore.open(caches[name]).signature["manifest"]
+        if FeatureStore.open(caches[name]).signature["manifest"] != reference_faces:
             raise SystemExit(f"{caches[name]}: extracted from other faces than {caches[variants[0][0]]}; paired "
                              "differences need the same (another --work)")
     rows = []
@@ -141,15 +150,13 @@ def main(argv=None):
                          for seed in range(args.seeds)] for name, cache in caches.items()}
         ref = probes[variants[0][0]]
         y, videos = (np.concatenate([p[k] for p in ref]) for k in ("y_aus", "videos"))
+        no_emotion = (np.zeros((len(y), 1)), np.zeros(len(y), dtype=np.int64))  # AUs only
+        ref_probs, ref_on = seeds_pooled(ref)
         for name, extra in variants:
             p = probes[name]
             if any(not np.array_equal(a["videos"], b["videos"]) for a, b in zip(p, ref)):
                 raise SystemExit(f"{name}: its cache scores other {split} images than {variants[0][0]}'s")
-            probs = np.concatenate([q["au_probs"] for q in p])
-            on = np.concatenate([q["au_probs"] >= np.array([q["au_tuned"]["thresholds"][a] for a in AUS]) for q in p])
-            ref_probs = np.concatenate([q["au_probs"] for q in ref])
-            ref_on = np.concatenate([q["au_probs"] >= np.array([q["au_tuned"]["thresholds"][a] for a in AUS]) for q in ref])
-            no_emotion = (np.zeros((len(y), 1)), np.zeros(len(y), dtype=np.int64))  # AUs only
+            probs, on = seeds_pooled(p)
             d05 = paired_bootstrap((no_emotion[0], probs), (no_emotion[0], ref_probs), (no_emotion[1], y), videos,
                                    args.bootstrap)["au_mean_f1"]
             dtu = paired_bootstrap((no_emotion[0], on), (no_emotion[0], ref_on), (no_emotion[1], y), videos,

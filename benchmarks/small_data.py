@@ -181,8 +181,6 @@ def main(argv=None):
     args.tta = None if args.tta == "none" else args.tta
     if args.seeds < 1 or args.bootstrap < 1:
         parser.error("--seeds and --bootstrap: expected at least 1")
-    if args.cache is not None and args.tta == "flip":  # refused before anything is trained
-        _check_mirrored(args.cache)
     if args.tiny:
         args.preset, args.images, args.sizes, args.seeds, args.epochs = "hard", 48, "16", 1, 1
         args.bootstrap = min(args.bootstrap, 50)
@@ -202,7 +200,7 @@ def main(argv=None):
     recorded.write_text(json.dumps(list(extra)) + "\n")
     images = args.images or (1400 if args.preset == "hard" else 4000)
     cache = args.cache or build_cache(args.work, images, args.preset, args.augment)
-    if args.tta == "flip":
+    if args.tta == "flip":  # refused before anything is trained
         _check_mirrored(cache)
     split = resolve_split(cache)  # test when the cache holds one
     scored = "best" if split != SELECTION_SPLIT else "latest"
